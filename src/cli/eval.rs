@@ -1,0 +1,96 @@
+//! `rcaflow eval`: scores two ImageFolder trees (real and generated) with the oracle. It builds
+//! a topology (written to the output folder as `topology.toml`, so the run can be repeated with
+//! `rcaflow run`) and runs it through the same runtime as `rcaflow run`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use toml::{Table, Value};
+
+use super::{apply_overrides, execute, CliError, OracleArgs};
+use crate::runtime::atomic_file::write_atomic;
+use crate::settings::Settings;
+use crate::topology::Graph;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Real held-out images: root/<class>/*.png|jpg|jpeg.
+    #[arg(long, value_name = "DIR")]
+    pub real: PathBuf,
+    /// Generated images, same class folders as --real.
+    #[arg(long, value_name = "DIR")]
+    pub generated: PathBuf,
+    /// Output folder: report.json, report.md, figures.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub oracle: OracleArgs,
+}
+
+/// `path` made absolute, so the topology does not depend on where it is written.
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf, CliError> {
+    std::path::absolute(path).map_err(|e| CliError::Input(format!("path \"{}\": {e}", path.display())))
+}
+
+fn table(entries: &[(&str, Value)]) -> Value {
+    Value::Table(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+}
+
+fn path_value(p: &Path) -> Value {
+    Value::String(p.display().to_string())
+}
+
+fn inputs(ids: &[&str]) -> Value {
+    Value::Array(ids.iter().map(|s| Value::String(s.to_string())).collect())
+}
+
+/// The image_folder → batcher → oracle part both `eval` and `baseline` build.
+pub(crate) fn oracle_pipeline(sources: &[(&str, &Path)], oracle: &OracleArgs) -> Result<(Table, Table), CliError> {
+    let mut source_tables = Table::new();
+    for (origin, path) in sources {
+        source_tables.insert(
+            origin.to_string(),
+            table(&[("type", "image_folder".into()), ("path", path_value(&absolute(path)?)), ("origin", (*origin).into())]),
+        );
+    }
+    let ids: Vec<&str> = sources.iter().map(|(o, _)| *o).collect();
+    let mut transforms = Table::new();
+    transforms.insert(
+        "batches".into(),
+        table(&[("type", "batcher".into()), ("inputs", inputs(&ids)), ("batch_size", Value::Integer(oracle.batch_size as i64))]),
+    );
+    transforms.insert(
+        "oracle".into(),
+        table(&[
+            ("type", "oracle_classifier".into()),
+            ("inputs", inputs(&["batches"])),
+            ("weights", path_value(&absolute(&oracle.oracle)?)),
+            ("arch", oracle.oracle_arch.to_string().into()),
+            ("stem", oracle.oracle_stem.to_string().into()),
+            ("normalization", String::from(oracle.oracle_norm).into()),
+        ]),
+    );
+    Ok((source_tables, transforms))
+}
+
+pub fn eval(args: EvalArgs, mut settings: Settings) -> Result<(), CliError> {
+    apply_overrides(&mut settings, &args.oracle.metrics_addr, &args.oracle.device)?;
+    let (sources, transforms) = oracle_pipeline(&[("real", &args.real), ("generated", &args.generated)], &args.oracle)?;
+    let mut sinks = Table::new();
+    sinks.insert("rca".into(), table(&[("type", "rca".into()), ("inputs", inputs(&["oracle"]))]));
+    sinks.insert("report".into(), table(&[("type", "report".into()), ("inputs", inputs(&["rca"]))]));
+    let mut top = Table::new();
+    top.insert("sources".into(), Value::Table(sources));
+    top.insert("transforms".into(), Value::Table(transforms));
+    top.insert("sinks".into(), Value::Table(sinks));
+    let text = toml::to_string(&top).map_err(|e| CliError::Output(format!("cannot write the eval topology: {e}")))?;
+    let graph = Graph::parse(&text, Path::new("."), "rcaflow eval")?;
+
+    let out = absolute(&args.out)?;
+    std::fs::create_dir_all(&out).map_err(|e| CliError::Output(format!("output folder \"{}\": cannot create: {e}", out.display())))?;
+    let header = "# Topology built by `rcaflow eval`; repeat the run with `rcaflow run --topology topology.toml --run-dir .`\n";
+    write_atomic(&out.join("topology.toml"), format!("{header}{text}").as_bytes())
+        .map_err(|e| CliError::Output(format!("output folder \"{}\": cannot write topology.toml: {e}", out.display())))?;
+    let outcome = execute::execute(&graph, &out, &settings)?;
+    execute::finish(&outcome, &out)
+}

@@ -1,0 +1,133 @@
+//! Runs a validated graph: prepares the run directory, starts the metrics exporter, turns
+//! SIGINT/SIGTERM into stop requests, shows progress, and hands the graph to the runtime.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::mpsc;
+
+use super::CliError;
+use crate::runtime::control::RunControl;
+use crate::runtime::{self, RunOutcome, RunSettings, ShutdownRequest};
+use crate::settings::Settings;
+use crate::stages::{self, report::REPORT_FILES};
+use crate::telemetry;
+use crate::topology::Graph;
+
+/// Runs `graph` with its report and state in `run_dir`.
+pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings) -> Result<RunOutcome, CliError> {
+    prepare_run_dir(run_dir)?;
+    let device = settings.device()?;
+    let metrics_addr = settings.metrics_addr().map_err(|e| CliError::Input(format!("config: {e}")))?;
+    let run_settings = RunSettings {
+        run_dir: run_dir.to_path_buf(),
+        device,
+        classes: Arc::new(graph.classes.clone()),
+        shutdown_deadline: settings.shutdown_deadline(),
+    };
+    // Two workers are plenty: actors only pass control messages; the heavy work runs on the
+    // stages' own threads.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rcaflow-control")
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Output(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async {
+        if let Some(addr) = metrics_addr {
+            let run_label = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+            let bound = telemetry::install_exporter(addr, &run_label).map_err(|e| CliError::Input(e.to_string()))?;
+            tracing::info!("metrics on http://{bound}/metrics");
+        }
+        let control = RunControl::new();
+        let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward_signals(stop_tx));
+        let progress = tokio::spawn(show_progress(control.clone()));
+        tracing::info!(topology = %graph.label, run_dir = %run_dir.display(), classes = graph.classes.len(), "run starting");
+        let result = runtime::run(stages::build(graph), &graph.edges, &run_settings, control, stop_rx).await;
+        progress.abort();
+        Ok(result?)
+    })
+}
+
+/// Success, or exit 130 when the run was interrupted (its report says so).
+pub fn finish(outcome: &RunOutcome, run_dir: &Path) -> Result<(), CliError> {
+    for s in &outcome.stages {
+        tracing::info!(stage = %s.id, images_in = s.images_in, images_out = s.images_out, busy_s = format!("{:.2}", s.busy_seconds), "stage done");
+    }
+    if outcome.interrupted {
+        return Err(CliError::Interrupted(run_dir.display().to_string()));
+    }
+    let report = run_dir.join("report.json");
+    if report.exists() {
+        println!("report: {}", report.display());
+    }
+    println!("done in {:.1} s", outcome.wall.as_secs_f64());
+    Ok(())
+}
+
+/// Creates the run directory and removes report files of an earlier run, so a report found
+/// there after this run always belongs to this run.
+fn prepare_run_dir(run_dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(run_dir).map_err(|e| CliError::Output(format!("run directory \"{}\": cannot create: {e}", run_dir.display())))?;
+    for name in REPORT_FILES {
+        let path = run_dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| CliError::Output(format!("run directory: cannot remove old \"{}\": {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Each SIGINT or SIGTERM becomes one stop request: the first drains, the second stops at once.
+async fn forward_signals(stop: mpsc::UnboundedSender<ShutdownRequest>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            tracing::warn!("cannot listen for signals; stop the run with SIGKILL");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if stop.send(ShutdownRequest).is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    while tokio::signal::ctrl_c().await.is_ok() {
+        if stop.send(ShutdownRequest).is_err() {
+            return;
+        }
+    }
+}
+
+/// A progress bar on a terminal, a log line every 10 s otherwise, and the progress gauge.
+async fn show_progress(control: Arc<RunControl>) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut ticks = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let planned = control.planned_images();
+        let done = control.completed_images();
+        bar.set_length(planned);
+        bar.set_position(done);
+        if planned > 0 {
+            metrics::gauge!(telemetry::RUN_PROGRESS).set(done as f64 / planned as f64);
+        }
+        ticks += 1;
+        if bar.is_hidden() && ticks % 40 == 0 {
+            tracing::info!("progress: {done}/{planned} images");
+        }
+    }
+}

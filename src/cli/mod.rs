@@ -1,0 +1,132 @@
+//! The command line: one file per subcommand, all running topologies through [`execute`].
+
+pub mod baseline;
+pub mod eval;
+pub mod execute;
+pub mod run;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::models::preprocess::Normalization;
+use crate::models::resnet::{ResNetArch, Stem};
+use crate::runtime::RunError;
+use crate::settings::{Settings, SettingsError};
+use crate::topology::TopologyError;
+
+#[derive(Debug, Parser)]
+#[command(name = "rcaflow", version, about = "Does a class-conditional generator keep identities apart? Streaming RCA, FID, IS and LPIPS evaluation.")]
+pub struct Cli {
+    /// Deployment settings file (see config/rcaflow.toml); flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter (info, debug, rcaflow=debug, ...); overrides the config file and RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the dataflow described by a topology file.
+    Run(run::RunArgs),
+    /// Check a topology file and print its graph, without loading any model.
+    Validate(validate::ValidateArgs),
+    /// Score a folder of generated images against a folder of real images.
+    Eval(eval::EvalArgs),
+    /// Measure the oracle on real held-out images and write a baseline file.
+    Baseline(baseline::BaselineArgs),
+}
+
+/// The oracle flags `eval` and `baseline` share.
+#[derive(Debug, Clone, Args)]
+pub struct OracleArgs {
+    /// Oracle weights: a torchvision ResNet state_dict (.safetensors or zip-format .pth).
+    #[arg(long, value_name = "FILE")]
+    pub oracle: PathBuf,
+    #[arg(long, value_name = "resnet18|resnet34")]
+    pub oracle_arch: ResNetArch,
+    /// cifar: 3x3 stride-1 conv1 and no max-pool (32x32 inputs); imagenet: 7x7/2 + max-pool.
+    #[arg(long, value_name = "cifar|imagenet")]
+    pub oracle_stem: Stem,
+    /// The oracle's input normalisation: imagenet, minus-one-one, or M,M,M/S,S,S.
+    #[arg(long, value_name = "NORM")]
+    pub oracle_norm: Normalization,
+    /// Images per oracle batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Where models run (overrides the config file).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Prometheus listen address (HOST:PORT, port 0 for any free port, or "off").
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+}
+
+/// Why a command failed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A flag or path the command cannot use.
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Output(String),
+    /// A stop was requested; the report (if any) says `interrupted`.
+    #[error("run interrupted: the report in {0} covers only the images evaluated before the stop")]
+    Interrupted(String),
+}
+
+impl CliError {
+    /// 2: bad input (nothing ran); 1: the run failed; 130: interrupted by a signal.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Topology(_) | CliError::Settings(_) | CliError::Input(_) => 2,
+            CliError::Run(RunError::ForcedStop) | CliError::Interrupted(_) => 130,
+            CliError::Run(_) | CliError::Output(_) => 1,
+        }
+    }
+}
+
+/// Settings from `--config` (or the built-in defaults, equal to config/rcaflow.toml), with
+/// command-line overrides applied.
+pub fn load_settings(config: &Option<PathBuf>, log_level: &Option<String>) -> Result<Settings, CliError> {
+    let mut settings = match config {
+        Some(path) => Settings::load(path)?,
+        None => Settings::default(),
+    };
+    if let Some(level) = log_level {
+        settings.log.level = level.clone();
+    }
+    Ok(settings)
+}
+
+/// Applies `--metrics-addr` and `--device` overrides.
+pub fn apply_overrides(settings: &mut Settings, metrics_addr: &Option<String>, device: &Option<String>) -> Result<(), CliError> {
+    if let Some(addr) = metrics_addr {
+        settings.metrics.listen = addr.clone();
+        settings.metrics_addr().map_err(|e| CliError::Input(format!("--metrics-addr: {e}")))?;
+    }
+    if let Some(device) = device {
+        crate::settings::parse_device(device)?;
+        settings.runtime.device = device.clone();
+    }
+    Ok(())
+}
+
+pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
+    match cli.command {
+        Command::Run(args) => run::run(args, settings),
+        Command::Validate(args) => validate::validate(args),
+        Command::Eval(args) => eval::eval(args, settings),
+        Command::Baseline(args) => baseline::baseline(args, settings),
+    }
+}

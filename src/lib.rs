@@ -1,0 +1,24 @@
+//! rcaflow: streaming evaluation of class-conditional image generators.
+//!
+//! A tour of the modules, in the order a run goes through them:
+//! - [`topology`]: the topology file (TOML) → a validated [`topology::Graph`]; every error names
+//!   its component.
+//! - [`runtime`]: the running dataflow: one ractor actor per stage, each owning the thread that
+//!   does its work; bounded crossbeam channels between stages (backpressure); exactly-once
+//!   accumulation by unit id; graceful shutdown with a deadline.
+//! - [`stages`]: one file per stage type (image_folder, batcher, oracle_classifier, rca, report).
+//! - [`models`]: candle models loaded from the weight files users already have (ResNet oracle).
+//! - [`metrics`]: pure maths (confusion matrices, RCA, Wilson intervals), tested without threads.
+//! - [`report`]: `report.json`, `report.md` and PNG figures.
+//! - [`telemetry`]: every Prometheus metric name, and the exporter.
+//! - [`settings`]: deployment settings (config/rcaflow.toml).
+//! - [`cli`]: the subcommands.
+pub mod cli;
+pub mod metrics;
+pub mod models;
+pub mod report;
+pub mod runtime;
+pub mod settings;
+pub mod stages;
+pub mod telemetry;
+pub mod topology;

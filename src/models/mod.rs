@@ -1,0 +1,15 @@
+//! Candle models, each loading the weight files users already have by explicit path.
+//!
+//! - [`weights`]: `.safetensors` / torch `.pth` state_dicts into a `VarBuilder`-like map.
+//! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem).
+//! - [`preprocess`]: uint8 pixels to normalised network input.
+//! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
+pub mod oracle;
+pub mod preprocess;
+pub mod resnet;
+pub mod weights;
+
+pub use oracle::{Oracle, OracleConfig};
+pub use preprocess::Normalization;
+pub use resnet::{ResNet, ResNetArch, ResNetConfig, Stem};
+pub use weights::{WeightMap, WeightsError};

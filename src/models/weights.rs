@@ -1,0 +1,336 @@
+//! Weight files users already have, loaded whole into memory: `.safetensors`, and PyTorch
+//! state_dicts saved with `torch.save(model.state_dict(), f)` (zip format, torch >= 1.6).
+//!
+//! [`WeightMap`] is modelled on candle-nn's `VarBuilder`: `pp("layer1")` returns a cheap view
+//! whose lookups are prefixed with `layer1.`, so model code mirrors the checkpoint's key tree,
+//! and `get(shape, name)` checks presence and exact shape. Unlike `VarBuilder`, every error names
+//! the file and the full tensor key, and the map records which keys a model used so that a
+//! checkpoint of a different architecture is caught (see [`WeightMap::unused_keys`]).
+//!
+//! Floating-point tensors are converted to f32 on load; integer tensors (BatchNorm's
+//! `num_batches_tracked`) are kept as they are.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+
+/// Errors from loading weight files and looking tensors up in them.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("weights {}: cannot read: {cause}", .path.display())]
+    Read { path: PathBuf, cause: String },
+    #[error(
+        "weights {}: legacy (pre-zip) torch checkpoint is not supported; re-save it with \
+         torch >= 1.6 (`torch.save(torch.load(old), new)`) or convert it to .safetensors",
+        .path.display()
+    )]
+    LegacyPth { path: PathBuf },
+    #[error(
+        "weights {}: unsupported file extension; expected .safetensors, .pth or .pt",
+        .path.display()
+    )]
+    Extension { path: PathBuf },
+    #[error("weights {}: tensor \"{name}\" is missing", .path.display())]
+    Missing { path: PathBuf, name: String },
+    #[error(
+        "weights {}: tensor \"{name}\" has shape {found:?}, expected {expected:?}",
+        .path.display()
+    )]
+    Shape {
+        path: PathBuf,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("weights {}: unexpected tensor \"{name}\" for {model}", .path.display())]
+    Unexpected {
+        path: PathBuf,
+        name: String,
+        model: String,
+    },
+    #[error("weights {}: tensor \"{name}\": {cause}", .path.display())]
+    Tensor {
+        path: PathBuf,
+        name: String,
+        cause: String,
+    },
+}
+
+/// The zip local-file-header magic: every torch >= 1.6 checkpoint starts with it.
+const ZIP_MAGIC: [u8; 4] = *b"PK\x03\x04";
+
+/// Keys tried, in order, when a `.pth` holds no tensors at its top level: training checkpoints
+/// commonly nest the state_dict as `{"state_dict": ...}` or `{"model": ...}`.
+const NESTED_STATE_DICT_KEYS: [&str; 2] = ["state_dict", "model"];
+
+/// All tensors of one weight file, with a key prefix (see [`WeightMap::pp`]).
+#[derive(Debug, Clone)]
+pub struct WeightMap {
+    tensors: Arc<HashMap<String, Tensor>>,
+    path: Arc<PathBuf>,
+    /// Full keys looked up through `get`, shared by every view of the same file.
+    used: Arc<Mutex<BTreeSet<String>>>,
+    prefix: String,
+}
+
+impl WeightMap {
+    /// Loads every tensor of `path` onto `device` (`.safetensors`, or zip-format `.pth`/`.pt`).
+    pub fn load(path: &Path, device: &Device) -> Result<WeightMap, WeightsError> {
+        let read_err = |cause: String| WeightsError::Read {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let raw: Vec<(String, Tensor)> = match ext.as_deref() {
+            Some("safetensors") => candle_core::safetensors::load(path, device)
+                .map_err(|e| read_err(e.to_string()))?
+                .into_iter()
+                .collect(),
+            Some("pth") | Some("pt") => {
+                // candle's pickle reader only understands the zip container; sniff the magic
+                // first so a legacy file gets an actionable message, not a zip parse error.
+                let mut magic = [0u8; 4];
+                let n = File::open(path)
+                    .and_then(|mut f| read_prefix(&mut f, &mut magic))
+                    .map_err(|e| read_err(e.to_string()))?;
+                if n < 4 || magic != ZIP_MAGIC {
+                    return Err(WeightsError::LegacyPth {
+                        path: path.to_path_buf(),
+                    });
+                }
+                read_pth(path).map_err(read_err)?
+            }
+            _ => {
+                return Err(WeightsError::Extension {
+                    path: path.to_path_buf(),
+                })
+            }
+        };
+        let mut tensors = HashMap::with_capacity(raw.len());
+        for (name, t) in raw {
+            let t = to_f32_if_float(&t)
+                .and_then(|t| t.to_device(device))
+                .map_err(|e| WeightsError::Tensor {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    cause: e.to_string(),
+                })?;
+            tensors.insert(name, t);
+        }
+        Ok(Self::new(tensors, path.to_path_buf()))
+    }
+
+    /// A map over tensors already in memory (tests, converted checkpoints); `path_label` is what
+    /// error messages name as the file. Tensors are kept as given (no dtype conversion).
+    pub fn from_tensors(map: HashMap<String, Tensor>, path_label: impl Into<PathBuf>) -> Self {
+        Self::new(map, path_label.into())
+    }
+
+    fn new(tensors: HashMap<String, Tensor>, path: PathBuf) -> Self {
+        Self {
+            tensors: Arc::new(tensors),
+            path: Arc::new(path),
+            used: Arc::new(Mutex::new(BTreeSet::new())),
+            prefix: String::new(),
+        }
+    }
+
+    /// A view whose lookups are prefixed with `prefix.` (nested: `pp("a").pp("b")` is `a.b.`).
+    pub fn pp(&self, prefix: impl ToString) -> WeightMap {
+        Self {
+            tensors: Arc::clone(&self.tensors),
+            path: Arc::clone(&self.path),
+            used: Arc::clone(&self.used),
+            prefix: self.full_name(&prefix.to_string()),
+        }
+    }
+
+    /// The tensor `name` (under this view's prefix), checked to have exactly `shape`.
+    pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor, WeightsError> {
+        let full = self.full_name(name);
+        let t = self
+            .tensors
+            .get(&full)
+            .ok_or_else(|| WeightsError::Missing {
+                path: self.path.to_path_buf(),
+                name: full.clone(),
+            })?;
+        if t.dims() != shape {
+            return Err(WeightsError::Shape {
+                path: self.path.to_path_buf(),
+                name: full,
+                found: t.dims().to_vec(),
+                expected: shape.to_vec(),
+            });
+        }
+        let t = t.clone();
+        self.used
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(full);
+        Ok(t)
+    }
+
+    /// Whether `name` (under this view's prefix) is in the file.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(&self.full_name(name))
+    }
+
+    /// The shape of `name` (under this view's prefix), if present.
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors
+            .get(&self.full_name(name))
+            .map(|t| t.dims().to_vec())
+    }
+
+    /// The file the tensors came from (or the label given to [`WeightMap::from_tensors`]).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This view's key prefix, without the trailing dot ("" at the root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Every key of the file (all views share the file), sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.tensors.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Keys of the file that no `get` on any view has returned so far, sorted. A model calls it
+    /// after loading to reject a checkpoint that holds more than it uses (a ResNet-34 loaded as
+    /// a ResNet-18 would otherwise load "successfully", silently dropping half the network).
+    pub fn unused_keys(&self) -> Vec<String> {
+        let used = self
+            .used
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut keys: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+}
+
+/// Reads up to `buf.len()` bytes (fewer only at end of file).
+fn read_prefix(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// All tensors of a zip-format torch checkpoint. candle's reader returns only the tensors at the
+/// top level of the pickled dict (and silently skips ones it cannot decode), so an empty result
+/// means "not a state_dict": try the usual nesting keys, then say what was expected.
+fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
+    let top = candle_core::pickle::read_all(path).map_err(|e| e.to_string())?;
+    if !top.is_empty() {
+        return Ok(top);
+    }
+    for key in NESTED_STATE_DICT_KEYS {
+        // An error here only means the key is absent: keep looking.
+        if let Ok(nested) = candle_core::pickle::read_all_with_key(path, Some(key)) {
+            if !nested.is_empty() {
+                return Ok(nested);
+            }
+        }
+    }
+    Err("no tensors found; expected a state_dict saved with \
+         torch.save(model.state_dict(), path)"
+        .to_string())
+}
+
+/// f16/bf16/f64 become f32 (the models compute in f32); integer tensors are kept as they are.
+fn to_f32_if_float(t: &Tensor) -> candle_core::Result<Tensor> {
+    match t.dtype() {
+        DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32),
+        _ => Ok(t.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> WeightMap {
+        let dev = Device::Cpu;
+        let mut m = HashMap::new();
+        m.insert(
+            "layer1.0.conv1.weight".to_string(),
+            Tensor::zeros((2, 3), DType::F32, &dev).unwrap(),
+        );
+        m.insert(
+            "fc.bias".to_string(),
+            Tensor::zeros(5, DType::F32, &dev).unwrap(),
+        );
+        WeightMap::from_tensors(m, "/p/oracle.safetensors")
+    }
+
+    #[test]
+    fn prefixes_nest_like_var_builder() {
+        let w = map();
+        let conv = w.pp("layer1").pp(0).pp("conv1");
+        assert_eq!(conv.prefix(), "layer1.0.conv1");
+        assert!(conv.contains("weight"));
+        assert_eq!(conv.shape_of("weight"), Some(vec![2, 3]));
+        assert!(conv.get(&[2, 3], "weight").is_ok());
+        assert_eq!(w.unused_keys(), vec!["fc.bias".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_file_and_full_key() {
+        let w = map();
+        let e = w.pp("layer1.0").get(&[2, 3], "conv2.weight").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "weights /p/oracle.safetensors: tensor \"layer1.0.conv2.weight\" is missing"
+        );
+        let e = w.pp("fc").get(&[10], "bias").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "weights /p/oracle.safetensors: tensor \"fc.bias\" has shape [5], expected [10]"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_extension_and_unreadable_file() {
+        let e = WeightMap::load(Path::new("/p/x.onnx"), &Device::Cpu).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "weights /p/x.onnx: unsupported file extension; expected .safetensors, .pth or .pt"
+        );
+        let e = WeightMap::load(Path::new("/nonexistent/x.pth"), &Device::Cpu).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("weights /nonexistent/x.pth: cannot read: "),
+            "{e}"
+        );
+    }
+}

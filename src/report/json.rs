@@ -1,0 +1,67 @@
+//! `report.json`: the machine-readable result of a run. Its schema is stable and documented in
+//! the README ("Report schema"); `schema_version` changes when a field changes meaning.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::rca::{ClassificationSummary, RcaSummary};
+use crate::stages::image_folder::SourceResult;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Whether the run covered all its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Every planned image was evaluated.
+    Complete,
+    /// A stop was requested; the numbers cover only the images evaluated before it.
+    Interrupted,
+}
+
+/// Time a stage spent and what went through it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageTiming {
+    pub busy_seconds: f64,
+    pub busy_ratio: f64,
+    pub images_in: u64,
+    pub images_out: u64,
+    pub batches: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Timing {
+    pub wall_seconds: f64,
+    pub stages: BTreeMap<String, StageTiming>,
+}
+
+/// The whole report. Per-class arrays are in the order of `classes`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub status: RunStatus,
+    pub rcaflow_version: String,
+    /// The topology file the run used, or the command that built it.
+    pub topology: String,
+    pub classes: Vec<String>,
+    /// Oracle on real held-out images (`null` when no rca stage ran).
+    pub real: Option<ClassificationSummary>,
+    /// Oracle on generated images, labelled with the class the generator was asked for.
+    pub generated: Option<ClassificationSummary>,
+    pub rca: Option<RcaSummary>,
+    /// `images`, or `baseline <file>` when the real side came from a baseline file.
+    pub real_source: Option<String>,
+    /// Reserved for the FID stage (`null` until it is part of the topology).
+    pub fid: Option<serde_json::Value>,
+    /// Reserved for the Inception Score stage.
+    pub inception_score: Option<serde_json::Value>,
+    /// Reserved for the LPIPS diversity stage.
+    pub lpips_diversity: Option<serde_json::Value>,
+    /// What each image source read, by component id.
+    pub inputs: BTreeMap<String, SourceResult>,
+    pub timing: Timing,
+    /// Figure files in the run directory, by figure name.
+    pub figures: BTreeMap<String, PathBuf>,
+}

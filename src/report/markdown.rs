@@ -1,0 +1,114 @@
+//! `report.md`: the same numbers as `report.json`, as tables a person reads.
+
+use std::fmt::Write;
+
+use super::json::{Report, RunStatus};
+use crate::metrics::rca::Interval;
+
+fn num(v: Option<f64>) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v:.4}"))
+}
+
+fn ci(v: &Option<Interval>) -> String {
+    v.as_ref().map_or("n/a".to_string(), |i| format!("[{:.4}, {:.4}]", i.low, i.high))
+}
+
+/// Renders the report as Markdown.
+pub fn render(r: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# rcaflow report\n");
+    let status = match r.status {
+        RunStatus::Complete => "complete",
+        RunStatus::Interrupted => "**interrupted**: the numbers cover only the images evaluated before the stop",
+    };
+    let _ = writeln!(md, "- status: {status}");
+    let _ = writeln!(md, "- topology: `{}`", r.topology);
+    let _ = writeln!(md, "- classes ({}): {}", r.classes.len(), r.classes.join(", "));
+    let _ = writeln!(md, "- wall time: {:.2} s", r.timing.wall_seconds);
+    let _ = writeln!(md, "- rcaflow {} (report schema {})\n", r.rcaflow_version, r.schema_version);
+
+    if let (Some(real), Some(generated), Some(rca)) = (&r.real, &r.generated, &r.rca) {
+        let _ = writeln!(md, "## Relative Classification Accuracy\n");
+        let _ = writeln!(md, "**RCA (global) = {}** (generated accuracy / real accuracy)\n", num(rca.global));
+        let _ = writeln!(md, "| images | accuracy | 95% CI (Wilson) | count |");
+        let _ = writeln!(md, "|---|---:|---|---:|");
+        for (name, s) in [("real", real), ("generated", generated)] {
+            let _ = writeln!(md, "| {name} | {} | {} | {} |", num(s.accuracy), ci(&s.accuracy_ci95), s.total);
+        }
+        if let Some(source) = &r.real_source {
+            let _ = writeln!(md, "\nReal accuracy from: {source}.");
+        }
+        let _ = writeln!(md, "\n## Per class\n");
+        let _ = writeln!(md, "| class | class RCA | real recall | generated recall | generated 95% CI | real precision | generated precision | real F1 | generated F1 | real support | generated support |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+        for (c, class) in r.classes.iter().enumerate() {
+            let get = |v: &[f64]| v.get(c).copied();
+            let _ = writeln!(
+                md,
+                "| {class} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                num(rca.per_class.get(c).copied().flatten()),
+                num(get(&real.recall)),
+                num(get(&generated.recall)),
+                ci(generated.recall_ci95.get(c).unwrap_or(&None)),
+                num(get(&real.precision)),
+                num(get(&generated.precision)),
+                num(get(&real.f1)),
+                num(get(&generated.f1)),
+                real.support.get(c).copied().unwrap_or(0),
+                generated.support.get(c).copied().unwrap_or(0),
+            );
+        }
+        let _ = writeln!(md, "\nClass RCA is n/a where the class has no real or no generated image, or the oracle never recognises its real images.\n");
+        for (name, s) in [("real", real), ("generated", generated)] {
+            let _ = writeln!(md, "### Confusion matrix, {name} (rows: true class, columns: predicted)\n");
+            let _ = writeln!(md, "| true \\ predicted | {} |", r.classes.join(" | "));
+            let _ = writeln!(md, "|---|{}", "---:|".repeat(r.classes.len()));
+            for (class, row) in r.classes.iter().zip(&s.confusion) {
+                let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+                let _ = writeln!(md, "| {class} | {} |", cells.join(" | "));
+            }
+            let _ = writeln!(md);
+        }
+    }
+
+    for (name, value) in [("FID", &r.fid), ("Inception Score", &r.inception_score), ("LPIPS diversity", &r.lpips_diversity)] {
+        if let Some(v) = value {
+            let _ = writeln!(md, "## {name}\n\n```json\n{}\n```\n", serde_json::to_string_pretty(v).unwrap_or_default());
+        }
+    }
+
+    if !r.inputs.is_empty() {
+        let _ = writeln!(md, "## Inputs\n");
+        for (id, s) in &r.inputs {
+            let files: u64 = s.files.iter().sum();
+            let decoded: u64 = s.decoded.iter().sum();
+            let _ = writeln!(
+                md,
+                "- `{id}` ({}, `{}`): {files} files, {decoded} decoded, {} unreadable{}",
+                s.origin,
+                s.path.display(),
+                s.unreadable.len(),
+                if s.stopped_early { ", stopped early" } else { "" }
+            );
+            for bad in &s.unreadable {
+                let _ = writeln!(md, "  - `{}`: {}", bad.path.display(), bad.error);
+            }
+        }
+        let _ = writeln!(md);
+    }
+
+    if !r.figures.is_empty() {
+        let _ = writeln!(md, "## Figures\n");
+        for (name, path) in &r.figures {
+            let _ = writeln!(md, "![{name}]({})\n", path.display());
+        }
+    }
+
+    let _ = writeln!(md, "## Stages\n");
+    let _ = writeln!(md, "| stage | images in | images out | batches | busy (s) | busy ratio |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for (id, t) in &r.timing.stages {
+        let _ = writeln!(md, "| {id} | {} | {} | {} | {:.3} | {:.3} |", t.images_in, t.images_out, t.batches, t.busy_seconds, t.busy_ratio);
+    }
+    md
+}

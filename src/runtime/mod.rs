@@ -1,0 +1,163 @@
+//! The running dataflow: stages wired by bounded channels, supervised by actors.
+//!
+//! [`run`] takes stage instances and the edges between them, gives each stage its inputs and
+//! outputs, starts the [`supervisor::RunSupervisor`], and waits for the run to end: every stage
+//! done, a stage failed, or a shutdown request drained (or not) within the deadline.
+
+pub mod accumulator;
+pub mod atomic_file;
+pub mod batch;
+pub mod channels;
+pub mod control;
+pub mod stage;
+pub mod supervisor;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::Actor;
+use tokio::sync::{mpsc, oneshot};
+
+use batch::Summary;
+use channels::{edge_channel, Inputs, Outputs};
+use control::{RunControl, StageStats, StageStatus};
+use stage::{Stage, StageArgs, StageContext};
+use supervisor::{RunSupervisor, StageFailure, SupervisorArgs, SupervisorMsg};
+
+use crate::topology::Edge;
+
+/// One stage to run, and how it is named.
+pub struct StageSpec {
+    pub id: String,
+    pub qualified: String,
+    /// Whether the stage folds units into results (counts towards run progress).
+    pub accumulates: bool,
+    pub stage: Box<dyn Stage>,
+}
+
+/// Per-run settings the stages need.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    pub run_dir: PathBuf,
+    pub device: candle_core::Device,
+    pub classes: Arc<Vec<String>>,
+    /// How long a graceful stop may take before the run gives up on the stages still busy.
+    pub shutdown_deadline: Duration,
+}
+
+/// A request to stop, from a signal or a caller.
+#[derive(Clone, Copy, Debug)]
+pub struct ShutdownRequest;
+
+/// How a run that did not fail ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Summaries published by stages, by component id.
+    pub summaries: BTreeMap<String, Summary>,
+    /// A stop was requested: the results cover only the work done before it.
+    pub interrupted: bool,
+    pub stages: Vec<StageStatus>,
+    pub wall: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("stage {} failed: {}", .first.stage, .first.cause)]
+    StageFailed { first: StageFailure, others: Vec<StageFailure> },
+    #[error("shutdown deadline of {}s passed; stages still busy: {}", .deadline.as_secs_f64(), .busy.join(", "))]
+    DeadlineExceeded { deadline: Duration, busy: Vec<String> },
+    #[error("stopped at once by a second interrupt; no results were written")]
+    ForcedStop,
+    #[error("cannot start the run: {0}")]
+    Start(String),
+}
+
+/// Runs `stages` connected by `edges` until they finish or a shutdown ends them.
+///
+/// The first message on `shutdown` asks for a graceful stop (sources stop taking work, the
+/// rest drains); a second one, or the deadline passing, ends the wait at once.
+pub async fn run(
+    stages: Vec<StageSpec>,
+    edges: &[Edge],
+    settings: &RunSettings,
+    control: Arc<RunControl>,
+    mut shutdown: mpsc::UnboundedReceiver<ShutdownRequest>,
+) -> Result<RunOutcome, RunError> {
+    // 1. One bounded channel per edge; each stage gets the ends that touch it.
+    let mut inputs: BTreeMap<String, Vec<channels::EdgeReceiver>> = BTreeMap::new();
+    let mut outputs: BTreeMap<String, Vec<channels::EdgeSender>> = BTreeMap::new();
+    for edge in edges {
+        let (tx, rx) = edge_channel(edge);
+        outputs.entry(edge.from.clone()).or_default().push(tx);
+        inputs.entry(edge.to.clone()).or_default().push(rx);
+    }
+    let mut args = Vec::new();
+    for spec in stages {
+        let stats = Arc::new(StageStats::new(&spec.id, spec.accumulates));
+        control.register(stats.clone());
+        let ctx = StageContext {
+            inputs: Inputs::new(inputs.remove(&spec.id).unwrap_or_default()),
+            outputs: Outputs::new(outputs.remove(&spec.id).unwrap_or_default()),
+            id: spec.id,
+            qualified: spec.qualified,
+            classes: settings.classes.clone(),
+            control: control.clone(),
+            stats,
+            run_dir: settings.run_dir.clone(),
+            device: settings.device.clone(),
+        };
+        args.push(StageArgs { stage: spec.stage, ctx });
+    }
+    if let Some(id) = inputs.keys().chain(outputs.keys()).next() {
+        return Err(RunError::Start(format!("edge names stage \"{id}\", which is not in the run")));
+    }
+
+    // 2. The supervisor starts one actor per stage; it answers on `done` when all have ended.
+    let (done_tx, mut done_rx) = oneshot::channel();
+    let (supervisor, _handle) = Actor::spawn(
+        None,
+        RunSupervisor,
+        SupervisorArgs { stages: args, control: control.clone(), done: done_tx },
+    )
+    .await
+    .map_err(|e| RunError::Start(e.to_string()))?;
+
+    // 3. Wait for the end, or for a stop request and then the end within the deadline.
+    let report = tokio::select! {
+        report = &mut done_rx => report,
+        Some(_) = shutdown.recv() => {
+            tracing::warn!(
+                "stop requested: sources stop, the rest drains (deadline {}s; interrupt again to stop at once)",
+                settings.shutdown_deadline.as_secs_f64()
+            );
+            control.request_stop();
+            tokio::select! {
+                report = &mut done_rx => report,
+                _ = tokio::time::sleep(settings.shutdown_deadline) => {
+                    let busy = ractor::call_t!(supervisor, SupervisorMsg::Status, 2000)
+                        .map(|s| s.into_iter().map(|s| s.id).collect())
+                        .unwrap_or_else(|_| vec!["(supervisor not answering)".to_string()]);
+                    control.abort();
+                    return Err(RunError::DeadlineExceeded { deadline: settings.shutdown_deadline, busy });
+                }
+                Some(_) = shutdown.recv() => {
+                    control.abort();
+                    return Err(RunError::ForcedStop);
+                }
+            }
+        }
+    };
+    let report = report.map_err(|_| RunError::Start("the supervisor stopped without reporting".into()))?;
+    let mut failures = report.failures.into_iter();
+    if let Some(first) = failures.next() {
+        return Err(RunError::StageFailed { first, others: failures.collect() });
+    }
+    Ok(RunOutcome {
+        summaries: control.results(),
+        interrupted: control.stop_requested(),
+        stages: control.statuses(),
+        wall: control.started.elapsed(),
+    })
+}

@@ -1,0 +1,170 @@
+//! A stage is the heavy work of one component; its actor is its handle on the control plane.
+//!
+//! Each [`StageActor`] owns one OS thread running its [`Stage`] (candle calls are synchronous,
+//! so they never run on tokio's workers). When the thread ends, the actor stops normally, or
+//! fails with the stage's error so the supervisor sees it as a ractor supervision event.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::batch::{Payload, Summary};
+use super::channels::{Disconnected, Inputs, Outputs};
+use super::control::{RunControl, StageState, StageStats, StageStatus};
+use crate::telemetry;
+
+/// Why a stage stopped before its inputs were exhausted.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("panicked: {0}")]
+    Panicked(String),
+    /// A consumer went away because the run is being torn down: not a cause of its own.
+    #[error("{0}")]
+    Cancelled(#[from] Disconnected),
+}
+
+impl StageError {
+    pub fn failed(e: impl std::fmt::Display) -> Self {
+        StageError::Failed(e.to_string())
+    }
+}
+
+/// What a stage needs at run time besides its own configuration.
+pub struct StageContext {
+    /// Component id, the `stage` metric label.
+    pub id: String,
+    /// `section.id`, how messages name the stage.
+    pub qualified: String,
+    pub classes: Arc<Vec<String>>,
+    pub inputs: Inputs,
+    pub outputs: Outputs,
+    pub control: Arc<RunControl>,
+    pub stats: Arc<StageStats>,
+    pub run_dir: PathBuf,
+    pub device: candle_core::Device,
+}
+
+impl StageContext {
+    /// Next input payload, counting its images in; `None` when every input has closed.
+    pub fn recv(&mut self) -> Option<Payload> {
+        let payload = self.inputs.recv()?;
+        self.stats.add_in(payload.image_count());
+        Some(payload)
+    }
+
+    /// Sends to every consumer (blocking on a full channel), counting images out.
+    pub fn send(&self, payload: Payload) -> Result<(), StageError> {
+        let n = payload.image_count();
+        self.outputs.send(payload)?;
+        self.stats.add_out(n);
+        Ok(())
+    }
+
+    /// Runs one batch's work, recording it as busy time and batch latency.
+    pub fn timed<T>(&self, work: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = work();
+        self.stats.add_busy(start.elapsed());
+        out
+    }
+
+    /// Counts an error the stage handled without stopping (a corrupt input, say).
+    pub fn count_error(&self) {
+        metrics::counter!(telemetry::STAGE_ERRORS, "stage" => self.id.clone()).increment(1);
+    }
+}
+
+/// The work of one component, run on its own thread until its inputs close (or, for a source,
+/// until its work is done or a stop is requested). A sink may return a summary, published
+/// before its outputs close so downstream stages and the caller see it.
+pub trait Stage: Send + 'static {
+    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError>;
+}
+
+pub enum StageMsg {
+    /// The stage's thread has ended.
+    Finished(Result<(), StageError>),
+    Status(RpcReplyPort<StageStatus>),
+}
+
+pub struct StageArgs {
+    pub stage: Box<dyn Stage>,
+    pub ctx: StageContext,
+}
+
+pub struct StageActorState {
+    stats: Arc<StageStats>,
+}
+
+/// The actor owning one stage's thread.
+pub struct StageActor;
+
+impl Actor for StageActor {
+    type Msg = StageMsg;
+    type State = StageActorState;
+    type Arguments = StageArgs;
+
+    async fn pre_start(&self, myself: ActorRef<StageMsg>, args: StageArgs) -> Result<StageActorState, ActorProcessingErr> {
+        let StageArgs { stage, mut ctx } = args;
+        let stats = ctx.stats.clone();
+        let thread_name = format!("stage-{}", ctx.id);
+        std::thread::Builder::new().name(thread_name).spawn(move || {
+            ctx.stats.set_state(StageState::Running);
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| stage.run(&mut ctx)));
+            let result = match outcome {
+                Ok(Ok(summary)) => {
+                    if let Some(summary) = summary {
+                        ctx.control.publish(&ctx.id, summary);
+                    }
+                    ctx.stats.set_state(StageState::Finished);
+                    Ok(())
+                }
+                Ok(Err(e)) => {
+                    ctx.stats.set_state(StageState::Failed);
+                    Err(e)
+                }
+                Err(panic) => {
+                    ctx.stats.set_state(StageState::Failed);
+                    Err(StageError::Panicked(panic_message(&panic)))
+                }
+            };
+            if let Err(StageError::Failed(_) | StageError::Panicked(_)) = &result {
+                // Flag the failure before our channels close, so nothing downstream mistakes
+                // the closing for a clean end of input and writes results as complete.
+                ctx.control.abort();
+                ctx.count_error();
+            }
+            drop(ctx);
+            // If the actor is already gone the run is over; nobody is left to tell.
+            let _ = myself.cast(StageMsg::Finished(result));
+        })?;
+        Ok(StageActorState { stats })
+    }
+
+    async fn handle(&self, myself: ActorRef<StageMsg>, msg: StageMsg, state: &mut StageActorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            StageMsg::Finished(Ok(())) => myself.stop(Some("finished".into())),
+            StageMsg::Finished(Err(StageError::Cancelled(e))) => myself.stop(Some(format!("cancelled: {e}"))),
+            StageMsg::Finished(Err(e)) => return Err(Box::new(e)),
+            StageMsg::Status(reply) => {
+                let _ = reply.send(state.stats.status());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}

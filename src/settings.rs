@@ -1,0 +1,118 @@
+//! Deployment settings: what is not part of the graph (metrics address, log level, checkpoint
+//! interval, shutdown deadline, device). Defaults are in `config/rcaflow.toml`; command-line
+//! flags override the file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("config {path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("device \"{0}\": expected \"cpu\" (this build has no GPU support)")]
+    Device(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Prometheus listen address; `off` disables the exporter.
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A tracing filter: `info`, `debug`, `rcaflow=debug,warn`, ...
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// Seconds between accumulator checkpoints in the run directory.
+    pub checkpoint_interval_secs: f64,
+    /// Seconds a graceful stop may take before the run gives up on busy stages.
+    pub shutdown_deadline_secs: f64,
+    /// Where models run: `cpu`.
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+    pub runtime: RuntimeSettings,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { listen: "127.0.0.1:9898".into() }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { level: "info".into() }
+    }
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings { checkpoint_interval_secs: 30.0, shutdown_deadline_secs: 30.0, device: "cpu".into() }
+    }
+}
+
+impl Settings {
+    /// Reads a settings file; every field is optional.
+    pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+        let label = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: label.clone(), source })?;
+        let settings: Settings = toml::from_str(&text).map_err(|e| SettingsError::Invalid {
+            path: label.clone(),
+            message: crate::topology::config::one_line(e.message()),
+        })?;
+        settings.check().map_err(|message| SettingsError::Invalid { path: label, message })?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.metrics_addr()?;
+        for (name, v) in [("runtime.checkpoint_interval_secs", self.runtime.checkpoint_interval_secs), ("runtime.shutdown_deadline_secs", self.runtime.shutdown_deadline_secs)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} must be a positive number of seconds, found {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The exporter address, or `None` when metrics are off.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.metrics.listen.as_str() {
+            "off" | "" => Ok(None),
+            s => s.parse().map(Some).map_err(|_| format!("metrics.listen \"{s}\": expected HOST:PORT such as 127.0.0.1:9898, or \"off\"")),
+        }
+    }
+
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.runtime.shutdown_deadline_secs)
+    }
+
+    pub fn device(&self) -> Result<candle_core::Device, SettingsError> {
+        parse_device(&self.runtime.device)
+    }
+}
+
+/// `cpu` (the only device of a CPU build).
+pub fn parse_device(s: &str) -> Result<candle_core::Device, SettingsError> {
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        other => Err(SettingsError::Device(other.to_string())),
+    }
+}

@@ -1,0 +1,33 @@
+//! One file per stage type; [`build`] turns a validated component into its running stage.
+
+pub mod batcher;
+pub mod image_folder;
+pub mod oracle;
+pub mod rca;
+pub mod report;
+
+use crate::runtime::StageSpec;
+use crate::topology::{ComponentKind, Graph};
+
+/// The stages of a validated graph, in data-flow order.
+pub fn build(graph: &Graph) -> Vec<StageSpec> {
+    graph
+        .components
+        .iter()
+        .map(|c| {
+            let stage: Box<dyn crate::runtime::stage::Stage> = match &c.kind {
+                ComponentKind::ImageFolder(cfg) => Box::new(image_folder::ImageFolderStage::new(cfg.clone())),
+                ComponentKind::Batcher(cfg) => Box::new(batcher::BatcherStage::new(cfg.batch_size)),
+                ComponentKind::OracleClassifier(cfg) => Box::new(oracle::OracleStage::new(cfg.clone())),
+                ComponentKind::Rca(cfg) => Box::new(rca::RcaStage::new(cfg.clone())),
+                ComponentKind::Report(cfg) => Box::new(report::ReportStage::new(cfg.clone(), graph.label.clone())),
+            };
+            StageSpec {
+                id: c.id.clone(),
+                qualified: c.qualified(),
+                accumulates: matches!(c.kind, ComponentKind::Rca(_)),
+                stage,
+            }
+        })
+        .collect()
+}

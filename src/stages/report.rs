@@ -1,0 +1,125 @@
+//! `report` sink: when its inputs close, writes the run's report into the run directory:
+//! PNG figures, `report.md`, then `report.json` last, each replaced atomically, so a
+//! `report.json` on disk always belongs to a run that ended (complete or interrupted), never to
+//! one that failed half-way.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::report::figures;
+use crate::report::json::{Report, RunStatus, StageTiming, Timing, SCHEMA_VERSION};
+use crate::report::markdown;
+use crate::runtime::atomic_file::{commit, temporary_path, write_atomic};
+use crate::runtime::batch::{Payload, Summary};
+use crate::runtime::stage::{Stage, StageContext, StageError};
+use crate::topology::config::ReportConfig;
+
+/// Report files a run writes; removed before a run starts so none is left from an earlier one.
+pub const REPORT_FILES: [&str; 5] = ["report.json", "report.md", "confusion_real.png", "confusion_generated.png", "rca_per_class.png"];
+
+pub struct ReportStage {
+    cfg: ReportConfig,
+    topology: String,
+}
+
+impl ReportStage {
+    pub fn new(cfg: ReportConfig, topology: String) -> Self {
+        ReportStage { cfg, topology }
+    }
+}
+
+impl Stage for ReportStage {
+    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
+        let mut rca = None;
+        while let Some(payload) = ctx.recv() {
+            match payload {
+                Payload::Summary(s) => match &*s {
+                    Summary::Rca(r) if rca.is_none() => rca = Some(r.clone()),
+                    Summary::Rca(_) => return Err(StageError::Failed("received results from two rca sinks; a report takes one".into())),
+                    Summary::Source(_) => {}
+                },
+                _ => return Err(StageError::Failed("received a non-summary payload; the topology check should have refused this edge".into())),
+            }
+        }
+        // A failed run writes no report: partial numbers must not look like results.
+        if ctx.control.aborted() {
+            return Ok(None);
+        }
+        let inputs = ctx
+            .control
+            .results()
+            .into_iter()
+            .filter_map(|(id, s)| match s {
+                Summary::Source(src) => Some((id, src)),
+                Summary::Rca(_) => None,
+            })
+            .collect();
+        let stages = ctx
+            .control
+            .statuses()
+            .into_iter()
+            .map(|s| {
+                let t = StageTiming { busy_seconds: s.busy_seconds, busy_ratio: s.busy_ratio, images_in: s.images_in, images_out: s.images_out, batches: s.batches };
+                (s.id, t)
+            })
+            .collect();
+        let mut report = Report {
+            schema_version: SCHEMA_VERSION,
+            status: if ctx.control.stop_requested() { RunStatus::Interrupted } else { RunStatus::Complete },
+            rcaflow_version: env!("CARGO_PKG_VERSION").to_string(),
+            topology: self.topology.clone(),
+            classes: ctx.classes.to_vec(),
+            real: rca.as_ref().map(|r| r.real.clone()),
+            generated: rca.as_ref().map(|r| r.generated.clone()),
+            rca: rca.as_ref().map(|r| r.rca.clone()),
+            real_source: rca.as_ref().map(|r| r.real_source.clone()),
+            fid: None,
+            inception_score: None,
+            lpips_diversity: None,
+            inputs,
+            timing: Timing { wall_seconds: ctx.control.started.elapsed().as_secs_f64(), stages },
+            figures: BTreeMap::new(),
+        };
+        let dir = ctx.run_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| StageError::Failed(format!("run directory \"{}\": cannot create: {e}", dir.display())))?;
+        if self.cfg.figures {
+            report.figures = write_figures(&dir, &report)?;
+        }
+        let md = markdown::render(&report);
+        write(&dir.join("report.md"), md.as_bytes())?;
+        let json = serde_json::to_vec_pretty(&report).map_err(StageError::failed)?;
+        write(&dir.join("report.json"), &json)?;
+        tracing::info!(dir = %dir.display(), "report written");
+        Ok(None)
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
+    write_atomic(path, bytes).map_err(|e| StageError::Failed(format!("report file \"{}\": cannot write: {e}", path.display())))
+}
+
+/// Draws each figure to a temporary file and renames it into place.
+fn write_figures(dir: &Path, r: &Report) -> Result<BTreeMap<String, PathBuf>, StageError> {
+    let mut out = BTreeMap::new();
+    let mut draw = |name: &str, file: &str, render: &dyn Fn(&Path) -> Result<(), figures::FigureError>| -> Result<(), StageError> {
+        let path = dir.join(file);
+        // The temporary name keeps the .png extension: plotters picks the encoder by extension.
+        let tmp = temporary_path(&path).with_extension("tmp.png");
+        render(&tmp).map_err(StageError::failed)?;
+        commit(&tmp, &path).map_err(|e| StageError::Failed(format!("figure \"{}\": cannot write: {e}", path.display())))?;
+        out.insert(name.to_string(), PathBuf::from(file));
+        Ok(())
+    };
+    for (name, file, summary) in [("confusion_real", "confusion_real.png", &r.real), ("confusion_generated", "confusion_generated.png", &r.generated)] {
+        if let Some(s) = summary.as_ref().filter(|s| s.total > 0) {
+            let title = format!("Oracle confusion, {} images (n = {})", name.trim_start_matches("confusion_"), s.total);
+            draw(name, file, &|p| figures::confusion_heatmap(p, &title, &r.classes, &s.confusion))?;
+        }
+    }
+    if let Some(rca) = &r.rca {
+        if r.generated.as_ref().is_some_and(|g| g.total > 0) {
+            draw("rca_per_class", "rca_per_class.png", &|p| figures::rca_bars(p, &r.classes, &rca.per_class, rca.global))?;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,93 @@
+//! Every metric rcaflow exports, in one list (as Vector keeps its internal metric names), and
+//! the Prometheus exporter. Names follow `rcaflow_<what>_<unit>[_total]` with base units;
+//! labels stay low-cardinality: `stage`, `edge`, `origin`, `class`, plus a global `run`.
+
+use std::net::{SocketAddr, TcpListener};
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// Images a stage received. Labels: stage.
+pub const STAGE_IMAGES_IN: &str = "rcaflow_stage_images_in_total";
+/// Images a stage sent downstream. Labels: stage.
+pub const STAGE_IMAGES_OUT: &str = "rcaflow_stage_images_out_total";
+/// Batches a stage processed. Labels: stage.
+pub const STAGE_BATCHES: &str = "rcaflow_stage_batches_total";
+/// Time a stage spent on one batch. Labels: stage.
+pub const STAGE_BATCH_SECONDS: &str = "rcaflow_stage_batch_duration_seconds";
+/// Share of its lifetime a stage spent working (not waiting on channels). Labels: stage.
+pub const STAGE_BUSY_RATIO: &str = "rcaflow_stage_busy_ratio";
+/// Errors a stage met (handled or fatal). Labels: stage.
+pub const STAGE_ERRORS: &str = "rcaflow_stage_errors_total";
+/// Input files that could not be decoded. Labels: stage.
+pub const CORRUPT_INPUTS: &str = "rcaflow_corrupt_inputs_total";
+/// Batches waiting in an edge's channel. Labels: edge.
+pub const CHANNEL_DEPTH: &str = "rcaflow_channel_depth_batches";
+/// Capacity of an edge's channel. Labels: edge.
+pub const CHANNEL_CAPACITY: &str = "rcaflow_channel_capacity_batches";
+/// Images the run will evaluate. Labels: origin.
+pub const RUN_IMAGES_PLANNED: &str = "rcaflow_run_images_planned";
+/// Images folded into results by the slowest accumulating sink, over images planned.
+pub const RUN_PROGRESS: &str = "rcaflow_run_progress_ratio";
+/// Live oracle accuracy. Labels: origin.
+pub const ACCURACY: &str = "rcaflow_accuracy_ratio";
+/// Live global Relative Classification Accuracy.
+pub const RCA: &str = "rcaflow_rca_ratio";
+/// Live class RCA. Labels: class.
+pub const CLASS_RCA: &str = "rcaflow_class_rca_ratio";
+/// Image batches alive in the process (channels plus stages' hands): the memory bound.
+pub const IMAGE_BATCHES_LIVE: &str = "rcaflow_image_batches_live";
+
+/// Latency buckets in seconds: from a fast CPU batch to a slow 1,000-step sampler batch.
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("metrics address {addr}: cannot listen: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("metrics exporter: {0}")]
+    Exporter(String),
+}
+
+/// Starts the Prometheus exporter on `addr` (port 0 picks a free port) with a global `run`
+/// label; returns the address it listens on.
+pub fn install_exporter(addr: SocketAddr, run: &str) -> Result<SocketAddr, TelemetryError> {
+    // The exporter binds inside its own task and does not say which port it got, so a port-0
+    // request is resolved here first (tests run many exporters side by side).
+    let addr = if addr.port() == 0 {
+        let probe = TcpListener::bind(addr).map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?;
+        probe.local_addr().map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?
+    } else {
+        // Bind once ourselves so an address in use is reported clearly, not logged by a task.
+        drop(TcpListener::bind(addr).map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?);
+        addr
+    };
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .add_global_label("run", run)
+        .set_buckets_for_metric(Matcher::Full(STAGE_BATCH_SECONDS.to_string()), LATENCY_BUCKETS)
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?
+        .install()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    describe_all();
+    Ok(addr)
+}
+
+/// HELP lines and units for every metric above.
+fn describe_all() {
+    describe_counter!(STAGE_IMAGES_IN, Unit::Count, "Images a stage received.");
+    describe_counter!(STAGE_IMAGES_OUT, Unit::Count, "Images a stage sent downstream.");
+    describe_counter!(STAGE_BATCHES, Unit::Count, "Batches a stage processed.");
+    describe_histogram!(STAGE_BATCH_SECONDS, Unit::Seconds, "Time a stage spent processing one batch.");
+    describe_gauge!(STAGE_BUSY_RATIO, Unit::Percent, "Share of a stage's lifetime spent working rather than waiting (0-1).");
+    describe_counter!(STAGE_ERRORS, Unit::Count, "Errors a stage met, handled or fatal.");
+    describe_counter!(CORRUPT_INPUTS, Unit::Count, "Input image files that could not be decoded.");
+    describe_gauge!(CHANNEL_DEPTH, Unit::Count, "Batches waiting in an edge's channel.");
+    describe_gauge!(CHANNEL_CAPACITY, Unit::Count, "Capacity of an edge's channel, in batches.");
+    describe_gauge!(RUN_IMAGES_PLANNED, Unit::Count, "Images the run will evaluate, by origin.");
+    describe_gauge!(RUN_PROGRESS, Unit::Percent, "Images folded into results over images planned (0-1).");
+    describe_gauge!(ACCURACY, Unit::Percent, "Live oracle accuracy by origin (0-1).");
+    describe_gauge!(RCA, Unit::Percent, "Live global Relative Classification Accuracy (generated / real accuracy).");
+    describe_gauge!(CLASS_RCA, Unit::Percent, "Live class RCA (generated / real recall).");
+    describe_gauge!(IMAGE_BATCHES_LIVE, Unit::Count, "Image batches alive in the process.");
+}

@@ -1,0 +1,309 @@
+//! The topology file's structs: `[run]`, `[sources.ID]`, `[transforms.ID]`, `[sinks.ID]`, in the
+//! style of Vector's configuration. Component types form one closed serde enum
+//! ([`ComponentKind`]) whose variants deny unknown fields; the keys every component shares
+//! (`inputs`, `capacity`) are taken off first, so each error can name its component.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::models::preprocess::Normalization;
+use crate::models::resnet::{ResNetArch, Stem};
+use crate::runtime::batch::Origin;
+
+/// Default capacity, in batches, of every edge that does not set its own.
+pub const DEFAULT_CAPACITY: usize = 4;
+
+/// `[run]`: settings of the graph as a whole.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Run directory (report and state); relative to the topology file.
+    pub dir: Option<PathBuf>,
+    /// Class names in label order; when absent they come from the image folders.
+    pub classes: Option<Vec<String>>,
+    /// Edge capacity, in batches, for components that set none.
+    pub default_capacity: Option<usize>,
+}
+
+/// The section a component is declared in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Section {
+    Sources,
+    Transforms,
+    Sinks,
+}
+
+impl Section {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Sources => "sources",
+            Section::Transforms => "transforms",
+            Section::Sinks => "sinks",
+        }
+    }
+}
+
+/// What flows on an edge; validation checks each input produces what its consumer accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    Images,
+    Predictions,
+    Summaries,
+}
+
+impl fmt::Display for DataKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DataKind::Images => "images",
+            DataKind::Predictions => "predictions",
+            DataKind::Summaries => "summaries",
+        })
+    }
+}
+
+fn default_unit_size() -> usize {
+    64
+}
+
+fn default_batch_size() -> usize {
+    64
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `image_folder` source: an ImageFolder tree (`root/<class>/*.png|jpg|jpeg`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFolderConfig {
+    pub path: PathBuf,
+    pub origin: Origin,
+    /// Fail the run on the first unreadable image instead of counting and skipping it.
+    #[serde(default)]
+    pub strict: bool,
+    /// Images per work unit (the grain of exactly-once accounting).
+    #[serde(default = "default_unit_size")]
+    pub unit_size: usize,
+}
+
+/// `batcher` transform: groups whole units into batches of about `batch_size` images.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatcherConfig {
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+/// `oracle_classifier` transform: a torchvision ResNet predicting each image's class.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OracleClassifierConfig {
+    pub weights: PathBuf,
+    pub arch: ResNetArch,
+    pub stem: Stem,
+    pub normalization: Normalization,
+}
+
+/// `rca` sink: confusion matrices per origin, accuracies and Relative Classification Accuracy.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RcaConfig {
+    /// A baseline written by `rcaflow baseline`, used instead of real images.
+    pub baseline: Option<PathBuf>,
+}
+
+/// `report` sink: writes report.json, report.md and figures into the run directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    #[serde(default = "default_true")]
+    pub figures: bool,
+}
+
+/// Every component type rcaflow knows: the closed list a topology may use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ComponentKind {
+    ImageFolder(ImageFolderConfig),
+    Batcher(BatcherConfig),
+    OracleClassifier(OracleClassifierConfig),
+    Rca(RcaConfig),
+    Report(ReportConfig),
+}
+
+impl ComponentKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ComponentKind::ImageFolder(_) => "image_folder",
+            ComponentKind::Batcher(_) => "batcher",
+            ComponentKind::OracleClassifier(_) => "oracle_classifier",
+            ComponentKind::Rca(_) => "rca",
+            ComponentKind::Report(_) => "report",
+        }
+    }
+
+    /// The section this type must be declared in.
+    pub fn section(&self) -> Section {
+        match self {
+            ComponentKind::ImageFolder(_) => Section::Sources,
+            ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) => Section::Transforms,
+            ComponentKind::Rca(_) | ComponentKind::Report(_) => Section::Sinks,
+        }
+    }
+
+    /// What this component accepts on its inputs (`None` for sources).
+    pub fn accepts(&self) -> Option<DataKind> {
+        match self {
+            ComponentKind::ImageFolder(_) => None,
+            ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) => Some(DataKind::Images),
+            ComponentKind::Rca(_) => Some(DataKind::Predictions),
+            ComponentKind::Report(_) => Some(DataKind::Summaries),
+        }
+    }
+
+    /// What this component emits (`None` for terminal sinks).
+    pub fn produces(&self) -> Option<DataKind> {
+        match self {
+            ComponentKind::ImageFolder(_) | ComponentKind::Batcher(_) => Some(DataKind::Images),
+            ComponentKind::OracleClassifier(_) => Some(DataKind::Predictions),
+            ComponentKind::Rca(_) => Some(DataKind::Summaries),
+            ComponentKind::Report(_) => None,
+        }
+    }
+
+    /// Whether leaving the output unconsumed is a mistake (images or predictions nobody reads)
+    /// rather than a choice (a metric whose summary is only returned to the caller).
+    pub fn needs_consumer(&self) -> bool {
+        matches!(self.produces(), Some(DataKind::Images | DataKind::Predictions))
+    }
+
+    /// Makes relative paths relative to `base` (the topology file's directory).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        match self {
+            ComponentKind::ImageFolder(c) => join(&mut c.path),
+            ComponentKind::OracleClassifier(c) => join(&mut c.weights),
+            ComponentKind::Rca(c) => {
+                if let Some(p) = c.baseline.as_mut() {
+                    join(p)
+                }
+            }
+            ComponentKind::Batcher(_) | ComponentKind::Report(_) => {}
+        }
+    }
+}
+
+/// One declared component, with the keys all components share taken off.
+#[derive(Clone, Debug, Serialize)]
+pub struct Component {
+    pub id: String,
+    pub section: Section,
+    pub kind: ComponentKind,
+    pub inputs: Vec<String>,
+    /// Capacity, in batches, of each of this component's input edges.
+    pub capacity: usize,
+}
+
+impl Component {
+    /// `sections.id`, the name every message about this component starts with.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.section.as_str(), self.id)
+    }
+}
+
+/// The raw file: sections of untyped tables, so one bad component cannot hide the others.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTopology {
+    #[serde(default)]
+    pub run: RunSection,
+    #[serde(default)]
+    pub sources: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    pub transforms: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, toml::Table>,
+}
+
+/// Turns one raw table into a [`Component`], pushing every problem found onto `errors`.
+pub(crate) fn parse_component(
+    section: Section,
+    id: &str,
+    mut table: toml::Table,
+    default_capacity: usize,
+    errors: &mut Vec<String>,
+) -> Option<Component> {
+    let name = format!("{}.{}", section.as_str(), id);
+    let before = errors.len();
+    let inputs = match table.remove("inputs") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => {
+            let mut inputs = Vec::new();
+            for item in items {
+                match item {
+                    toml::Value::String(s) => inputs.push(s),
+                    other => errors.push(format!(
+                        "{name}: `inputs` entries must be component ids (strings), found {}",
+                        other.type_str()
+                    )),
+                }
+            }
+            inputs
+        }
+        Some(other) => {
+            errors.push(format!(
+                "{name}: `inputs` must be an array of component ids, found {}",
+                other.type_str()
+            ));
+            Vec::new()
+        }
+    };
+    let capacity = match table.remove("capacity") {
+        None => default_capacity,
+        Some(toml::Value::Integer(0)) => {
+            errors.push(format!("{name}: capacity must be at least 1 batch, found 0"));
+            default_capacity
+        }
+        Some(toml::Value::Integer(n)) if n > 0 => n as usize,
+        Some(other) => {
+            errors.push(format!("{name}: capacity must be a positive integer, found {other}"));
+            default_capacity
+        }
+    };
+    if !table.contains_key("type") {
+        errors.push(format!("{name}: `type` is missing; expected one of {}", type_list()));
+        return None;
+    }
+    let kind: ComponentKind = match toml::Value::Table(table).try_into() {
+        Ok(kind) => kind,
+        Err(e) => {
+            errors.push(format!("{name}: {}", one_line(&e.to_string())));
+            return None;
+        }
+    };
+    (errors.len() == before).then(|| Component {
+        id: id.to_string(),
+        section,
+        kind,
+        inputs,
+        capacity,
+    })
+}
+
+fn type_list() -> &'static str {
+    "image_folder, batcher, oracle_classifier, rca, report"
+}
+
+/// serde/toml messages sometimes span lines; a config error is one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,162 @@
+//! Report figures render, decode as PNG, have the expected size and are not blank.
+//!
+//! Set `RCAFLOW_FIGURE_DIR=/some/dir` to keep the rendered PNGs for a look by eye (the layout
+//! is checked that way; these tests guard against regressions that break decoding or sizing).
+
+use std::path::{Path, PathBuf};
+
+use rcaflow::report::figures::{confusion_heatmap, rca_bars};
+
+fn out_dir(tmp: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
+    match std::env::var_os("RCAFLOW_FIGURE_DIR") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            Ok(PathBuf::from(dir))
+        }
+        None => Ok(tmp.path().to_path_buf()),
+    }
+}
+
+/// Decodes `path` and checks it has more than a handful of distinct colours.
+fn check_png(path: &Path) -> anyhow::Result<(u32, u32)> {
+    let bytes = std::fs::read(path)?;
+    assert!(
+        bytes.starts_with(b"\x89PNG"),
+        "{} is not a PNG",
+        path.display()
+    );
+    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)?.to_rgb8();
+    let mut colours = std::collections::HashSet::new();
+    for p in img.pixels() {
+        colours.insert(p.0);
+        if colours.len() > 50 {
+            break;
+        }
+    }
+    assert!(colours.len() > 50, "{} looks blank", path.display());
+    Ok(img.dimensions())
+}
+
+fn classes(n: usize) -> Vec<String> {
+    let names = [
+        "Jang Wonyoung",
+        "Karina",
+        "Winter",
+        "Jisoo",
+        "Jennie",
+        "Rosé",
+        "Lisa",
+        "IU",
+        "Kim Chaewon of LE SSERAFIM",
+        "Hanni",
+    ];
+    names
+        .iter()
+        .cycle()
+        .take(n)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A diagonal-heavy matrix with one empty row when `n` > 2.
+fn matrix(n: usize) -> Vec<Vec<u64>> {
+    (0..n)
+        .map(|t| {
+            if n > 2 && t == 3 {
+                return vec![0; n];
+            }
+            (0..n)
+                .map(|p| {
+                    if p == t {
+                        4000 + 100 * t as u64
+                    } else {
+                        ((t * 7 + p * 3) % 11) as u64 * 9
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn heatmaps_render_for_2_and_10_classes() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = out_dir(&tmp)?;
+    let mut sizes = Vec::new();
+    for n in [2usize, 10] {
+        let path = dir.join(format!("confusion_{n}.png"));
+        confusion_heatmap(
+            &path,
+            &format!("generated images: oracle confusion ({n} classes)"),
+            &classes(n),
+            &matrix(n),
+        )?;
+        let (w, h) = check_png(&path)?;
+        assert!(w >= 300 && h >= 250, "{n} classes: {w}x{h} too small");
+        assert!(w <= 4000 && h <= 4000, "{n} classes: {w}x{h} too large");
+        sizes.push((w, h));
+    }
+    // More classes, larger figure.
+    assert!(
+        sizes[1].0 > sizes[0].0 && sizes[1].1 > sizes[0].1,
+        "{sizes:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn all_zero_confusion_renders() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let path = out_dir(&tmp)?.join("confusion_empty.png");
+    confusion_heatmap(&path, "nothing yet", &classes(3), &vec![vec![0; 3]; 3])?;
+    check_png(&path)?;
+    Ok(())
+}
+
+#[test]
+fn rca_bars_render_for_2_and_10_classes() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = out_dir(&tmp)?;
+    let cases: [(usize, Vec<Option<f64>>, Option<f64>); 3] = [
+        (2, vec![Some(0.91), None], Some(0.91)),
+        (
+            10,
+            vec![
+                Some(0.95),
+                Some(1.08),
+                Some(0.42),
+                None,
+                Some(0.0),
+                Some(0.77),
+                Some(0.99),
+                Some(1.31),
+                Some(0.66),
+                Some(0.88),
+            ],
+            Some(0.83),
+        ),
+        (3, vec![None, None, None], None),
+    ];
+    let mut sizes = Vec::new();
+    for (n, values, global) in cases {
+        let path = dir.join(format!("rca_{n}.png"));
+        rca_bars(&path, &classes(n), &values, global)?;
+        let (w, h) = check_png(&path)?;
+        assert!(w >= 300 && h >= 250, "{n} classes: {w}x{h}");
+        sizes.push(w);
+    }
+    assert!(sizes[1] > sizes[0], "{sizes:?}");
+    Ok(())
+}
+
+#[test]
+fn unwritable_path_is_an_error_naming_it() {
+    let path = Path::new("/nonexistent-rcaflow-dir/figure.png");
+    let e = rca_bars(path, &classes(2), &[Some(1.0), Some(0.5)], Some(0.75))
+        .expect_err("directory does not exist");
+    assert!(
+        e.to_string()
+            .contains("/nonexistent-rcaflow-dir/figure.png"),
+        "{e}"
+    );
+}
