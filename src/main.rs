@@ -1,5 +1,7 @@
 //! The `rcaflow` binary: parse flags, set up logging, run the command, map errors to exit codes.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use rcaflow::cli::{dispatch, load_settings, Cli};
 use tracing_subscriber::EnvFilter;
@@ -14,7 +16,11 @@ fn main() {
             };
             match filter {
                 Ok(filter) => {
-                    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+                    tracing_subscriber::fmt()
+                        .with_env_filter(filter)
+                        .with_writer(std::io::stderr)
+                        .with_ansi(std::io::stderr().is_terminal())
+                        .init();
                     match dispatch(cli, settings) {
                         Ok(()) => 0,
                         Err(e) => {

@@ -104,6 +104,10 @@ impl Settings {
         Duration::from_secs_f64(self.runtime.shutdown_deadline_secs)
     }
 
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.runtime.checkpoint_interval_secs)
+    }
+
     pub fn device(&self) -> Result<candle_core::Device, SettingsError> {
         parse_device(&self.runtime.device)
     }

@@ -26,6 +26,7 @@ pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings) -> Result<Run
         device,
         classes: Arc::new(graph.classes.clone()),
         shutdown_deadline: settings.shutdown_deadline(),
+        checkpoint_interval: settings.checkpoint_interval(),
     };
     // Two workers are plenty: actors only pass control messages; the heavy work runs on the
     // stages' own threads.

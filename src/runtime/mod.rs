@@ -8,6 +8,7 @@ pub mod accumulator;
 pub mod atomic_file;
 pub mod batch;
 pub mod channels;
+pub mod checkpoint;
 pub mod control;
 pub mod stage;
 pub mod supervisor;
@@ -45,6 +46,8 @@ pub struct RunSettings {
     pub classes: Arc<Vec<String>>,
     /// How long a graceful stop may take before the run gives up on the stages still busy.
     pub shutdown_deadline: Duration,
+    /// How often accumulators checkpoint their state into the run directory.
+    pub checkpoint_interval: Duration,
 }
 
 /// A request to stop, from a signal or a caller.
@@ -107,6 +110,7 @@ pub async fn run(
             stats,
             run_dir: settings.run_dir.clone(),
             device: settings.device.clone(),
+            checkpoint_interval: settings.checkpoint_interval,
         };
         args.push(StageArgs { stage: spec.stage, ctx });
     }

@@ -47,6 +47,7 @@ pub struct StageContext {
     pub stats: Arc<StageStats>,
     pub run_dir: PathBuf,
     pub device: candle_core::Device,
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl StageContext {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::rca::{relative_accuracy, summarize, ClassificationSummary, Confusion, RcaSummary};
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
+use crate::runtime::checkpoint::{self, CheckpointTimer};
 use crate::runtime::batch::{Origin, Payload, PredictionBatch, Summary, UnitSpan};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
@@ -130,6 +131,7 @@ impl Stage for RcaStage {
     fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
         let n = ctx.classes.len();
         let mut acc = ExactlyOnce::new(RcaState::new(n));
+        let mut timer = CheckpointTimer::new(ctx.checkpoint_interval);
         // With a baseline, the real side is fixed from the start.
         let baseline = match &self.cfg.baseline {
             Some(path) => {
@@ -145,7 +147,12 @@ impl Stage for RcaStage {
             };
             ctx.timed(|| acc.apply(&batch, &batch.units));
             publish_live(&result_of(&acc, &baseline), &ctx.classes);
+            if timer.due() {
+                checkpoint::write(&ctx.run_dir, &ctx.id, &acc.snapshot()).map_err(StageError::failed)?;
+            }
         }
+        // The final state is checkpointed even after a failure elsewhere: what was applied stays applied.
+        checkpoint::write(&ctx.run_dir, &ctx.id, &acc.snapshot()).map_err(StageError::failed)?;
         if ctx.control.aborted() {
             return Ok(None);
         }

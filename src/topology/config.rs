@@ -184,11 +184,7 @@ impl ComponentKind {
 
     /// Makes relative paths relative to `base` (the topology file's directory).
     pub fn resolve_paths(&mut self, base: &Path) {
-        let join = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
+        let join = |p: &mut PathBuf| *p = resolve(base, p);
         match self {
             ComponentKind::ImageFolder(c) => join(&mut c.path),
             ComponentKind::OracleClassifier(c) => join(&mut c.weights),
@@ -306,4 +302,25 @@ fn type_list() -> &'static str {
 /// serde/toml messages sometimes span lines; a config error is one line.
 pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `path` relative to `base`, with `a/../` folded away (lexically: symlinks are not followed),
+/// so messages and reports show `example/real` rather than `topology/../example/real`.
+pub fn resolve(base: &Path, path: &Path) -> PathBuf {
+    use std::path::Component as C;
+    let joined = if path.is_relative() { base.join(path) } else { path.to_path_buf() };
+    let mut out = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            C::CurDir => {}
+            C::ParentDir if matches!(out.components().next_back(), Some(C::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }

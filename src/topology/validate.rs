@@ -185,7 +185,7 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
     let components = order.iter().filter_map(|id| by_id.remove(id)).collect();
     Ok(Graph {
         label: String::new(),
-        run_dir: raw.run.dir.map(|d| if d.is_relative() { base.join(d) } else { d }),
+        run_dir: raw.run.dir.map(|d| super::config::resolve(base, &d)),
         components,
         edges,
         classes: classes.unwrap_or_default(),
@@ -263,7 +263,10 @@ fn check_inputs_on_disk(
     // The reference class list: `[run] classes`, else the first image folder (by id).
     let mut reference: Option<(String, Vec<String>)> =
         declared.clone().map(|classes| ("run.classes".to_string(), classes));
-    for c in components {
+    // Real images are the ground truth: other folders are compared with them, not the reverse.
+    let mut ordered: Vec<&Component> = components.iter().collect();
+    ordered.sort_by_key(|c| !matches!(&c.kind, ComponentKind::ImageFolder(f) if f.origin == Origin::Real));
+    for c in ordered {
         let name = c.qualified();
         match &c.kind {
             ComponentKind::ImageFolder(cfg) => {

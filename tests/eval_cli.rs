@@ -1,0 +1,374 @@
+//! End-to-end tests of the `rcaflow` binary on tiny generated image sets: `eval` report
+//! contents, `baseline` reuse, bad inputs (corrupt images, bad weights, mismatched class
+//! folders), and a graceful stop on SIGINT with live metrics scraped while the run goes on.
+
+#[path = "../examples/common/color_set.rs"]
+mod color_set;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use color_set::{color_oracle, write_png, PALETTE};
+use serde_json::Value;
+
+const SIZE: u32 = 8;
+
+fn rcaflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcaflow"));
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+fn colors() -> Vec<[u8; 3]> {
+    PALETTE.iter().map(|(_, c)| *c).collect()
+}
+
+/// `root/<class>/<i>.png`, uniform images; `drawn(class, i)` picks the colour index.
+fn write_set(root: &Path, per_class: usize, drawn: impl Fn(usize, usize) -> usize) {
+    for (c, (name, _)) in PALETTE.iter().enumerate() {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let color = PALETTE[drawn(c, i)].1;
+            write_png(&dir.join(format!("{i:03}.png")), SIZE, |_, _| color);
+        }
+    }
+}
+
+fn save_oracle(path: &Path, state: &HashMap<String, Tensor>) {
+    candle_core::safetensors::save(state, path).unwrap();
+}
+
+/// Real: 3 faithful images per class. Generated: the same, except class 3 (emerald), whose
+/// images 0 and 1 were drawn in class 0's colour (amber), and a corrupt file in class 1.
+fn tiny_set(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (real, generated, oracle) = (root.join("real"), root.join("generated"), root.join("oracle.safetensors"));
+    write_set(&real, 3, |c, _| c);
+    write_set(&generated, 3, |c, i| if c == 3 && i < 2 { 0 } else { c });
+    std::fs::write(generated.join("azure").join("zzz-corrupt.png"), b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
+    save_oracle(&oracle, &color_oracle(&colors()));
+    (real, generated, oracle)
+}
+
+fn oracle_flags(oracle: &Path) -> Vec<String> {
+    ["--oracle", &oracle.display().to_string(), "--oracle-arch", "resnet18", "--oracle-stem", "cifar", "--oracle-norm", "minus-one-one", "--batch-size", "4", "--metrics-addr", "off"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn eval(real: &Path, generated: &Path, oracle: &Path, out: &Path) -> Output {
+    rcaflow()
+        .arg("eval")
+        .args(["--real", &real.display().to_string(), "--generated", &generated.display().to_string(), "--out", &out.display().to_string()])
+        .args(oracle_flags(oracle))
+        .output()
+        .unwrap()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn eval_reports_accuracies_rca_and_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (real, generated, oracle) = tiny_set(tmp.path());
+    let out = tmp.path().join("out");
+    let o = eval(&real, &generated, &oracle, &out);
+    assert!(o.status.success(), "eval failed: {}", stderr(&o));
+
+    let r = read_json(&out.join("report.json"));
+    assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["status"], "complete");
+    assert_eq!(r["classes"], serde_json::json!(["amber", "azure", "crimson", "emerald"]));
+    // Real: all 12 recognised.
+    assert_eq!(r["real"]["accuracy"], 1.0);
+    assert_eq!(r["real"]["support"], serde_json::json!([3, 3, 3, 3]));
+    // Generated: emerald 0 and 1 look amber; the corrupt file is skipped, not counted.
+    assert_eq!(r["generated"]["confusion"], serde_json::json!([[3, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0], [2, 0, 0, 1]]));
+    assert_eq!(r["generated"]["total"], 12);
+    let acc_gen = r["generated"]["accuracy"].as_f64().unwrap();
+    assert!((acc_gen - 10.0 / 12.0).abs() < 1e-12);
+    assert!((r["rca"]["global"].as_f64().unwrap() - 10.0 / 12.0).abs() < 1e-12);
+    let per_class: Vec<f64> = r["rca"]["per_class"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(per_class.len(), 4);
+    for (got, want) in per_class.iter().zip([1.0, 1.0, 1.0, 1.0 / 3.0]) {
+        assert!((got - want).abs() < 1e-12, "class RCA {per_class:?}");
+    }
+    // sklearn conventions: amber predicted 5 times, 3 right.
+    assert!((r["generated"]["precision"][0].as_f64().unwrap() - 0.6).abs() < 1e-12);
+    assert!((r["generated"]["f1"][3].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    // Metrics of later issues are present and null.
+    for key in ["fid", "inception_score", "lpips_diversity"] {
+        assert!(r.get(key).is_some_and(Value::is_null), "{key} should be null");
+    }
+    // The corrupt file is reported by path.
+    let bad = &r["inputs"]["generated"]["unreadable"];
+    assert_eq!(bad.as_array().unwrap().len(), 1);
+    assert!(bad[0]["path"].as_str().unwrap().ends_with("azure/zzz-corrupt.png"));
+    assert_eq!(r["inputs"]["generated"]["decoded"], serde_json::json!([3, 3, 3, 3]));
+    // Figures exist and are real PNGs.
+    for name in ["confusion_real.png", "confusion_generated.png", "rca_per_class.png"] {
+        let img = image::open(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(img.width() > 300 && img.height() > 200, "{name} is {}x{}", img.width(), img.height());
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("**RCA (global) = 0.8333**"), "{md}");
+    assert!(md.contains("zzz-corrupt.png"), "{md}");
+    // The rca stage checkpointed its state with the units it applied (2 origins x 4 classes).
+    let state = read_json(&out.join("state").join("rca.json"));
+    assert_eq!(state["stage"], "rca");
+    assert_eq!(state["snapshot"]["applied"].as_array().unwrap().len(), 8);
+    // The topology eval built is kept, and is a valid topology for `rcaflow run`.
+    let v = rcaflow().args(["validate", "--topology"]).arg(out.join("topology.toml")).output().unwrap();
+    assert!(v.status.success(), "{}", stderr(&v));
+}
+
+#[test]
+fn baseline_file_replaces_real_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (real, generated, oracle) = tiny_set(tmp.path());
+    let baseline = tmp.path().join("baseline.json");
+    let o = rcaflow().arg("baseline").args(["--real", &real.display().to_string(), "--out", &baseline.display().to_string()]).args(oracle_flags(&oracle)).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b = read_json(&baseline);
+    assert_eq!(b["schema"], "rcaflow-baseline/1");
+    assert_eq!(b["real"]["accuracy"], 1.0);
+    assert_eq!(b["real"]["confusion"], serde_json::json!([[3, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]]));
+
+    let topology = tmp.path().join("with-baseline.toml");
+    std::fs::write(
+        &topology,
+        r#"
+[run]
+dir = "run"
+[sources.generated]
+type = "image_folder"
+path = "generated"
+origin = "generated"
+unit_size = 2
+[transforms.batches]
+type = "batcher"
+inputs = ["generated"]
+batch_size = 4
+[transforms.oracle]
+type = "oracle_classifier"
+inputs = ["batches"]
+weights = "oracle.safetensors"
+arch = "resnet18"
+stem = "cifar"
+normalization = "minus-one-one"
+[sinks.rca]
+type = "rca"
+inputs = ["oracle"]
+baseline = "baseline.json"
+[sinks.report]
+type = "report"
+inputs = ["rca"]
+"#,
+    )
+    .unwrap();
+    let o = rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = read_json(&tmp.path().join("run").join("report.json"));
+    assert!((r["rca"]["global"].as_f64().unwrap() - 10.0 / 12.0).abs() < 1e-12);
+    assert!(r["real_source"].as_str().unwrap().starts_with("baseline "));
+    assert_eq!(r["real"]["total"], 12);
+}
+
+/// Runs eval with a modified oracle and returns (exit code, stderr, whether a report exists).
+fn eval_with_weights(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> (i32, String, PathBuf, bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (real, generated, _) = tiny_set(tmp.path());
+    let mut state = color_oracle(&colors());
+    edit(&mut state);
+    let oracle = tmp.path().join("bad-oracle.safetensors");
+    save_oracle(&oracle, &state);
+    let out = tmp.path().join("out");
+    let o = eval(&real, &generated, &oracle, &out);
+    let has_report = out.join("report.json").exists() || out.join("report.md").exists();
+    let kept = tmp.keep();
+    (o.status.code().unwrap_or(-1), stderr(&o), kept.join("bad-oracle.safetensors"), has_report)
+}
+
+#[test]
+fn missing_tensor_fails_naming_stage_and_tensor_without_report() {
+    let (code, err, oracle, has_report) = eval_with_weights(|s| {
+        s.remove("layer3.1.conv2.weight");
+    });
+    assert_eq!(code, 1, "{err}");
+    let want = format!("error: stage transforms.oracle failed: weights {}: tensor \"layer3.1.conv2.weight\" is missing", oracle.display());
+    assert!(err.lines().any(|l| l == want), "expected line {want:?} in:\n{err}");
+    assert!(!has_report, "a failed run must not leave a report");
+}
+
+#[test]
+fn wrong_shape_fails_naming_tensor_and_both_shapes() {
+    let (code, err, oracle, has_report) = eval_with_weights(|s| {
+        let t = Tensor::zeros((64, 64, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        s.insert("layer1.0.conv1.weight".into(), t);
+    });
+    assert_eq!(code, 1, "{err}");
+    let want = format!(
+        "error: stage transforms.oracle failed: weights {}: tensor \"layer1.0.conv1.weight\" has shape [64, 64, 1, 1], expected [64, 64, 3, 3]",
+        oracle.display()
+    );
+    assert!(err.lines().any(|l| l == want), "expected line {want:?} in:\n{err}");
+    assert!(!has_report);
+}
+
+#[test]
+fn class_folder_missing_from_one_tree_is_refused_before_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (real, generated, oracle) = tiny_set(tmp.path());
+    std::fs::remove_dir_all(generated.join("crimson")).unwrap();
+    let out = tmp.path().join("out");
+    let o = eval(&real, &generated, &oracle, &out);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let want = format!(
+        "  - sources.generated: class folders of \"{}\" disagree with sources.real: missing [\"crimson\"]",
+        generated.display()
+    );
+    assert!(stderr(&o).lines().any(|l| l == want), "expected {want:?} in:\n{}", stderr(&o));
+    assert!(!out.join("report.json").exists());
+}
+
+#[test]
+fn strict_source_stops_at_the_corrupt_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, generated, _) = tiny_set(tmp.path());
+    let topology = tmp.path().join("strict.toml");
+    std::fs::write(
+        &topology,
+        "[run]\ndir = \"run\"\nclasses = [\"amber\", \"azure\", \"crimson\", \"emerald\"]\n\
+         [sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\nstrict = true\n\
+         [sinks.rca]\ntype = \"rca\"\ninputs = [\"oracle\"]\nbaseline = \"none.json\"\n",
+    )
+    .unwrap();
+    // The graph is incomplete on purpose first: validation lists every problem at once.
+    let o = rcaflow().args(["validate", "--topology"]).arg(&topology).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("sinks.rca: input \"oracle\" does not exist"), "{err}");
+    assert!(err.contains("sinks.rca: baseline file"), "{err}");
+    assert!(err.contains("sources.generated: its output (images) is not consumed"), "{err}");
+
+    std::fs::write(
+        &topology,
+        "[run]\ndir = \"run\"\n\
+         [sources.real]\ntype = \"image_folder\"\npath = \"real\"\norigin = \"real\"\n\
+         [sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\nstrict = true\n\
+         [transforms.oracle]\ntype = \"oracle_classifier\"\ninputs = [\"real\", \"generated\"]\nweights = \"oracle.safetensors\"\narch = \"resnet18\"\nstem = \"cifar\"\nnormalization = \"minus-one-one\"\n\
+         [sinks.rca]\ntype = \"rca\"\ninputs = [\"oracle\"]\n\
+         [sinks.report]\ntype = \"report\"\ninputs = [\"rca\"]\n",
+    )
+    .unwrap();
+    let o = rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let corrupt = generated.join("azure").join("zzz-corrupt.png");
+    assert!(stderr(&o).contains(&format!("error: stage sources.generated failed: image {}: ", corrupt.display())), "{}", stderr(&o));
+    assert!(!tmp.path().join("run").join("report.json").exists());
+}
+
+/// GET /metrics from the exporter.
+fn scrape(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn sigint_drains_and_reports_interrupted_with_live_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Enough 32x32 images that the run is still going when the signal comes.
+    let root = tmp.path();
+    color_set::make_example(root, 150, 32, 7);
+    let out = root.join("out");
+    // Small units and capacities, so what is in flight when the stop comes drains quickly.
+    let topology = root.join("slow.toml");
+    std::fs::write(
+        &topology,
+        "[run]\ndir = \"out\"\ndefault_capacity = 1\n\
+         [sources.real]\ntype = \"image_folder\"\npath = \"real\"\norigin = \"real\"\nunit_size = 4\n\
+         [sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\nunit_size = 4\n\
+         [transforms.batches]\ntype = \"batcher\"\ninputs = [\"real\", \"generated\"]\nbatch_size = 8\n\
+         [transforms.oracle]\ntype = \"oracle_classifier\"\ninputs = [\"batches\"]\nweights = \"oracle.safetensors\"\narch = \"resnet18\"\nstem = \"cifar\"\nnormalization = \"minus-one-one\"\n\
+         [sinks.rca]\ntype = \"rca\"\ninputs = [\"oracle\"]\n\
+         [sinks.report]\ntype = \"report\"\ninputs = [\"rca\"]\n",
+    )
+    .unwrap();
+    let mut child = rcaflow()
+        .args(["run", "--topology", &topology.display().to_string()])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The log says where metrics are served; read stderr on a thread so the child never blocks.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no metrics address logged");
+        if let Some(rest) = line.split("metrics on http://").nth(1) {
+            break rest.trim_end_matches("/metrics").to_string();
+        }
+    };
+    // Wait for the oracle to have processed something, scraping live metrics meanwhile.
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        body = scrape(&addr);
+        if body.lines().any(|l| l.starts_with("rcaflow_stage_images_in_total") && l.contains("stage=\"rca\"")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for name in [
+        "rcaflow_stage_images_in_total",
+        "rcaflow_stage_images_out_total",
+        "rcaflow_stage_batch_duration_seconds_bucket",
+        "rcaflow_stage_busy_ratio",
+        "rcaflow_channel_depth_batches",
+        "rcaflow_channel_capacity_batches",
+        "rcaflow_run_images_planned",
+        "rcaflow_accuracy_ratio",
+    ] {
+        assert!(body.lines().any(|l| l.starts_with(name)), "metric {name} missing from scrape:\n{body}");
+    }
+    assert!(body.contains("edge=\"batches->oracle\""), "{body}");
+    assert!(body.contains("run=\"out\""), "global run label missing:\n{body}");
+
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap().code();
+    let log = reader.join().unwrap();
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.contains("stop requested"), "{log}");
+    let r = read_json(&out.join("report.json"));
+    assert_eq!(r["status"], "interrupted");
+    // Drained: whatever the oracle saw was counted; not everything planned was seen.
+    let total = r["real"]["total"].as_u64().unwrap() + r["generated"]["total"].as_u64().unwrap();
+    assert!(total > 0 && total < 1200, "total {total}");
+    assert_eq!(r["timing"]["stages"]["oracle"]["images_out"].as_u64().unwrap(), total);
+}
