@@ -120,3 +120,32 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device, SettingsError> {
         other => Err(SettingsError::Device(other.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_equals_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rcaflow.toml");
+        let shipped = Settings::load(&path).expect("config/rcaflow.toml loads");
+        assert_eq!(toml::to_string(&shipped).unwrap(), toml::to_string(&Settings::default()).unwrap());
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[runtime]\nshutdown_deadline_secs = 0\n").unwrap();
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert_eq!(err, format!("config {}: runtime.shutdown_deadline_secs must be a positive number of seconds, found 0", path.display()));
+        std::fs::write(&path, "[metrics]\nlisten = \"nowhere\"\n").unwrap();
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert_eq!(err, format!("config {}: metrics.listen \"nowhere\": expected HOST:PORT such as 127.0.0.1:9898, or \"off\"", path.display()));
+        std::fs::write(&path, "[runtime]\ngpu = 1\n").unwrap();
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("config {}: unknown field `gpu`", path.display())), "{err}");
+        assert!(!err.contains('\n'));
+        assert_eq!(parse_device("cuda:0").unwrap_err().to_string(), "device \"cuda:0\": expected \"cpu\" (this build has no GPU support)");
+    }
+}

@@ -2,18 +2,16 @@
 //! precision/recall/F1/support, confusion), written as a file an `rca` sink can use
 //! (`baseline = FILE`) instead of re-reading the real images on every run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
-use toml::{Table, Value};
 
-use super::eval::{absolute, oracle_pipeline};
+use super::eval::{absolute, oracle_topology};
 use super::{apply_overrides, execute, CliError, OracleArgs};
 use crate::runtime::atomic_file::write_atomic;
 use crate::runtime::batch::Summary;
 use crate::settings::Settings;
 use crate::stages::rca::{Baseline, BASELINE_SCHEMA};
-use crate::topology::Graph;
 
 #[derive(Debug, Args)]
 pub struct BaselineArgs {
@@ -29,24 +27,15 @@ pub struct BaselineArgs {
 
 pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.oracle.metrics_addr, &args.oracle.device)?;
-    let (sources, transforms) = oracle_pipeline(&[("real", &args.real)], &args.oracle)?;
-    let mut sinks = Table::new();
-    let mut rca = Table::new();
-    rca.insert("type".into(), "rca".into());
-    rca.insert("inputs".into(), Value::Array(vec!["oracle".into()]));
-    sinks.insert("rca".into(), Value::Table(rca));
-    let mut top = Table::new();
-    top.insert("sources".into(), Value::Table(sources));
-    top.insert("transforms".into(), Value::Table(transforms));
-    top.insert("sinks".into(), Value::Table(sinks));
-    let text = toml::to_string(&top).map_err(|e| CliError::Output(format!("cannot write the baseline topology: {e}")))?;
-    let graph = Graph::parse(&text, Path::new("."), "rcaflow baseline")?;
-
+    let (graph, _) = oracle_topology(&[("real", &args.real)], &args.oracle, false, "rcaflow baseline")?;
     let out = absolute(&args.out)?;
-    let dir = out.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let outcome = execute::execute(&graph, &dir, &settings)?;
+    // The run's own files (checkpoints) go to a scratch folder, not next to the baseline file.
+    let scratch = std::env::temp_dir().join(format!("rcaflow-baseline-{}", std::process::id()));
+    let outcome = execute::execute(&graph, &scratch, &settings);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let outcome = outcome?;
     if outcome.interrupted {
-        return Err(CliError::Interrupted(format!("{} (no baseline written)", dir.display())));
+        return Err(CliError::Interrupted(format!("no baseline written to {}", out.display())));
     }
     let Some(Summary::Rca(result)) = outcome.summaries.get("rca") else {
         return Err(CliError::Output("the rca stage returned no result; no baseline written".into()));

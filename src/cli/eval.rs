@@ -44,8 +44,9 @@ fn inputs(ids: &[&str]) -> Value {
     Value::Array(ids.iter().map(|s| Value::String(s.to_string())).collect())
 }
 
-/// The image_folder → batcher → oracle part both `eval` and `baseline` build.
-pub(crate) fn oracle_pipeline(sources: &[(&str, &Path)], oracle: &OracleArgs) -> Result<(Table, Table), CliError> {
+/// The topology `eval` and `baseline` build: one image_folder source per origin → batcher →
+/// oracle → rca (→ report when `with_report`). Returns the validated graph and its TOML text.
+pub(crate) fn oracle_topology(sources: &[(&str, &Path)], oracle: &OracleArgs, with_report: bool, label: &str) -> Result<(Graph, String), CliError> {
     let mut source_tables = Table::new();
     for (origin, path) in sources {
         source_tables.insert(
@@ -70,21 +71,23 @@ pub(crate) fn oracle_pipeline(sources: &[(&str, &Path)], oracle: &OracleArgs) ->
             ("normalization", String::from(oracle.oracle_norm).into()),
         ]),
     );
-    Ok((source_tables, transforms))
+    let mut sinks = Table::new();
+    sinks.insert("rca".into(), table(&[("type", "rca".into()), ("inputs", inputs(&["oracle"]))]));
+    if with_report {
+        sinks.insert("report".into(), table(&[("type", "report".into()), ("inputs", inputs(&["rca"]))]));
+    }
+    let mut top = Table::new();
+    top.insert("sources".into(), Value::Table(source_tables));
+    top.insert("transforms".into(), Value::Table(transforms));
+    top.insert("sinks".into(), Value::Table(sinks));
+    let text = toml::to_string(&top).map_err(|e| CliError::Output(format!("cannot write the {label} topology: {e}")))?;
+    let graph = Graph::parse(&text, Path::new("."), label)?;
+    Ok((graph, text))
 }
 
 pub fn eval(args: EvalArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.oracle.metrics_addr, &args.oracle.device)?;
-    let (sources, transforms) = oracle_pipeline(&[("real", &args.real), ("generated", &args.generated)], &args.oracle)?;
-    let mut sinks = Table::new();
-    sinks.insert("rca".into(), table(&[("type", "rca".into()), ("inputs", inputs(&["oracle"]))]));
-    sinks.insert("report".into(), table(&[("type", "report".into()), ("inputs", inputs(&["rca"]))]));
-    let mut top = Table::new();
-    top.insert("sources".into(), Value::Table(sources));
-    top.insert("transforms".into(), Value::Table(transforms));
-    top.insert("sinks".into(), Value::Table(sinks));
-    let text = toml::to_string(&top).map_err(|e| CliError::Output(format!("cannot write the eval topology: {e}")))?;
-    let graph = Graph::parse(&text, Path::new("."), "rcaflow eval")?;
+    let (graph, text) = oracle_topology(&[("real", &args.real), ("generated", &args.generated)], &args.oracle, true, "rcaflow eval")?;
 
     let out = absolute(&args.out)?;
     std::fs::create_dir_all(&out).map_err(|e| CliError::Output(format!("output folder \"{}\": cannot create: {e}", out.display())))?;

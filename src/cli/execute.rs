@@ -59,7 +59,7 @@ pub fn finish(outcome: &RunOutcome, run_dir: &Path) -> Result<(), CliError> {
         tracing::info!(stage = %s.id, images_in = s.images_in, images_out = s.images_out, busy_s = format!("{:.2}", s.busy_seconds), "stage done");
     }
     if outcome.interrupted {
-        return Err(CliError::Interrupted(run_dir.display().to_string()));
+        return Err(CliError::Interrupted(format!("the report in {} covers only the images evaluated before the stop", run_dir.display())));
     }
     let report = run_dir.join("report.json");
     if report.exists() {

@@ -81,7 +81,7 @@ pub enum CliError {
     #[error("{0}")]
     Output(String),
     /// A stop was requested; the report (if any) says `interrupted`.
-    #[error("run interrupted: the report in {0} covers only the images evaluated before the stop")]
+    #[error("run interrupted: {0}")]
     Interrupted(String),
 }
 

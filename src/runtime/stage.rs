@@ -125,6 +125,12 @@ impl Actor for StageActor {
                     ctx.stats.set_state(StageState::Finished);
                     Ok(())
                 }
+                // A closed output is only expected while the run is torn down; otherwise a
+                // consumer quit early and data would be lost silently: that is a failure.
+                Ok(Err(StageError::Cancelled(e))) if !ctx.control.aborted() => {
+                    ctx.stats.set_state(StageState::Failed);
+                    Err(StageError::Failed(format!("{e} before its input ended")))
+                }
                 Ok(Err(e)) => {
                     ctx.stats.set_state(StageState::Failed);
                     Err(e)
