@@ -141,7 +141,7 @@ pub async fn run(
                 report = &mut done_rx => report,
                 _ = tokio::time::sleep(settings.shutdown_deadline) => {
                     let busy = ractor::call_t!(supervisor, SupervisorMsg::Status, 2000)
-                        .map(|s| s.into_iter().map(|s| s.id).collect())
+                        .map(|s| s.into_iter().map(|(name, _)| name).collect())
                         .unwrap_or_else(|_| vec!["(supervisor not answering)".to_string()]);
                     control.abort();
                     return Err(RunError::DeadlineExceeded { deadline: settings.shutdown_deadline, busy });

@@ -27,8 +27,9 @@ pub struct SupervisorReport {
 }
 
 pub enum SupervisorMsg {
-    /// Status of every stage still running, asked of the stage actors themselves.
-    Status(RpcReplyPort<Vec<StageStatus>>),
+    /// Status of every stage still running, asked of the stage actors themselves, with the
+    /// stage's `section.id` name.
+    Status(RpcReplyPort<Vec<(String, StageStatus)>>),
 }
 
 pub struct SupervisorArgs {
@@ -86,7 +87,7 @@ impl Actor for RunSupervisor {
                 for name in &state.running {
                     if let Some(child) = state.children.get(name) {
                         if let Ok(status) = ractor::call_t!(child, StageMsg::Status, 1000) {
-                            statuses.push(status);
+                            statuses.push((name.clone(), status));
                         }
                     }
                 }

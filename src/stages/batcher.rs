@@ -58,15 +58,19 @@ impl Stage for BatcherStage {
             let Payload::Images(batch) = payload else {
                 return Err(StageError::Failed("received a non-image payload; the topology check should have refused this edge".into()));
             };
-            // Flush first if the new units would not fit, or have another image size.
+            // Flush first if the new units would not fit, or have another image size. The input
+            // is copied in and dropped before the flushed batch is built and sent (a send may
+            // block), so the batcher never holds more than one batch at a time.
             let other_size = pending.size.is_some_and(|s| s != (batch.height, batch.width));
+            let mut flushed = Pending::default();
             if pending.len() > 0 && (other_size || pending.len() + batch.len() > self.batch_size) {
-                if let Some(out) = pending.take() {
-                    ctx.send(Payload::Images(Arc::new(out)))?;
-                }
+                flushed = std::mem::take(&mut pending);
             }
             ctx.timed(|| pending.push(&batch));
             drop(batch);
+            if let Some(out) = flushed.take() {
+                ctx.send(Payload::Images(Arc::new(out)))?;
+            }
             if pending.len() >= self.batch_size {
                 if let Some(out) = pending.take() {
                     ctx.send(Payload::Images(Arc::new(out)))?;
