@@ -155,6 +155,25 @@ pub struct PredictionBatch {
     pub units: Vec<UnitSpan>,
 }
 
+/// Inception outputs for each image of a batch: pool3 features (`n x feature_dim`) and the
+/// unbiased logits the Inception Score uses (`n x logit_dim`), row-major.
+#[derive(Clone, Debug)]
+pub struct FeatureBatch {
+    pub labels: Vec<u32>,
+    pub units: Vec<UnitSpan>,
+    pub feature_dim: usize,
+    pub features: Vec<f32>,
+    pub logit_dim: usize,
+    pub logits: Vec<f32>,
+}
+
+impl UnitSpan {
+    /// Position in its class's deterministic order of the batch image `i` (inside this span).
+    pub fn position_of(&self, i: usize) -> u64 {
+        self.first_position + (i - self.start) as u64
+    }
+}
+
 /// A finished accumulator's result, handed downstream to the report.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -168,6 +187,7 @@ pub enum Summary {
 pub enum Payload {
     Images(Arc<ImageBatch>),
     Predictions(Arc<PredictionBatch>),
+    Features(Arc<FeatureBatch>),
     Summary(Arc<Summary>),
 }
 
@@ -177,6 +197,7 @@ impl Payload {
         match self {
             Payload::Images(b) => b.len(),
             Payload::Predictions(p) => p.labels.len(),
+            Payload::Features(f) => f.labels.len(),
             Payload::Summary(_) => 0,
         }
     }

@@ -104,9 +104,22 @@ pub struct BatcherConfig {
 #[serde(deny_unknown_fields)]
 pub struct OracleClassifierConfig {
     pub weights: PathBuf,
+    #[serde(deserialize_with = "from_str")]
     pub arch: ResNetArch,
+    #[serde(deserialize_with = "from_str")]
     pub stem: Stem,
     pub normalization: Normalization,
+}
+
+/// A string field parsed with `FromStr`, so a bad value gets that parser's message (which says
+/// what the field is) rather than serde's bare "unknown variant".
+fn from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
 }
 
 /// `rca` sink: confusion matrices per origin, accuracies and Relative Classification Accuracy.
@@ -263,6 +276,9 @@ pub(crate) fn parse_component(
             Vec::new()
         }
     };
+    // A bad `inputs` drops the component (its edges are unknown); a bad capacity does not: the
+    // default stands in, so the component's other checks still run.
+    let inputs_ok = errors.len() == before;
     let capacity = match table.remove("capacity") {
         None => default_capacity,
         Some(toml::Value::Integer(0)) => {
@@ -275,9 +291,16 @@ pub(crate) fn parse_component(
             default_capacity
         }
     };
-    if !table.contains_key("type") {
-        errors.push(format!("{name}: `type` is missing; expected one of {}", type_list()));
-        return None;
+    match table.get("type") {
+        None => {
+            errors.push(format!("{name}: `type` is missing; expected one of {}", type_list()));
+            return None;
+        }
+        Some(toml::Value::String(t)) if !type_list().split(", ").any(|known| known == t) => {
+            errors.push(format!("{name}: unknown type \"{t}\"; expected one of {}", type_list()));
+            return None;
+        }
+        Some(_) => {}
     }
     let kind: ComponentKind = match toml::Value::Table(table).try_into() {
         Ok(kind) => kind,
@@ -286,7 +309,7 @@ pub(crate) fn parse_component(
             return None;
         }
     };
-    (errors.len() == before).then(|| Component {
+    inputs_ok.then(|| Component {
         id: id.to_string(),
         section,
         kind,

@@ -79,7 +79,16 @@ impl Graph {
     pub fn parse(text: &str, base: &Path, label: &str) -> Result<Graph, TopologyError> {
         let raw: config::RawTopology = toml::from_str(text).map_err(|e| TopologyError::Syntax {
             path: label.to_string(),
-            message: config::one_line(e.message()),
+            message: match e.span() {
+                // The message alone does not say where: add the line and column (1-based).
+                Some(span) => {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!("line {line}, column {column}: {}", config::one_line(e.message()))
+                }
+                None => config::one_line(e.message()),
+            },
         })?;
         let mut graph = validate::validate(raw, base).map_err(|errors| TopologyError::Invalid {
             path: label.to_string(),

@@ -28,24 +28,34 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
     // 1. Ids are unique across sections, since inputs name them without a section.
     let mut seen: BTreeMap<String, Section> = BTreeMap::new();
     let mut components = Vec::new();
+    // What components that were rejected (already reported) read: still read, so their inputs
+    // are not reported again as having no consumer.
+    let mut read_by_rejected: BTreeSet<String> = BTreeSet::new();
     for (section, tables) in [
         (Section::Sources, raw.sources),
         (Section::Transforms, raw.transforms),
         (Section::Sinks, raw.sinks),
     ] {
         for (id, table) in tables {
+            let declared_inputs = table.get("inputs").and_then(|v| v.as_array()).into_iter().flatten();
+            let declared_inputs: Vec<String> =
+                declared_inputs.filter_map(|v| v.as_str().map(str::to_string)).collect();
             if let Some(first) = seen.get(&id) {
                 errors.push(format!(
                     "{}.{id}: id \"{id}\" is already used by {}.{id}; ids must be unique across sections",
                     section.as_str(),
                     first.as_str()
                 ));
+                read_by_rejected.extend(declared_inputs);
                 continue;
             }
             seen.insert(id.clone(), section);
-            if let Some(mut c) = parse_component(section, &id, table, default_capacity, &mut errors) {
-                c.kind.resolve_paths(base);
-                components.push(c);
+            match parse_component(section, &id, table, default_capacity, &mut errors) {
+                Some(mut c) => {
+                    c.kind.resolve_paths(base);
+                    components.push(c);
+                }
+                None => read_by_rejected.extend(declared_inputs),
             }
         }
     }
@@ -122,7 +132,10 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
 
     // 4. Nothing produced is left unread.
     for c in &components {
-        if c.kind.needs_consumer() && !edges.iter().any(|e| e.from == c.id) {
+        if c.kind.needs_consumer()
+            && !edges.iter().any(|e| e.from == c.id)
+            && !read_by_rejected.contains(&c.id)
+        {
             errors.push(format!(
                 "{}: its output ({}) is not consumed by any component; expected it in some `inputs`",
                 c.qualified(),
@@ -163,7 +176,9 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
     }
     for c in &components {
         if let ComponentKind::Rca(cfg) = &c.kind {
-            let origins = upstream_origins(&c.id, &by_id, &edges);
+            let Some(origins) = upstream_origins(&c.id, &by_id, &edges) else {
+                continue; // a rejected or unknown input upstream: already reported.
+            };
             match (origins.contains(&Origin::Real), cfg.baseline.is_some()) {
                 (false, false) => errors.push(format!(
                     "{}: no real images reach it and no `baseline` is set; expected an image_folder source with origin = \"real\" upstream, or baseline = FILE",
@@ -237,8 +252,9 @@ fn topological_order(components: &[Component], edges: &[Edge]) -> Result<Vec<Str
     }
 }
 
-/// Origins of the image sources from which data reaches `id`.
-fn upstream_origins(id: &str, by_id: &BTreeMap<&str, &Component>, edges: &[Edge]) -> BTreeSet<Origin> {
+/// Origins of the image sources from which data reaches `id`; `None` when some component
+/// upstream names an input that was rejected or does not exist, so the answer is unknown.
+fn upstream_origins(id: &str, by_id: &BTreeMap<&str, &Component>, edges: &[Edge]) -> Option<BTreeSet<Origin>> {
     let mut origins = BTreeSet::new();
     let mut stack = vec![id.to_string()];
     let mut visited = BTreeSet::new();
@@ -246,12 +262,16 @@ fn upstream_origins(id: &str, by_id: &BTreeMap<&str, &Component>, edges: &[Edge]
         if !visited.insert(node.clone()) {
             continue;
         }
-        if let Some(ComponentKind::ImageFolder(cfg)) = by_id.get(node.as_str()).map(|c| &c.kind) {
+        let component = by_id.get(node.as_str())?;
+        if component.inputs.iter().any(|input| !by_id.contains_key(input.as_str())) {
+            return None;
+        }
+        if let ComponentKind::ImageFolder(cfg) = &component.kind {
             origins.insert(cfg.origin);
         }
         stack.extend(edges.iter().filter(|e| e.to == node).map(|e| e.from.clone()));
     }
-    origins
+    Some(origins)
 }
 
 /// Checks the files components name, and that all class lists agree. Returns the class list.
