@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::batch::Summary;
+use super::batch::{Origin, Summary};
 use crate::telemetry;
 
 /// Lifecycle of a stage, as `status` reports it.
@@ -130,6 +130,7 @@ pub struct RunControl {
     pub started: Instant,
     stats: Mutex<BTreeMap<String, Arc<StageStats>>>,
     results: Mutex<BTreeMap<String, Summary>>,
+    planned_per_class: Mutex<BTreeMap<Origin, Vec<u64>>>,
 }
 
 impl Default for RunControl {
@@ -141,6 +142,7 @@ impl Default for RunControl {
             started: Instant::now(),
             stats: Mutex::new(BTreeMap::new()),
             results: Mutex::new(BTreeMap::new()),
+            planned_per_class: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -171,6 +173,17 @@ impl RunControl {
 
     pub fn add_planned(&self, images: u64) {
         self.planned_images.fetch_add(images, Ordering::Relaxed);
+    }
+
+    /// Called by a source once it knows its work, before it sends anything: stages that plan
+    /// by position (LPIPS pairs, Inception Score splits) read it when their first batch comes.
+    pub fn set_planned_per_class(&self, origin: Origin, counts: Vec<u64>) {
+        lock(&self.planned_per_class).insert(origin, counts);
+    }
+
+    /// Images planned per class for `origin`, if a source has said.
+    pub fn planned_per_class(&self, origin: Origin) -> Option<Vec<u64>> {
+        lock(&self.planned_per_class).get(&origin).cloned()
     }
 
     pub fn planned_images(&self) -> u64 {

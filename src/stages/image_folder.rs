@@ -129,6 +129,7 @@ impl Stage for ImageFolderStage {
         }
         let planned: usize = per_class.iter().map(Vec::len).sum();
         ctx.control.add_planned(planned as u64);
+        ctx.control.set_planned_per_class(origin, per_class.iter().map(|f| f.len() as u64).collect());
         metrics::gauge!(telemetry::RUN_IMAGES_PLANNED, "origin" => origin.as_str()).increment(planned as f64);
         tracing::info!(stage = %ctx.id, %origin, images = planned, path = %cfg.path.display(), "listing done");
 
