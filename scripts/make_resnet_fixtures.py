@@ -18,7 +18,7 @@ What it produces, in tests/fixtures/resnet/ (about 0.3 MB in all, committed):
   (the same tensors) and ``tiny_state_dict_legacy.pth`` (``_use_new_zipfile_serialization=False``,
   the pre-1.6 format, which rcaflow refuses with an explanatory error).
 
-The PRNG (keep in sync with tests/resnet_parity.rs):
+The PRNG (keep in sync with tests/common/prng.rs):
 
     seed(key)   = FNV-1a 64 of the UTF-8 bytes of the tensor key
     z_i         = splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15)   (wrapping u64, i = 0, 1, ...)

@@ -136,7 +136,7 @@ fn eval_reports_accuracies_rca_and_figures() {
 #[test]
 fn baseline_file_replaces_real_images() {
     let tmp = tempfile::tempdir().unwrap();
-    let (real, generated, oracle) = tiny_set(tmp.path());
+    let (real, _generated, oracle) = tiny_set(tmp.path());
     let baseline = tmp.path().join("baseline.json");
     let o = rcaflow().arg("baseline").args(["--real", &real.display().to_string(), "--out", &baseline.display().to_string()]).args(oracle_flags(&oracle)).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

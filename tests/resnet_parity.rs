@@ -3,7 +3,7 @@
 //! The fixtures in tests/fixtures/resnet/ come from scripts/make_resnet_fixtures.py: uint8
 //! images, their normalisation and torchvision's logits (computed in float64). The weights are
 //! too big to commit, so both sides draw them from the same counter-based PRNG; `uniform_f32`
-//! below is the bit-exact Rust port of the script's `uniform_f32` (keep them in sync). The test
+//! in tests/common/prng.rs is the bit-exact Rust port of the script's (keep them in sync). The test
 //! writes them to a .safetensors file and loads them through `Oracle::load`, the real path.
 
 use std::collections::HashMap;
@@ -17,41 +17,17 @@ use serde::Deserialize;
 
 /// Max abs logit error allowed against torchvision's float64 logits.
 const TOLERANCE: f64 = 1e-4;
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resnet")
 }
 
-// ---- the PRNG shared with scripts/make_resnet_fixtures.py ----
+// ---- the PRNG shared with scripts/make_resnet_fixtures.py (tests/common/prng.rs) ----
 
-fn fnv1a64(key: &str) -> u64 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h
-}
+#[path = "common/prng.rs"]
+mod prng;
 
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// `n` values `float32(lo + (hi - lo) * u_i)`, `u_i` in [0, 1) from the top 53 bits.
-fn uniform_f32(key: &str, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-    let seed = fnv1a64(key);
-    (1..=n as u64)
-        .map(|i| {
-            let z = splitmix64(seed.wrapping_add(i.wrapping_mul(GOLDEN)));
-            let u = (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-            (lo + (hi - lo) * u) as f32
-        })
-        .collect()
-}
+use prng::uniform_f32;
 
 /// Mirrors `tensor_range` in the script.
 fn tensor_range(key: &str, shape: &[usize]) -> (f64, f64) {

@@ -127,7 +127,7 @@ async fn show_progress(control: Arc<RunControl>) {
             metrics::gauge!(telemetry::RUN_PROGRESS).set(done as f64 / planned as f64);
         }
         ticks += 1;
-        if bar.is_hidden() && ticks % 40 == 0 {
+        if bar.is_hidden() && ticks.is_multiple_of(40) {
             tracing::info!("progress: {done}/{planned} images");
         }
     }

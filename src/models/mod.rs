@@ -3,7 +3,11 @@
 //! - [`weights`]: `.safetensors` / torch `.pth` state_dicts into a `VarBuilder`-like map.
 //! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem).
 //! - [`preprocess`]: uint8 pixels to normalised network input.
+//! - [`hub_cache`]: where standard weight files are looked for when no path is given.
+//! - [`inception`]: pytorch-fid's InceptionV3 (FID variant): pool3 features and IS logits.
 //! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
+pub mod hub_cache;
+pub mod inception;
 pub mod oracle;
 pub mod preprocess;
 pub mod resnet;

@@ -178,7 +178,8 @@ impl UnitSpan {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Summary {
-    Rca(crate::stages::rca::RcaResult),
+    // Boxed: summaries are few (one per stage per run) and the variants differ a lot in size.
+    Rca(Box<crate::stages::rca::RcaResult>),
     Source(crate::stages::image_folder::SourceResult),
 }
 

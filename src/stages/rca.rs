@@ -156,7 +156,7 @@ impl Stage for RcaStage {
         if ctx.control.aborted() {
             return Ok(None);
         }
-        let summary = Summary::Rca(result_of(&acc, &baseline));
+        let summary = Summary::Rca(Box::new(result_of(&acc, &baseline)));
         ctx.send(Payload::Summary(Arc::new(summary.clone())))?;
         Ok(Some(summary))
     }

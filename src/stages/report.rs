@@ -34,7 +34,7 @@ impl Stage for ReportStage {
         while let Some(payload) = ctx.recv() {
             match payload {
                 Payload::Summary(s) => match &*s {
-                    Summary::Rca(r) if rca.is_none() => rca = Some(r.clone()),
+                    Summary::Rca(r) if rca.is_none() => rca = Some((**r).clone()),
                     Summary::Rca(_) => return Err(StageError::Failed("received results from two rca sinks; a report takes one".into())),
                     Summary::Source(_) => {}
                 },
