@@ -2,6 +2,7 @@
 
 pub mod batcher;
 pub mod image_folder;
+pub mod inception;
 pub mod oracle;
 pub mod rca;
 pub mod report;
@@ -19,6 +20,7 @@ pub fn build(graph: &Graph) -> Vec<StageSpec> {
                 ComponentKind::ImageFolder(cfg) => Box::new(image_folder::ImageFolderStage::new(cfg.clone())),
                 ComponentKind::Batcher(cfg) => Box::new(batcher::BatcherStage::new(cfg.batch_size)),
                 ComponentKind::OracleClassifier(cfg) => Box::new(oracle::OracleStage::new(cfg.clone())),
+                ComponentKind::InceptionV3(cfg) => Box::new(inception::InceptionStage::new(cfg.clone())),
                 ComponentKind::Rca(cfg) => Box::new(rca::RcaStage::new(cfg.clone())),
                 ComponentKind::Report(cfg) => Box::new(report::ReportStage::new(cfg.clone(), graph.label.clone())),
             };

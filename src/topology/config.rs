@@ -52,6 +52,7 @@ impl Section {
 pub enum DataKind {
     Images,
     Predictions,
+    Features,
     Summaries,
 }
 
@@ -60,6 +61,7 @@ impl fmt::Display for DataKind {
         f.write_str(match self {
             DataKind::Images => "images",
             DataKind::Predictions => "predictions",
+            DataKind::Features => "inception features",
             DataKind::Summaries => "summaries",
         })
     }
@@ -130,6 +132,42 @@ pub struct RcaConfig {
     pub baseline: Option<PathBuf>,
 }
 
+/// `inception_v3` transform: pytorch-fid's InceptionV3 (pool3 features and IS logits).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InceptionV3Config {
+    /// pytorch-fid weights; when absent, `pt_inception-2015-12-05-6726825d.pth` in the torch hub cache.
+    pub weights: Option<PathBuf>,
+}
+
+fn default_fid_interval() -> f64 {
+    60.0
+}
+
+fn default_splits() -> usize {
+    10
+}
+
+/// `fid` sink: Frechet Inception Distance between generated and real features (or reference
+/// statistics in pytorch-fid's `.npz` format).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FidConfig {
+    /// `.npz` with `mu` and `sigma` (pytorch-fid / `rcaflow fid-stats`), instead of real images.
+    pub reference: Option<PathBuf>,
+    /// Seconds between live recomputations (each costs a 2048x2048 matrix square root).
+    #[serde(default = "default_fid_interval")]
+    pub interval_secs: f64,
+}
+
+/// `inception_score` sink: Inception Score of the generated images.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InceptionScoreConfig {
+    #[serde(default = "default_splits")]
+    pub splits: usize,
+}
+
 /// `report` sink: writes report.json, report.md and figures into the run directory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +184,7 @@ pub enum ComponentKind {
     Batcher(BatcherConfig),
     OracleClassifier(OracleClassifierConfig),
     Rca(RcaConfig),
+    InceptionV3(InceptionV3Config),
     Report(ReportConfig),
 }
 
@@ -156,6 +195,7 @@ impl ComponentKind {
             ComponentKind::Batcher(_) => "batcher",
             ComponentKind::OracleClassifier(_) => "oracle_classifier",
             ComponentKind::Rca(_) => "rca",
+            ComponentKind::InceptionV3(_) => "inception_v3",
             ComponentKind::Report(_) => "report",
         }
     }
@@ -164,7 +204,7 @@ impl ComponentKind {
     pub fn section(&self) -> Section {
         match self {
             ComponentKind::ImageFolder(_) => Section::Sources,
-            ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) => Section::Transforms,
+            ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) => Section::Transforms,
             ComponentKind::Rca(_) | ComponentKind::Report(_) => Section::Sinks,
         }
     }
@@ -173,7 +213,7 @@ impl ComponentKind {
     pub fn accepts(&self) -> Option<DataKind> {
         match self {
             ComponentKind::ImageFolder(_) => None,
-            ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) => Some(DataKind::Images),
+            ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) => Some(DataKind::Images),
             ComponentKind::Rca(_) => Some(DataKind::Predictions),
             ComponentKind::Report(_) => Some(DataKind::Summaries),
         }
@@ -184,6 +224,7 @@ impl ComponentKind {
         match self {
             ComponentKind::ImageFolder(_) | ComponentKind::Batcher(_) => Some(DataKind::Images),
             ComponentKind::OracleClassifier(_) => Some(DataKind::Predictions),
+            ComponentKind::InceptionV3(_) => Some(DataKind::Features),
             ComponentKind::Rca(_) => Some(DataKind::Summaries),
             ComponentKind::Report(_) => None,
         }
@@ -192,7 +233,7 @@ impl ComponentKind {
     /// Whether leaving the output unconsumed is a mistake (images or predictions nobody reads)
     /// rather than a choice (a metric whose summary is only returned to the caller).
     pub fn needs_consumer(&self) -> bool {
-        matches!(self.produces(), Some(DataKind::Images | DataKind::Predictions))
+        matches!(self.produces(), Some(DataKind::Images | DataKind::Predictions | DataKind::Features))
     }
 
     /// Makes relative paths relative to `base` (the topology file's directory).
@@ -201,11 +242,8 @@ impl ComponentKind {
         match self {
             ComponentKind::ImageFolder(c) => join(&mut c.path),
             ComponentKind::OracleClassifier(c) => join(&mut c.weights),
-            ComponentKind::Rca(c) => {
-                if let Some(p) = c.baseline.as_mut() {
-                    join(p)
-                }
-            }
+            ComponentKind::Rca(c) => c.baseline.iter_mut().for_each(join),
+            ComponentKind::InceptionV3(c) => c.weights.iter_mut().for_each(join),
             ComponentKind::Batcher(_) | ComponentKind::Report(_) => {}
         }
     }
@@ -319,7 +357,7 @@ pub(crate) fn parse_component(
 }
 
 fn type_list() -> &'static str {
-    "image_folder, batcher, oracle_classifier, rca, report"
+    "image_folder, batcher, oracle_classifier, inception_v3, rca, report"
 }
 
 /// serde/toml messages sometimes span lines; a config error is one line.

@@ -173,6 +173,7 @@ fn describe(kind: &ComponentKind) -> String {
             Some(b) => format!("baseline={}", b.display()),
             None => "real accuracy from real images".to_string(),
         },
+        ComponentKind::InceptionV3(c) => format!("weights={}", c.weights.as_ref().map_or("(torch hub cache)".into(), |p| p.display().to_string())),
         ComponentKind::Report(c) => format!("figures={}", c.figures),
     }
 }

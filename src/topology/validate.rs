@@ -11,6 +11,8 @@ use super::config::{
 };
 use super::{Edge, Graph};
 use crate::runtime::batch::Origin;
+use crate::models::hub_cache;
+use crate::models::inception::PT_INCEPTION_FILE;
 use crate::stages::image_folder;
 
 /// Validates a parsed file. `Err` holds every message, one line each.
@@ -339,6 +341,17 @@ fn check_inputs_on_disk(
                     }
                 }
             }
+            ComponentKind::InceptionV3(cfg) => match &cfg.weights {
+                Some(path) if !path.is_file() => {
+                    errors.push(format!("{name}: weights file \"{}\" does not exist", path.display()))
+                }
+                Some(_) => {}
+                None => {
+                    if let Err(e) = hub_cache::locate(None, PT_INCEPTION_FILE, "inception weights", "`weights = FILE`") {
+                        errors.push(format!("{name}: {e}"));
+                    }
+                }
+            },
             ComponentKind::Report(_) => {}
         }
     }
