@@ -262,11 +262,14 @@ fn oracle_classes_disagree_with_folders() {
 
 // ---- component types and fields ----
 
+/// Every component type, in the order messages list them.
+const KNOWN_TYPES: &str = "image_folder, batcher, oracle_classifier, inception_v3, rca, report";
+
 #[test]
 fn unknown_component_type() {
     assert_errors(
         "unknown-type.toml",
-        &[r#"sinks.fid: unknown type "fid"; expected one of image_folder, batcher, oracle_classifier, rca, report"#],
+        &[&format!("sinks.kid: unknown type \"kid\"; expected one of {KNOWN_TYPES}")],
     );
 }
 
