@@ -35,6 +35,8 @@ pub const ACCURACY: &str = "rcaflow_accuracy_ratio";
 pub const RCA: &str = "rcaflow_rca_ratio";
 /// Live class RCA. Labels: class.
 pub const CLASS_RCA: &str = "rcaflow_class_rca_ratio";
+/// Live mean LPIPS distance between same-class generated images. Labels: class.
+pub const LPIPS_DIVERSITY: &str = "rcaflow_lpips_diversity";
 /// Image batches alive in the process (channels plus stages' hands): the memory bound.
 pub const IMAGE_BATCHES_LIVE: &str = "rcaflow_image_batches_live";
 
@@ -89,5 +91,6 @@ fn describe_all() {
     describe_gauge!(ACCURACY, Unit::Percent, "Live oracle accuracy by origin (0-1).");
     describe_gauge!(RCA, Unit::Percent, "Live global Relative Classification Accuracy (generated / real accuracy).");
     describe_gauge!(CLASS_RCA, Unit::Percent, "Live class RCA (generated / real recall).");
+    describe_gauge!(LPIPS_DIVERSITY, "Live mean LPIPS distance between pairs of same-class generated images.");
     describe_gauge!(IMAGE_BATCHES_LIVE, Unit::Count, "Image batches alive in the process.");
 }

@@ -263,7 +263,7 @@ fn oracle_classes_disagree_with_folders() {
 // ---- component types and fields ----
 
 /// Every component type, in the order messages list them.
-const KNOWN_TYPES: &str = "image_folder, batcher, oracle_classifier, inception_v3, rca, report";
+const KNOWN_TYPES: &str = "image_folder, batcher, oracle_classifier, inception_v3, rca, lpips_diversity, report";
 
 #[test]
 fn unknown_component_type() {

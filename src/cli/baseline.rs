@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::eval::{absolute, oracle_topology};
+use super::eval::{absolute, build_graph, oracle_topology};
 use super::{apply_overrides, execute, CliError, OracleArgs};
 use crate::runtime::atomic_file::write_atomic;
 use crate::runtime::batch::Summary;
@@ -27,7 +27,7 @@ pub struct BaselineArgs {
 
 pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.oracle.metrics_addr, &args.oracle.device)?;
-    let (graph, _) = oracle_topology(&[("real", &args.real)], &args.oracle, false, "rcaflow baseline")?;
+    let (graph, _) = build_graph(&oracle_topology(&[("real", &args.real)], &args.oracle)?, "rcaflow baseline")?;
     let out = absolute(&args.out)?;
     // The run's own files (checkpoints) go to a scratch folder, not next to the baseline file.
     let scratch = std::env::temp_dir().join(format!("rcaflow-baseline-{}", std::process::id()));

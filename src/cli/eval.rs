@@ -9,6 +9,7 @@ use toml::{Table, Value};
 
 use super::{apply_overrides, execute, CliError, OracleArgs};
 use crate::runtime::atomic_file::write_atomic;
+use crate::models::lpips::LpipsNet;
 use crate::settings::Settings;
 use crate::topology::Graph;
 
@@ -25,6 +26,25 @@ pub struct EvalArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub oracle: OracleArgs,
+    #[command(flatten)]
+    pub visual: VisualArgs,
+}
+
+/// The visual-quality metrics `eval` can add.
+#[derive(Debug, Args)]
+pub struct VisualArgs {
+    /// Adds per-class LPIPS diversity with this backbone (alex or vgg).
+    #[arg(long, value_name = "alex|vgg")]
+    pub lpips_net: Option<LpipsNet>,
+    /// torchvision alexnet/vgg16 state_dict (default: its standard name in the torch hub cache).
+    #[arg(long, value_name = "FILE")]
+    pub lpips_backbone: Option<PathBuf>,
+    /// lpips v0.1 lin weights, alex.pth or vgg.pth (default: looked up in the torch hub cache).
+    #[arg(long, value_name = "FILE")]
+    pub lpips_lin: Option<PathBuf>,
+    /// Pairs of same-class generated images compared per class.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub lpips_pairs: usize,
 }
 
 /// `path` made absolute, so the topology does not depend on where it is written.
@@ -44,9 +64,9 @@ fn inputs(ids: &[&str]) -> Value {
     Value::Array(ids.iter().map(|s| Value::String(s.to_string())).collect())
 }
 
-/// The topology `eval` and `baseline` build: one image_folder source per origin → batcher →
-/// oracle → rca (→ report when `with_report`). Returns the validated graph and its TOML text.
-pub(crate) fn oracle_topology(sources: &[(&str, &Path)], oracle: &OracleArgs, with_report: bool, label: &str) -> Result<(Graph, String), CliError> {
+/// The part of the topology `eval` and `baseline` share: one image_folder source per origin →
+/// batcher → oracle → rca. Callers add their other sinks, then call [`build_graph`].
+pub(crate) fn oracle_topology(sources: &[(&str, &Path)], oracle: &OracleArgs) -> Result<Table, CliError> {
     let mut source_tables = Table::new();
     for (origin, path) in sources {
         source_tables.insert(
@@ -73,21 +93,55 @@ pub(crate) fn oracle_topology(sources: &[(&str, &Path)], oracle: &OracleArgs, wi
     );
     let mut sinks = Table::new();
     sinks.insert("rca".into(), table(&[("type", "rca".into()), ("inputs", inputs(&["oracle"]))]));
-    if with_report {
-        sinks.insert("report".into(), table(&[("type", "report".into()), ("inputs", inputs(&["rca"]))]));
-    }
     let mut top = Table::new();
     top.insert("sources".into(), Value::Table(source_tables));
     top.insert("transforms".into(), Value::Table(transforms));
     top.insert("sinks".into(), Value::Table(sinks));
-    let text = toml::to_string(&top).map_err(|e| CliError::Output(format!("cannot write the {label} topology: {e}")))?;
+    Ok(top)
+}
+
+/// Inserts `id = table` into section `section` of a topology table.
+fn insert(top: &mut Table, section: &str, id: &str, table: Value) {
+    if let Some(Value::Table(t)) = top.get_mut(section) {
+        t.insert(id.to_string(), table);
+    }
+}
+
+/// Validates a built topology; returns the graph and its TOML text.
+pub(crate) fn build_graph(top: &Table, label: &str) -> Result<(Graph, String), CliError> {
+    let text = toml::to_string(top).map_err(|e| CliError::Output(format!("cannot write the {label} topology: {e}")))?;
     let graph = Graph::parse(&text, Path::new("."), label)?;
     Ok((graph, text))
 }
 
+/// The `eval` topology: the oracle part, the requested visual metrics, and the report.
+fn eval_topology(args: &EvalArgs) -> Result<(Graph, String), CliError> {
+    let mut top = oracle_topology(&[("real", &args.real), ("generated", &args.generated)], &args.oracle)?;
+    let mut report_inputs = vec!["rca"];
+    let v = &args.visual;
+    if v.lpips_net.is_some() || v.lpips_backbone.is_some() || v.lpips_lin.is_some() {
+        let mut t = vec![
+            ("type", "lpips_diversity".into()),
+            ("inputs", inputs(&["batches"])),
+            ("net", v.lpips_net.unwrap_or_default().to_string().into()),
+            ("pairs", Value::Integer(v.lpips_pairs as i64)),
+        ];
+        if let Some(p) = &v.lpips_backbone {
+            t.push(("backbone", path_value(&absolute(p)?)));
+        }
+        if let Some(p) = &v.lpips_lin {
+            t.push(("lin", path_value(&absolute(p)?)));
+        }
+        insert(&mut top, "sinks", "lpips", table(&t));
+        report_inputs.push("lpips");
+    }
+    insert(&mut top, "sinks", "report", table(&[("type", "report".into()), ("inputs", inputs(&report_inputs))]));
+    build_graph(&top, "rcaflow eval")
+}
+
 pub fn eval(args: EvalArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.oracle.metrics_addr, &args.oracle.device)?;
-    let (graph, text) = oracle_topology(&[("real", &args.real), ("generated", &args.generated)], &args.oracle, true, "rcaflow eval")?;
+    let (graph, text) = eval_topology(&args)?;
 
     let out = absolute(&args.out)?;
     std::fs::create_dir_all(&out).map_err(|e| CliError::Output(format!("output folder \"{}\": cannot create: {e}", out.display())))?;

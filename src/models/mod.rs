@@ -8,6 +8,7 @@
 //! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
 pub mod hub_cache;
 pub mod inception;
+pub mod lpips;
 pub mod oracle;
 pub mod preprocess;
 pub mod resnet;

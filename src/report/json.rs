@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::rca::{ClassificationSummary, RcaSummary};
 use crate::stages::image_folder::SourceResult;
+use crate::stages::lpips_diversity::LpipsResult;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -57,8 +58,8 @@ pub struct Report {
     pub fid: Option<serde_json::Value>,
     /// Reserved for the Inception Score stage.
     pub inception_score: Option<serde_json::Value>,
-    /// Reserved for the LPIPS diversity stage.
-    pub lpips_diversity: Option<serde_json::Value>,
+    /// Mean LPIPS distance between same-class generated pairs (`null` without that stage).
+    pub lpips_diversity: Option<LpipsResult>,
     /// What each image source read, by component id.
     pub inputs: BTreeMap<String, SourceResult>,
     pub timing: Timing,

@@ -71,7 +71,17 @@ pub fn render(r: &Report) -> String {
         }
     }
 
-    for (name, value) in [("FID", &r.fid), ("Inception Score", &r.inception_score), ("LPIPS diversity", &r.lpips_diversity)] {
+    if let Some(l) = &r.lpips_diversity {
+        let _ = writeln!(md, "## LPIPS diversity ({})\n", l.net);
+        let _ = writeln!(md, "Mean LPIPS distance between pairs of generated images of the same class (higher = more diverse); overall mean over all pairs: **{}**.\n", num(l.diversity.mean));
+        let _ = writeln!(md, "| class | mean LPIPS | pairs |");
+        let _ = writeln!(md, "|---|---:|---:|");
+        for (c, class) in r.classes.iter().enumerate() {
+            let _ = writeln!(md, "| {class} | {} | {} |", num(l.diversity.per_class.get(c).copied().flatten()), l.diversity.pairs_per_class.get(c).copied().unwrap_or(0));
+        }
+        let _ = writeln!(md);
+    }
+    for (name, value) in [("FID", &r.fid), ("Inception Score", &r.inception_score)] {
         if let Some(v) = value {
             let _ = writeln!(md, "## {name}\n\n```json\n{}\n```\n", serde_json::to_string_pretty(v).unwrap_or_default());
         }

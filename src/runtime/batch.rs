@@ -181,6 +181,7 @@ pub enum Summary {
     // Boxed: summaries are few (one per stage per run) and the variants differ a lot in size.
     Rca(Box<crate::stages::rca::RcaResult>),
     Source(crate::stages::image_folder::SourceResult),
+    Lpips(crate::stages::lpips_diversity::LpipsResult),
 }
 
 /// One message on an edge. Fan-out clones the `Arc`, never the pixels.

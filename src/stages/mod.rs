@@ -3,6 +3,7 @@
 pub mod batcher;
 pub mod image_folder;
 pub mod inception;
+pub mod lpips_diversity;
 pub mod oracle;
 pub mod rca;
 pub mod report;
@@ -22,6 +23,7 @@ pub fn build(graph: &Graph) -> Vec<StageSpec> {
                 ComponentKind::OracleClassifier(cfg) => Box::new(oracle::OracleStage::new(cfg.clone())),
                 ComponentKind::InceptionV3(cfg) => Box::new(inception::InceptionStage::new(cfg.clone())),
                 ComponentKind::Rca(cfg) => Box::new(rca::RcaStage::new(cfg.clone())),
+                ComponentKind::LpipsDiversity(cfg) => Box::new(lpips_diversity::LpipsDiversityStage::new(cfg.clone())),
                 ComponentKind::Report(cfg) => Box::new(report::ReportStage::new(cfg.clone(), graph.label.clone())),
             };
             StageSpec {

@@ -31,14 +31,19 @@ impl ReportStage {
 impl Stage for ReportStage {
     fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
         let mut rca = None;
+        let mut lpips = None;
         while let Some(payload) = ctx.recv() {
-            match payload {
-                Payload::Summary(s) => match &*s {
-                    Summary::Rca(r) if rca.is_none() => rca = Some((**r).clone()),
-                    Summary::Rca(_) => return Err(StageError::Failed("received results from two rca sinks; a report takes one".into())),
-                    Summary::Source(_) => {}
-                },
-                _ => return Err(StageError::Failed("received a non-summary payload; the topology check should have refused this edge".into())),
+            let Payload::Summary(summary) = payload else {
+                return Err(StageError::Failed("received a non-summary payload; the topology check should have refused this edge".into()));
+            };
+            // One result of each kind: a report has one slot for each.
+            let (slot_taken, kind) = match &*summary {
+                Summary::Rca(r) => (rca.replace((**r).clone()).is_some(), "rca"),
+                Summary::Lpips(r) => (lpips.replace(r.clone()).is_some(), "lpips_diversity"),
+                Summary::Source(_) => (false, "source"),
+            };
+            if slot_taken {
+                return Err(StageError::Failed(format!("received results from two {kind} sinks; a report takes one of each")));
             }
         }
         // A failed run writes no report: partial numbers must not look like results.
@@ -51,7 +56,7 @@ impl Stage for ReportStage {
             .into_iter()
             .filter_map(|(id, s)| match s {
                 Summary::Source(src) => Some((id, src)),
-                Summary::Rca(_) => None,
+                _ => None,
             })
             .collect();
         let stages = ctx
@@ -75,7 +80,7 @@ impl Stage for ReportStage {
             real_source: rca.as_ref().map(|r| r.real_source.clone()),
             fid: None,
             inception_score: None,
-            lpips_diversity: None,
+            lpips_diversity: lpips,
             inputs,
             timing: Timing { wall_seconds: ctx.control.started.elapsed().as_secs_f64(), stages },
             figures: BTreeMap::new(),

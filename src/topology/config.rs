@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::models::preprocess::Normalization;
+use crate::models::lpips::LpipsNet;
 use crate::models::resnet::{ResNetArch, Stem};
 use crate::runtime::batch::Origin;
 
@@ -168,6 +169,28 @@ pub struct InceptionScoreConfig {
     pub splits: usize,
 }
 
+fn default_pairs() -> usize {
+    1000
+}
+
+/// `lpips_diversity` sink: mean LPIPS distance between pairs of generated images per class.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LpipsDiversityConfig {
+    #[serde(deserialize_with = "from_str")]
+    pub net: LpipsNet,
+    /// torchvision alexnet/vgg16 state_dict; when absent, its standard name in the torch hub cache.
+    pub backbone: Option<PathBuf>,
+    /// lpips v0.1 lin weights (`alex.pth` / `vgg.pth`); when absent, looked up the same way.
+    pub lin: Option<PathBuf>,
+    /// Pairs per class (all distinct pairs when a class has fewer).
+    #[serde(default = "default_pairs")]
+    pub pairs: usize,
+    /// Seed of the pair choice.
+    #[serde(default)]
+    pub seed: u64,
+}
+
 /// `report` sink: writes report.json, report.md and figures into the run directory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +208,7 @@ pub enum ComponentKind {
     OracleClassifier(OracleClassifierConfig),
     Rca(RcaConfig),
     InceptionV3(InceptionV3Config),
+    LpipsDiversity(LpipsDiversityConfig),
     Report(ReportConfig),
 }
 
@@ -196,6 +220,7 @@ impl ComponentKind {
             ComponentKind::OracleClassifier(_) => "oracle_classifier",
             ComponentKind::Rca(_) => "rca",
             ComponentKind::InceptionV3(_) => "inception_v3",
+            ComponentKind::LpipsDiversity(_) => "lpips_diversity",
             ComponentKind::Report(_) => "report",
         }
     }
@@ -205,7 +230,7 @@ impl ComponentKind {
         match self {
             ComponentKind::ImageFolder(_) => Section::Sources,
             ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) => Section::Transforms,
-            ComponentKind::Rca(_) | ComponentKind::Report(_) => Section::Sinks,
+            ComponentKind::Rca(_) | ComponentKind::LpipsDiversity(_) | ComponentKind::Report(_) => Section::Sinks,
         }
     }
 
@@ -213,7 +238,7 @@ impl ComponentKind {
     pub fn accepts(&self) -> Option<DataKind> {
         match self {
             ComponentKind::ImageFolder(_) => None,
-            ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) => Some(DataKind::Images),
+            ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) | ComponentKind::LpipsDiversity(_) => Some(DataKind::Images),
             ComponentKind::Rca(_) => Some(DataKind::Predictions),
             ComponentKind::Report(_) => Some(DataKind::Summaries),
         }
@@ -225,7 +250,7 @@ impl ComponentKind {
             ComponentKind::ImageFolder(_) | ComponentKind::Batcher(_) => Some(DataKind::Images),
             ComponentKind::OracleClassifier(_) => Some(DataKind::Predictions),
             ComponentKind::InceptionV3(_) => Some(DataKind::Features),
-            ComponentKind::Rca(_) => Some(DataKind::Summaries),
+            ComponentKind::Rca(_) | ComponentKind::LpipsDiversity(_) => Some(DataKind::Summaries),
             ComponentKind::Report(_) => None,
         }
     }
@@ -244,6 +269,7 @@ impl ComponentKind {
             ComponentKind::OracleClassifier(c) => join(&mut c.weights),
             ComponentKind::Rca(c) => c.baseline.iter_mut().for_each(join),
             ComponentKind::InceptionV3(c) => c.weights.iter_mut().for_each(join),
+            ComponentKind::LpipsDiversity(c) => c.backbone.iter_mut().chain(c.lin.iter_mut()).for_each(join),
             ComponentKind::Batcher(_) | ComponentKind::Report(_) => {}
         }
     }
@@ -357,7 +383,7 @@ pub(crate) fn parse_component(
 }
 
 fn type_list() -> &'static str {
-    "image_folder, batcher, oracle_classifier, inception_v3, rca, report"
+    "image_folder, batcher, oracle_classifier, inception_v3, rca, lpips_diversity, report"
 }
 
 /// serde/toml messages sometimes span lines; a config error is one line.

@@ -174,6 +174,7 @@ fn describe(kind: &ComponentKind) -> String {
             None => "real accuracy from real images".to_string(),
         },
         ComponentKind::InceptionV3(c) => format!("weights={}", c.weights.as_ref().map_or("(torch hub cache)".into(), |p| p.display().to_string())),
+        ComponentKind::LpipsDiversity(c) => format!("net={} pairs={} seed={}", c.net, c.pairs, c.seed),
         ComponentKind::Report(c) => format!("figures={}", c.figures),
     }
 }

@@ -352,6 +352,25 @@ fn check_inputs_on_disk(
                     }
                 }
             },
+            ComponentKind::LpipsDiversity(cfg) => {
+                if cfg.pairs == 0 {
+                    errors.push(format!("{name}: pairs must be at least 1 per class, found 0"));
+                }
+                for (key, path, file, what) in [
+                    ("backbone", &cfg.backbone, cfg.net.backbone_file(), "lpips backbone weights"),
+                    ("lin", &cfg.lin, cfg.net.lin_file(), "lpips lin weights"),
+                ] {
+                    match path {
+                        Some(p) if !p.is_file() => errors.push(format!("{name}: {key} file \"{}\" does not exist", p.display())),
+                        Some(_) => {}
+                        None => {
+                            if let Err(e) = hub_cache::locate(None, file, what, &format!("`{key} = FILE`")) {
+                                errors.push(format!("{name}: {e}"));
+                            }
+                        }
+                    }
+                }
+            }
             ComponentKind::Report(_) => {}
         }
     }

@@ -1,0 +1,198 @@
+//! `lpips_diversity` sink: mean LPIPS distance between pairs of generated images of the same
+//! class (DESIGN.md §1; model in [`crate::models::lpips`], pair choice and means in
+//! [`crate::metrics::diversity`]).
+//!
+//! Pairs are planned by position from the class sizes the source announced, so the stage keeps
+//! only images that belong to a pair still waiting for its partner (at most two per pair),
+//! whatever the run's size, and compares the same pairs whatever order batches arrive in.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::diversity::{plan_pairs, Diversity, DiversityState};
+use crate::models::hub_cache;
+use crate::models::lpips::{Lpips, LpipsNet};
+use crate::models::weights::WeightMap;
+use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary, UnitId};
+use crate::runtime::stage::{Stage, StageContext, StageError};
+use crate::telemetry;
+use crate::topology::config::LpipsDiversityConfig;
+
+/// Pairs are scored in chunks of this many, one LPIPS forward each.
+const CHUNK: usize = 16;
+
+/// What the report shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LpipsResult {
+    pub net: LpipsNet,
+    #[serde(flatten)]
+    pub diversity: Diversity,
+    /// Pairs asked for per class (fewer are used where a class has fewer distinct pairs).
+    pub pairs_requested: usize,
+}
+
+pub struct LpipsDiversityStage {
+    cfg: LpipsDiversityConfig,
+}
+
+impl LpipsDiversityStage {
+    pub fn new(cfg: LpipsDiversityConfig) -> Self {
+        LpipsDiversityStage { cfg }
+    }
+}
+
+/// Where a class's pairs stand.
+struct ClassPlan {
+    pairs: Vec<(u64, u64)>,
+    /// Pair indices each position belongs to.
+    by_position: HashMap<u64, Vec<usize>>,
+    /// Pairs of a position not scored yet; the image is dropped when it reaches 0.
+    open: HashMap<u64, usize>,
+}
+
+impl ClassPlan {
+    fn new(pairs: Vec<(u64, u64)>) -> Self {
+        let mut by_position: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (k, &(i, j)) in pairs.iter().enumerate() {
+            by_position.entry(i).or_default().push(k);
+            by_position.entry(j).or_default().push(k);
+        }
+        let open = by_position.iter().map(|(p, ks)| (*p, ks.len())).collect();
+        ClassPlan { pairs, by_position, open }
+    }
+}
+
+/// The tracking state: plans, held images, results.
+struct Tracker {
+    plans: Vec<Option<ClassPlan>>,
+    held: HashMap<(usize, u64), Vec<u8>>,
+    size: Option<(usize, usize)>,
+    ready: Vec<(usize, u64, u64)>,
+    applied: BTreeSet<UnitId>,
+    state: DiversityState,
+}
+
+impl Tracker {
+    /// Keeps the images of `batch` that belong to a pair; queues pairs whose both images are here.
+    fn take(&mut self, batch: &ImageBatch) -> Result<(), StageError> {
+        for span in &batch.units {
+            if span.id.origin != Origin::Generated || !self.applied.insert(span.id) {
+                continue;
+            }
+            let class = span.id.class as usize;
+            let Some(plan) = self.plans.get(class).and_then(Option::as_ref) else {
+                return Err(StageError::Failed(format!("image of class {class} has no pair plan")));
+            };
+            if self.size.is_some_and(|s| s != (batch.height, batch.width)) {
+                return Err(StageError::Failed("generated images of different sizes cannot be compared".into()));
+            }
+            self.size = Some((batch.height, batch.width));
+            for i in span.start..span.start + span.len {
+                let pos = span.position_of(i);
+                let Some(pairs) = plan.by_position.get(&pos) else { continue };
+                self.held.insert((class, pos), batch.image(i).to_vec());
+                for &k in pairs {
+                    let (a, b) = plan.pairs[k];
+                    let partner = if a == pos { b } else { a };
+                    if self.held.contains_key(&(class, partner)) {
+                        self.ready.push((class, a, b));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores queued pairs (all of them when `all`, else whole chunks only).
+    fn score(&mut self, lpips: &Lpips, all: bool) -> Result<(), StageError> {
+        let Some((h, w)) = self.size else { return Ok(()) };
+        while self.ready.len() >= CHUNK || (all && !self.ready.is_empty()) {
+            let chunk: Vec<_> = self.ready.drain(..self.ready.len().min(CHUNK)).collect();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for &(c, i, j) in &chunk {
+                a.extend_from_slice(&self.held[&(c, i)]);
+                b.extend_from_slice(&self.held[&(c, j)]);
+            }
+            let d = lpips.distance_u8(&a, &b, chunk.len(), h, w).map_err(|e| StageError::Failed(format!("lpips forward on {} pairs of {w}x{h}: {e}", chunk.len())))?;
+            for (&(c, i, j), dist) in chunk.iter().zip(d) {
+                self.state.add(c, dist as f64);
+                for pos in [i, j] {
+                    self.release(c, pos);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One pair of `pos` is done; drops the image when it has no pair left.
+    fn release(&mut self, class: usize, pos: u64) {
+        if let Some(plan) = self.plans[class].as_mut() {
+            if let Some(left) = plan.open.get_mut(&pos) {
+                *left -= 1;
+                if *left == 0 {
+                    self.held.remove(&(class, pos));
+                }
+            }
+        }
+    }
+}
+
+fn locate(explicit: &Option<PathBuf>, file: &str, what: &str, key: &str) -> Result<PathBuf, StageError> {
+    hub_cache::locate(explicit.as_deref(), file, what, &format!("`{key} = FILE`")).map_err(StageError::failed)
+}
+
+impl Stage for LpipsDiversityStage {
+    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
+        let cfg = self.cfg;
+        let backbone = locate(&cfg.backbone, cfg.net.backbone_file(), "lpips backbone weights", "backbone")?;
+        let lin = locate(&cfg.lin, cfg.net.lin_file(), "lpips lin weights", "lin")?;
+        let lpips = Lpips::load(
+            cfg.net,
+            &WeightMap::load(&backbone, &ctx.device).map_err(StageError::failed)?,
+            &WeightMap::load(&lin, &ctx.device).map_err(StageError::failed)?,
+        )
+        .map_err(StageError::failed)?;
+        tracing::info!(stage = %ctx.id, net = %cfg.net, "lpips loaded");
+
+        let n = ctx.classes.len();
+        let mut t = Tracker {
+            plans: (0..n).map(|_| None).collect(),
+            held: HashMap::new(),
+            size: None,
+            ready: Vec::new(),
+            applied: BTreeSet::new(),
+            state: DiversityState::new(n),
+        };
+        while let Some(payload) = ctx.recv() {
+            let Payload::Images(batch) = payload else {
+                return Err(StageError::Failed("received a non-image payload; the topology check should have refused this edge".into()));
+            };
+            // The source announced its class sizes before sending anything.
+            if t.plans.iter().all(Option::is_none) {
+                if let Some(planned) = ctx.control.planned_per_class(Origin::Generated) {
+                    for (c, &count) in planned.iter().enumerate().take(n) {
+                        t.plans[c] = Some(ClassPlan::new(plan_pairs(count, cfg.pairs, cfg.seed, c as u32)));
+                    }
+                }
+            }
+            ctx.timed(|| -> Result<(), StageError> {
+                t.take(&batch)?;
+                t.score(&lpips, false)
+            })?;
+            let live = t.state.finish();
+            for (class, value) in ctx.classes.iter().zip(&live.per_class) {
+                metrics::gauge!(telemetry::LPIPS_DIVERSITY, "class" => class.clone()).set(value.unwrap_or(f64::NAN));
+            }
+        }
+        if ctx.control.aborted() {
+            return Ok(None);
+        }
+        ctx.timed(|| t.score(&lpips, true))?;
+        let result = LpipsResult { net: cfg.net, diversity: t.state.finish(), pairs_requested: cfg.pairs };
+        let summary = Summary::Lpips(result);
+        ctx.send(Payload::Summary(std::sync::Arc::new(summary.clone())))?;
+        Ok(Some(summary))
+    }
+}
