@@ -372,3 +372,77 @@ fn sigint_drains_and_reports_interrupted_with_live_metrics() {
     assert!(total > 0 && total < 1200, "total {total}");
     assert_eq!(r["timing"]["stages"]["oracle"]["images_out"].as_u64().unwrap(), total);
 }
+
+/// Random alexnet `features.*` and lpips lin weights (the shapes of the real files).
+fn random_lpips_weights(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut rng = color_set::SplitMix(99);
+    let mut tensor = |shape: &[usize], lo: f64, hi: f64| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| (lo + (hi - lo) * rng.unit()) as f32).collect();
+        Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+    };
+    let mut backbone = HashMap::new();
+    for (i, shape) in [(0, [64, 3, 11, 11]), (3, [192, 64, 5, 5]), (6, [384, 192, 3, 3]), (8, [256, 384, 3, 3]), (10, [256, 256, 3, 3])] {
+        let fan_in = (shape[1] * shape[2] * shape[3]) as f64;
+        let a = (6.0 / fan_in).sqrt();
+        backbone.insert(format!("features.{i}.weight"), tensor(&shape, -a, a));
+        backbone.insert(format!("features.{i}.bias"), tensor(&[shape[0]], -0.1, 0.1));
+    }
+    let mut lin = HashMap::new();
+    for (k, c) in [64, 192, 384, 256, 256].into_iter().enumerate() {
+        lin.insert(format!("lin{k}.model.1.weight"), tensor(&[1, c, 1, 1], 0.0, 0.5));
+    }
+    let (b, l) = (dir.join("alexnet.safetensors"), dir.join("alex-lin.safetensors"));
+    candle_core::safetensors::save(&backbone, &b).unwrap();
+    candle_core::safetensors::save(&lin, &l).unwrap();
+    (b, l)
+}
+
+#[test]
+fn lpips_diversity_compares_the_planned_same_class_pairs() {
+    use rcaflow::metrics::diversity::plan_pairs;
+    use rcaflow::models::lpips::{Lpips, LpipsNet};
+    use rcaflow::models::weights::WeightMap;
+    use rcaflow::stages::image_folder::decode_rgb_planar;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    color_set::make_example(root, 6, 32, 11);
+    let (backbone, lin) = random_lpips_weights(root);
+    let out = root.join("out");
+    let o = rcaflow()
+        .arg("eval")
+        .args(["--real", &root.join("real").display().to_string(), "--generated", &root.join("generated").display().to_string(), "--out", &out.display().to_string()])
+        .args(oracle_flags(&root.join("oracle.safetensors")))
+        .args(["--lpips-net", "alex", "--lpips-backbone", &backbone.display().to_string(), "--lpips-lin", &lin.display().to_string(), "--lpips-pairs", "10"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = read_json(&out.join("report.json"));
+    let l = &r["lpips_diversity"];
+    assert_eq!(l["net"], "alex");
+    assert_eq!(l["pairs_requested"], 10);
+    // 6 images give 15 distinct pairs: 10 are sampled in each class.
+    assert_eq!(l["pairs_per_class"], serde_json::json!([10, 10, 10, 10]));
+
+    // The same pairs scored directly with the model give the same means.
+    let dev = candle_core::Device::Cpu;
+    let lpips = Lpips::load(LpipsNet::Alex, &WeightMap::load(&backbone, &dev).unwrap(), &WeightMap::load(&lin, &dev).unwrap()).unwrap();
+    let mut all = Vec::new();
+    for (c, (name, _)) in PALETTE.iter().enumerate() {
+        let image = |i: u64| decode_rgb_planar(&root.join("generated").join(name).join(format!("{i:05}.png"))).unwrap().2;
+        let mut sum = 0.0;
+        for (i, j) in plan_pairs(6, 10, 0, c as u32) {
+            let d = lpips.distance_u8(&image(i), &image(j), 1, 32, 32).unwrap()[0] as f64;
+            sum += d;
+            all.push(d);
+        }
+        let got = l["per_class"][c].as_f64().unwrap();
+        assert!((got - sum / 10.0).abs() < 1e-6, "class {name}: report {got}, direct {}", sum / 10.0);
+        assert!(got > 0.0);
+    }
+    let mean = all.iter().sum::<f64>() / all.len() as f64;
+    assert!((l["mean"].as_f64().unwrap() - mean).abs() < 1e-6);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## LPIPS diversity (alex)"), "{md}");
+}
