@@ -1,6 +1,7 @@
 //! One file per stage type; [`build`] turns a validated component into its running stage.
 
 pub mod batcher;
+pub mod fid_stats;
 pub mod image_folder;
 pub mod inception;
 pub mod lpips_diversity;
