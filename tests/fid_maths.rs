@@ -1,0 +1,118 @@
+//! FID and Inception Score maths against pytorch-fid / numpy references
+//! (scripts/make_fid_fixtures.py → tests/fixtures/fid/reference.json). The features and logits
+//! are regenerated from the shared PRNG, so only the reference numbers are committed.
+
+#[path = "common/prng.rs"]
+mod prng;
+
+use rcaflow::metrics::fid::{frechet_distance, GaussianStats};
+use rcaflow::metrics::inception_score::InceptionScoreState;
+use serde_json::Value;
+
+fn reference() -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fid/reference.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The script's `features(key, n, d, scale, offset)`: (base @ mix) * scale + base / 2 + offset,
+/// in f64, rounded once to f32.
+fn features(set: &Value) -> (Vec<f32>, usize, usize) {
+    let key = set[0].as_str().unwrap();
+    let (n, d) = (set[1].as_u64().unwrap() as usize, set[2].as_u64().unwrap() as usize);
+    let (scale, offset) = (set[3].as_f64().unwrap(), set[4].as_f64().unwrap());
+    let base: Vec<f64> = prng::uniform_f32(key, n * d, 0.0, 1.0).into_iter().map(f64::from).collect();
+    let mix: Vec<f64> = prng::uniform_f32(&format!("{key}/mix"), d * d, 0.0, 1.0 / d as f64).into_iter().map(f64::from).collect();
+    let mut x = vec![0f32; n * d];
+    for i in 0..n {
+        for j in 0..d {
+            let dot: f64 = (0..d).map(|k| base[i * d + k] * mix[k * d + j]).sum();
+            x[i * d + j] = (dot * scale + base[i * d + j] * 0.5 + offset) as f32;
+        }
+    }
+    (x, n, d)
+}
+
+/// Streams a set in uneven batches, as a stage would receive it.
+fn stats_of(set: &Value) -> GaussianStats {
+    let (x, n, d) = features(set);
+    let mut s = GaussianStats::new(d);
+    let mut start = 0;
+    for (k, size) in [7usize, 64, 1, 33].iter().cycle().enumerate() {
+        if start >= n || k > 10_000 {
+            break;
+        }
+        let end = (start + size).min(n);
+        s.add_batch(&x[start * d..end * d], end - start).unwrap();
+        start = end;
+    }
+    assert_eq!(s.count as usize, n);
+    s
+}
+
+fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn streaming_moments_equal_numpy() {
+    let r = reference();
+    let m = &r["moments"];
+    let s = stats_of(&m["set"]);
+    let mean: Vec<f64> = m["mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let cov: Vec<f64> = m["cov"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let (em, ec) = (max_rel(&s.mean(), &mean), max_rel(&s.covariance().unwrap(), &cov));
+    println!("mean rel err {em:.2e}, cov rel err {ec:.2e}");
+    assert!(em <= 1e-9 && ec <= 1e-9, "mean {em:e}, cov {ec:e}");
+}
+
+#[test]
+fn frechet_distance_equals_pytorch_fid() {
+    for case in reference()["frechet"].as_array().unwrap() {
+        let (a, b) = (stats_of(&case["a"]), stats_of(&case["b"]));
+        let r = frechet_distance(&a.mean(), &a.covariance().unwrap(), &b.mean(), &b.covariance().unwrap()).unwrap();
+        let want = case["fid"].as_f64().unwrap();
+        let rel = (r.fid - want).abs() / want;
+        let name = case["name"].as_str().unwrap();
+        println!("{name}: fid {} vs pytorch-fid {want}, rel err {rel:.2e}", r.fid);
+        assert!(rel <= 1e-6, "{name}: {} vs {want} (rel {rel:e})", r.fid);
+        assert!((r.mean_term + r.covariance_term - r.fid).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn inception_score_equals_the_reference_and_ignores_arrival_order() {
+    let r = reference();
+    let is = &r["inception_score"];
+    let (n, k, splits) = (is["n"].as_u64().unwrap() as usize, is["classes"].as_u64().unwrap() as usize, is["splits"].as_u64().unwrap() as usize);
+    let logits = prng::uniform_f32(is["key"].as_str().unwrap(), n * k, is["lo"].as_f64().unwrap(), is["hi"].as_f64().unwrap());
+    let positions: Vec<u64> = (0..n as u64).collect();
+    let mut forward = InceptionScoreState::new(splits, k);
+    forward.add(&logits, n, &positions).unwrap();
+    // The same images in reverse order, one at a time.
+    let mut backward = InceptionScoreState::new(splits, k);
+    for i in (0..n).rev() {
+        backward.add(&logits[i * k..(i + 1) * k], 1, &positions[i..i + 1]).unwrap();
+    }
+    let (f, b) = (forward.finish().unwrap(), backward.finish().unwrap());
+    let (mean, std) = (is["mean"].as_f64().unwrap(), is["std"].as_f64().unwrap());
+    println!("IS {} ± {} vs {mean} ± {std}", f.mean, f.std);
+    assert!((f.mean - mean).abs() / mean <= 1e-9);
+    assert!((f.std - std).abs() / std <= 1e-6);
+    for (got, want) in f.per_split.iter().zip(is["per_split"].as_array().unwrap()) {
+        assert!((got - want.as_f64().unwrap()).abs() <= 1e-9 * got);
+    }
+    assert!((f.mean - b.mean).abs() <= 1e-12 * f.mean && (f.std - b.std).abs() <= 1e-9);
+    assert_eq!(f.images, 60);
+    // Snapshot and restore (the form checkpoints take) keeps the state exactly.
+    let restored: InceptionScoreState = serde_json::from_str(&serde_json::to_string(&forward).unwrap()).unwrap();
+    assert!(restored == forward, "restored IS state differs");
+}
+
+#[test]
+fn moments_snapshot_round_trips() {
+    let r = reference();
+    let s = stats_of(&r["frechet"][2]["a"]);
+    let back: GaussianStats = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert!(back == s, "restored moments differ");
+}
