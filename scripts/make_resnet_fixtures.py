@@ -16,7 +16,10 @@ What it produces, in tests/fixtures/resnet/ (about 0.3 MB in all, committed):
   the Rust test regenerates exactly the float32 values torchvision was given.
 * ``tiny_state_dict.pth`` (zip format, as torch >= 1.6 writes it), ``tiny_state_dict.safetensors``
   (the same tensors) and ``tiny_state_dict_legacy.pth`` (``_use_new_zipfile_serialization=False``,
-  the pre-1.6 format, which rcaflow refuses with an explanatory error).
+  the pre-1.6 format, which `WeightMap::load` reads too).
+* ``legacy_dtypes.pth`` and ``legacy_py2_nested.pth`` (a few hundred bytes each): the legacy
+  format's corners for tests/legacy_pth.rs (see `make_legacy_fixtures`); their values are simple
+  formulas that the test restates.
 
 The PRNG (keep in sync with tests/common/prng.rs):
 
@@ -35,10 +38,14 @@ float32 torchvision logits' own distance to that reference is recorded next to t
 """
 
 import argparse
+import collections
 import json
 import math
 import os
+import pickle
+import struct
 import sys
+import types
 
 import numpy as np
 import torch
@@ -215,6 +222,87 @@ def make_tiny_state_dicts(out_dir):
               os.path.join(out_dir, "tiny_state_dict.safetensors"))
 
 
+class _Py2Long(int):
+    """An int that `_Py2StylePickler` writes as a Python 2 long (LONG1)."""
+
+
+class _Py2StylePickler(pickle._Pickler):
+    """Pickles the way torch < 1.0 under Python 2 did, as in lpips' weights/v0.1/*.pth: str as
+    SHORT_BINSTRING/BINSTRING, OrderedDict as a REDUCE of its list of [key, value] pairs, storage
+    sizes as longs, and (here) storage locations on a GPU."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+    dispatch_table = {
+        collections.OrderedDict: lambda od: (
+            collections.OrderedDict, ([[k, v] for k, v in od.items()],), vars(od) or None),
+    }
+
+    def save_str(self, obj):
+        data = obj.encode("utf-8")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = save_str
+
+    def save_py2_long(self, obj):
+        data = pickle.encode_long(int(obj))
+        self.write(pickle.LONG1 + bytes([len(data)]) + data)
+
+    dispatch[_Py2Long] = save_py2_long
+
+    def save_pers(self, pid):
+        if pid[0] == "storage":
+            # ("storage", storage_type, key, location, numel, view_metadata)
+            pid = pid[:3] + ("cuda:0", _Py2Long(pid[4])) + pid[5:]
+        super().save_pers(pid)
+
+
+_PY2_STYLE_PICKLE = types.SimpleNamespace(
+    __name__="py2_style_pickle",
+    Pickler=_Py2StylePickler,
+    dump=lambda obj, f, protocol=2: _Py2StylePickler(f, protocol).dump(obj),
+)
+
+
+def make_legacy_fixtures(out_dir):
+    """Legacy-format (torch < 1.6) corner cases; keep the formulas in tests/legacy_pth.rs."""
+    # One float32 storage behind three tensors (offsets 2, 6 and 1; the last non-contiguous).
+    base = torch.arange(12, dtype=torch.float32) * 0.25 - 1.0
+    sd = collections.OrderedDict()
+    sd["f64"] = (torch.arange(6, dtype=torch.float64) * 0.5 - 1.25).reshape(2, 3)
+    sd["f16"] = torch.arange(4, dtype=torch.float16) * 0.25 - 0.5
+    sd["bf16"] = torch.tensor([1.5, -2.0, 0.0078125], dtype=torch.bfloat16)
+    sd["i64"] = torch.tensor([-3, 0, 1 << 40], dtype=torch.int64)
+    sd["i32"] = torch.tensor([[-7, 8]], dtype=torch.int32)
+    sd["u8"] = torch.tensor([0, 1, 255], dtype=torch.uint8)
+    sd["i16"] = torch.tensor([-300, 7], dtype=torch.int16)
+    sd["i8"] = torch.tensor([-128, 5], dtype=torch.int8)
+    sd["bool"] = torch.tensor([True, False, True])
+    sd["scalar"] = torch.tensor(2.5)
+    sd["transposed"] = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
+    sd["view.a"] = base[2:6]
+    sd["view.b"] = base[6:].view(2, 3)
+    sd["view.cols"] = base.view(3, 4)[:, 1:3]
+    sd["empty"] = torch.zeros(0, 3)
+    # Enough entries for more than 256 memo slots (LONG_BINPUT/LONG_BINGET), as in real files.
+    for i in range(100):
+        sd[f"many.{i}"] = torch.tensor(float(i))
+    torch.save(sd, os.path.join(out_dir, "legacy_dtypes.pth"),
+               _use_new_zipfile_serialization=False)
+
+    # A training checkpoint nesting the state_dict under "model", written Python-2 style, with
+    # a Parameter (keep_vars=True state_dicts hold them).
+    model = collections.OrderedDict()
+    model["lin0.model.1.weight"] = (torch.arange(4, dtype=torch.float32) * 0.125).view(1, 4, 1, 1)
+    model["conv.bias"] = nn.Parameter(torch.tensor([0.5, -0.5]))
+    ckpt = {"epoch": 3, "model": model}
+    torch.save(ckpt, os.path.join(out_dir, "legacy_py2_nested.pth"),
+               pickle_module=_PY2_STYLE_PICKLE, _use_new_zipfile_serialization=False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
@@ -226,6 +314,7 @@ def main():
     for case in CASES:
         make_case(args.out, *case, stats=args.stats)
     make_tiny_state_dicts(args.out)
+    make_legacy_fixtures(args.out)
     print(f"wrote fixtures to {os.path.normpath(args.out)}")
     return 0
 

@@ -279,22 +279,38 @@ fn torchvision_imagenet_inception_is_refused() {
 }
 
 #[test]
-fn legacy_pt_inception_file_gets_the_fix() {
-    // pytorch-fid's released file predates torch 1.6's zip format: same refusal and fix as any
-    // legacy checkpoint (the bytes here are a tiny legacy-format state_dict).
+fn legacy_pt_inception_file_is_read() {
+    // pytorch-fid's released file predates torch 1.6's zip format: it is read like any legacy
+    // checkpoint (the bytes here are a tiny legacy-format state_dict, so InceptionV3 then
+    // refuses its first mismatching tensor, naming the file).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(PT_INCEPTION_FILE);
-    let legacy = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/resnet/tiny_state_dict_legacy.pth");
-    std::fs::copy(legacy, &path).unwrap();
-    let err = WeightMap::load(&path, &Device::Cpu).unwrap_err();
-    assert!(matches!(err, WeightsError::LegacyPth { .. }));
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "weights {}: legacy (pre-zip) torch checkpoint is not supported; re-save it with \
-             torch >= 1.6 (`torch.save(torch.load(old), new)`) or convert it to .safetensors",
-            path.display()
-        )
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resnet");
+    std::fs::copy(fixtures.join("tiny_state_dict_legacy.pth"), &path).unwrap();
+    let legacy = WeightMap::load(&path, &Device::Cpu).unwrap();
+    let st = WeightMap::load(&fixtures.join("tiny_state_dict.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(legacy.keys(), st.keys());
+    for key in &st.keys() {
+        let shape = st.shape_of(key).unwrap();
+        let (a, b) = (
+            legacy.get(&shape, key).unwrap(),
+            st.get(&shape, key).unwrap(),
+        );
+        let flat = |t: &Tensor| -> Vec<f64> {
+            t.flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(a.dtype(), b.dtype(), "{key}");
+        assert_eq!(flat(&a), flat(&b), "{key}");
+    }
+    let err = InceptionV3::load(&legacy).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("weights {}: tensor ", path.display())),
+        "{err}"
     );
 }

@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use rcaflow::models::{
-    Normalization, Oracle, OracleConfig, ResNetArch, Stem, WeightMap, WeightsError,
-};
+use rcaflow::models::{Normalization, Oracle, OracleConfig, ResNetArch, Stem, WeightMap};
 use serde::Deserialize;
 
 /// Max abs logit error allowed against torchvision's float64 logits.
@@ -262,18 +260,21 @@ fn pth_and_safetensors_fixtures_load_identically() {
 }
 
 #[test]
-fn legacy_pth_is_refused_with_the_fix() {
-    let path = fixture_dir().join("tiny_state_dict_legacy.pth");
-    let err = WeightMap::load(&path, &Device::Cpu).unwrap_err();
-    assert!(matches!(err, WeightsError::LegacyPth { .. }));
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "weights {}: legacy (pre-zip) torch checkpoint is not supported; re-save it with \
-             torch >= 1.6 (`torch.save(torch.load(old), new)`) or convert it to .safetensors",
-            path.display()
-        )
-    );
+fn legacy_pth_loads_like_safetensors() {
+    // The pre-1.6 (non-zip) format is read too (tests/legacy_pth.rs covers its corners).
+    let dev = Device::Cpu;
+    let legacy = WeightMap::load(&fixture_dir().join("tiny_state_dict_legacy.pth"), &dev).unwrap();
+    let st = WeightMap::load(&fixture_dir().join("tiny_state_dict.safetensors"), &dev).unwrap();
+    assert_eq!(legacy.keys(), st.keys());
+    for key in &st.keys() {
+        let shape = st.shape_of(key).unwrap();
+        let (a, b) = (
+            legacy.get(&shape, key).unwrap(),
+            st.get(&shape, key).unwrap(),
+        );
+        assert_eq!(a.dtype(), b.dtype(), "{key}");
+        assert_eq!(values_f64(&a), values_f64(&b), "{key}");
+    }
 }
 
 // ---- checkpoint/config mismatches ----

@@ -31,8 +31,8 @@
 //! state_dict ([`ALEXNET_FILE`] / [`VGG16_FILE`]: keys `features.{i}.weight` / `.bias`; its
 //! `classifier.*` tensors are ignored), the lin layers from lpips' `weights/v0.1/alex.pth` /
 //! `vgg.pth` ([`LpipsNet::lin_file`]: keys `lin{k}.model.1.weight`, shape [1, C, 1, 1]). lpips
-//! ships those lin files as pre-1.6 (non-zip) torch checkpoints, which [`WeightMap::load`] refuses
-//! with the fix (re-save with torch >= 1.6 or convert to .safetensors). Parity with the package
+//! ships those lin files as pre-1.6 (non-zip) torch checkpoints; [`WeightMap::load`] reads them
+//! as they are (see [`super::legacy_pth`]). Parity with the package
 //! is tested in tests/lpips_parity.rs (fixtures from scripts/make_lpips_fixtures.py).
 
 use std::fmt;

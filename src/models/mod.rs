@@ -1,6 +1,7 @@
 //! Candle models, each loading the weight files users already have by explicit path.
 //!
-//! - [`weights`]: `.safetensors` / torch `.pth` state_dicts into a `VarBuilder`-like map.
+//! - [`weights`]: `.safetensors` / torch `.pth` state_dicts into a `VarBuilder`-like map
+//!   (`legacy_pth`: the pre-1.6, non-zip `.pth` format).
 //! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem).
 //! - [`preprocess`]: uint8 pixels to normalised network input.
 //! - [`hub_cache`]: where standard weight files are looked for when no path is given.
@@ -8,6 +9,7 @@
 //! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
 pub mod hub_cache;
 pub mod inception;
+mod legacy_pth;
 pub mod lpips;
 pub mod oracle;
 pub mod preprocess;

@@ -1,5 +1,7 @@
 //! Weight files users already have, loaded whole into memory: `.safetensors`, and PyTorch
-//! state_dicts saved with `torch.save(model.state_dict(), f)` (zip format, torch >= 1.6).
+//! state_dicts saved with `torch.save(model.state_dict(), f)`, in the zip format (torch >= 1.6)
+//! or the legacy one before it (pytorch-fid's and lpips' released weights; read by the private
+//! `legacy_pth` module).
 //!
 //! [`WeightMap`] is modelled on candle-nn's `VarBuilder`: `pp("layer1")` returns a cheap view
 //! whose lookups are prefixed with `layer1.`, so model code mirrors the checkpoint's key tree,
@@ -8,7 +10,8 @@
 //! checkpoint of a different architecture is caught (see [`WeightMap::unused_keys`]).
 //!
 //! Floating-point tensors are converted to f32 on load; integer tensors (BatchNorm's
-//! `num_batches_tracked`) are kept as they are.
+//! `num_batches_tracked`) are kept as they are (legacy files: int8 widens to i16, bool becomes
+//! u8, candle having neither).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -23,12 +26,10 @@ use candle_core::{DType, Device, Tensor};
 pub enum WeightsError {
     #[error("weights {}: cannot read: {cause}", .path.display())]
     Read { path: PathBuf, cause: String },
-    #[error(
-        "weights {}: legacy (pre-zip) torch checkpoint is not supported; re-save it with \
-         torch >= 1.6 (`torch.save(torch.load(old), new)`) or convert it to .safetensors",
-        .path.display()
-    )]
-    LegacyPth { path: PathBuf },
+    /// A legacy (pre-zip, torch < 1.6) checkpoint that cannot be read: truncated, or holding
+    /// something other than a state_dict of supported tensors.
+    #[error("weights {}: legacy (pre-zip) torch checkpoint: {cause}", .path.display())]
+    LegacyPth { path: PathBuf, cause: String },
     #[error(
         "weights {}: unsupported file extension; expected .safetensors, .pth or .pt",
         .path.display()
@@ -63,9 +64,12 @@ pub enum WeightsError {
 /// The zip local-file-header magic: every torch >= 1.6 checkpoint starts with it.
 const ZIP_MAGIC: [u8; 4] = *b"PK\x03\x04";
 
+/// pickle's PROTO opcode: a legacy checkpoint starts with a pickle (protocol >= 2).
+const PICKLE_PROTO: u8 = 0x80;
+
 /// Keys tried, in order, when a `.pth` holds no tensors at its top level: training checkpoints
 /// commonly nest the state_dict as `{"state_dict": ...}` or `{"model": ...}`.
-const NESTED_STATE_DICT_KEYS: [&str; 2] = ["state_dict", "model"];
+pub(crate) const NESTED_STATE_DICT_KEYS: [&str; 2] = ["state_dict", "model"];
 
 /// All tensors of one weight file, with a key prefix (see [`WeightMap::pp`]).
 #[derive(Debug, Clone)]
@@ -78,7 +82,8 @@ pub struct WeightMap {
 }
 
 impl WeightMap {
-    /// Loads every tensor of `path` onto `device` (`.safetensors`, or zip-format `.pth`/`.pt`).
+    /// Loads every tensor of `path` onto `device` (`.safetensors`, or `.pth`/`.pt` in the zip or
+    /// the legacy format).
     pub fn load(path: &Path, device: &Device) -> Result<WeightMap, WeightsError> {
         let read_err = |cause: String| WeightsError::Read {
             path: path.to_path_buf(),
@@ -94,18 +99,36 @@ impl WeightMap {
                 .into_iter()
                 .collect(),
             Some("pth") | Some("pt") => {
-                // candle's pickle reader only understands the zip container; sniff the magic
-                // first so a legacy file gets an actionable message, not a zip parse error.
-                let mut magic = [0u8; 4];
+                // candle's pickle reader only understands the zip container: sniff the format.
+                let mut head = [0u8; 512];
                 let n = File::open(path)
-                    .and_then(|mut f| read_prefix(&mut f, &mut magic))
+                    .and_then(|mut f| read_prefix(&mut f, &mut head))
                     .map_err(|e| read_err(e.to_string()))?;
-                if n < 4 || magic != ZIP_MAGIC {
-                    return Err(WeightsError::LegacyPth {
-                        path: path.to_path_buf(),
-                    });
+                let head = &head[..n];
+                let legacy_err = |cause: String| WeightsError::LegacyPth {
+                    path: path.to_path_buf(),
+                    cause,
+                };
+                if head.starts_with(&ZIP_MAGIC) {
+                    read_pth(path).map_err(read_err)?
+                } else if head.first() == Some(&PICKLE_PROTO) {
+                    let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
+                    super::legacy_pth::read_legacy(&bytes).map_err(legacy_err)?
+                } else if head.get(257..262) == Some(b"ustar") {
+                    return Err(legacy_err(
+                        "tar-format checkpoint (torch < 0.1.10) is not supported; re-save it \
+                         with a newer torch"
+                            .to_string(),
+                    ));
+                } else {
+                    let first: Vec<String> =
+                        head.iter().take(4).map(|b| format!("{b:02x}")).collect();
+                    return Err(read_err(format!(
+                        "not a torch checkpoint: expected a zip archive (torch >= 1.6) or a \
+                         pickle stream (legacy format), found first bytes [{}]",
+                        first.join(" ")
+                    )));
                 }
-                read_pth(path).map_err(read_err)?
             }
             _ => {
                 return Err(WeightsError::Extension {
