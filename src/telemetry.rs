@@ -35,6 +35,12 @@ pub const ACCURACY: &str = "rcaflow_accuracy_ratio";
 pub const RCA: &str = "rcaflow_rca_ratio";
 /// Live class RCA. Labels: class.
 pub const CLASS_RCA: &str = "rcaflow_class_rca_ratio";
+/// Live FID (recomputed every `interval_secs` of the fid sink).
+pub const FID: &str = "rcaflow_fid";
+/// Live Inception Score (mean over splits).
+pub const INCEPTION_SCORE: &str = "rcaflow_inception_score";
+/// Images whose features or logits were NaN or infinite, left out of a metric. Labels: stage.
+pub const NONFINITE_IMAGES: &str = "rcaflow_nonfinite_images_total";
 /// Live mean LPIPS distance between same-class generated images. Labels: class.
 pub const LPIPS_DIVERSITY: &str = "rcaflow_lpips_diversity";
 /// Image batches alive in the process (channels plus stages' hands): the memory bound.
@@ -91,6 +97,9 @@ fn describe_all() {
     describe_gauge!(ACCURACY, Unit::Percent, "Live oracle accuracy by origin (0-1).");
     describe_gauge!(RCA, Unit::Percent, "Live global Relative Classification Accuracy (generated / real accuracy).");
     describe_gauge!(CLASS_RCA, Unit::Percent, "Live class RCA (generated / real recall).");
+    describe_gauge!(FID, "Live Frechet Inception Distance, generated vs real.");
+    describe_gauge!(INCEPTION_SCORE, "Live Inception Score of the generated images (mean over splits).");
+    describe_counter!(NONFINITE_IMAGES, Unit::Count, "Images whose features were NaN or infinite, left out of a metric.");
     describe_gauge!(LPIPS_DIVERSITY, "Live mean LPIPS distance between pairs of same-class generated images.");
     describe_gauge!(IMAGE_BATCHES_LIVE, Unit::Count, "Image batches alive in the process.");
 }

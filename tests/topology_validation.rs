@@ -69,6 +69,7 @@ const FIXTURES: &[&str] = &[
     "unknown-field.toml",
     "unknown-input.toml",
     "unknown-type.toml",
+    "visual-metric-options.toml",
     "wrong-section.toml",
     "zero-capacity.toml",
     "zero-default-capacity.toml",
@@ -183,6 +184,21 @@ fn rca_without_real_images_or_baseline() {
     );
 }
 
+#[test]
+fn visual_metric_sinks_check_their_options() {
+    let missing = shown("data/missing-stats.npz");
+    assert_errors(
+        "visual-metric-options.toml",
+        &[
+            r#"sinks.lpips: unknown lpips net "squeeze": expected "alex" or "vgg""#,
+            "sinks.fid: interval_secs must be a positive number of seconds, found 0",
+            &format!(r#"sinks.fid_ref: reference statistics file "{missing}" does not exist"#),
+            "sinks.is: splits must be at least 1, found 0",
+            r#"sinks.fid: no real images reach it and no `reference` is set; expected an image_folder source with origin = "real" upstream, or reference = FILE"#,
+        ],
+    );
+}
+
 // ---- capacities ----
 
 #[test]
@@ -263,7 +279,7 @@ fn oracle_classes_disagree_with_folders() {
 // ---- component types and fields ----
 
 /// Every component type, in the order messages list them.
-const KNOWN_TYPES: &str = "image_folder, batcher, oracle_classifier, inception_v3, rca, lpips_diversity, report";
+const KNOWN_TYPES: &str = "image_folder, batcher, oracle_classifier, inception_v3, rca, fid, inception_score, lpips_diversity, report";
 
 #[test]
 fn unknown_component_type() {

@@ -33,6 +33,13 @@ pub struct EvalArgs {
 /// The visual-quality metrics `eval` can add.
 #[derive(Debug, Args)]
 pub struct VisualArgs {
+    /// Adds FID and Inception Score: pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth).
+    /// Without a value: that file in the torch hub cache.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
+    pub inception: Option<PathBuf>,
+    /// Inception Score splits.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub is_splits: usize,
     /// Adds per-class LPIPS diversity with this backbone (alex or vgg).
     #[arg(long, value_name = "alex|vgg")]
     pub lpips_net: Option<LpipsNet>,
@@ -119,6 +126,22 @@ fn eval_topology(args: &EvalArgs) -> Result<(Graph, String), CliError> {
     let mut top = oracle_topology(&[("real", &args.real), ("generated", &args.generated)], &args.oracle)?;
     let mut report_inputs = vec!["rca"];
     let v = &args.visual;
+    if let Some(weights) = &v.inception {
+        let mut t = vec![("type", "inception_v3".into()), ("inputs", inputs(&["batches"]))];
+        // An empty value means "look in the torch hub cache".
+        if !weights.as_os_str().is_empty() {
+            t.push(("weights", path_value(&absolute(weights)?)));
+        }
+        insert(&mut top, "transforms", "inception", table(&t));
+        insert(&mut top, "sinks", "fid", table(&[("type", "fid".into()), ("inputs", inputs(&["inception"]))]));
+        insert(
+            &mut top,
+            "sinks",
+            "inception_score",
+            table(&[("type", "inception_score".into()), ("inputs", inputs(&["inception"])), ("splits", Value::Integer(v.is_splits as i64))]),
+        );
+        report_inputs.extend(["fid", "inception_score"]);
+    }
     if v.lpips_net.is_some() || v.lpips_backbone.is_some() || v.lpips_lin.is_some() {
         let mut t = vec![
             ("type", "lpips_diversity".into()),

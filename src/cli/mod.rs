@@ -3,6 +3,7 @@
 pub mod baseline;
 pub mod eval;
 pub mod execute;
+pub mod fid;
 pub mod run;
 pub mod validate;
 
@@ -39,6 +40,10 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Measure the oracle on real held-out images and write a baseline file.
     Baseline(baseline::BaselineArgs),
+    /// FID between two image folders or .npz statistics files (as pytorch-fid's command line).
+    Fid(fid::FidArgs),
+    /// Write the FID statistics (mu, sigma) of an image folder as .npz (pytorch-fid's format).
+    FidStats(fid::FidStatsArgs),
 }
 
 /// The oracle flags `eval` and `baseline` share.
@@ -128,5 +133,7 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Validate(args) => validate::validate(args),
         Command::Eval(args) => eval::eval(args, settings),
         Command::Baseline(args) => baseline::baseline(args, settings),
+        Command::Fid(args) => fid::fid(args, settings),
+        Command::FidStats(args) => fid::fid_stats(args, settings),
     }
 }

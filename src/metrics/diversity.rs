@@ -2,35 +2,13 @@
 //! and the per-class means of their distances. The paper compares 1,000 pairs per class; when a
 //! class has fewer distinct pairs than asked, every distinct pair is used.
 //!
-//! Pairs are chosen from positions (an image's index in its class's deterministic order), by a
-//! seeded sample without replacement, so the same images are compared whatever order batches
-//! arrive in, and a stage only needs to keep the images that belong to some pair.
+//! Pairs are chosen from positions (an image's index in its class's deterministic order:
+//! file-name order for folders, unit order for the sampler): every distinct pair when a class has
+//! no more than asked, otherwise the disjoint pairs (0,1), (2,3), ... So the same images are
+//! compared whatever order batches arrive in, and a stage only keeps the first image of a pair
+//! until its partner arrives.
 
 use serde::{Deserialize, Serialize};
-
-/// splitmix64: small, seedable and identical on every platform.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0), by rejection so every value is equally likely.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let v = self.next();
-            if v < zone {
-                return v % n;
-            }
-        }
-    }
-}
 
 /// Number of distinct unordered pairs among `n` images.
 pub fn distinct_pairs(n: u64) -> u64 {
@@ -50,23 +28,14 @@ fn pair_at(k: u64) -> (u64, u64) {
     (k - distinct_pairs(j), j)
 }
 
-/// `wanted` distinct pairs `(i, j)`, `i < j < n`, sorted, chosen by a sample without replacement
-/// seeded by `(seed, class)`; every pair when there are at most `wanted`.
-pub fn plan_pairs(n: u64, wanted: usize, seed: u64, class: u32) -> Vec<(u64, u64)> {
-    let total = distinct_pairs(n);
-    if total <= wanted as u64 {
-        return (0..total).map(pair_at).collect();
+/// The pairs compared among the `n` images of a class when `wanted` are asked: all distinct
+/// pairs `(i, j)`, `i < j`, when there are at most `wanted`; otherwise the disjoint pairs
+/// `(2m, 2m + 1)` for `m < wanted` (and `2m + 1 < n`), in within-class order.
+pub fn plan_pairs(n: u64, wanted: usize) -> Vec<(u64, u64)> {
+    if distinct_pairs(n) <= wanted as u64 {
+        return (0..distinct_pairs(n)).map(pair_at).collect();
     }
-    // Floyd's algorithm: `wanted` distinct indices of 0..total in O(wanted) draws.
-    let mut rng = SplitMix(seed ^ (class as u64).wrapping_mul(0xA24B_AED4_963E_E407));
-    let mut chosen = std::collections::BTreeSet::new();
-    for j in total - wanted as u64..total {
-        let t = rng.below(j + 1);
-        if !chosen.insert(t) {
-            chosen.insert(j);
-        }
-    }
-    chosen.into_iter().map(pair_at).collect()
+    (0..(wanted as u64).min(n / 2)).map(|m| (2 * m, 2 * m + 1)).collect()
 }
 
 /// Sum and count of pair distances per class.
@@ -128,22 +97,23 @@ mod tests {
 
     #[test]
     fn few_images_use_all_distinct_pairs() {
-        assert_eq!(plan_pairs(3, 1000, 0, 0), vec![(0, 1), (0, 2), (1, 2)]);
-        assert!(plan_pairs(1, 1000, 0, 0).is_empty());
-        assert!(plan_pairs(0, 1000, 0, 0).is_empty());
+        assert_eq!(plan_pairs(3, 1000), vec![(0, 1), (0, 2), (1, 2)]);
+        assert!(plan_pairs(1, 1000).is_empty());
+        assert!(plan_pairs(0, 1000).is_empty());
     }
 
     #[test]
-    fn sampled_pairs_are_distinct_deterministic_and_class_specific() {
-        let a = plan_pairs(5000, 1000, 7, 3);
+    fn many_images_use_disjoint_consecutive_pairs() {
+        // The paper's setting: 5,000 images, 1,000 pairs.
+        let a = plan_pairs(5000, 1000);
         assert_eq!(a.len(), 1000);
-        assert_eq!(a.iter().collect::<std::collections::BTreeSet<_>>().len(), 1000);
-        assert!(a.iter().all(|&(i, j)| i < j && j < 5000));
-        assert_eq!(a, plan_pairs(5000, 1000, 7, 3));
-        assert_ne!(a, plan_pairs(5000, 1000, 7, 4));
-        assert_ne!(a, plan_pairs(5000, 1000, 8, 3));
-        // Every image has a fair chance: both halves of the class are used.
-        assert!(a.iter().any(|&(_, j)| j >= 2500) && a.iter().any(|&(i, _)| i < 2500));
+        assert_eq!(a[0], (0, 1));
+        assert_eq!(a[999], (1998, 1999));
+        // More pairs asked than disjoint pairs exist (but fewer than all distinct pairs): n/2.
+        assert_eq!(plan_pairs(101, 1000), (0..50).map(|m| (2 * m, 2 * m + 1)).collect::<Vec<_>>());
+        // Exactly as many distinct pairs as asked: all of them.
+        assert_eq!(plan_pairs(5, 10).len(), 10);
+        assert_eq!(plan_pairs(5, 9), vec![(0, 1), (2, 3)]);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::rca::{ClassificationSummary, RcaSummary};
+use crate::metrics::inception_score::InceptionScore;
+use crate::stages::fid::FidResult;
 use crate::stages::image_folder::SourceResult;
 use crate::stages::lpips_diversity::LpipsResult;
 
@@ -54,10 +56,10 @@ pub struct Report {
     pub rca: Option<RcaSummary>,
     /// `images`, or `baseline <file>` when the real side came from a baseline file.
     pub real_source: Option<String>,
-    /// Reserved for the FID stage (`null` until it is part of the topology).
-    pub fid: Option<serde_json::Value>,
-    /// Reserved for the Inception Score stage.
-    pub inception_score: Option<serde_json::Value>,
+    /// Frechet Inception Distance (`null` without a fid sink).
+    pub fid: Option<FidResult>,
+    /// Inception Score of the generated images (`null` without an inception_score sink).
+    pub inception_score: Option<InceptionScore>,
     /// Mean LPIPS distance between same-class generated pairs (`null` without that stage).
     pub lpips_diversity: Option<LpipsResult>,
     /// What each image source read, by component id.

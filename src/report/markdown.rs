@@ -81,10 +81,22 @@ pub fn render(r: &Report) -> String {
         }
         let _ = writeln!(md);
     }
-    for (name, value) in [("FID", &r.fid), ("Inception Score", &r.inception_score)] {
-        if let Some(v) = value {
-            let _ = writeln!(md, "## {name}\n\n```json\n{}\n```\n", serde_json::to_string_pretty(v).unwrap_or_default());
+    if r.fid.is_some() || r.inception_score.is_some() {
+        let _ = writeln!(md, "## Visual quality\n");
+        if let Some(f) = &r.fid {
+            let against = f.reference.as_ref().map_or(format!("{} real images", f.real_images), |p| format!("reference statistics `{}`", p.display()));
+            let _ = writeln!(md, "- **FID = {}** ({} generated images against {against}; pytorch-fid conventions)", num(f.value), f.generated_images);
+            if f.rank_deficient {
+                let _ = writeln!(md, "  - fewer images than the {} feature dimensions on a side: the covariance is singular and FID is biased upwards; compare only runs of the same size", f.feature_dim);
+            }
+            if f.nonfinite_images > 0 {
+                let _ = writeln!(md, "  - {} images with non-finite features were left out", f.nonfinite_images);
+            }
         }
+        if let Some(s) = &r.inception_score {
+            let _ = writeln!(md, "- **Inception Score = {:.4} ± {:.4}** ({} splits, {} generated images)", s.mean, s.std, s.splits, s.images);
+        }
+        let _ = writeln!(md);
     }
 
     if !r.inputs.is_empty() {

@@ -182,6 +182,8 @@ pub enum Summary {
     Rca(Box<crate::stages::rca::RcaResult>),
     Source(crate::stages::image_folder::SourceResult),
     Lpips(crate::stages::lpips_diversity::LpipsResult),
+    Fid(Box<crate::stages::fid::FidResult>),
+    InceptionScore(crate::metrics::inception_score::InceptionScore),
 }
 
 /// One message on an edge. Fan-out clones the `Arc`, never the pixels.

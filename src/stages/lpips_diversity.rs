@@ -3,8 +3,8 @@
 //! [`crate::metrics::diversity`]).
 //!
 //! Pairs are planned by position from the class sizes the source announced, so the stage keeps
-//! only images that belong to a pair still waiting for its partner (at most two per pair),
-//! whatever the run's size, and compares the same pairs whatever order batches arrive in.
+//! only images that belong to a pair still waiting for its partner, whatever the run's size,
+//! and compares the same pairs whatever order batches arrive in.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -173,7 +173,7 @@ impl Stage for LpipsDiversityStage {
             if t.plans.iter().all(Option::is_none) {
                 if let Some(planned) = ctx.control.planned_per_class(Origin::Generated) {
                     for (c, &count) in planned.iter().enumerate().take(n) {
-                        t.plans[c] = Some(ClassPlan::new(plan_pairs(count, cfg.pairs, cfg.seed, c as u32)));
+                        t.plans[c] = Some(ClassPlan::new(plan_pairs(count, cfg.pairs)));
                     }
                 }
             }
@@ -194,5 +194,61 @@ impl Stage for LpipsDiversityStage {
         let summary = Summary::Lpips(result);
         ctx.send(Payload::Summary(std::sync::Arc::new(summary.clone())))?;
         Ok(Some(summary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::batch::UnitSpan;
+
+    /// Unit `index` of class 0: 2 images (positions 2*index, 2*index+1) of 1x1 pixels.
+    fn unit(index: u32) -> ImageBatch {
+        let span = UnitSpan { id: UnitId { origin: Origin::Generated, class: 0, index }, start: 0, len: 2, first_position: index as u64 * 2 };
+        ImageBatch::new(1, 1, vec![index as u8; 6], vec![0, 0], vec![span])
+    }
+
+    fn tracker(images: u64, pairs: usize) -> Tracker {
+        Tracker {
+            plans: vec![Some(ClassPlan::new(plan_pairs(images, pairs)))],
+            held: HashMap::new(),
+            size: None,
+            ready: Vec::new(),
+            applied: BTreeSet::new(),
+            state: DiversityState::new(1),
+        }
+    }
+
+    #[test]
+    fn a_unit_delivered_twice_queues_its_pairs_once() {
+        // 4 images, all 6 pairs: unit 1 completes 5 of them (1 was complete within unit 0).
+        let mut t = tracker(4, 100);
+        t.take(&unit(0)).unwrap();
+        assert_eq!(t.ready, vec![(0, 0, 1)]);
+        t.take(&unit(0)).unwrap();
+        assert_eq!(t.ready.len(), 1);
+        t.take(&unit(1)).unwrap();
+        t.take(&unit(1)).unwrap();
+        let mut ready = t.ready.clone();
+        ready.sort();
+        assert_eq!(ready, vec![(0, 0, 1), (0, 0, 2), (0, 0, 3), (0, 1, 2), (0, 1, 3), (0, 2, 3)]);
+    }
+
+    #[test]
+    fn only_images_of_a_planned_pair_are_held_and_released_when_scored() {
+        // 8 images, 2 pairs asked (< 28 distinct): the disjoint pairs (0,1), (2,3).
+        let mut t = tracker(8, 2);
+        for u in 0..4 {
+            t.take(&unit(u)).unwrap();
+        }
+        let mut held: Vec<_> = t.held.keys().copied().collect();
+        held.sort();
+        assert_eq!(held, vec![(0, 0), (0, 1), (0, 2), (0, 3)]);
+        for (c, i, j) in std::mem::take(&mut t.ready) {
+            t.state.add(c, 0.5);
+            t.release(c, i);
+            t.release(c, j);
+        }
+        assert!(t.held.is_empty(), "scored pairs free their images");
     }
 }

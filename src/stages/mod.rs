@@ -1,9 +1,11 @@
 //! One file per stage type; [`build`] turns a validated component into its running stage.
 
 pub mod batcher;
+pub mod fid;
 pub mod fid_stats;
 pub mod image_folder;
 pub mod inception;
+pub mod inception_score;
 pub mod lpips_diversity;
 pub mod oracle;
 pub mod rca;
@@ -24,13 +26,15 @@ pub fn build(graph: &Graph) -> Vec<StageSpec> {
                 ComponentKind::OracleClassifier(cfg) => Box::new(oracle::OracleStage::new(cfg.clone())),
                 ComponentKind::InceptionV3(cfg) => Box::new(inception::InceptionStage::new(cfg.clone())),
                 ComponentKind::Rca(cfg) => Box::new(rca::RcaStage::new(cfg.clone())),
+                ComponentKind::Fid(cfg) => Box::new(fid::FidStage::new(cfg.clone())),
+                ComponentKind::InceptionScore(cfg) => Box::new(inception_score::InceptionScoreStage::new(cfg.clone())),
                 ComponentKind::LpipsDiversity(cfg) => Box::new(lpips_diversity::LpipsDiversityStage::new(cfg.clone())),
                 ComponentKind::Report(cfg) => Box::new(report::ReportStage::new(cfg.clone(), graph.label.clone())),
             };
             StageSpec {
                 id: c.id.clone(),
                 qualified: c.qualified(),
-                accumulates: matches!(c.kind, ComponentKind::Rca(_)),
+                accumulates: matches!(c.kind, ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_)),
                 stage,
             }
         })

@@ -32,6 +32,8 @@ impl Stage for ReportStage {
     fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
         let mut rca = None;
         let mut lpips = None;
+        let mut fid = None;
+        let mut inception_score = None;
         while let Some(payload) = ctx.recv() {
             let Payload::Summary(summary) = payload else {
                 return Err(StageError::Failed("received a non-summary payload; the topology check should have refused this edge".into()));
@@ -40,6 +42,8 @@ impl Stage for ReportStage {
             let (slot_taken, kind) = match &*summary {
                 Summary::Rca(r) => (rca.replace((**r).clone()).is_some(), "rca"),
                 Summary::Lpips(r) => (lpips.replace(r.clone()).is_some(), "lpips_diversity"),
+                Summary::Fid(r) => (fid.replace((**r).clone()).is_some(), "fid"),
+                Summary::InceptionScore(r) => (inception_score.replace(r.clone()).is_some(), "inception_score"),
                 Summary::Source(_) => (false, "source"),
             };
             if slot_taken {
@@ -78,8 +82,8 @@ impl Stage for ReportStage {
             generated: rca.as_ref().map(|r| r.generated.clone()),
             rca: rca.as_ref().map(|r| r.rca.clone()),
             real_source: rca.as_ref().map(|r| r.real_source.clone()),
-            fid: None,
-            inception_score: None,
+            fid,
+            inception_score,
             lpips_diversity: lpips,
             inputs,
             timing: Timing { wall_seconds: ctx.control.started.elapsed().as_secs_f64(), stages },

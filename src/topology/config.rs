@@ -183,12 +183,10 @@ pub struct LpipsDiversityConfig {
     pub backbone: Option<PathBuf>,
     /// lpips v0.1 lin weights (`alex.pth` / `vgg.pth`); when absent, looked up the same way.
     pub lin: Option<PathBuf>,
-    /// Pairs per class (all distinct pairs when a class has fewer).
+    /// Pairs per class: all distinct pairs when a class has no more, else the disjoint pairs
+    /// (0,1), (2,3), ... of its deterministic order.
     #[serde(default = "default_pairs")]
     pub pairs: usize,
-    /// Seed of the pair choice.
-    #[serde(default)]
-    pub seed: u64,
 }
 
 /// `report` sink: writes report.json, report.md and figures into the run directory.
@@ -208,6 +206,8 @@ pub enum ComponentKind {
     OracleClassifier(OracleClassifierConfig),
     Rca(RcaConfig),
     InceptionV3(InceptionV3Config),
+    Fid(FidConfig),
+    InceptionScore(InceptionScoreConfig),
     LpipsDiversity(LpipsDiversityConfig),
     Report(ReportConfig),
 }
@@ -220,6 +220,8 @@ impl ComponentKind {
             ComponentKind::OracleClassifier(_) => "oracle_classifier",
             ComponentKind::Rca(_) => "rca",
             ComponentKind::InceptionV3(_) => "inception_v3",
+            ComponentKind::Fid(_) => "fid",
+            ComponentKind::InceptionScore(_) => "inception_score",
             ComponentKind::LpipsDiversity(_) => "lpips_diversity",
             ComponentKind::Report(_) => "report",
         }
@@ -230,7 +232,7 @@ impl ComponentKind {
         match self {
             ComponentKind::ImageFolder(_) => Section::Sources,
             ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) => Section::Transforms,
-            ComponentKind::Rca(_) | ComponentKind::LpipsDiversity(_) | ComponentKind::Report(_) => Section::Sinks,
+            ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_) | ComponentKind::Report(_) => Section::Sinks,
         }
     }
 
@@ -240,6 +242,7 @@ impl ComponentKind {
             ComponentKind::ImageFolder(_) => None,
             ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) | ComponentKind::LpipsDiversity(_) => Some(DataKind::Images),
             ComponentKind::Rca(_) => Some(DataKind::Predictions),
+            ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) => Some(DataKind::Features),
             ComponentKind::Report(_) => Some(DataKind::Summaries),
         }
     }
@@ -250,7 +253,7 @@ impl ComponentKind {
             ComponentKind::ImageFolder(_) | ComponentKind::Batcher(_) => Some(DataKind::Images),
             ComponentKind::OracleClassifier(_) => Some(DataKind::Predictions),
             ComponentKind::InceptionV3(_) => Some(DataKind::Features),
-            ComponentKind::Rca(_) | ComponentKind::LpipsDiversity(_) => Some(DataKind::Summaries),
+            ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_) => Some(DataKind::Summaries),
             ComponentKind::Report(_) => None,
         }
     }
@@ -269,8 +272,9 @@ impl ComponentKind {
             ComponentKind::OracleClassifier(c) => join(&mut c.weights),
             ComponentKind::Rca(c) => c.baseline.iter_mut().for_each(join),
             ComponentKind::InceptionV3(c) => c.weights.iter_mut().for_each(join),
+            ComponentKind::Fid(c) => c.reference.iter_mut().for_each(join),
             ComponentKind::LpipsDiversity(c) => c.backbone.iter_mut().chain(c.lin.iter_mut()).for_each(join),
-            ComponentKind::Batcher(_) | ComponentKind::Report(_) => {}
+            ComponentKind::Batcher(_) | ComponentKind::InceptionScore(_) | ComponentKind::Report(_) => {}
         }
     }
 }
@@ -383,7 +387,7 @@ pub(crate) fn parse_component(
 }
 
 fn type_list() -> &'static str {
-    "image_folder, batcher, oracle_classifier, inception_v3, rca, lpips_diversity, report"
+    "image_folder, batcher, oracle_classifier, inception_v3, rca, fid, inception_score, lpips_diversity, report"
 }
 
 /// serde/toml messages sometimes span lines; a config error is one line.

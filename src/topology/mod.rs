@@ -174,7 +174,13 @@ fn describe(kind: &ComponentKind) -> String {
             None => "real accuracy from real images".to_string(),
         },
         ComponentKind::InceptionV3(c) => format!("weights={}", c.weights.as_ref().map_or("(torch hub cache)".into(), |p| p.display().to_string())),
-        ComponentKind::LpipsDiversity(c) => format!("net={} pairs={} seed={}", c.net, c.pairs, c.seed),
+        ComponentKind::Fid(c) => format!(
+            "real statistics from {}, live every {}s",
+            c.reference.as_ref().map_or("real images".into(), |p| p.display().to_string()),
+            c.interval_secs
+        ),
+        ComponentKind::InceptionScore(c) => format!("splits={}", c.splits),
+        ComponentKind::LpipsDiversity(c) => format!("net={} pairs={}", c.net, c.pairs),
         ComponentKind::Report(c) => format!("figures={}", c.figures),
     }
 }

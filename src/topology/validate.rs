@@ -177,21 +177,25 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
         }
     }
     for c in &components {
-        if let ComponentKind::Rca(cfg) = &c.kind {
-            let Some(origins) = upstream_origins(&c.id, &by_id, &edges) else {
-                continue; // a rejected or unknown input upstream: already reported.
-            };
-            match (origins.contains(&Origin::Real), cfg.baseline.is_some()) {
-                (false, false) => errors.push(format!(
-                    "{}: no real images reach it and no `baseline` is set; expected an image_folder source with origin = \"real\" upstream, or baseline = FILE",
-                    c.qualified()
-                )),
-                (true, true) => errors.push(format!(
-                    "{}: both real images upstream and a `baseline` file; expected one of the two",
-                    c.qualified()
-                )),
-                _ => {}
-            }
+        // Sinks comparing with real data need real images upstream or a file standing for them.
+        let (substitute, key) = match &c.kind {
+            ComponentKind::Rca(cfg) => (cfg.baseline.is_some(), "baseline"),
+            ComponentKind::Fid(cfg) => (cfg.reference.is_some(), "reference"),
+            _ => continue,
+        };
+        let Some(origins) = upstream_origins(&c.id, &by_id, &edges) else {
+            continue; // a rejected or unknown input upstream: already reported.
+        };
+        match (origins.contains(&Origin::Real), substitute) {
+            (false, false) => errors.push(format!(
+                "{}: no real images reach it and no `{key}` is set; expected an image_folder source with origin = \"real\" upstream, or {key} = FILE",
+                c.qualified()
+            )),
+            (true, true) => errors.push(format!(
+                "{}: both real images upstream and a `{key}` file; expected one of the two",
+                c.qualified()
+            )),
+            _ => {}
         }
     }
 
@@ -369,6 +373,19 @@ fn check_inputs_on_disk(
                             }
                         }
                     }
+                }
+            }
+            ComponentKind::Fid(cfg) => {
+                if let Some(path) = cfg.reference.as_ref().filter(|p| !p.is_file()) {
+                    errors.push(format!("{name}: reference statistics file \"{}\" does not exist", path.display()));
+                }
+                if !(cfg.interval_secs.is_finite() && cfg.interval_secs > 0.0) {
+                    errors.push(format!("{name}: interval_secs must be a positive number of seconds, found {}", cfg.interval_secs));
+                }
+            }
+            ComponentKind::InceptionScore(cfg) => {
+                if cfg.splits == 0 {
+                    errors.push(format!("{name}: splits must be at least 1, found 0"));
                 }
             }
             ComponentKind::Report(_) => {}
