@@ -37,7 +37,8 @@ fn batch(origin: Origin, first: u32, state: &mut u64) -> FeatureBatch {
         features.push((*state >> 40) as f32 / (1u64 << 24) as f32);
     }
     let class = first / 2_000;
-    let units = vec![UnitSpan { id: UnitId { origin, class, index: first / BATCH }, start: 0, len: BATCH as usize, first_position: first as u64 }];
+    let units =
+        vec![UnitSpan { id: UnitId { origin, class, index: first / BATCH }, start: 0, len: BATCH as usize, first_position: first as u64 }];
     FeatureBatch { labels: vec![class; BATCH as usize], units, feature_dim: DIM, features, logit_dim: 0, logits: Vec::new() }
 }
 
@@ -53,7 +54,7 @@ fn main() {
             acc.apply(&b, &b.units);
         }
         let done = first + BATCH;
-        if done % 2_500 == 0 {
+        if done.is_multiple_of(2_500) {
             let s = acc.inner();
             let (r, g) = (&s.real, &s.generated);
             let fid = frechet_distance(&r.mean(), &r.covariance().unwrap(), &g.mean(), &g.covariance().unwrap()).unwrap().fid;

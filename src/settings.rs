@@ -74,17 +74,18 @@ impl Settings {
     pub fn load(path: &Path) -> Result<Settings, SettingsError> {
         let label = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: label.clone(), source })?;
-        let settings: Settings = toml::from_str(&text).map_err(|e| SettingsError::Invalid {
-            path: label.clone(),
-            message: crate::topology::config::one_line(e.message()),
-        })?;
+        let settings: Settings = toml::from_str(&text)
+            .map_err(|e| SettingsError::Invalid { path: label.clone(), message: crate::topology::config::one_line(e.message()) })?;
         settings.check().map_err(|message| SettingsError::Invalid { path: label, message })?;
         Ok(settings)
     }
 
     fn check(&self) -> Result<(), String> {
         self.metrics_addr()?;
-        for (name, v) in [("runtime.checkpoint_interval_secs", self.runtime.checkpoint_interval_secs), ("runtime.shutdown_deadline_secs", self.runtime.shutdown_deadline_secs)] {
+        for (name, v) in [
+            ("runtime.checkpoint_interval_secs", self.runtime.checkpoint_interval_secs),
+            ("runtime.shutdown_deadline_secs", self.runtime.shutdown_deadline_secs),
+        ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("{name} must be a positive number of seconds, found {v}"));
             }
@@ -141,7 +142,10 @@ mod tests {
         assert_eq!(err, format!("config {}: runtime.shutdown_deadline_secs must be a positive number of seconds, found 0", path.display()));
         std::fs::write(&path, "[metrics]\nlisten = \"nowhere\"\n").unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
-        assert_eq!(err, format!("config {}: metrics.listen \"nowhere\": expected HOST:PORT such as 127.0.0.1:9898, or \"off\"", path.display()));
+        assert_eq!(
+            err,
+            format!("config {}: metrics.listen \"nowhere\": expected HOST:PORT such as 127.0.0.1:9898, or \"off\"", path.display())
+        );
         std::fs::write(&path, "[runtime]\ngpu = 1\n").unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
         assert!(err.starts_with(&format!("config {}: unknown field `gpu`", path.display())), "{err}");

@@ -55,10 +55,23 @@ fn tiny_set(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn oracle_flags(oracle: &Path) -> Vec<String> {
-    ["--oracle", &oracle.display().to_string(), "--oracle-arch", "resnet18", "--oracle-stem", "cifar", "--oracle-norm", "minus-one-one", "--batch-size", "4", "--metrics-addr", "off"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "--oracle",
+        &oracle.display().to_string(),
+        "--oracle-arch",
+        "resnet18",
+        "--oracle-stem",
+        "cifar",
+        "--oracle-norm",
+        "minus-one-one",
+        "--batch-size",
+        "4",
+        "--metrics-addr",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn eval(real: &Path, generated: &Path, oracle: &Path, out: &Path) -> Output {
@@ -138,7 +151,12 @@ fn baseline_file_replaces_real_images() {
     let tmp = tempfile::tempdir().unwrap();
     let (real, _generated, oracle) = tiny_set(tmp.path());
     let baseline = tmp.path().join("baseline.json");
-    let o = rcaflow().arg("baseline").args(["--real", &real.display().to_string(), "--out", &baseline.display().to_string()]).args(oracle_flags(&oracle)).output().unwrap();
+    let o = rcaflow()
+        .arg("baseline")
+        .args(["--real", &real.display().to_string(), "--out", &baseline.display().to_string()])
+        .args(oracle_flags(&oracle))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let b = read_json(&baseline);
     assert_eq!(b["schema"], "rcaflow-baseline/1");
@@ -234,10 +252,8 @@ fn class_folder_missing_from_one_tree_is_refused_before_running() {
     let out = tmp.path().join("out");
     let o = eval(&real, &generated, &oracle, &out);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let want = format!(
-        "  - sources.generated: class folders of \"{}\" disagree with sources.real: missing [\"crimson\"]",
-        generated.display()
-    );
+    let want =
+        format!("  - sources.generated: class folders of \"{}\" disagree with sources.real: missing [\"crimson\"]", generated.display());
     assert!(stderr(&o).lines().any(|l| l == want), "expected {want:?} in:\n{}", stderr(&o));
     assert!(!out.join("report.json").exists());
 }
@@ -411,9 +427,25 @@ fn lpips_diversity_compares_the_planned_same_class_pairs() {
     let out = root.join("out");
     let o = rcaflow()
         .arg("eval")
-        .args(["--real", &root.join("real").display().to_string(), "--generated", &root.join("generated").display().to_string(), "--out", &out.display().to_string()])
+        .args([
+            "--real",
+            &root.join("real").display().to_string(),
+            "--generated",
+            &root.join("generated").display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ])
         .args(oracle_flags(&root.join("oracle.safetensors")))
-        .args(["--lpips-net", "alex", "--lpips-backbone", &backbone.display().to_string(), "--lpips-lin", &lin.display().to_string(), "--lpips-pairs", "10"])
+        .args([
+            "--lpips-net",
+            "alex",
+            "--lpips-backbone",
+            &backbone.display().to_string(),
+            "--lpips-lin",
+            &lin.display().to_string(),
+            "--lpips-pairs",
+            "10",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -542,13 +574,11 @@ fn fid_and_inception_score_in_eval_agree_with_the_fid_commands() {
     let topology = root.join("reference.toml");
     std::fs::write(
         &topology,
-        format!(
-            "[run]\ndir = \"ref-run\"\n\
-             [sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\n\
-             [transforms.inception]\ntype = \"inception_v3\"\ninputs = [\"generated\"]\nweights = \"inception.safetensors\"\n\
-             [sinks.fid]\ntype = \"fid\"\ninputs = [\"inception\"]\nreference = \"real-stats.npz\"\ninterval_secs = 0.001\n\
-             [sinks.report]\ntype = \"report\"\ninputs = [\"fid\"]\n"
-        ),
+        "[run]\ndir = \"ref-run\"\n\
+         [sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\n\
+         [transforms.inception]\ntype = \"inception_v3\"\ninputs = [\"generated\"]\nweights = \"inception.safetensors\"\n\
+         [sinks.fid]\ntype = \"fid\"\ninputs = [\"inception\"]\nreference = \"real-stats.npz\"\ninterval_secs = 0.001\n\
+         [sinks.report]\ntype = \"report\"\ninputs = [\"fid\"]\n",
     )
     .unwrap();
     let o = rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology).output().unwrap();

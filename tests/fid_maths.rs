@@ -163,7 +163,8 @@ fn corrupt_snapshots_are_refused() {
 fn inception_score_equals_the_reference_and_ignores_arrival_order() {
     let r = reference();
     let is = &r["inception_score"];
-    let (n, k, splits) = (is["n"].as_u64().unwrap() as usize, is["classes"].as_u64().unwrap() as usize, is["splits"].as_u64().unwrap() as usize);
+    let (n, k, splits) =
+        (is["n"].as_u64().unwrap() as usize, is["classes"].as_u64().unwrap() as usize, is["splits"].as_u64().unwrap() as usize);
     let logits = prng::uniform_f32(is["key"].as_str().unwrap(), n * k, is["lo"].as_f64().unwrap(), is["hi"].as_f64().unwrap());
     let positions: Vec<u64> = (0..n as u64).collect();
     let mut forward = InceptionScoreState::new(splits, k);

@@ -20,11 +20,7 @@ fn out_dir(tmp: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
 /// Decodes `path` and checks it has more than a handful of distinct colours.
 fn check_png(path: &Path) -> anyhow::Result<(u32, u32)> {
     let bytes = std::fs::read(path)?;
-    assert!(
-        bytes.starts_with(b"\x89PNG"),
-        "{} is not a PNG",
-        path.display()
-    );
+    assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", path.display());
     let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)?.to_rgb8();
     let mut colours = std::collections::HashSet::new();
     for p in img.pixels() {
@@ -38,24 +34,8 @@ fn check_png(path: &Path) -> anyhow::Result<(u32, u32)> {
 }
 
 fn classes(n: usize) -> Vec<String> {
-    let names = [
-        "Jang Wonyoung",
-        "Karina",
-        "Winter",
-        "Jisoo",
-        "Jennie",
-        "Rosé",
-        "Lisa",
-        "IU",
-        "Kim Chaewon of LE SSERAFIM",
-        "Hanni",
-    ];
-    names
-        .iter()
-        .cycle()
-        .take(n)
-        .map(|s| s.to_string())
-        .collect()
+    let names = ["Jang Wonyoung", "Karina", "Winter", "Jisoo", "Jennie", "Rosé", "Lisa", "IU", "Kim Chaewon of LE SSERAFIM", "Hanni"];
+    names.iter().cycle().take(n).map(|s| s.to_string()).collect()
 }
 
 /// A diagonal-heavy matrix with one empty row when `n` > 2.
@@ -65,15 +45,7 @@ fn matrix(n: usize) -> Vec<Vec<u64>> {
             if n > 2 && t == 3 {
                 return vec![0; n];
             }
-            (0..n)
-                .map(|p| {
-                    if p == t {
-                        4000 + 100 * t as u64
-                    } else {
-                        ((t * 7 + p * 3) % 11) as u64 * 9
-                    }
-                })
-                .collect()
+            (0..n).map(|p| if p == t { 4000 + 100 * t as u64 } else { ((t * 7 + p * 3) % 11) as u64 * 9 }).collect()
         })
         .collect()
 }
@@ -85,22 +57,14 @@ fn heatmaps_render_for_2_and_10_classes() -> anyhow::Result<()> {
     let mut sizes = Vec::new();
     for n in [2usize, 10] {
         let path = dir.join(format!("confusion_{n}.png"));
-        confusion_heatmap(
-            &path,
-            &format!("generated images: oracle confusion ({n} classes)"),
-            &classes(n),
-            &matrix(n),
-        )?;
+        confusion_heatmap(&path, &format!("generated images: oracle confusion ({n} classes)"), &classes(n), &matrix(n))?;
         let (w, h) = check_png(&path)?;
         assert!(w >= 300 && h >= 250, "{n} classes: {w}x{h} too small");
         assert!(w <= 4000 && h <= 4000, "{n} classes: {w}x{h} too large");
         sizes.push((w, h));
     }
     // More classes, larger figure.
-    assert!(
-        sizes[1].0 > sizes[0].0 && sizes[1].1 > sizes[0].1,
-        "{sizes:?}"
-    );
+    assert!(sizes[1].0 > sizes[0].0 && sizes[1].1 > sizes[0].1, "{sizes:?}");
     Ok(())
 }
 
@@ -121,18 +85,7 @@ fn rca_bars_render_for_2_and_10_classes() -> anyhow::Result<()> {
         (2, vec![Some(0.91), None], Some(0.91)),
         (
             10,
-            vec![
-                Some(0.95),
-                Some(1.08),
-                Some(0.42),
-                None,
-                Some(0.0),
-                Some(0.77),
-                Some(0.99),
-                Some(1.31),
-                Some(0.66),
-                Some(0.88),
-            ],
+            vec![Some(0.95), Some(1.08), Some(0.42), None, Some(0.0), Some(0.77), Some(0.99), Some(1.31), Some(0.66), Some(0.88)],
             Some(0.83),
         ),
         (3, vec![None, None, None], None),
@@ -152,11 +105,6 @@ fn rca_bars_render_for_2_and_10_classes() -> anyhow::Result<()> {
 #[test]
 fn unwritable_path_is_an_error_naming_it() {
     let path = Path::new("/nonexistent-rcaflow-dir/figure.png");
-    let e = rca_bars(path, &classes(2), &[Some(1.0), Some(0.5)], Some(0.75))
-        .expect_err("directory does not exist");
-    assert!(
-        e.to_string()
-            .contains("/nonexistent-rcaflow-dir/figure.png"),
-        "{e}"
-    );
+    let e = rca_bars(path, &classes(2), &[Some(1.0), Some(0.5)], Some(0.75)).expect_err("directory does not exist");
+    assert!(e.to_string().contains("/nonexistent-rcaflow-dir/figure.png"), "{e}");
 }

@@ -111,11 +111,7 @@ struct Fixture {
 fn rel_err(got: &[f32], want: &[Vec<f64>]) -> f64 {
     let want: Vec<f64> = want.iter().flatten().copied().collect();
     assert_eq!(got.len(), want.len());
-    let diff = got
-        .iter()
-        .zip(&want)
-        .map(|(&g, &w)| (f64::from(g) - w).abs())
-        .fold(0.0, f64::max);
+    let diff = got.iter().zip(&want).map(|(&g, &w)| (f64::from(g) - w).abs()).fold(0.0, f64::max);
     diff / want.iter().map(|w| w.abs()).fold(0.0, f64::max)
 }
 
@@ -125,13 +121,8 @@ fn parity(case: &str) {
     assert_eq!(fx.case, case);
     let pixels = prng::images_u8(&fx.pixels_key, fx.n * 3 * fx.height * fx.width);
     let sum: u64 = pixels.iter().map(|&p| u64::from(p)).sum();
-    assert_eq!(
-        sum, fx.pixels_sum,
-        "{case}: regenerated pixels differ from the script's"
-    );
-    let (pool3, logits) = network()
-        .features(&pixels, fx.n, fx.height, fx.width)
-        .unwrap();
+    assert_eq!(sum, fx.pixels_sum, "{case}: regenerated pixels differ from the script's");
+    let (pool3, logits) = network().features(&pixels, fx.n, fx.height, fx.width).unwrap();
     assert_eq!(pool3.len(), fx.n * InceptionV3::FEATURES);
     assert_eq!(logits.len(), fx.n * InceptionV3::LOGITS);
     let (e_pool3, e_logits) = (rel_err(&pool3, &fx.pool3), rel_err(&logits, &fx.logits));
@@ -151,15 +142,10 @@ fn parity_upsampled_32x32_batch_of_two() {
     parity("up32");
     // A degenerate network (dead activations) would pass trivially: the two images must get
     // clearly different features.
-    let fx: Fixture =
-        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("up32.json")).unwrap())
-            .unwrap();
+    let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("up32.json")).unwrap()).unwrap();
     let first: Vec<f32> = fx.pool3[0].iter().map(|&v| v as f32).collect();
     let spread = rel_err(&first, &fx.pool3[1..]);
-    assert!(
-        spread > 100.0 * TOLERANCE,
-        "pool3 barely depends on the image ({spread:e})"
-    );
+    assert!(spread > 100.0 * TOLERANCE, "pool3 barely depends on the image ({spread:e})");
 }
 
 #[test]
@@ -182,10 +168,7 @@ fn parity_through_a_torch_pth() {
     let path = std::env::var_os("RCAFLOW_INCEPTION_PTH").expect("RCAFLOW_INCEPTION_PTH is unset");
     let weights = WeightMap::load(Path::new(&path), &Device::Cpu).unwrap();
     let net = InceptionV3::load(&weights).unwrap();
-    let fx: Fixture = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir().join("odd45x71.json")).unwrap(),
-    )
-    .unwrap();
+    let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("odd45x71.json")).unwrap()).unwrap();
     let pixels = prng::images_u8(&fx.pixels_key, fx.n * 3 * fx.height * fx.width);
     let (pool3, logits) = net.features(&pixels, fx.n, fx.height, fx.width).unwrap();
     let (e_pool3, e_logits) = (rel_err(&pool3, &fx.pool3), rel_err(&logits, &fx.logits));
@@ -197,11 +180,7 @@ fn parity_through_a_torch_pth() {
 fn features_checks_the_buffer_length() {
     let net = network();
     let err = net.features(&[0u8; 10], 1, 4, 4).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("got 10 pixel bytes, expected 48 for 1 x 3 x 4 x 4"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("got 10 pixel bytes, expected 48 for 1 x 3 x 4 x 4"), "{err}");
     let (p, l) = net.features(&[], 0, 32, 32).unwrap();
     assert!(p.is_empty() && l.is_empty());
     // forward_u8 wants uint8 images.
@@ -232,10 +211,7 @@ fn missing_tensor_is_named() {
     sd.remove("Mixed_6b.branch7x7_2.conv.weight").unwrap();
     let err = load_err(sd);
     assert!(matches!(err, WeightsError::Missing { .. }));
-    assert_eq!(
-        err.to_string(),
-        format!("weights {LABEL}: tensor \"Mixed_6b.branch7x7_2.conv.weight\" is missing")
-    );
+    assert_eq!(err.to_string(), format!("weights {LABEL}: tensor \"Mixed_6b.branch7x7_2.conv.weight\" is missing"));
 }
 
 #[test]
@@ -260,12 +236,7 @@ fn torchvision_imagenet_inception_is_refused() {
     let mut sd = state_dict(true);
     let fc = Tensor::zeros((1000, 2048), DType::F32, &Device::Cpu).unwrap();
     sd.insert("fc.weight".to_string(), fc);
-    assert_eq!(
-        load_err(sd).to_string(),
-        format!(
-            "weights {LABEL}: tensor \"fc.weight\" has shape [1000, 2048], expected [1008, 2048]"
-        )
-    );
+    assert_eq!(load_err(sd).to_string(), format!("weights {LABEL}: tensor \"fc.weight\" has shape [1000, 2048], expected [1008, 2048]"));
     let mut sd = state_dict(true);
     let aux = Tensor::zeros((1008, 768), DType::F32, &Device::Cpu).unwrap();
     sd.insert("AuxLogits.fc.weight".to_string(), aux);
@@ -292,25 +263,11 @@ fn legacy_pt_inception_file_is_read() {
     assert_eq!(legacy.keys(), st.keys());
     for key in &st.keys() {
         let shape = st.shape_of(key).unwrap();
-        let (a, b) = (
-            legacy.get(&shape, key).unwrap(),
-            st.get(&shape, key).unwrap(),
-        );
-        let flat = |t: &Tensor| -> Vec<f64> {
-            t.flatten_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
+        let (a, b) = (legacy.get(&shape, key).unwrap(), st.get(&shape, key).unwrap());
+        let flat = |t: &Tensor| -> Vec<f64> { t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap() };
         assert_eq!(a.dtype(), b.dtype(), "{key}");
         assert_eq!(flat(&a), flat(&b), "{key}");
     }
     let err = InceptionV3::load(&legacy).unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with(&format!("weights {}: tensor ", path.display())),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with(&format!("weights {}: tensor ", path.display())), "{err}");
 }

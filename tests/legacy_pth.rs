@@ -16,9 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use rcaflow::models::{WeightMap, WeightsError};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/resnet")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resnet").join(name)
 }
 
 fn load(name: &str) -> WeightMap {
@@ -29,12 +27,7 @@ fn load(name: &str) -> WeightMap {
 fn values(w: &WeightMap, name: &str, shape: &[usize], dtype: DType) -> Vec<f64> {
     let t = w.get(shape, name).unwrap();
     assert_eq!(t.dtype(), dtype, "{name}");
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
 }
 
 fn range(n: usize, scale: f64, shift: f64) -> Vec<f64> {
@@ -51,19 +44,9 @@ fn tiny_legacy_state_dict_equals_the_safetensors_one() {
     for key in &keys {
         let shape = st.shape_of(key).unwrap();
         assert_eq!(legacy.shape_of(key), Some(shape.clone()), "{key}");
-        let (a, b) = (
-            legacy.get(&shape, key).unwrap(),
-            st.get(&shape, key).unwrap(),
-        );
+        let (a, b) = (legacy.get(&shape, key).unwrap(), st.get(&shape, key).unwrap());
         assert_eq!(a.dtype(), b.dtype(), "{key}");
-        let flat = |t: &Tensor| -> Vec<f64> {
-            t.flatten_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
+        let flat = |t: &Tensor| -> Vec<f64> { t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap() };
         assert_eq!(flat(&a), flat(&b), "{key}");
     }
     // As the zip path: float64 becomes f32, num_batches_tracked stays i64.
@@ -82,10 +65,7 @@ fn legacy_dtypes_views_and_strides() {
     assert_eq!(values(&w, "bf16", &[3], DType::F32), [1.5, -2.0, 0.0078125]);
     assert_eq!(values(&w, "scalar", &[], DType::F32), [2.5]);
     // Integers keep their type (bool as u8 0/1).
-    assert_eq!(
-        values(&w, "i64", &[3], DType::I64),
-        [-3.0, 0.0, (1u64 << 40) as f64]
-    );
+    assert_eq!(values(&w, "i64", &[3], DType::I64), [-3.0, 0.0, (1u64 << 40) as f64]);
     assert_eq!(values(&w, "i32", &[1, 2], DType::I32), [-7.0, 8.0]);
     assert_eq!(values(&w, "u8", &[3], DType::U8), [0.0, 1.0, 255.0]);
     assert_eq!(values(&w, "i16", &[2], DType::I16), [-300.0, 7.0]);
@@ -93,24 +73,16 @@ fn legacy_dtypes_views_and_strides() {
     assert_eq!(values(&w, "i8", &[2], DType::I16), [-128.0, 5.0]);
     assert_eq!(values(&w, "bool", &[3], DType::U8), [1.0, 0.0, 1.0]);
     // arange(12).reshape(3, 4).t(): strides (1, 4).
-    assert_eq!(
-        values(&w, "transposed", &[4, 3], DType::F32),
-        [0.0, 4.0, 8.0, 1.0, 5.0, 9.0, 2.0, 6.0, 10.0, 3.0, 7.0, 11.0]
-    );
+    assert_eq!(values(&w, "transposed", &[4, 3], DType::F32), [0.0, 4.0, 8.0, 1.0, 5.0, 9.0, 2.0, 6.0, 10.0, 3.0, 7.0, 11.0]);
     // Three views of one storage, base = arange(12) * 0.25 - 1.
     let base = range(12, 0.25, -1.0);
     assert_eq!(values(&w, "view.a", &[4], DType::F32), base[2..6]);
     assert_eq!(values(&w, "view.b", &[2, 3], DType::F32), base[6..]);
-    let cols: Vec<f64> = (0..3)
-        .flat_map(|r| [base[4 * r + 1], base[4 * r + 2]])
-        .collect();
+    let cols: Vec<f64> = (0..3).flat_map(|r| [base[4 * r + 1], base[4 * r + 2]]).collect();
     assert_eq!(values(&w, "view.cols", &[3, 2], DType::F32), cols);
     assert!(values(&w, "empty", &[0, 3], DType::F32).is_empty());
     for i in 0..100 {
-        assert_eq!(
-            values(&w, &format!("many.{i}"), &[], DType::F32),
-            [i as f64]
-        );
+        assert_eq!(values(&w, &format!("many.{i}"), &[], DType::F32), [i as f64]);
     }
     assert_eq!(w.keys().len(), 115);
     assert!(w.unused_keys().is_empty());
@@ -120,10 +92,7 @@ fn legacy_dtypes_views_and_strides() {
 fn python2_style_checkpoint_nested_under_model() {
     let w = load("legacy_py2_nested.pth");
     assert_eq!(w.keys(), ["conv.bias", "lin0.model.1.weight"]);
-    assert_eq!(
-        values(&w, "lin0.model.1.weight", &[1, 4, 1, 1], DType::F32),
-        range(4, 0.125, 0.0)
-    );
+    assert_eq!(values(&w, "lin0.model.1.weight", &[1, 4, 1, 1], DType::F32), range(4, 0.125, 0.0));
     assert_eq!(values(&w, "conv.bias", &[2], DType::F32), [0.5, -0.5]);
 }
 
@@ -161,20 +130,7 @@ fn truncated_legacy_file_is_a_clear_error() {
 /// count and the data: f64 x 6, f16 x 4, bf16 x 3, i64 x 3, i32 x 2, u8 x 3, i16 x 2, i8 x 2,
 /// bool x 3, scalar f32, transposed f32 x 12, the views' f32 x 12, empty, and the 100 `many.*`
 /// f32 scalars.
-const STORAGE_DATA_LEN: usize = 113 * 8
-    + 6 * 8
-    + 4 * 2
-    + 3 * 2
-    + 3 * 8
-    + 2 * 4
-    + 3
-    + 2 * 2
-    + 2
-    + 3
-    + 4
-    + 12 * 4
-    + 12 * 4
-    + 100 * 4;
+const STORAGE_DATA_LEN: usize = 113 * 8 + 6 * 8 + 4 * 2 + 3 * 2 + 3 * 8 + 2 * 4 + 3 + 2 * 2 + 2 + 3 + 4 + 12 * 4 + 12 * 4 + 100 * 4;
 
 #[test]
 fn not_a_checkpoint_and_not_a_state_dict() {

@@ -73,17 +73,9 @@ fn tensors(net: LpipsNet, keys: &[(String, Vec<usize>)]) -> HashMap<String, Tens
 }
 
 /// Writes the backbone (plus a stand-in `classifier.1.weight`) and lin files into `dir`.
-fn write_files(
-    dir: &Path,
-    net: LpipsNet,
-    backbone: &HashMap<String, Tensor>,
-    lin: &HashMap<String, Tensor>,
-) -> (PathBuf, PathBuf) {
+fn write_files(dir: &Path, net: LpipsNet, backbone: &HashMap<String, Tensor>, lin: &HashMap<String, Tensor>) -> (PathBuf, PathBuf) {
     let mut backbone = backbone.clone();
-    backbone.insert(
-        "classifier.1.weight".to_string(),
-        Tensor::zeros((4, 9), DType::F32, &Device::Cpu).unwrap(),
-    );
+    backbone.insert("classifier.1.weight".to_string(), Tensor::zeros((4, 9), DType::F32, &Device::Cpu).unwrap());
     let bb = dir.join(format!("{net}_backbone.safetensors"));
     let ln = dir.join(format!("{net}_lin.safetensors"));
     candle_core::safetensors::save(&backbone, &bb).unwrap();
@@ -102,12 +94,7 @@ fn load_files(net: LpipsNet, bb: &Path, ln: &Path) -> Result<Lpips, String> {
 fn model(net: LpipsNet) -> Lpips {
     let k = keys(net);
     let dir = tempfile::tempdir().unwrap();
-    let (bb, ln) = write_files(
-        dir.path(),
-        net,
-        &tensors(net, &k.backbone),
-        &tensors(net, &k.lin),
-    );
+    let (bb, ln) = write_files(dir.path(), net, &tensors(net, &k.backbone), &tensors(net, &k.lin));
     let m = load_files(net, &bb, &ln).unwrap();
     assert_eq!(m.net(), net);
     m
@@ -161,10 +148,7 @@ fn parity(net: LpipsNet) {
                 assert_eq!(g, 0.0, "{net} {name} pair {i}: identical images");
             } else {
                 // A degenerate network (dead features) would pass trivially.
-                assert!(
-                    want > 100.0 * TOLERANCE,
-                    "{net} {name} pair {i}: reference {want}"
-                );
+                assert!(want > 100.0 * TOLERANCE, "{net} {name} pair {i}: reference {want}");
             }
         }
         println!(
@@ -175,10 +159,7 @@ fn parity(net: LpipsNet) {
         max_err = max_err.max(case_err);
     }
     println!("{net}: max abs error over all cases {max_err:.3e}");
-    assert!(
-        max_err <= TOLERANCE,
-        "{net}: max abs error {max_err:e} > {TOLERANCE:e}"
-    );
+    assert!(max_err <= TOLERANCE, "{net}: max abs error {max_err:e} > {TOLERANCE:e}");
 }
 
 #[test]
@@ -196,10 +177,7 @@ fn tensor_api_matches_u8_api_and_is_symmetric() {
     let m = model(LpipsNet::Alex);
     let c = case("size32");
     let to_tensor = |p: &[u8]| {
-        let v: Vec<f32> = p
-            .iter()
-            .map(|&x| (f64::from(x) / 127.5 - 1.0) as f32)
-            .collect();
+        let v: Vec<f32> = p.iter().map(|&x| (f64::from(x) / 127.5 - 1.0) as f32).collect();
         Tensor::from_vec(v, (c.n, 3, c.height, c.width), &Device::Cpu).unwrap()
     };
     let (x0, x1) = (to_tensor(&c.x0), to_tensor(&c.x1));
@@ -216,9 +194,7 @@ fn tensor_api_matches_u8_api_and_is_symmetric() {
 fn inputs_are_checked() {
     let m = model(LpipsNet::Alex);
     // Buffer length.
-    let err = m
-        .distance_u8(&[0u8; 10], &[0u8; 10], 1, 32, 32)
-        .unwrap_err();
+    let err = m.distance_u8(&[0u8; 10], &[0u8; 10], 1, 32, 32).unwrap_err();
     assert!(err.to_string().contains("expected 3072 each"), "{err}");
     assert!(m.distance_u8(&[], &[], 0, 32, 32).unwrap().is_empty());
     // Below alexnet's smallest size (31): a clear error, not a candle shape error.
@@ -258,13 +234,7 @@ fn missing_lin_tensor_is_named_with_the_file() {
     let mut lin = zeros(&k.lin);
     lin.remove("lin3.model.1.weight").unwrap();
     let (bb, ln) = write_files(dir.path(), net, &backbone, &lin);
-    assert_eq!(
-        load_files(net, &bb, &ln).unwrap_err(),
-        format!(
-            "weights {}: tensor \"lin3.model.1.weight\" is missing",
-            ln.display()
-        )
-    );
+    assert_eq!(load_files(net, &bb, &ln).unwrap_err(), format!("weights {}: tensor \"lin3.model.1.weight\" is missing", ln.display()));
 
     // alex lin weights with the vgg backbone: the first width that differs is named.
     let alex_lin = zeros(&keys(LpipsNet::Alex).lin);
@@ -282,26 +252,14 @@ fn missing_lin_tensor_is_named_with_the_file() {
     let mut backbone_missing = backbone.clone();
     backbone_missing.remove("features.17.bias").unwrap();
     let (bb, ln) = write_files(dir.path(), net, &backbone_missing, &zeros(&k.lin));
-    assert_eq!(
-        load_files(net, &bb, &ln).unwrap_err(),
-        format!(
-            "weights {}: tensor \"features.17.bias\" is missing",
-            bb.display()
-        )
-    );
+    assert_eq!(load_files(net, &bb, &ln).unwrap_err(), format!("weights {}: tensor \"features.17.bias\" is missing", bb.display()));
 
     // A features.* tensor the network does not use (another architecture) is refused.
     let mut extra = backbone.clone();
-    extra.insert(
-        "features.1.weight".to_string(),
-        Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap(),
-    );
+    extra.insert("features.1.weight".to_string(), Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
     let (bb, ln) = write_files(dir.path(), net, &extra, &zeros(&k.lin));
     assert_eq!(
         load_files(net, &bb, &ln).unwrap_err(),
-        format!(
-            "weights {}: unexpected tensor \"features.1.weight\" for lpips vgg backbone",
-            bb.display()
-        )
+        format!("weights {}: unexpected tensor \"features.1.weight\" for lpips vgg backbone", bb.display())
     );
 }

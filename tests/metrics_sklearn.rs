@@ -34,19 +34,13 @@ struct Case {
 }
 
 fn load() -> anyhow::Result<Fixture> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/metrics/classification_cases.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/metrics/classification_cases.json");
     let text = std::fs::read_to_string(path)?;
     Ok(serde_json::from_str(&text)?)
 }
 
 fn close(what: &str, case: &str, got: f64, want: f64) {
-    assert!(
-        (got - want).abs() <= TOL,
-        "{case}: {what} = {got:?}, sklearn says {want:?}"
-    );
+    assert!((got - want).abs() <= TOL, "{case}: {what} = {got:?}, sklearn says {want:?}");
 }
 
 fn close_all(what: &str, case: &str, got: &[f64], want: &[f64]) {
@@ -106,18 +100,9 @@ fn summaries_match_sklearn() -> anyhow::Result<()> {
 fn merged_batches_equal_one_pass() -> anyhow::Result<()> {
     // A run accumulates per-batch matrices; the merge must equal counting everything at once.
     let fixture = load()?;
-    let case = fixture
-        .cases
-        .iter()
-        .find(|c| c.name == "random_10_class")
-        .ok_or_else(|| anyhow::anyhow!("random_10_class case missing"))?;
+    let case = fixture.cases.iter().find(|c| c.name == "random_10_class").ok_or_else(|| anyhow::anyhow!("random_10_class case missing"))?;
     let mut total = Confusion::new(case.num_classes);
-    let pairs: Vec<(usize, usize)> = case
-        .y_true
-        .iter()
-        .copied()
-        .zip(case.y_pred.iter().copied())
-        .collect();
+    let pairs: Vec<(usize, usize)> = case.y_true.iter().copied().zip(case.y_pred.iter().copied()).collect();
     for chunk in pairs.chunks(64) {
         let mut batch = Confusion::new(case.num_classes);
         for &(t, p) in chunk {
@@ -146,9 +131,7 @@ fn rca_hand_computed() -> anyhow::Result<()> {
     // Generated: 20 items per class; recalls 0.45, 0.8, 0.75 → accuracy 40/60.
     let gen = confusion(3, &[&[9, 11, 0], &[0, 16, 4], &[5, 0, 15]])?;
     let rca = relative_accuracy(&summarize(&real), &summarize(&gen));
-    let global = rca
-        .global
-        .ok_or_else(|| anyhow::anyhow!("global rca missing"))?;
+    let global = rca.global.ok_or_else(|| anyhow::anyhow!("global rca missing"))?;
     close("global", "hand", global, (40.0 / 60.0) / (22.0 / 30.0)); // = 10/11
     close("global", "hand", global, 10.0 / 11.0);
     let want = [0.5, 1.0, 1.5];
@@ -163,21 +146,13 @@ fn rca_hand_computed() -> anyhow::Result<()> {
 fn rca_missing_evidence_is_none() -> anyhow::Result<()> {
     // Class 0: recall 1.0 real, 0.5 generated. Class 1: oracle never right on real data → undefined.
     // Class 2: no real items. Class 3: nothing generated for it.
-    let real = confusion(
-        4,
-        &[&[4, 0, 0, 0], &[0, 0, 4, 0], &[0, 0, 0, 0], &[0, 0, 0, 4]],
-    )?;
-    let gen = confusion(
-        4,
-        &[&[2, 2, 0, 0], &[0, 4, 0, 0], &[0, 0, 4, 0], &[0, 0, 0, 0]],
-    )?;
+    let real = confusion(4, &[&[4, 0, 0, 0], &[0, 0, 4, 0], &[0, 0, 0, 0], &[0, 0, 0, 4]])?;
+    let gen = confusion(4, &[&[2, 2, 0, 0], &[0, 4, 0, 0], &[0, 0, 4, 0], &[0, 0, 0, 0]])?;
     let real_s = summarize(&real);
     let gen_s = summarize(&gen);
     let rca = relative_accuracy(&real_s, &gen_s);
     // accuracy_real = 8/12, accuracy_gen = 10/12.
-    let global = rca
-        .global
-        .ok_or_else(|| anyhow::anyhow!("global rca missing"))?;
+    let global = rca.global.ok_or_else(|| anyhow::anyhow!("global rca missing"))?;
     close("global", "missing", global, 10.0 / 8.0);
     assert_eq!(rca.per_class, vec![Some(0.5), None, None, None]);
 

@@ -88,12 +88,7 @@ fn torchvision_keys(arch: ResNetArch, stem: Stem, num_classes: usize) -> Vec<(St
 }
 
 /// The weights the script gave torchvision (`zeros`: all-zero tensors, for the error tests).
-fn state_dict(
-    arch: ResNetArch,
-    stem: Stem,
-    num_classes: usize,
-    zeros: bool,
-) -> HashMap<String, Tensor> {
+fn state_dict(arch: ResNetArch, stem: Stem, num_classes: usize, zeros: bool) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
     torchvision_keys(arch, stem, num_classes)
         .into_iter()
@@ -140,22 +135,11 @@ fn parity(case: &str) {
     let fx: Fixture = serde_json::from_str(&text).unwrap();
     assert_eq!(fx.case, case);
     let dir = tempfile::tempdir().unwrap();
-    let path = save(
-        dir.path(),
-        "oracle.safetensors",
-        &state_dict(fx.arch, fx.stem, fx.num_classes, false),
-    );
-    let cfg = OracleConfig {
-        arch: fx.arch,
-        stem: fx.stem,
-        norm: fx.norm,
-        num_classes: fx.num_classes,
-    };
+    let path = save(dir.path(), "oracle.safetensors", &state_dict(fx.arch, fx.stem, fx.num_classes, false));
+    let cfg = OracleConfig { arch: fx.arch, stem: fx.stem, norm: fx.norm, num_classes: fx.num_classes };
     let oracle = Oracle::load(&path, &cfg, &Device::Cpu).unwrap();
     assert_eq!(oracle.num_classes(), fx.num_classes);
-    let got = oracle
-        .logits(&fx.pixels, fx.n, fx.height, fx.width)
-        .unwrap();
+    let got = oracle.logits(&fx.pixels, fx.n, fx.height, fx.width).unwrap();
     assert_eq!(got.len(), fx.n * fx.num_classes);
     let mut max_err = 0f64;
     for (i, row) in fx.logits.iter().enumerate() {
@@ -168,21 +152,11 @@ fn parity(case: &str) {
          (torchvision f32 itself: {:.3e})",
         fx.torch_f32_max_abs_diff
     );
-    assert!(
-        max_err <= TOLERANCE,
-        "{case}: max abs error {max_err:e} > {TOLERANCE:e}"
-    );
+    assert!(max_err <= TOLERANCE, "{case}: max abs error {max_err:e} > {TOLERANCE:e}");
     // A degenerate network (e.g. all activations dead) would pass trivially: the images must
     // get clearly different logits.
-    let spread = fx.logits[0]
-        .iter()
-        .zip(&fx.logits[1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    assert!(
-        spread > 100.0 * TOLERANCE,
-        "{case}: logits barely depend on the image"
-    );
+    let spread = fx.logits[0].iter().zip(&fx.logits[1]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(spread > 100.0 * TOLERANCE, "{case}: logits barely depend on the image");
 }
 
 #[test]
@@ -208,12 +182,7 @@ fn parity_resnet34_imagenet() {
 // ---- file formats ----
 
 fn values_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
 }
 
 #[test]
@@ -222,17 +191,7 @@ fn pth_and_safetensors_fixtures_load_identically() {
     let pth = WeightMap::load(&fixture_dir().join("tiny_state_dict.pth"), &dev).unwrap();
     let st = WeightMap::load(&fixture_dir().join("tiny_state_dict.safetensors"), &dev).unwrap();
     let keys = pth.keys();
-    assert_eq!(
-        keys,
-        [
-            "bn.num_batches_tracked",
-            "bn.running_var",
-            "bn.weight",
-            "conv.weight",
-            "fc.bias",
-            "fc.weight"
-        ]
-    );
+    assert_eq!(keys, ["bn.num_batches_tracked", "bn.running_var", "bn.weight", "conv.weight", "fc.bias", "fc.weight"]);
     assert_eq!(keys, st.keys());
     for key in &keys {
         let shape = pth.shape_of(key).unwrap();
@@ -247,16 +206,10 @@ fn pth_and_safetensors_fixtures_load_identically() {
     assert_eq!(pth.get(&[2], "fc.bias").unwrap().dtype(), DType::F32);
     // fc.weight is stored transposed in the .pth: compare with the values the script drew.
     let fc = pth.pp("fc").get(&[2, 4], "weight").unwrap();
-    let drawn = Tensor::from_vec(uniform_f32("tiny/fc.weight", 8, -1.0, 1.0), (4, 2), &dev)
-        .unwrap()
-        .t()
-        .unwrap();
+    let drawn = Tensor::from_vec(uniform_f32("tiny/fc.weight", 8, -1.0, 1.0), (4, 2), &dev).unwrap().t().unwrap();
     assert_eq!(values_f64(&fc), values_f64(&drawn));
     let conv = pth.get(&[4, 3, 3, 3], "conv.weight").unwrap();
-    assert_eq!(
-        values_f64(&conv),
-        values_f64(&Tensor::new(uniform_f32("tiny/conv.weight", 108, -1.0, 1.0), &dev).unwrap())
-    );
+    assert_eq!(values_f64(&conv), values_f64(&Tensor::new(uniform_f32("tiny/conv.weight", 108, -1.0, 1.0), &dev).unwrap()));
 }
 
 #[test]
@@ -268,10 +221,7 @@ fn legacy_pth_loads_like_safetensors() {
     assert_eq!(legacy.keys(), st.keys());
     for key in &st.keys() {
         let shape = st.shape_of(key).unwrap();
-        let (a, b) = (
-            legacy.get(&shape, key).unwrap(),
-            st.get(&shape, key).unwrap(),
-        );
+        let (a, b) = (legacy.get(&shape, key).unwrap(), st.get(&shape, key).unwrap());
         assert_eq!(a.dtype(), b.dtype(), "{key}");
         assert_eq!(values_f64(&a), values_f64(&b), "{key}");
     }
@@ -280,12 +230,7 @@ fn legacy_pth_loads_like_safetensors() {
 // ---- checkpoint/config mismatches ----
 
 fn cifar18(num_classes: usize) -> OracleConfig {
-    OracleConfig {
-        arch: ResNetArch::ResNet18,
-        stem: Stem::Cifar,
-        norm: Normalization::imagenet(),
-        num_classes,
-    }
+    OracleConfig { arch: ResNetArch::ResNet18, stem: Stem::Cifar, norm: Normalization::imagenet(), num_classes }
 }
 
 fn load_err(tensors: &HashMap<String, Tensor>, cfg: &OracleConfig) -> (PathBuf, String) {
@@ -300,13 +245,7 @@ fn missing_tensor_is_named_with_the_file() {
     let mut sd = state_dict(ResNetArch::ResNet18, Stem::Cifar, 10, true);
     sd.remove("layer1.0.conv1.weight").unwrap();
     let (path, msg) = load_err(&sd, &cifar18(10));
-    assert_eq!(
-        msg,
-        format!(
-            "weights {}: tensor \"layer1.0.conv1.weight\" is missing",
-            path.display()
-        )
-    );
+    assert_eq!(msg, format!("weights {}: tensor \"layer1.0.conv1.weight\" is missing", path.display()));
 }
 
 #[test]
@@ -316,26 +255,14 @@ fn wrong_shape_is_named_with_both_shapes() {
     let t = sd[key].reshape((128, 64)).unwrap();
     sd.insert(key.to_string(), t);
     let (path, msg) = load_err(&sd, &cifar18(10));
-    assert_eq!(
-        msg,
-        format!(
-            "weights {}: tensor \"{key}\" has shape [128, 64], expected [128, 64, 1, 1]",
-            path.display()
-        )
-    );
+    assert_eq!(msg, format!("weights {}: tensor \"{key}\" has shape [128, 64], expected [128, 64, 1, 1]", path.display()));
 }
 
 #[test]
 fn num_classes_mismatch_names_fc_weight() {
     let sd = state_dict(ResNetArch::ResNet18, Stem::Cifar, 5, true);
     let (path, msg) = load_err(&sd, &cifar18(10));
-    assert_eq!(
-        msg,
-        format!(
-            "weights {}: tensor \"fc.weight\" has shape [5, 512], expected [10, 512]",
-            path.display()
-        )
-    );
+    assert_eq!(msg, format!("weights {}: tensor \"fc.weight\" has shape [5, 512], expected [10, 512]", path.display()));
 }
 
 #[test]
@@ -343,13 +270,7 @@ fn stem_and_arch_mismatches_are_caught() {
     // imagenet-stem checkpoint, cifar-stem config: conv1 has the wrong kernel.
     let sd = state_dict(ResNetArch::ResNet18, Stem::Imagenet, 10, true);
     let (path, msg) = load_err(&sd, &cifar18(10));
-    assert_eq!(
-        msg,
-        format!(
-            "weights {}: tensor \"conv1.weight\" has shape [64, 3, 7, 7], expected [64, 3, 3, 3]",
-            path.display()
-        )
-    );
+    assert_eq!(msg, format!("weights {}: tensor \"conv1.weight\" has shape [64, 3, 7, 7], expected [64, 3, 3, 3]", path.display()));
     // A ResNet-34 checkpoint holds every ResNet-18 key: only the leftovers give it away.
     let sd = state_dict(ResNetArch::ResNet34, Stem::Cifar, 10, true);
     let (path, msg) = load_err(&sd, &cifar18(10));

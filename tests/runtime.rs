@@ -282,10 +282,7 @@ async fn panicking_stage_is_reported_as_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_sink_stops_an_endless_source() {
     let (source, _) = TinySource::new(None);
-    let stages = vec![
-        spec("sources", "gen", false, source),
-        spec("sinks", "faulty", false, Faulty { at: 7, fault: Fault::Fail }),
-    ];
+    let stages = vec![spec("sources", "gen", false, source), spec("sinks", "faulty", false, Faulty { at: 7, fault: Fault::Fail })];
     // The source is most likely blocked on the full channel when the sink fails: it must be
     // released by the channel closing, not by the stop flag it only checks between batches.
     let edges = [edge("gen", "faulty", 1)];
@@ -412,11 +409,7 @@ async fn fan_out_delivers_every_batch_to_every_consumer() {
     let (source, sent) = TinySource::new(Some(40));
     let (fast, fast_received) = RecordingSink::new(Duration::ZERO, true);
     let (slow, slow_received) = RecordingSink::new(Duration::from_millis(2), true);
-    let stages = vec![
-        spec("sources", "gen", false, source),
-        spec("sinks", "fast", true, fast),
-        spec("sinks", "slow", true, slow),
-    ];
+    let stages = vec![spec("sources", "gen", false, source), spec("sinks", "fast", true, fast), spec("sinks", "slow", true, slow)];
     let edges = [edge("gen", "fast", 2), edge("gen", "slow", 5)];
     let (result, _, _) = run_with(stages, &edges, Duration::from_secs(5), &[]).await;
     let outcome = result.expect("run failed");
@@ -447,7 +440,12 @@ fn predictions(units: &[(Origin, u32, u32)]) -> PredictionBatch {
     let mut predicted = Vec::new();
     let mut spans = Vec::new();
     for &(origin, class, index) in units {
-        spans.push(UnitSpan { id: UnitId { origin, class, index }, start: labels.len(), len: UNIT_LEN, first_position: (index as usize * UNIT_LEN) as u64 });
+        spans.push(UnitSpan {
+            id: UnitId { origin, class, index },
+            start: labels.len(),
+            len: UNIT_LEN,
+            first_position: (index as usize * UNIT_LEN) as u64,
+        });
         for j in 0..UNIT_LEN {
             labels.push(class);
             let right = j <= index as usize % UNIT_LEN;

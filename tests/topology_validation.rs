@@ -98,10 +98,7 @@ fn unknown_input() {
 
 #[test]
 fn cycle() {
-    assert_errors(
-        "cycle.toml",
-        &["transforms.a: part of a cycle a -> b -> a; a topology must be acyclic"],
-    );
+    assert_errors("cycle.toml", &["transforms.a: part of a cycle a -> b -> a; a topology must be acyclic"]);
 }
 
 #[test]
@@ -114,34 +111,22 @@ fn output_nobody_consumes() {
 
 #[test]
 fn rca_taking_images() {
-    assert_errors(
-        "rca-takes-images.toml",
-        &[r#"sinks.rca: input "batches" (batcher) produces images, expected predictions"#],
-    );
+    assert_errors("rca-takes-images.toml", &[r#"sinks.rca: input "batches" (batcher) produces images, expected predictions"#]);
 }
 
 #[test]
 fn oracle_taking_summaries() {
-    assert_errors(
-        "oracle-takes-summaries.toml",
-        &[r#"transforms.oracle: input "rca" (rca) produces summaries, expected images"#],
-    );
+    assert_errors("oracle-takes-summaries.toml", &[r#"transforms.oracle: input "rca" (rca) produces summaries, expected images"#]);
 }
 
 #[test]
 fn input_that_produces_nothing() {
-    assert_errors(
-        "input-produces-nothing.toml",
-        &[r#"sinks.rca: input "report" (report) produces nothing, expected predictions"#],
-    );
+    assert_errors("input-produces-nothing.toml", &[r#"sinks.rca: input "report" (report) produces nothing, expected predictions"#]);
 }
 
 #[test]
 fn source_with_inputs() {
-    assert_errors(
-        "source-with-inputs.toml",
-        &[r#"sources.generated: a source takes no inputs, found inputs = ["real"]"#],
-    );
+    assert_errors("source-with-inputs.toml", &[r#"sources.generated: a source takes no inputs, found inputs = ["real"]"#]);
 }
 
 #[test]
@@ -154,18 +139,12 @@ fn sink_without_inputs() {
 
 #[test]
 fn type_in_the_wrong_section() {
-    assert_errors(
-        "wrong-section.toml",
-        &[r#"transforms.rca: type "rca" belongs in [sinks.rca], found in [transforms]"#],
-    );
+    assert_errors("wrong-section.toml", &[r#"transforms.rca: type "rca" belongs in [sinks.rca], found in [transforms]"#]);
 }
 
 #[test]
 fn id_used_in_two_sections() {
-    assert_errors(
-        "duplicate-id.toml",
-        &[r#"sinks.real: id "real" is already used by sources.real; ids must be unique across sections"#],
-    );
+    assert_errors("duplicate-id.toml", &[r#"sinks.real: id "real" is already used by sources.real; ids must be unique across sections"#]);
 }
 
 #[test]
@@ -180,7 +159,9 @@ fn two_sources_with_one_origin() {
 fn rca_without_real_images_or_baseline() {
     assert_errors(
         "rca-without-real.toml",
-        &[r#"sinks.rca: no real images reach it and no `baseline` is set; expected an image_folder source with origin = "real" upstream, or baseline = FILE"#],
+        &[
+            r#"sinks.rca: no real images reach it and no `baseline` is set; expected an image_folder source with origin = "real" upstream, or baseline = FILE"#,
+        ],
     );
 }
 
@@ -217,19 +198,13 @@ fn zero_default_capacity() {
 fn missing_image_folder() {
     assert_errors(
         "missing-folder.toml",
-        &[&format!(
-            r#"sources.generated: image folder "{}" does not exist or is not a directory"#,
-            shown("data/missing")
-        )],
+        &[&format!(r#"sources.generated: image folder "{}" does not exist or is not a directory"#, shown("data/missing"))],
     );
 }
 
 #[test]
 fn missing_weights_file() {
-    assert_errors(
-        "missing-weights.toml",
-        &[&format!(r#"transforms.oracle: weights file "{}" does not exist"#, shown("data/missing.pth"))],
-    );
+    assert_errors("missing-weights.toml", &[&format!(r#"transforms.oracle: weights file "{}" does not exist"#, shown("data/missing.pth"))]);
 }
 
 #[test]
@@ -263,10 +238,7 @@ fn oracle_classes_disagree_with_folders() {
     std::fs::write(&topology, text).unwrap();
     assert_eq!(
         errors_of(&topology),
-        [format!(
-            r#"transforms.oracle: weights "{}" classify 5 classes (fc.weight), the topology has 3 classes"#,
-            weights.display()
-        )]
+        [format!(r#"transforms.oracle: weights "{}" classify 5 classes (fc.weight), the topology has 3 classes"#, weights.display())]
     );
 
     // The same file with 3 rows is fine.
@@ -283,10 +255,7 @@ const KNOWN_TYPES: &str = "image_folder, batcher, oracle_classifier, inception_v
 
 #[test]
 fn unknown_component_type() {
-    assert_errors(
-        "unknown-type.toml",
-        &[&format!("sinks.kid: unknown type \"kid\"; expected one of {KNOWN_TYPES}")],
-    );
+    assert_errors("unknown-type.toml", &[&format!("sinks.kid: unknown type \"kid\"; expected one of {KNOWN_TYPES}")]);
 }
 
 #[test]
@@ -309,7 +278,9 @@ fn unknown_arch() {
 fn invalid_normalization() {
     assert_errors(
         "invalid-normalization.toml",
-        &[r#"transforms.oracle: invalid normalization "0.5,0.5/0.5,0.5,0.5": expected 3 means, got 2; expected "imagenet", "minus-one-one" or "M,M,M/S,S,S" (three means, then three stds > 0)"#],
+        &[
+            r#"transforms.oracle: invalid normalization "0.5,0.5/0.5,0.5,0.5": expected 3 means, got 2; expected "imagenet", "minus-one-one" or "M,M,M/S,S,S" (three means, then three stds > 0)"#,
+        ],
     );
 }
 
@@ -318,10 +289,7 @@ fn invalid_toml() {
     let path = fixture("invalid-syntax.toml");
     assert_errors(
         "invalid-syntax.toml",
-        &[&format!(
-            "topology {}: invalid TOML: line 20, column 1: missing comma between array elements, expected `,`",
-            path.display()
-        )],
+        &[&format!("topology {}: invalid TOML: line 20, column 1: missing comma between array elements, expected `,`", path.display())],
     );
 }
 
@@ -371,10 +339,7 @@ fn good_file_loads_in_data_flow_order() {
     assert_eq!(graph.classes, ["amber", "azure", "crimson"]);
 
     let order: Vec<String> = graph.components.iter().map(|c| c.qualified()).collect();
-    assert_eq!(
-        order,
-        ["sources.real", "sources.generated", "transforms.batches", "transforms.oracle", "sinks.rca", "sinks.report"]
-    );
+    assert_eq!(order, ["sources.real", "sources.generated", "transforms.batches", "transforms.oracle", "sinks.rca", "sinks.report"]);
     let position = |id: &str| graph.components.iter().position(|c| c.id == id).unwrap();
     for edge in &graph.edges {
         assert!(position(&edge.from) < position(&edge.to), "{} comes before its input", edge.name());
@@ -395,10 +360,7 @@ fn good_file_loads_in_data_flow_order() {
     assert_eq!(graph.outputs_of("oracle").map(|e| e.name()).collect::<Vec<_>>(), ["oracle->rca"]);
 
     let sections: Vec<Section> = graph.components.iter().map(|c| c.section).collect();
-    assert_eq!(
-        sections,
-        [Section::Sources, Section::Sources, Section::Transforms, Section::Transforms, Section::Sinks, Section::Sinks]
-    );
+    assert_eq!(sections, [Section::Sources, Section::Sources, Section::Transforms, Section::Transforms, Section::Sinks, Section::Sinks]);
     match &graph.component("real").unwrap().kind {
         ComponentKind::ImageFolder(c) => {
             assert_eq!(c.path, fixtures().join("data/real"));
@@ -432,12 +394,7 @@ fn good_file_loads_in_data_flow_order() {
 // ---- the command line ----
 
 fn validate_cli(topology: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rcaflow"))
-        .env_remove("RUST_LOG")
-        .args(["validate", "--topology"])
-        .arg(topology)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_rcaflow")).env_remove("RUST_LOG").args(["validate", "--topology"]).arg(topology).output().unwrap()
 }
 
 #[test]
@@ -449,10 +406,7 @@ fn cli_validate_prints_the_graph() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines[0],
-        format!("topology {}: 6 components, 5 edges, 3 classes", fixture("good.toml").display())
-    );
+    assert_eq!(lines[0], format!("topology {}: 6 components, 5 edges, 3 classes", fixture("good.toml").display()));
     assert!(lines.contains(&"classes: amber, azure, crimson"), "{stdout}");
     for (component, kind) in [
         ("sources.real", "image_folder"),
@@ -462,10 +416,7 @@ fn cli_validate_prints_the_graph() {
         ("sinks.rca", "rca"),
         ("sinks.report", "report"),
     ] {
-        assert!(
-            lines.iter().any(|l| l.split_whitespace().take(2).eq([component, kind])),
-            "{component} ({kind}) not listed:\n{stdout}"
-        );
+        assert!(lines.iter().any(|l| l.split_whitespace().take(2).eq([component, kind])), "{component} ({kind}) not listed:\n{stdout}");
     }
     for edge in [
         "  real -> batches (capacity 3 batches)",
@@ -503,9 +454,6 @@ fn cli_validate_does_not_load_the_oracle() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8(out.stderr).unwrap(),
-        format!(
-            "error: topology {}: 1 error:\n  - transforms.oracle: capacity must be at least 1 batch, found 0\n",
-            path.display()
-        )
+        format!("error: topology {}: 1 error:\n  - transforms.oracle: capacity must be at least 1 batch, found 0\n", path.display())
     );
 }

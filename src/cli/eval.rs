@@ -8,8 +8,8 @@ use clap::Args;
 use toml::{Table, Value};
 
 use super::{apply_overrides, execute, CliError, OracleArgs};
-use crate::runtime::atomic_file::write_atomic;
 use crate::models::lpips::LpipsNet;
+use crate::runtime::atomic_file::write_atomic;
 use crate::settings::Settings;
 use crate::topology::Graph;
 
@@ -138,7 +138,11 @@ fn eval_topology(args: &EvalArgs) -> Result<(Graph, String), CliError> {
             &mut top,
             "sinks",
             "inception_score",
-            table(&[("type", "inception_score".into()), ("inputs", inputs(&["inception"])), ("splits", Value::Integer(v.is_splits as i64))]),
+            table(&[
+                ("type", "inception_score".into()),
+                ("inputs", inputs(&["inception"])),
+                ("splits", Value::Integer(v.is_splits as i64)),
+            ]),
         );
         report_inputs.extend(["fid", "inception_score"]);
     }

@@ -72,11 +72,13 @@ pub fn finish(outcome: &RunOutcome, run_dir: &Path) -> Result<(), CliError> {
 /// Creates the run directory and removes report files of an earlier run, so a report found
 /// there after this run always belongs to this run.
 fn prepare_run_dir(run_dir: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(run_dir).map_err(|e| CliError::Output(format!("run directory \"{}\": cannot create: {e}", run_dir.display())))?;
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| CliError::Output(format!("run directory \"{}\": cannot create: {e}", run_dir.display())))?;
     for name in REPORT_FILES {
         let path = run_dir.join(name);
         if path.exists() {
-            std::fs::remove_file(&path).map_err(|e| CliError::Output(format!("run directory: cannot remove old \"{}\": {e}", path.display())))?;
+            std::fs::remove_file(&path)
+                .map_err(|e| CliError::Output(format!("run directory: cannot remove old \"{}\": {e}", path.display())))?;
         }
     }
     Ok(())

@@ -85,12 +85,19 @@ impl Features<'_> {
         }
         let files = list_images(path).map_err(|e| CliError::Input(e.to_string()))?;
         if files.len() < 2 {
-            return Err(CliError::Input(format!("image folder \"{}\": {} images found; FID needs at least 2 (.png, .jpg, .jpeg)", path.display(), files.len())));
+            return Err(CliError::Input(format!(
+                "image folder \"{}\": {} images found; FID needs at least 2 (.png, .jpg, .jpeg)",
+                path.display(),
+                files.len()
+            )));
         }
         let batch_size = self.args.batch_size.max(1);
         let net = self.net()?;
         let bar = ProgressBar::new(files.len() as u64).with_message(path.display().to_string());
-        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} images ({per_sec}, eta {eta})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} images ({per_sec}, eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         let mut stats = GaussianStats::new(InceptionV3::FEATURES);
         for chunk in files.chunks(batch_size) {
             // Images of different sizes go through the network separately (each is resized to

@@ -18,7 +18,11 @@ use crate::settings::{Settings, SettingsError};
 use crate::topology::TopologyError;
 
 #[derive(Debug, Parser)]
-#[command(name = "rcaflow", version, about = "Does a class-conditional generator keep identities apart? Streaming RCA, FID, IS and LPIPS evaluation.")]
+#[command(
+    name = "rcaflow",
+    version,
+    about = "Does a class-conditional generator keep identities apart? Streaming RCA, FID, IS and LPIPS evaluation."
+)]
 pub struct Cli {
     /// Deployment settings file (see config/rcaflow.toml); flags override it.
     #[arg(long, global = true, value_name = "FILE")]

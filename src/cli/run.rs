@@ -28,7 +28,10 @@ pub fn run(args: RunArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.metrics_addr, &args.device)?;
     let graph = Graph::load(&args.topology)?;
     let run_dir = args.run_dir.or_else(|| graph.run_dir.clone()).ok_or_else(|| {
-        CliError::Input(format!("topology {}: no run directory; give --run-dir DIR or set `dir` in its [run] table", args.topology.display()))
+        CliError::Input(format!(
+            "topology {}: no run directory; give --run-dir DIR or set `dir` in its [run] table",
+            args.topology.display()
+        ))
     })?;
     let outcome = execute::execute(&graph, &run_dir, &settings)?;
     execute::finish(&outcome, &run_dir)

@@ -151,10 +151,7 @@ impl GaussianStats {
         for j in 0..d {
             for i in 0..d {
                 let k = j * d + i;
-                self.sum_outer[k] += other.sum_outer[k]
-                    + delta[i] * other.sum[j]
-                    + other.sum[i] * delta[j]
-                    + nb * delta[i] * delta[j];
+                self.sum_outer[k] += other.sum_outer[k] + delta[i] * other.sum[j] + other.sum[i] * delta[j] + nb * delta[i] * delta[j];
             }
         }
         for ((s, o), dj) in self.sum.iter_mut().zip(&other.sum).zip(&delta) {
@@ -264,14 +261,7 @@ pub fn frechet_distance(mu1: &[f64], sigma1: &[f64], mu2: &[f64], sigma2: &[f64]
         }
     }
     let covariance_term = trace(sigma1) + trace(sigma2) - 2.0 * (signal + noise);
-    Ok(FrechetResult {
-        fid: mean_term + covariance_term,
-        mean_term,
-        covariance_term,
-        rank,
-        rank_deficient: rank < d,
-        noise_trace: noise,
-    })
+    Ok(FrechetResult { fid: mean_term + covariance_term, mean_term, covariance_term, rank, rank_deficient: rank < d, noise_trace: noise })
 }
 
 #[cfg(test)]
@@ -310,7 +300,8 @@ mod tests {
         }
         for a in 0..d {
             for b in 0..d {
-                let c: f64 = (0..n).map(|i| (x[i * d + a] as f64 - mean[a]) * (x[i * d + b] as f64 - mean[b])).sum::<f64>() / (n - 1) as f64;
+                let c: f64 =
+                    (0..n).map(|i| (x[i * d + a] as f64 - mean[a]) * (x[i * d + b] as f64 - mean[b])).sum::<f64>() / (n - 1) as f64;
                 assert!((cov[a * d + b] - c).abs() <= 1e-10 * c.abs().max(1.0), "{a},{b}: {} vs {c}", cov[a * d + b]);
             }
         }

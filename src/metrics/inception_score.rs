@@ -85,7 +85,10 @@ pub struct InceptionScore {
 
 impl InceptionScoreState {
     pub fn new(splits: usize, classes: usize) -> Self {
-        InceptionScoreState { classes, splits: (0..splits).map(|_| SplitState { sum_p: vec![0.0; classes], ..Default::default() }).collect() }
+        InceptionScoreState {
+            classes,
+            splits: (0..splits).map(|_| SplitState { sum_p: vec![0.0; classes], ..Default::default() }).collect(),
+        }
     }
 
     /// Adds `n` images' logits (row-major `n x classes`) at the given positions.

@@ -24,26 +24,13 @@ pub const Z95: f64 = 1.959963984540054;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RcaError {
     #[error("{role} class {class} is out of range for {num_classes} classes")]
-    ClassOutOfRange {
-        role: &'static str,
-        class: usize,
-        num_classes: usize,
-    },
+    ClassOutOfRange { role: &'static str, class: usize, num_classes: usize },
     #[error("cannot merge a confusion matrix of {found} classes into one of {expected} classes")]
     ClassCountMismatch { expected: usize, found: usize },
     #[error("confusion matrix of {num_classes} classes needs {expected} counts, found {found}")]
-    BadCounts {
-        num_classes: usize,
-        expected: usize,
-        found: usize,
-    },
-    #[error(
-        "confusion count overflow at true class {true_class}, predicted class {predicted_class}"
-    )]
-    Overflow {
-        true_class: usize,
-        predicted_class: usize,
-    },
+    BadCounts { num_classes: usize, expected: usize, found: usize },
+    #[error("confusion count overflow at true class {true_class}, predicted class {predicted_class}")]
+    Overflow { true_class: usize, predicted_class: usize },
 }
 
 /// Square matrix of counts: `counts[t * n + p]` = items of true class `t` predicted as `p`.
@@ -73,42 +60,24 @@ impl TryFrom<ConfusionRepr> for Confusion {
 
 impl From<Confusion> for ConfusionRepr {
     fn from(c: Confusion) -> Self {
-        ConfusionRepr {
-            num_classes: c.num_classes,
-            counts: c.counts,
-        }
+        ConfusionRepr { num_classes: c.num_classes, counts: c.counts }
     }
 }
 
 impl Confusion {
     /// An all-zero matrix for `num_classes` classes.
     pub fn new(num_classes: usize) -> Self {
-        Confusion {
-            num_classes,
-            counts: vec![0; num_classes * num_classes],
-        }
+        Confusion { num_classes, counts: vec![0; num_classes * num_classes] }
     }
 
     /// A matrix from row-major counts; `counts.len()` must be `num_classes²`.
     pub fn from_counts(num_classes: usize, counts: Vec<u64>) -> Result<Self, RcaError> {
-        let expected = num_classes
-            .checked_mul(num_classes)
-            .ok_or(RcaError::BadCounts {
-                num_classes,
-                expected: usize::MAX,
-                found: counts.len(),
-            })?;
+        let expected =
+            num_classes.checked_mul(num_classes).ok_or(RcaError::BadCounts { num_classes, expected: usize::MAX, found: counts.len() })?;
         if counts.len() != expected {
-            return Err(RcaError::BadCounts {
-                num_classes,
-                expected,
-                found: counts.len(),
-            });
+            return Err(RcaError::BadCounts { num_classes, expected, found: counts.len() });
         }
-        Ok(Confusion {
-            num_classes,
-            counts,
-        })
+        Ok(Confusion { num_classes, counts })
     }
 
     pub fn num_classes(&self) -> usize {
@@ -125,24 +94,13 @@ impl Confusion {
     pub fn add_count(&mut self, t: usize, p: usize, k: u64) -> Result<(), RcaError> {
         let n = self.num_classes;
         if t >= n {
-            return Err(RcaError::ClassOutOfRange {
-                role: "true",
-                class: t,
-                num_classes: n,
-            });
+            return Err(RcaError::ClassOutOfRange { role: "true", class: t, num_classes: n });
         }
         if p >= n {
-            return Err(RcaError::ClassOutOfRange {
-                role: "predicted",
-                class: p,
-                num_classes: n,
-            });
+            return Err(RcaError::ClassOutOfRange { role: "predicted", class: p, num_classes: n });
         }
         let cell = &mut self.counts[t * n + p];
-        *cell = cell.checked_add(k).ok_or(RcaError::Overflow {
-            true_class: t,
-            predicted_class: p,
-        })?;
+        *cell = cell.checked_add(k).ok_or(RcaError::Overflow { true_class: t, predicted_class: p })?;
         Ok(())
     }
 
@@ -150,19 +108,13 @@ impl Confusion {
     /// `self` is left unchanged.
     pub fn merge(&mut self, other: &Confusion) -> Result<(), RcaError> {
         if other.num_classes != self.num_classes {
-            return Err(RcaError::ClassCountMismatch {
-                expected: self.num_classes,
-                found: other.num_classes,
-            });
+            return Err(RcaError::ClassCountMismatch { expected: self.num_classes, found: other.num_classes });
         }
         // Check every cell first so a failed merge does not leave a half-added matrix.
         let n = self.num_classes;
         let mut merged = self.counts.clone();
         for (i, (m, o)) in merged.iter_mut().zip(&other.counts).enumerate() {
-            *m = m.checked_add(*o).ok_or(RcaError::Overflow {
-                true_class: i / n,
-                predicted_class: i % n,
-            })?;
+            *m = m.checked_add(*o).ok_or(RcaError::Overflow { true_class: i / n, predicted_class: i % n })?;
         }
         self.counts = merged;
         Ok(())
@@ -187,10 +139,7 @@ impl Confusion {
         if self.num_classes == 0 {
             return Vec::new();
         }
-        self.counts
-            .chunks(self.num_classes)
-            .map(|r| r.to_vec())
-            .collect()
+        self.counts.chunks(self.num_classes).map(|r| r.to_vec()).collect()
     }
 
     /// Number of items recorded (saturating: a hand-edited checkpoint must not panic here).
@@ -229,16 +178,8 @@ pub fn wilson_interval(successes: u64, trials: u64, z: f64) -> Option<Interval> 
     let denom = 1.0 + z2 / n;
     let center = (q + z2 / (2.0 * n)) / denom;
     let dist = z * (q * (1.0 - q) / n + z2 / (4.0 * n * n)).sqrt() / denom;
-    let low = if successes == 0 {
-        0.0
-    } else {
-        (center - dist).clamp(0.0, 1.0)
-    };
-    let high = if successes == trials {
-        1.0
-    } else {
-        (center + dist).clamp(0.0, 1.0)
-    };
+    let low = if successes == 0 { 0.0 } else { (center - dist).clamp(0.0, 1.0) };
+    let high = if successes == trials { 1.0 } else { (center + dist).clamp(0.0, 1.0) };
     Some(Interval { low, high })
 }
 
@@ -282,19 +223,13 @@ pub fn summarize(confusion: &Confusion) -> ClassificationSummary {
     let total = confusion.total();
     let correct = confusion.correct();
     // Sums saturate, like `total`, so absurd counts degrade instead of panicking.
-    let support: Vec<u64> = (0..n)
-        .map(|t| (0..n).fold(0u64, |a, p| a.saturating_add(confusion.get(t, p))))
-        .collect();
-    let predicted: Vec<u64> = (0..n)
-        .map(|p| (0..n).fold(0u64, |a, t| a.saturating_add(confusion.get(t, p))))
-        .collect();
+    let support: Vec<u64> = (0..n).map(|t| (0..n).fold(0u64, |a, p| a.saturating_add(confusion.get(t, p)))).collect();
+    let predicted: Vec<u64> = (0..n).map(|p| (0..n).fold(0u64, |a, t| a.saturating_add(confusion.get(t, p)))).collect();
     let tp: Vec<u64> = (0..n).map(|c| confusion.get(c, c)).collect();
 
     let precision = (0..n).map(|c| div0(tp[c], predicted[c])).collect();
     let recall = (0..n).map(|c| div0(tp[c], support[c])).collect();
-    let recall_ci95 = (0..n)
-        .map(|c| wilson_interval(tp[c], support[c], Z95))
-        .collect();
+    let recall_ci95 = (0..n).map(|c| wilson_interval(tp[c], support[c], Z95)).collect();
     // sklearn computes F-beta from counts, not from rounded P and R (in float64, as here).
     let f1 = (0..n)
         .map(|c| {
@@ -341,10 +276,7 @@ pub struct RcaSummary {
 ///   (undefined ratio);
 /// - classes present in only one summary (mismatched class counts) are `None` too; the
 ///   vector is as long as the longer summary.
-pub fn relative_accuracy(
-    real: &ClassificationSummary,
-    generated: &ClassificationSummary,
-) -> RcaSummary {
+pub fn relative_accuracy(real: &ClassificationSummary, generated: &ClassificationSummary) -> RcaSummary {
     let global = match (real.accuracy, generated.accuracy) {
         (Some(r), Some(g)) if r > 0.0 => Some(g / r),
         _ => None,
@@ -442,10 +374,7 @@ mod tests {
         let e = c.add(2, 0).unwrap_err();
         assert_eq!(e.to_string(), "true class 2 is out of range for 2 classes");
         let e = c.add(0, 5).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "predicted class 5 is out of range for 2 classes"
-        );
+        assert_eq!(e.to_string(), "predicted class 5 is out of range for 2 classes");
         assert_eq!(c.total(), 0);
     }
 
@@ -455,13 +384,7 @@ mod tests {
         let b = confusion_from(2, &[(1, 1)]);
         a.merge(&b).expect("same size");
         assert_eq!(a.rows(), vec![vec![1, 0], vec![1, 1]]);
-        assert!(matches!(
-            a.merge(&Confusion::new(3)),
-            Err(RcaError::ClassCountMismatch {
-                expected: 2,
-                found: 3
-            })
-        ));
+        assert!(matches!(a.merge(&Confusion::new(3)), Err(RcaError::ClassCountMismatch { expected: 2, found: 3 })));
     }
 
     #[test]
@@ -504,10 +427,7 @@ mod tests {
         assert!(all.low > 0.65 && all.low < 1.0);
         // Known value: 5 of 10 at 95% is centred on 0.5, half-width 0.2633...
         let half = wilson_interval(5, 10, Z95).expect("trials");
-        assert!(
-            (half.low - 0.236_593_090_512_563_94).abs() < 1e-12,
-            "{half:?}"
-        );
+        assert!((half.low - 0.236_593_090_512_563_94).abs() < 1e-12, "{half:?}");
         assert!((half.low + half.high - 1.0).abs() < 1e-15);
     }
 
@@ -560,9 +480,6 @@ mod tests {
     fn rca_mismatched_lengths_pad_with_none() {
         let real = summary(Some(1.0), vec![1.0, 1.0], vec![1, 1]);
         let gen = summary(Some(1.0), vec![1.0], vec![1]);
-        assert_eq!(
-            relative_accuracy(&real, &gen).per_class,
-            vec![Some(1.0), None]
-        );
+        assert_eq!(relative_accuracy(&real, &gen).per_class, vec![Some(1.0), None]);
     }
 }

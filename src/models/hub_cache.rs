@@ -32,10 +32,12 @@ pub fn locate(explicit: Option<&Path>, file: &str, what: &str, hint: &str) -> Re
         return Ok(path.to_path_buf());
     }
     let dirs = checkpoint_dirs();
-    dirs.iter()
-        .map(|d| d.join(file))
-        .find(|p| p.is_file())
-        .ok_or_else(|| NotFound { what: what.to_string(), file: file.to_string(), searched: dirs, hint: hint.to_string() })
+    dirs.iter().map(|d| d.join(file)).find(|p| p.is_file()).ok_or_else(|| NotFound {
+        what: what.to_string(),
+        file: file.to_string(),
+        searched: dirs,
+        hint: hint.to_string(),
+    })
 }
 
 #[cfg(test)]

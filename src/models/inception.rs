@@ -64,10 +64,7 @@ impl BatchNorm {
         let fold = || -> candle_core::Result<(Tensor, Tensor)> {
             let scale = (weight / (var + BN_EPS)?.sqrt()?)?;
             let shift = (bias - (mean * &scale)?)?;
-            Ok((
-                scale.reshape((1, channels, 1, 1))?,
-                shift.reshape((1, channels, 1, 1))?,
-            ))
+            Ok((scale.reshape((1, channels, 1, 1))?, shift.reshape((1, channels, 1, 1))?))
         };
         let (scale, shift) = fold().map_err(|e| WeightsError::Tensor {
             path: w.path().to_path_buf(),
@@ -95,11 +92,7 @@ struct ConvShape {
 impl ConvShape {
     /// A square `k x k` kernel with stride 1 and no padding.
     const fn square(k: usize) -> Self {
-        Self {
-            kernel: (k, k),
-            stride: 1,
-            padding: (0, 0),
-        }
+        Self { kernel: (k, k), stride: 1, padding: (0, 0) }
     }
 
     const fn stride(self, stride: usize) -> Self {
@@ -107,19 +100,12 @@ impl ConvShape {
     }
 
     const fn pad(self, h: usize, w: usize) -> Self {
-        Self {
-            padding: (h, w),
-            ..self
-        }
+        Self { padding: (h, w), ..self }
     }
 
     /// `kernel_size=(kh, kw), padding=(ph, pw)` with stride 1: the 1x7/7x1 and 1x3/3x1 convs.
     const fn rect(kh: usize, kw: usize, ph: usize, pw: usize) -> Self {
-        Self {
-            kernel: (kh, kw),
-            stride: 1,
-            padding: (ph, pw),
-        }
+        Self { kernel: (kh, kw), stride: 1, padding: (ph, pw) }
     }
 }
 
@@ -132,18 +118,9 @@ struct BasicConv2d {
 }
 
 impl BasicConv2d {
-    fn load(
-        w: &WeightMap,
-        c_in: usize,
-        c_out: usize,
-        shape: ConvShape,
-    ) -> Result<Self, WeightsError> {
+    fn load(w: &WeightMap, c_in: usize, c_out: usize, shape: ConvShape) -> Result<Self, WeightsError> {
         let (kh, kw) = shape.kernel;
-        Ok(Self {
-            weight: w.pp("conv").get(&[c_out, c_in, kh, kw], "weight")?,
-            shape,
-            bn: BatchNorm::load(&w.pp("bn"), c_out)?,
-        })
+        Ok(Self { weight: w.pp("conv").get(&[c_out, c_in, kh, kw], "weight")?, shape, bn: BatchNorm::load(&w.pp("bn"), c_out)? })
     }
 }
 
@@ -155,9 +132,7 @@ impl Module for BasicConv2d {
         let y = if ph == pw {
             x.conv2d(&self.weight, ph, self.shape.stride, 1, 1)?
         } else {
-            x.pad_with_zeros(2, ph, ph)?
-                .pad_with_zeros(3, pw, pw)?
-                .conv2d(&self.weight, 0, self.shape.stride, 1, 1)?
+            x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?.conv2d(&self.weight, 0, self.shape.stride, 1, 1)?
         };
         self.bn.forward(&y)?.relu()
     }
@@ -199,25 +174,10 @@ impl InceptionA {
         Ok(Self {
             branch1x1: BasicConv2d::load(&w.pp("branch1x1"), c_in, 64, one)?,
             branch5x5_1: BasicConv2d::load(&w.pp("branch5x5_1"), c_in, 48, one)?,
-            branch5x5_2: BasicConv2d::load(
-                &w.pp("branch5x5_2"),
-                48,
-                64,
-                ConvShape::square(5).pad(2, 2),
-            )?,
+            branch5x5_2: BasicConv2d::load(&w.pp("branch5x5_2"), 48, 64, ConvShape::square(5).pad(2, 2))?,
             branch3x3dbl_1: BasicConv2d::load(&w.pp("branch3x3dbl_1"), c_in, 64, one)?,
-            branch3x3dbl_2: BasicConv2d::load(
-                &w.pp("branch3x3dbl_2"),
-                64,
-                96,
-                ConvShape::square(3).pad(1, 1),
-            )?,
-            branch3x3dbl_3: BasicConv2d::load(
-                &w.pp("branch3x3dbl_3"),
-                96,
-                96,
-                ConvShape::square(3).pad(1, 1),
-            )?,
+            branch3x3dbl_2: BasicConv2d::load(&w.pp("branch3x3dbl_2"), 64, 96, ConvShape::square(3).pad(1, 1))?,
+            branch3x3dbl_3: BasicConv2d::load(&w.pp("branch3x3dbl_3"), 96, 96, ConvShape::square(3).pad(1, 1))?,
             branch_pool: BasicConv2d::load(&w.pp("branch_pool"), c_in, pool_features, one)?,
         })
     }
@@ -228,12 +188,8 @@ impl Module for InceptionA {
         let b1 = self.branch1x1.forward(x)?;
         let b5 = self.branch5x5_2.forward(&self.branch5x5_1.forward(x)?)?;
         let b3 = self.branch3x3dbl_1.forward(x)?;
-        let b3 = self
-            .branch3x3dbl_3
-            .forward(&self.branch3x3dbl_2.forward(&b3)?)?;
-        let bp = self
-            .branch_pool
-            .forward(&BranchPool::AvgExcludePad.forward(x)?)?;
+        let b3 = self.branch3x3dbl_3.forward(&self.branch3x3dbl_2.forward(&b3)?)?;
+        let bp = self.branch_pool.forward(&BranchPool::AvgExcludePad.forward(x)?)?;
         Tensor::cat(&[b1, b5, b3, bp], 1)
     }
 }
@@ -250,30 +206,10 @@ struct InceptionB {
 impl InceptionB {
     fn load(w: &WeightMap, c_in: usize) -> Result<Self, WeightsError> {
         Ok(Self {
-            branch3x3: BasicConv2d::load(
-                &w.pp("branch3x3"),
-                c_in,
-                384,
-                ConvShape::square(3).stride(2),
-            )?,
-            branch3x3dbl_1: BasicConv2d::load(
-                &w.pp("branch3x3dbl_1"),
-                c_in,
-                64,
-                ConvShape::square(1),
-            )?,
-            branch3x3dbl_2: BasicConv2d::load(
-                &w.pp("branch3x3dbl_2"),
-                64,
-                96,
-                ConvShape::square(3).pad(1, 1),
-            )?,
-            branch3x3dbl_3: BasicConv2d::load(
-                &w.pp("branch3x3dbl_3"),
-                96,
-                96,
-                ConvShape::square(3).stride(2),
-            )?,
+            branch3x3: BasicConv2d::load(&w.pp("branch3x3"), c_in, 384, ConvShape::square(3).stride(2))?,
+            branch3x3dbl_1: BasicConv2d::load(&w.pp("branch3x3dbl_1"), c_in, 64, ConvShape::square(1))?,
+            branch3x3dbl_2: BasicConv2d::load(&w.pp("branch3x3dbl_2"), 64, 96, ConvShape::square(3).pad(1, 1))?,
+            branch3x3dbl_3: BasicConv2d::load(&w.pp("branch3x3dbl_3"), 96, 96, ConvShape::square(3).stride(2))?,
         })
     }
 }
@@ -282,9 +218,7 @@ impl Module for InceptionB {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let b3 = self.branch3x3.forward(x)?;
         let bd = self.branch3x3dbl_1.forward(x)?;
-        let bd = self
-            .branch3x3dbl_3
-            .forward(&self.branch3x3dbl_2.forward(&bd)?)?;
+        let bd = self.branch3x3dbl_3.forward(&self.branch3x3dbl_2.forward(&bd)?)?;
         let bp = x.max_pool2d_with_stride(3, 2)?;
         Tensor::cat(&[b3, bd, bp], 1)
     }
@@ -304,16 +238,10 @@ impl InceptionC {
         let one = ConvShape::square(1);
         let row = ConvShape::rect(1, 7, 0, 3);
         let col = ConvShape::rect(7, 1, 3, 0);
-        let conv = |name: &str, c_in: usize, c_out: usize, shape: ConvShape| {
-            BasicConv2d::load(&w.pp(name), c_in, c_out, shape)
-        };
+        let conv = |name: &str, c_in: usize, c_out: usize, shape: ConvShape| BasicConv2d::load(&w.pp(name), c_in, c_out, shape);
         Ok(Self {
             branch1x1: conv("branch1x1", c_in, 192, one)?,
-            branch7x7: [
-                conv("branch7x7_1", c_in, c7, one)?,
-                conv("branch7x7_2", c7, c7, row)?,
-                conv("branch7x7_3", c7, 192, col)?,
-            ],
+            branch7x7: [conv("branch7x7_1", c_in, c7, one)?, conv("branch7x7_2", c7, c7, row)?, conv("branch7x7_3", c7, 192, col)?],
             branch7x7dbl: [
                 conv("branch7x7dbl_1", c_in, c7, one)?,
                 conv("branch7x7dbl_2", c7, c7, col)?,
@@ -331,9 +259,7 @@ impl Module for InceptionC {
         let b1 = self.branch1x1.forward(x)?;
         let b7 = chain(&self.branch7x7, x)?;
         let bd = chain(&self.branch7x7dbl, x)?;
-        let bp = self
-            .branch_pool
-            .forward(&BranchPool::AvgExcludePad.forward(x)?)?;
+        let bp = self.branch_pool.forward(&BranchPool::AvgExcludePad.forward(x)?)?;
         Tensor::cat(&[b1, b7, bd, bp], 1)
     }
 }
@@ -348,16 +274,11 @@ struct InceptionD {
 
 impl InceptionD {
     fn load(w: &WeightMap, c_in: usize) -> Result<Self, WeightsError> {
-        let conv = |name: &str, c_in: usize, c_out: usize, shape: ConvShape| {
-            BasicConv2d::load(&w.pp(name), c_in, c_out, shape)
-        };
+        let conv = |name: &str, c_in: usize, c_out: usize, shape: ConvShape| BasicConv2d::load(&w.pp(name), c_in, c_out, shape);
         let one = ConvShape::square(1);
         let reduce = ConvShape::square(3).stride(2);
         Ok(Self {
-            branch3x3: [
-                conv("branch3x3_1", c_in, 192, one)?,
-                conv("branch3x3_2", 192, 320, reduce)?,
-            ],
+            branch3x3: [conv("branch3x3_1", c_in, 192, one)?, conv("branch3x3_2", 192, 320, reduce)?],
             branch7x7x3: [
                 conv("branch7x7x3_1", c_in, 192, one)?,
                 conv("branch7x7x3_2", 192, 192, ConvShape::rect(1, 7, 0, 3))?,
@@ -395,9 +316,7 @@ struct InceptionE {
 
 impl InceptionE {
     fn load(w: &WeightMap, c_in: usize, pool: BranchPool) -> Result<Self, WeightsError> {
-        let conv = |name: &str, c_in: usize, c_out: usize, shape: ConvShape| {
-            BasicConv2d::load(&w.pp(name), c_in, c_out, shape)
-        };
+        let conv = |name: &str, c_in: usize, c_out: usize, shape: ConvShape| BasicConv2d::load(&w.pp(name), c_in, c_out, shape);
         let one = ConvShape::square(1);
         let row = ConvShape::rect(1, 3, 0, 1);
         let col = ConvShape::rect(3, 1, 1, 0);
@@ -464,14 +383,10 @@ impl InceptionV3 {
     /// fails on `fc.weight`), and on any tensor the network does not use (e.g. `AuxLogits.*`).
     pub fn load(weights: &WeightMap) -> Result<InceptionV3, WeightsError> {
         // The class count first: the likeliest mismatch (torchvision's own Inception weights).
-        let fc_weight = weights
-            .pp("fc")
-            .get(&[Self::LOGITS, Self::FEATURES], "weight")?;
+        let fc_weight = weights.pp("fc").get(&[Self::LOGITS, Self::FEATURES], "weight")?;
         // fc.bias belongs to the checkpoint but not to the logits used here (no bias).
         weights.pp("fc").get(&[Self::LOGITS], "bias")?;
-        let conv = |name: &str, c_in: usize, c_out: usize, shape: ConvShape| {
-            BasicConv2d::load(&weights.pp(name), c_in, c_out, shape)
-        };
+        let conv = |name: &str, c_in: usize, c_out: usize, shape: ConvShape| BasicConv2d::load(&weights.pp(name), c_in, c_out, shape);
         let three = ConvShape::square(3);
         let net = Self {
             conv2d_1a_3x3: conv("Conv2d_1a_3x3", 3, 32, three.stride(2))?,
@@ -494,25 +409,15 @@ impl InceptionV3 {
             mixed_7a: InceptionD::load(&weights.pp("Mixed_7a"), 768)?,
             mixed_7b: InceptionE::load(&weights.pp("Mixed_7b"), 1280, BranchPool::AvgExcludePad)?,
             mixed_7c: InceptionE::load(&weights.pp("Mixed_7c"), 2048, BranchPool::Max)?,
-            fc_weight_t: fc_weight.t().and_then(|t| t.contiguous()).map_err(|e| {
-                WeightsError::Tensor {
-                    path: weights.path().to_path_buf(),
-                    name: prefixed(weights.prefix(), "fc.weight"),
-                    cause: e.to_string(),
-                }
+            fc_weight_t: fc_weight.t().and_then(|t| t.contiguous()).map_err(|e| WeightsError::Tensor {
+                path: weights.path().to_path_buf(),
+                name: prefixed(weights.prefix(), "fc.weight"),
+                cause: e.to_string(),
             })?,
         };
         let ours = prefixed(weights.prefix(), "");
-        if let Some(name) = weights
-            .unused_keys()
-            .into_iter()
-            .find(|k| k.starts_with(&ours))
-        {
-            return Err(WeightsError::Unexpected {
-                path: weights.path().to_path_buf(),
-                name,
-                model: MODEL_NAME.to_string(),
-            });
+        if let Some(name) = weights.unused_keys().into_iter().find(|k| k.starts_with(&ours)) {
+            return Err(WeightsError::Unexpected { path: weights.path().to_path_buf(), name, model: MODEL_NAME.to_string() });
         }
         Ok(net)
     }
@@ -527,21 +432,13 @@ impl InceptionV3 {
     pub fn forward_u8(&self, pixels: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (_, c, h, w) = pixels.dims4()?;
         if c != 3 || pixels.dtype() != DType::U8 {
-            candle_core::bail!(
-                "inception expects a uint8 [N, 3, H, W] image batch, got {:?} {:?}",
-                pixels.dtype(),
-                pixels.dims()
-            );
+            candle_core::bail!("inception expects a uint8 [N, 3, H, W] image batch, got {:?} {:?}", pixels.dtype(), pixels.dims());
         }
         // 1. ToTensor(): uint8 / 255, in [0, 1].
         let x = (pixels.to_dtype(DType::F32)? / 255.0)?;
         // 2. F.interpolate(size=(299, 299), mode="bilinear", align_corners=False); at 299x299
         //    it is the identity.
-        let x = if (h, w) == (INPUT_SIZE, INPUT_SIZE) {
-            x
-        } else {
-            x.upsample_bilinear2d(INPUT_SIZE, INPUT_SIZE, false)?
-        };
+        let x = if (h, w) == (INPUT_SIZE, INPUT_SIZE) { x } else { x.upsample_bilinear2d(INPUT_SIZE, INPUT_SIZE, false)? };
         // 3. normalize_input: 2x - 1, onto [-1, 1].
         let x = x.affine(2.0, -1.0)?;
         self.forward(&x)
@@ -581,13 +478,7 @@ impl InceptionV3 {
 
     /// (pool3, logits) for `n` images given as planar uint8 RGB (`n x 3 x height x width`,
     /// row-major), returned row-major as `n x 2048` and `n x 1008`.
-    pub fn features(
-        &self,
-        pixels: &[u8],
-        n: usize,
-        height: usize,
-        width: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>), candle_core::Error> {
+    pub fn features(&self, pixels: &[u8], n: usize, height: usize, width: usize) -> Result<(Vec<f32>, Vec<f32>), candle_core::Error> {
         let expected = n * 3 * height * width;
         if pixels.len() != expected {
             candle_core::bail!(
@@ -601,10 +492,7 @@ impl InceptionV3 {
         }
         let x = Tensor::from_slice(pixels, (n, 3, height, width), self.device())?;
         let (pool3, logits) = self.forward_u8(&x)?;
-        Ok((
-            pool3.flatten_all()?.to_vec1::<f32>()?,
-            logits.flatten_all()?.to_vec1::<f32>()?,
-        ))
+        Ok((pool3.flatten_all()?.to_vec1::<f32>()?, logits.flatten_all()?.to_vec1::<f32>()?))
     }
 }
 
@@ -659,10 +547,7 @@ mod tests {
     use candle_core::Device;
 
     fn ramp(h: usize, w: usize) -> Tensor {
-        Tensor::arange(0f32, (h * w) as f32, &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, h, w))
-            .unwrap()
+        Tensor::arange(0f32, (h * w) as f32, &Device::Cpu).unwrap().reshape((1, 1, h, w)).unwrap()
     }
 
     fn values(t: &Tensor) -> Vec<f32> {
@@ -696,17 +581,11 @@ mod tests {
     fn asymmetric_padding_keeps_the_spatial_size() {
         let dev = Device::Cpu;
         let mut m = std::collections::HashMap::new();
-        m.insert(
-            "c.conv.weight".to_string(),
-            Tensor::ones((1, 1, 1, 7), DType::F32, &dev).unwrap(),
-        );
+        m.insert("c.conv.weight".to_string(), Tensor::ones((1, 1, 1, 7), DType::F32, &dev).unwrap());
         for (k, v) in [("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0)] {
             m.insert(format!("c.bn.{k}"), Tensor::new(&[v as f32], &dev).unwrap());
         }
-        m.insert(
-            "c.bn.running_var".to_string(),
-            Tensor::new(&[1.0f32 - 1e-3], &dev).unwrap(),
-        );
+        m.insert("c.bn.running_var".to_string(), Tensor::new(&[1.0f32 - 1e-3], &dev).unwrap());
         let w = WeightMap::from_tensors(m, "mem");
         let conv = BasicConv2d::load(&w.pp("c"), 1, 1, ConvShape::rect(1, 7, 0, 3)).unwrap();
         let y = conv.forward(&Tensor::ones((1, 1, 2, 5), DType::F32, &dev).unwrap());

@@ -40,25 +40,16 @@ const PROTOCOL_VERSION: i64 = 1001;
 /// each in its storage's dtype (see [`StorageType::dtype`]). A state_dict nested under one of
 /// [`NESTED_STATE_DICT_KEYS`] is found as in the zip path.
 pub(crate) fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
-    let mut r = Reader {
-        data: bytes,
-        pos: 0,
-    };
+    let mut r = Reader { data: bytes, pos: 0 };
     let mut roots = Roots::new();
 
     let magic = unpickle(&mut r, &mut roots, "magic number")?;
     if !matches!(&magic, Value::BigInt(b) if b[..] == MAGIC_NUMBER[..]) {
-        return Err(format!(
-            "first pickle is {}, not torch's magic number; not a torch checkpoint",
-            magic.describe()
-        ));
+        return Err(format!("first pickle is {}, not torch's magic number; not a torch checkpoint", magic.describe()));
     }
     let version = unpickle(&mut r, &mut roots, "protocol version")?;
     if !matches!(version, Value::Int(PROTOCOL_VERSION)) {
-        return Err(format!(
-            "protocol version is {}, expected {PROTOCOL_VERSION}",
-            version.describe()
-        ));
+        return Err(format!("protocol version is {}, expected {PROTOCOL_VERSION}", version.describe()));
     }
     let sys_info = unpickle(&mut r, &mut roots, "sys_info")?;
     if let Some(Value::Bool(false)) = sys_info.get("little_endian") {
@@ -66,19 +57,13 @@ pub(crate) fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String>
     }
     let top = unpickle(&mut r, &mut roots, "saved object")?;
     let keys = unpickle(&mut r, &mut roots, "storage key list")?;
-    let keys = keys
-        .items()
-        .ok_or_else(|| format!("storage key list is {}, not a list", keys.describe()))?;
+    let keys = keys.items().ok_or_else(|| format!("storage key list is {}, not a list", keys.describe()))?;
 
     // The storages' data, in the order of the key list.
     let mut data: HashMap<Rc<str>, &[u8]> = HashMap::with_capacity(keys.len());
     for key in keys {
-        let key = key
-            .as_str()
-            .ok_or_else(|| format!("storage key {} is not a string", key.describe()))?;
-        let root = roots.get(key).ok_or_else(|| {
-            format!("storage \"{key}\" is listed but no tensor refers to it; corrupt file?")
-        })?;
+        let key = key.as_str().ok_or_else(|| format!("storage key {} is not a string", key.describe()))?;
+        let root = roots.get(key).ok_or_else(|| format!("storage \"{key}\" is listed but no tensor refers to it; corrupt file?"))?;
         let what = format!("the data of storage \"{key}\"");
         let count = i64::from_le_bytes(r.array(&what)?);
         if u64::try_from(count).ok() != Some(root.numel) {
@@ -99,8 +84,7 @@ pub(crate) fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String>
     state_dict_entries(&top)?
         .into_iter()
         .map(|(name, t)| {
-            let tensor =
-                materialize(&t, &data).map_err(|cause| format!("tensor \"{name}\": {cause}"))?;
+            let tensor = materialize(&t, &data).map_err(|cause| format!("tensor \"{name}\": {cause}"))?;
             Ok((name, tensor))
         })
         .collect()
@@ -191,12 +175,7 @@ impl Value {
     /// `self[key]` for a dict with string keys (the last binding wins, as in Python).
     fn get(&self, key: &str) -> Option<Value> {
         match self {
-            Value::Dict(d) => d
-                .borrow()
-                .iter()
-                .rev()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v.clone()),
+            Value::Dict(d) => d.borrow().iter().rev().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v.clone()),
             _ => None,
         }
     }
@@ -349,11 +328,9 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            _ => Err(format!(
-                "truncated: the file ends at byte {} inside {what} (reading {n} bytes at byte {})",
-                self.data.len(),
-                self.pos
-            )),
+            _ => {
+                Err(format!("truncated: the file ends at byte {} inside {what} (reading {n} bytes at byte {})", self.data.len(), self.pos))
+            }
         }
     }
 
@@ -373,18 +350,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u64_len(&mut self, what: &str) -> Result<usize, String> {
-        usize::try_from(u64::from_le_bytes(self.array(what)?))
-            .map_err(|_| format!("length too large in {what}"))
+        usize::try_from(u64::from_le_bytes(self.array(what)?)).map_err(|_| format!("length too large in {what}"))
     }
 
     fn line(&mut self, what: &str) -> Result<String, String> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or_else(|| {
-            format!(
-                "truncated: the file ends at byte {} inside {what}",
-                self.data.len()
-            )
-        })?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| format!("truncated: the file ends at byte {} inside {what}", self.data.len()))?;
         let s = String::from_utf8_lossy(&rest[..n]).into_owned();
         self.pos += n + 1;
         Ok(s)
@@ -420,20 +394,9 @@ struct Unpickler<'r, 'a> {
 
 /// Reads one pickle (up to its STOP) from `r`.
 fn unpickle(r: &mut Reader, roots: &mut Roots, what: &'static str) -> Result<Value, String> {
-    let mut u = Unpickler {
-        r,
-        roots,
-        stack: Vec::new(),
-        memo: HashMap::new(),
-    };
+    let mut u = Unpickler { r, roots, stack: Vec::new(), memo: HashMap::new() };
     let ctx = format!("the {what} pickle");
-    u.run(&ctx).map_err(|e| {
-        if e.starts_with("truncated") {
-            e
-        } else {
-            format!("{e} in {ctx}")
-        }
-    })
+    u.run(&ctx).map_err(|e| if e.starts_with("truncated") { e } else { format!("{e} in {ctx}") })
 }
 
 impl Unpickler<'_, '_> {
@@ -500,8 +463,7 @@ impl Unpickler<'_, '_> {
                         _ => self.r.u64_len(ctx)?,
                     };
                     let b = self.r.take(n, ctx)?;
-                    let s = std::str::from_utf8(b)
-                        .map_err(|_| format!("invalid UTF-8 in a string at byte {at}"))?;
+                    let s = std::str::from_utf8(b).map_err(|_| format!("invalid UTF-8 in a string at byte {at}"))?;
                     self.stack.push(Value::Str(Rc::from(s)))
                 }
                 b'U' | b'T' => {
@@ -577,9 +539,7 @@ impl Unpickler<'_, '_> {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (module.as_str(), name.as_str()) {
-                        (Some(m), Some(n)) => self
-                            .stack
-                            .push(Value::Global(Rc::new((m.to_string(), n.to_string())))),
+                        (Some(m), Some(n)) => self.stack.push(Value::Global(Rc::new((m.to_string(), n.to_string())))),
                         _ => return Err(format!("STACK_GLOBAL without strings at byte {at}")),
                     }
                 }
@@ -633,31 +593,21 @@ impl Unpickler<'_, '_> {
                     let i = self.memo.len();
                     self.memo_put(i)?
                 }
-                other => {
-                    return Err(format!(
-                        "unsupported pickle opcode 0x{other:02x} at byte {at}"
-                    ))
-                }
+                other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {at}")),
             }
         }
     }
 
     fn pop(&mut self) -> Result<Value, String> {
         match self.stack.pop() {
-            Some(Value::Mark) | None => Err(format!(
-                "malformed pickle: stack underflow at byte {}",
-                self.r.pos - 1
-            )),
+            Some(Value::Mark) | None => Err(format!("malformed pickle: stack underflow at byte {}", self.r.pos - 1)),
             Some(v) => Ok(v),
         }
     }
 
     fn top(&self) -> Result<&Value, String> {
         match self.stack.last() {
-            Some(Value::Mark) | None => Err(format!(
-                "malformed pickle: stack underflow at byte {}",
-                self.r.pos - 1
-            )),
+            Some(Value::Mark) | None => Err(format!("malformed pickle: stack underflow at byte {}", self.r.pos - 1)),
             Some(v) => Ok(v),
         }
     }
@@ -674,11 +624,7 @@ impl Unpickler<'_, '_> {
     }
 
     fn memo_get(&mut self, i: usize, at: usize) -> Result<(), String> {
-        let v = self
-            .memo
-            .get(&i)
-            .ok_or_else(|| format!("malformed pickle: memo {i} unset at byte {at}"))?
-            .clone();
+        let v = self.memo.get(&i).ok_or_else(|| format!("malformed pickle: memo {i} unset at byte {at}"))?.clone();
         self.stack.push(v);
         Ok(())
     }
@@ -724,9 +670,7 @@ impl Unpickler<'_, '_> {
             Value::Global(g) => g,
             other => return Err(format!("call of {}", other.describe())),
         };
-        let args = args
-            .items()
-            .ok_or_else(|| format!("{}.{} called with {}", g.0, g.1, args.describe()))?;
+        let args = args.items().ok_or_else(|| format!("{}.{} called with {}", g.0, g.1, args.describe()))?;
         let bad_args = || format!("{}.{} called with unexpected arguments", g.0, g.1);
         match (g.0.as_str(), g.1.as_str()) {
             _ if is_dict_class(&g) => {
@@ -743,9 +687,7 @@ impl Unpickler<'_, '_> {
                 }
                 Ok(Value::Dict(Rc::new(RefCell::new(items))))
             }
-            ("torch._utils", "_rebuild_tensor")
-            | ("torch._utils", "_rebuild_tensor_v2")
-            | ("torch._utils", "_rebuild_tensor_v3") => {
+            ("torch._utils", "_rebuild_tensor") | ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor_v3") => {
                 let (storage, offset, size, stride) = match &args[..] {
                     [Value::Storage(s), offset, size, stride, ..] => (
                         s.clone(),
@@ -761,29 +703,20 @@ impl Unpickler<'_, '_> {
                 let ty = if g.1 == "_rebuild_tensor_v3" {
                     match args.get(6) {
                         Some(Value::Global(d)) if d.0 == "torch" => {
-                            StorageType::from_torch_dtype(&d.1)
-                                .ok_or_else(|| format!("unsupported tensor dtype torch.{}", d.1))?
+                            StorageType::from_torch_dtype(&d.1).ok_or_else(|| format!("unsupported tensor dtype torch.{}", d.1))?
                         }
                         _ => return Err(bad_args()),
                     }
                 } else {
                     storage.ty
                 };
-                Ok(Value::Tensor(Rc::new(TensorRef {
-                    storage,
-                    ty,
-                    offset,
-                    size,
-                    stride,
-                })))
+                Ok(Value::Tensor(Rc::new(TensorRef { storage, ty, offset, size, stride })))
             }
-            ("torch._utils", "_rebuild_parameter")
-            | ("torch._utils", "_rebuild_parameter_with_state") => match args.first() {
+            ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => match args.first() {
                 Some(t @ Value::Tensor(_)) => Ok(t.clone()),
                 _ => Err(bad_args()),
             },
-            ("torch._tensor", "_rebuild_from_type_v2")
-            | ("torch.tensor", "_rebuild_from_type_v2") => {
+            ("torch._tensor", "_rebuild_from_type_v2") | ("torch.tensor", "_rebuild_from_type_v2") => {
                 // (func, new_type, args, state): a tensor subclass; keep the tensor.
                 match &args[..] {
                     [func, _, inner, ..] => self.call(func.clone(), inner.clone()),
@@ -793,12 +726,7 @@ impl Unpickler<'_, '_> {
             ("torch", "Size") => Ok(args.first().cloned().ok_or_else(bad_args)?),
             ("_codecs", "encode") => match &args[..] {
                 // Python 3 bytes pickled at protocol 2: encode(latin-1 text, "latin1").
-                [Value::Str(s), ..] => Ok(Value::Bytes(
-                    s.chars()
-                        .map(|c| c as u32 as u8)
-                        .collect::<Vec<u8>>()
-                        .into(),
-                )),
+                [Value::Str(s), ..] => Ok(Value::Bytes(s.chars().map(|c| c as u32 as u8).collect::<Vec<u8>>().into())),
                 _ => Err(bad_args()),
             },
             _ => Ok(Value::Object(g)),
@@ -808,9 +736,7 @@ impl Unpickler<'_, '_> {
     /// `('storage', storage_type, root_key, location, numel, view_metadata)`; also
     /// `('module', ...)` for pickled nn.Module classes (whole models), kept opaque.
     fn persistent_load(&mut self, pid: Value) -> Result<Value, String> {
-        let items = pid
-            .items()
-            .ok_or_else(|| format!("persistent id {} is not a tuple", pid.describe()))?;
+        let items = pid.items().ok_or_else(|| format!("persistent id {} is not a tuple", pid.describe()))?;
         match items.first().and_then(Value::as_str) {
             Some("storage") => {}
             Some("module") => {
@@ -819,53 +745,31 @@ impl Unpickler<'_, '_> {
                     _ => Value::Object(Rc::new(("torch.nn".into(), "Module".into()))),
                 })
             }
-            _ => {
-                return Err(format!(
-                    "unknown persistent id {} (expected a storage)",
-                    items.first().map_or("()".into(), Value::describe)
-                ))
-            }
+            _ => return Err(format!("unknown persistent id {} (expected a storage)", items.first().map_or("()".into(), Value::describe))),
         }
         let bad = || format!("malformed storage id ({} items)", items.len());
         let (class, key, numel, view) = match &items[..] {
-            [_, Value::Global(class), key, _location, numel, view] => (
-                class,
-                key.as_str().ok_or_else(bad)?,
-                numel
-                    .as_int()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .ok_or_else(bad)?,
-                view,
-            ),
+            [_, Value::Global(class), key, _location, numel, view] => {
+                (class, key.as_str().ok_or_else(bad)?, numel.as_int().and_then(|n| u64::try_from(n).ok()).ok_or_else(bad)?, view)
+            }
             _ => return Err(bad()),
         };
         let ty = StorageType::from_storage_class(&class.1)
             .filter(|_| class.0.starts_with("torch"))
             .ok_or_else(|| format!("unsupported storage type {}.{}", class.0, class.1))?;
         let key: Rc<str> = Rc::from(key);
-        let root = *self
-            .roots
-            .0
-            .entry(key.clone())
-            .or_insert(Root { ty, numel });
+        let root = *self.roots.0.entry(key.clone()).or_insert(Root { ty, numel });
         // A storage reinterpreted with another dtype keeps its bytes (as `_legacy_load` does
         // when the byte counts agree).
         let nbytes = |n: u64, t: StorageType| u128::from(n) * t.size() as u128;
         if root.ty != ty && nbytes(root.numel, root.ty) != nbytes(numel, ty) {
-            return Err(format!(
-                "storage \"{key}\" is used as both {} and {}",
-                root.ty.name(),
-                ty.name()
-            ));
+            return Err(format!("storage \"{key}\" is used as both {} and {}", root.ty.name(), ty.name()));
         }
         let view = match view {
             Value::None => None,
             v => match v.items().as_deref() {
                 // (view_key, offset, size): elements [offset, offset + size) of the root.
-                Some([_, offset, size]) => Some((
-                    offset.as_usize().ok_or_else(bad)?,
-                    size.as_usize().ok_or_else(bad)?,
-                )),
+                Some([_, offset, size]) => Some((offset.as_usize().ok_or_else(bad)?, size.as_usize().ok_or_else(bad)?)),
                 _ => return Err(bad()),
             },
         };
@@ -876,18 +780,13 @@ impl Unpickler<'_, '_> {
 fn is_dict_class(g: &(String, String)) -> bool {
     matches!(
         (g.0.as_str(), g.1.as_str()),
-        ("collections", "OrderedDict")
-            | ("collections", "defaultdict")
-            | ("builtins", "dict")
-            | ("__builtin__", "dict")
+        ("collections", "OrderedDict") | ("collections", "defaultdict") | ("builtins", "dict") | ("__builtin__", "dict")
     )
 }
 
 fn pairs(items: Vec<Value>, at: usize) -> Result<Vec<(Value, Value)>, String> {
     if !items.len().is_multiple_of(2) {
-        return Err(format!(
-            "malformed pickle: odd number of dict items at byte {at}"
-        ));
+        return Err(format!("malformed pickle: odd number of dict items at byte {at}"));
     }
     let mut it = items.into_iter();
     let mut out = Vec::new();
@@ -926,15 +825,7 @@ fn state_dict_entries(top: &Value) -> Result<Vec<(String, Rc<TensorRef>)>, Strin
         }
     }
     let Value::Dict(d) = top else { unreachable!() };
-    let keys: Vec<String> = d
-        .borrow()
-        .iter()
-        .take(8)
-        .map(|(k, _)| {
-            k.as_str()
-                .map_or_else(|| k.describe(), |s| format!("{s:?}"))
-        })
-        .collect();
+    let keys: Vec<String> = d.borrow().iter().take(8).map(|(k, _)| k.as_str().map_or_else(|| k.describe(), |s| format!("{s:?}"))).collect();
     let more = if d.borrow().len() > 8 { ", ..." } else { "" };
     Err(format!(
         "no tensors found in the saved dict (keys: [{}{more}]); expected a state_dict saved with \
@@ -955,10 +846,7 @@ fn tensors_of(dict: &Value) -> Result<Vec<(String, Rc<TensorRef>)>, String> {
             // A tensor built by a torch function this reader does not know (quantized,
             // sparse, ...): refuse rather than silently drop a weight.
             Value::Object(g) if g.0.starts_with("torch") && g.1.starts_with("_rebuild") => {
-                return Err(format!(
-                    "tensor \"{name}\" is built by {}.{}, which is not supported",
-                    g.0, g.1
-                ))
+                return Err(format!("tensor \"{name}\" is built by {}.{}, which is not supported", g.0, g.1))
             }
             _ => {}
         }
@@ -969,44 +857,23 @@ fn tensors_of(dict: &Value) -> Result<Vec<(String, Rc<TensorRef>)>, String> {
 /// Copies a tensor's elements out of its storage's bytes, in row-major order, into a CPU tensor.
 fn materialize(t: &TensorRef, data: &HashMap<Rc<str>, &[u8]>) -> Result<Tensor, String> {
     let s = &t.storage;
-    let mut bytes: &[u8] = data.get(&s.key).ok_or_else(|| {
-        format!(
-            "its storage \"{}\" has no data in the file; corrupt file?",
-            s.key
-        )
-    })?;
+    let mut bytes: &[u8] = data.get(&s.key).ok_or_else(|| format!("its storage \"{}\" has no data in the file; corrupt file?", s.key))?;
     if let Some((offset, size)) = s.view {
         let es = s.ty.size();
-        let range = offset
-            .checked_mul(es)
-            .zip(offset.checked_add(size).and_then(|e| e.checked_mul(es)));
+        let range = offset.checked_mul(es).zip(offset.checked_add(size).and_then(|e| e.checked_mul(es)));
         bytes = match range {
             Some((a, b)) if b <= bytes.len() => &bytes[a..b],
-            _ => {
-                return Err(format!(
-                    "storage view [{offset}, {offset}+{size}) exceeds its storage \"{}\"",
-                    s.key
-                ))
-            }
+            _ => return Err(format!("storage view [{offset}, {offset}+{size}) exceeds its storage \"{}\"", s.key)),
         };
     }
     let es = t.ty.size();
     let storage_len = bytes.len() / es;
-    let numel = t
-        .size
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or("size overflows")?;
+    let numel = t.size.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or("size overflows")?;
     let out_len = numel.checked_mul(es).ok_or("size overflows")?;
     let mut out: Vec<u8> = Vec::with_capacity(out_len);
     if numel > 0 {
-        let last = t
-            .size
-            .iter()
-            .zip(&t.stride)
-            .try_fold(t.offset, |acc, (&d, &st)| {
-                (d - 1).checked_mul(st).and_then(|x| acc.checked_add(x))
-            });
+        let last =
+            t.size.iter().zip(&t.stride).try_fold(t.offset, |acc, (&d, &st)| (d - 1).checked_mul(st).and_then(|x| acc.checked_add(x)));
         if !matches!(last, Some(l) if l < storage_len) {
             return Err(format!(
                 "size {:?}, stride {:?} and offset {} reach past the end of its storage of {} \
@@ -1038,10 +905,7 @@ fn materialize(t: &TensorRef, data: &HashMap<Rc<str>, &[u8]>) -> Result<Tensor, 
     }
     let out = match t.ty {
         // candle has no i8: widen to i16.
-        StorageType::I8 => out
-            .iter()
-            .flat_map(|&b| i16::from(b as i8).to_le_bytes())
-            .collect(),
+        StorageType::I8 => out.iter().flat_map(|&b| i16::from(b as i8).to_le_bytes()).collect(),
         StorageType::Bool => out.iter().map(|&b| u8::from(b != 0)).collect(),
         _ => out,
     };
@@ -1077,9 +941,7 @@ mod tests {
             self.op(b"J").op(&i.to_le_bytes())
         }
         fn str(&mut self, s: &str) -> &mut Self {
-            self.op(b"X")
-                .op(&(s.len() as u32).to_le_bytes())
-                .op(s.as_bytes())
+            self.op(b"X").op(&(s.len() as u32).to_le_bytes()).op(s.as_bytes())
         }
         fn global(&mut self, m: &str, n: &str) -> &mut Self {
             self.op(format!("c{m}\n{n}\n").as_bytes())
@@ -1104,27 +966,17 @@ mod tests {
             stride: &[i32],
         ) -> &mut Self {
             self.global("torch._utils", "_rebuild_tensor_v2").op(b"((");
-            self.str("storage")
-                .global("torch", class)
-                .str(key)
-                .str("cpu")
-                .int(numel);
+            self.str("storage").global("torch", class).str(key).str("cpu").int(numel);
             match view {
                 None => self.op(b"N"),
                 Some((k, o, n)) => self.op(b"(").str(k).int(o).int(n).op(b"t"),
             };
-            self.op(b"tQ")
-                .int(offset)
-                .ints(size)
-                .ints(stride)
-                .op(b"\x89");
+            self.op(b"tQ").int(offset).ints(size).ints(stride).op(b"\x89");
             self.global("collections", "OrderedDict").op(b")RtR")
         }
     }
 
-    const MAGIC_PICKLE: [u8; 15] = [
-        0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
-    ];
+    const MAGIC_PICKLE: [u8; 15] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.'];
 
     /// A legacy file: header pickles, `obj` (a complete pickle body, without PROTO/STOP), the
     /// key list and the storages' (element count, bytes).
@@ -1170,8 +1022,7 @@ mod tests {
         let mut o = P::default();
         o.op(b"}(").str("a");
         o.tensor("FloatStorage", "r", 6, Some(("v", 2, 3)), 1, &[2], &[1]);
-        o.str("b")
-            .tensor("FloatStorage", "r", 6, None, 0, &[2, 3], &[1, 2]);
+        o.str("b").tensor("FloatStorage", "r", 6, None, 0, &[2, 3], &[1, 2]);
         o.op(b"u");
         let data = f32_bytes(&[0., 1., 2., 3., 4., 5.]);
         let t = read_legacy(&file(&o, &["r"], &[(6, &data)])).unwrap();
@@ -1193,8 +1044,7 @@ mod tests {
              torch.save(model.state_dict(), path)"
         );
         let mut o = P::default();
-        o.global("torchvision.models.alexnet", "AlexNet")
-            .op(b")\x81}b");
+        o.global("torchvision.models.alexnet", "AlexNet").op(b")\x81}b");
         assert_eq!(
             err(&o),
             "the saved object is an object of class torchvision.models.alexnet.AlexNet (a whole \
@@ -1210,19 +1060,10 @@ mod tests {
         );
         let mut o = P::default();
         o.op(b"}(").str("w").op(b"I1\nu");
-        assert_eq!(
-            err(&o),
-            "unsupported pickle opcode 0x49 at byte 56 in the saved object pickle"
-        );
+        assert_eq!(err(&o), "unsupported pickle opcode 0x49 at byte 56 in the saved object pickle");
         let mut o = P::default();
-        o.op(b"}(")
-            .str("q")
-            .global("torch._utils", "_rebuild_qtensor")
-            .op(b")Ru");
-        assert_eq!(
-            err(&o),
-            "tensor \"q\" is built by torch._utils._rebuild_qtensor, which is not supported"
-        );
+        o.op(b"}(").str("q").global("torch._utils", "_rebuild_qtensor").op(b")Ru");
+        assert_eq!(err(&o), "tensor \"q\" is built by torch._utils._rebuild_qtensor, which is not supported");
     }
 
     #[test]
@@ -1249,13 +1090,9 @@ mod tests {
         );
         let mut o = P::default();
         o.op(b"}(").str("w");
-        o.tensor("FloatStorage", "r", 3, None, 0, &[3], &[1])
-            .op(b"u");
+        o.tensor("FloatStorage", "r", 3, None, 0, &[3], &[1]).op(b"u");
         let be = file_with_sys_info(&o, &["r"], &[(3, &three)], false);
-        assert_eq!(
-            read_legacy(&be).unwrap_err(),
-            "big-endian checkpoint is not supported"
-        );
+        assert_eq!(read_legacy(&be).unwrap_err(), "big-endian checkpoint is not supported");
         // The same file, little-endian, loads.
         let le = file(&o, &["r"], &[(3, &three)]);
         assert_eq!(as_vec(&read_legacy(&le).unwrap()[0].1), [1., 2., 3.]);

@@ -121,17 +121,8 @@ impl LpipsNet {
     fn features(self) -> (Vec<Op>, [usize; LAYERS]) {
         match self {
             LpipsNet::Alex => {
-                let conv = |c_in, c_out, kernel, stride, padding| Op::Conv {
-                    c_in,
-                    c_out,
-                    kernel,
-                    stride,
-                    padding,
-                };
-                let pool = Op::MaxPool {
-                    kernel: 3,
-                    stride: 2,
-                };
+                let conv = |c_in, c_out, kernel, stride, padding| Op::Conv { c_in, c_out, kernel, stride, padding };
+                let pool = Op::MaxPool { kernel: 3, stride: 2 };
                 let ops = vec![
                     conv(3, 64, 11, 4, 2),   // 0
                     Op::Relu,                // 1  relu1
@@ -174,20 +165,11 @@ impl LpipsNet {
                 for entry in CFG {
                     match entry {
                         Some(c_out) => {
-                            ops.push(Op::Conv {
-                                c_in,
-                                c_out,
-                                kernel: 3,
-                                stride: 1,
-                                padding: 1,
-                            });
+                            ops.push(Op::Conv { c_in, c_out, kernel: 3, stride: 1, padding: 1 });
                             ops.push(Op::Relu);
                             c_in = c_out;
                         }
-                        None => ops.push(Op::MaxPool {
-                            kernel: 2,
-                            stride: 2,
-                        }),
+                        None => ops.push(Op::MaxPool { kernel: 2, stride: 2 }),
                     }
                 }
                 (ops, [4, 9, 16, 23, 30])
@@ -216,18 +198,9 @@ impl fmt::Display for LpipsNet {
 /// One entry of torchvision's `features` Sequential, before weights are attached.
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    Conv {
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    },
+    Conv { c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize },
     Relu,
-    MaxPool {
-        kernel: usize,
-        stride: usize,
-    },
+    MaxPool { kernel: usize, stride: usize },
 }
 
 impl Op {
@@ -235,14 +208,7 @@ impl Op {
     /// (an output size below 1).
     fn out_size(self, size: usize) -> Option<usize> {
         match self {
-            Op::Conv {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => (size + 2 * padding)
-                .checked_sub(kernel)
-                .map(|d| d / stride + 1),
+            Op::Conv { kernel, stride, padding, .. } => (size + 2 * padding).checked_sub(kernel).map(|d| d / stride + 1),
             Op::Relu => Some(size),
             Op::MaxPool { kernel, stride } => size.checked_sub(kernel).map(|d| d / stride + 1),
         }
@@ -251,9 +217,7 @@ impl Op {
 
 /// Whether a side of `size` pixels leaves at least one pixel after every op of `ops`.
 fn accepts_size(ops: &[Op], size: usize) -> bool {
-    ops.iter()
-        .try_fold(size, |s, op| op.out_size(s).filter(|&s| s > 0))
-        .is_some()
+    ops.iter().try_fold(size, |s, op| op.out_size(s).filter(|&s| s > 0)).is_some()
 }
 
 /// A conv with bias, as torchvision's `features` convs (`nn.Conv2d(..., bias=True)`).
@@ -267,36 +231,20 @@ struct Conv2d {
 }
 
 impl Conv2d {
-    fn load(
-        w: &WeightMap,
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Self, WeightsError> {
+    fn load(w: &WeightMap, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self, WeightsError> {
         let weight = w.get(&[c_out, c_in, kernel, kernel], "weight")?;
-        let bias = w
-            .get(&[c_out], "bias")?
-            .reshape((1, c_out, 1, 1))
-            .map_err(|e| WeightsError::Tensor {
-                path: w.path().to_path_buf(),
-                name: format!("{}.bias", w.prefix()),
-                cause: e.to_string(),
-            })?;
-        Ok(Self {
-            weight,
-            bias,
-            stride,
-            padding,
-        })
+        let bias = w.get(&[c_out], "bias")?.reshape((1, c_out, 1, 1)).map_err(|e| WeightsError::Tensor {
+            path: w.path().to_path_buf(),
+            name: format!("{}.bias", w.prefix()),
+            cause: e.to_string(),
+        })?;
+        Ok(Self { weight, bias, stride, padding })
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-            .broadcast_add(&self.bias)
+        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?.broadcast_add(&self.bias)
     }
 }
 
@@ -317,9 +265,7 @@ impl Module for Layer {
         match self {
             Layer::Conv(conv) => conv.forward(x),
             Layer::Relu => x.relu(),
-            Layer::MaxPool { kernel, stride } => {
-                x.max_pool2d_with_stride((*kernel, *kernel), (*stride, *stride))
-            }
+            Layer::MaxPool { kernel, stride } => x.max_pool2d_with_stride((*kernel, *kernel), (*stride, *stride)),
         }
     }
 }
@@ -343,30 +289,15 @@ impl Backbone {
             .enumerate()
             .map(|(i, op)| {
                 Ok(match *op {
-                    Op::Conv {
-                        c_in,
-                        c_out,
-                        kernel,
-                        stride,
-                        padding,
-                    } => Layer::Conv(Conv2d::load(
-                        &features.pp(i),
-                        c_in,
-                        c_out,
-                        kernel,
-                        stride,
-                        padding,
-                    )?),
+                    Op::Conv { c_in, c_out, kernel, stride, padding } => {
+                        Layer::Conv(Conv2d::load(&features.pp(i), c_in, c_out, kernel, stride, padding)?)
+                    }
                     Op::Relu => Layer::Relu,
                     Op::MaxPool { kernel, stride } => Layer::MaxPool { kernel, stride },
                 })
             })
             .collect::<Result<Vec<_>, WeightsError>>()?;
-        Ok(Self {
-            ops,
-            layers,
-            slice_ends,
-        })
+        Ok(Self { ops, layers, slice_ends })
     }
 
     /// Whether a side of `size` pixels survives every layer used (see [`LpipsNet::min_size`]).
@@ -401,10 +332,7 @@ struct ScalingLayer {
 
 impl ScalingLayer {
     fn new(device: &Device) -> candle_core::Result<Self> {
-        Ok(Self {
-            shift: Tensor::new(&SHIFT, device)?.reshape((1, 3, 1, 1))?,
-            scale: Tensor::new(&SCALE, device)?.reshape((1, 3, 1, 1))?,
-        })
+        Ok(Self { shift: Tensor::new(&SHIFT, device)?.reshape((1, 3, 1, 1))?, scale: Tensor::new(&SCALE, device)?.reshape((1, 3, 1, 1))? })
     }
 }
 
@@ -423,9 +351,7 @@ struct NetLinLayer {
 
 impl NetLinLayer {
     fn load(w: &WeightMap, channels: usize) -> Result<Self, WeightsError> {
-        Ok(Self {
-            weight: w.pp("model").pp(1).get(&[1, channels, 1, 1], "weight")?,
-        })
+        Ok(Self { weight: w.pp("model").pp(1).get(&[1, channels, 1, 1], "weight")? })
     }
 }
 
@@ -457,11 +383,7 @@ impl Lpips {
     /// Both maps must be on the same device, which the model then runs on. Fails on the first
     /// missing or wrongly shaped tensor, naming it and its file, and on a `features.*` or
     /// `lin*` tensor the network does not use (a checkpoint of another architecture).
-    pub fn load(
-        net: LpipsNet,
-        backbone: &WeightMap,
-        lin: &WeightMap,
-    ) -> Result<Lpips, WeightsError> {
+    pub fn load(net: LpipsNet, backbone: &WeightMap, lin: &WeightMap) -> Result<Lpips, WeightsError> {
         let bb = Backbone::load(net, backbone)?;
         reject_unused(backbone, "features.", &format!("lpips {net} backbone"))?;
         let lins = net
@@ -477,13 +399,7 @@ impl Lpips {
             name: "scaling_layer".to_string(),
             cause: e.to_string(),
         })?;
-        Ok(Self {
-            net,
-            scaling,
-            backbone: bb,
-            lins,
-            device,
-        })
+        Ok(Self { net, scaling, backbone: bb, lins, device })
     }
 
     /// The backbone this model was built with.
@@ -502,18 +418,10 @@ impl Lpips {
         // 1. Check the inputs: same shape, [N, 3, H, W], large enough for the pools.
         let dims = x0.dims();
         if dims != x1.dims() {
-            candle_core::bail!(
-                "lpips ({}): the two image batches differ in shape: {:?} vs {:?}",
-                self.net,
-                dims,
-                x1.dims()
-            );
+            candle_core::bail!("lpips ({}): the two image batches differ in shape: {:?} vs {:?}", self.net, dims, x1.dims());
         }
         if dims.len() != 4 || dims[1] != 3 {
-            candle_core::bail!(
-                "lpips ({}): expected [N, 3, H, W] images, got {dims:?}",
-                self.net
-            );
+            candle_core::bail!("lpips ({}): expected [N, 3, H, W] images, got {dims:?}", self.net);
         }
         let (n, h, w) = (dims[0], dims[2], dims[3]);
         if !self.backbone.accepts(h) || !self.backbone.accepts(w) {
@@ -550,14 +458,7 @@ impl Lpips {
     /// LPIPS distances between `n` pairs of planar uint8 RGB images `a[i]`, `b[i]`
     /// (`n x 3 x height x width` each, row-major), scaled as `lpips.im2tensor` does
     /// (`x / 127.5 - 1`, computed in f64 and stored as f32).
-    pub fn distance_u8(
-        &self,
-        a: &[u8],
-        b: &[u8],
-        n: usize,
-        height: usize,
-        width: usize,
-    ) -> Result<Vec<f32>, candle_core::Error> {
+    pub fn distance_u8(&self, a: &[u8], b: &[u8], n: usize, height: usize, width: usize) -> Result<Vec<f32>, candle_core::Error> {
         let expected = n * 3 * height * width;
         if a.len() != expected || b.len() != expected {
             candle_core::bail!(
@@ -571,10 +472,7 @@ impl Lpips {
             return Ok(Vec::new());
         }
         let to_input = |pixels: &[u8]| -> candle_core::Result<Tensor> {
-            let v: Vec<f32> = pixels
-                .iter()
-                .map(|&p| (f64::from(p) / 127.5 - 1.0) as f32)
-                .collect();
+            let v: Vec<f32> = pixels.iter().map(|&p| (f64::from(p) / 127.5 - 1.0) as f32).collect();
             Tensor::from_vec(v, (n, 3, height, width), &self.device)
         };
         let d = self.distance(&to_input(a)?, &to_input(b)?)?;
@@ -584,17 +482,9 @@ impl Lpips {
 
 /// Fails on the first key under `w`'s prefix starting with `start` that no `get` has used.
 fn reject_unused(w: &WeightMap, start: &str, model: &str) -> Result<(), WeightsError> {
-    let prefix = if w.prefix().is_empty() {
-        start.to_string()
-    } else {
-        format!("{}.{start}", w.prefix())
-    };
+    let prefix = if w.prefix().is_empty() { start.to_string() } else { format!("{}.{start}", w.prefix()) };
     match w.unused_keys().into_iter().find(|k| k.starts_with(&prefix)) {
-        Some(name) => Err(WeightsError::Unexpected {
-            path: w.path().to_path_buf(),
-            name,
-            model: model.to_string(),
-        }),
+        Some(name) => Err(WeightsError::Unexpected { path: w.path().to_path_buf(), name, model: model.to_string() }),
         None => Ok(()),
     }
 }
@@ -610,10 +500,7 @@ mod tests {
             assert_eq!(serde_json::to_string(&n).unwrap(), format!("\"{n}\""));
         }
         assert_eq!(LpipsNet::default(), LpipsNet::Alex);
-        assert_eq!(
-            "squeeze".parse::<LpipsNet>().unwrap_err().to_string(),
-            "unknown lpips net \"squeeze\": expected \"alex\" or \"vgg\""
-        );
+        assert_eq!("squeeze".parse::<LpipsNet>().unwrap_err().to_string(), "unknown lpips net \"squeeze\": expected \"alex\" or \"vgg\"");
         assert_eq!(LpipsNet::Alex.backbone_file(), "alexnet-owt-7be5be79.pth");
         assert_eq!(LpipsNet::Vgg.lin_file(), "vgg.pth");
     }
@@ -652,16 +539,8 @@ mod tests {
     #[test]
     fn normalize_tensor_keeps_zero_features_zero() {
         let dev = Device::Cpu;
-        let x = Tensor::new(&[3f32, 0., 4., 0.], &dev)
-            .unwrap()
-            .reshape((1, 2, 1, 2))
-            .unwrap();
-        let y: Vec<f32> = normalize_tensor(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x = Tensor::new(&[3f32, 0., 4., 0.], &dev).unwrap().reshape((1, 2, 1, 2)).unwrap();
+        let y: Vec<f32> = normalize_tensor(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         // Channel vectors (3, 4) -> (0.6, 0.8); (0, 0) -> (0, 0) thanks to eps.
         assert_eq!(y, vec![0.6, 0., 0.8, 0.]);
     }

@@ -26,11 +26,7 @@ pub struct OracleConfig {
 impl OracleConfig {
     /// The network part of the config.
     pub fn resnet(&self) -> ResNetConfig {
-        ResNetConfig {
-            arch: self.arch,
-            stem: self.stem,
-            num_classes: self.num_classes,
-        }
+        ResNetConfig { arch: self.arch, stem: self.stem, num_classes: self.num_classes }
     }
 }
 
@@ -57,28 +53,15 @@ impl Oracle {
         weights.get(&[cfg.num_classes, ResNet::FEATURES], "fc.weight")?;
         let net = ResNet::load(weights, &cfg.resnet())?;
         let device = net.device().clone();
-        Ok(Self {
-            net,
-            cfg: *cfg,
-            device,
-        })
+        Ok(Self { net, cfg: *cfg, device })
     }
 
     /// Logits for `n` images given as planar uint8 RGB (`n x 3 x height x width`, row-major),
     /// returned row-major as `n x num_classes`.
-    pub fn logits(
-        &self,
-        pixels: &[u8],
-        n: usize,
-        height: usize,
-        width: usize,
-    ) -> Result<Vec<f32>, candle_core::Error> {
+    pub fn logits(&self, pixels: &[u8], n: usize, height: usize, width: usize) -> Result<Vec<f32>, candle_core::Error> {
         let expected = n * 3 * height * width;
         if pixels.len() != expected {
-            candle_core::bail!(
-                "oracle: got {} pixel bytes, expected {expected} for {n} x 3 x {height} x {width}",
-                pixels.len()
-            );
+            candle_core::bail!("oracle: got {} pixel bytes, expected {expected} for {n} x 3 x {height} x {width}", pixels.len());
         }
         if n == 0 {
             return Ok(Vec::new());

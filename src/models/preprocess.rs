@@ -42,10 +42,7 @@ pub struct NormalizationParseError {
 impl Normalization {
     /// torchvision's ImageNet statistics: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
     pub fn imagenet() -> Self {
-        Normalization::MeanStd {
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-        }
+        Normalization::MeanStd { mean: IMAGENET_MEAN, std: IMAGENET_STD }
     }
 
     /// The network input for a uint8 batch `[N, 3, H, W]` (any device), as f32:
@@ -78,11 +75,7 @@ impl fmt::Display for Normalization {
             Normalization::MinusOneOne => f.write_str("minus-one-one"),
             n if *n == Normalization::imagenet() => f.write_str("imagenet"),
             // f32's Display is the shortest string that parses back to the same value.
-            Normalization::MeanStd { mean, std } => write!(
-                f,
-                "{},{},{}/{},{},{}",
-                mean[0], mean[1], mean[2], std[0], std[1], std[2]
-            ),
+            Normalization::MeanStd { mean, std } => write!(f, "{},{},{}/{},{},{}", mean[0], mean[1], mean[2], std[0], std[1], std[2]),
         }
     }
 }
@@ -91,29 +84,19 @@ impl FromStr for Normalization {
     type Err = NormalizationParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| NormalizationParseError {
-            value: s.to_string(),
-            reason: reason.to_string(),
-        };
+        let err = |reason: &str| NormalizationParseError { value: s.to_string(), reason: reason.to_string() };
         match s.trim() {
             "imagenet" => return Ok(Normalization::imagenet()),
             "minus-one-one" => return Ok(Normalization::MinusOneOne),
             _ => {}
         }
-        let (mean, std) = s
-            .split_once('/')
-            .ok_or_else(|| err("not a known name and no '/' between means and stds"))?;
+        let (mean, std) = s.split_once('/').ok_or_else(|| err("not a known name and no '/' between means and stds"))?;
         let triple = |part: &str, what: &str| -> Result<[f32; 3], NormalizationParseError> {
             let values = part
                 .split(',')
                 .map(|v| v.trim().parse::<f32>())
                 .collect::<Result<Vec<f32>, _>>()
-                .map_err(|_| {
-                    err(&format!(
-                        "{what} \"{}\" is not a list of numbers",
-                        part.trim()
-                    ))
-                })?;
+                .map_err(|_| err(&format!("{what} \"{}\" is not a list of numbers", part.trim())))?;
             match values[..] {
                 [a, b, c] if values.iter().all(|v| v.is_finite()) => Ok([a, b, c]),
                 [_, _, _] => Err(err(&format!("{what} must be finite"))),
@@ -149,31 +132,16 @@ mod tests {
 
     #[test]
     fn parses_and_prints_all_forms() {
-        assert_eq!(
-            "imagenet".parse::<Normalization>(),
-            Ok(Normalization::imagenet())
-        );
-        assert_eq!(
-            "minus-one-one".parse::<Normalization>(),
-            Ok(Normalization::MinusOneOne)
-        );
+        assert_eq!("imagenet".parse::<Normalization>(), Ok(Normalization::imagenet()));
+        assert_eq!("minus-one-one".parse::<Normalization>(), Ok(Normalization::MinusOneOne));
         let n: Normalization = "0.5, 0.5,0.5/0.25,0.5,1".parse().unwrap();
-        assert_eq!(
-            n,
-            Normalization::MeanStd {
-                mean: [0.5; 3],
-                std: [0.25, 0.5, 1.0]
-            }
-        );
+        assert_eq!(n, Normalization::MeanStd { mean: [0.5; 3], std: [0.25, 0.5, 1.0] });
         assert_eq!(n.to_string(), "0.5,0.5,0.5/0.25,0.5,1");
         assert_eq!(Normalization::imagenet().to_string(), "imagenet");
         // The explicit imagenet statistics round-trip to the same value.
         let explicit: Normalization = "0.485,0.456,0.406/0.229,0.224,0.225".parse().unwrap();
         assert_eq!(explicit, Normalization::imagenet());
-        assert_eq!(
-            serde_json::to_string(&n).unwrap(),
-            "\"0.5,0.5,0.5/0.25,0.5,1\""
-        );
+        assert_eq!(serde_json::to_string(&n).unwrap(), "\"0.5,0.5,0.5/0.25,0.5,1\"");
         let back: Normalization = serde_json::from_str("\"minus-one-one\"").unwrap();
         assert_eq!(back, Normalization::MinusOneOne);
     }
@@ -196,18 +164,8 @@ mod tests {
     #[test]
     fn to_input_matches_the_formulas() {
         let dev = Device::Cpu;
-        let px = Tensor::new(&[0u8, 255, 51, 102, 204, 0], &dev)
-            .unwrap()
-            .reshape((1, 3, 1, 2))
-            .unwrap();
-        let v = |n: Normalization| -> Vec<f32> {
-            n.to_input(&px)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
+        let px = Tensor::new(&[0u8, 255, 51, 102, 204, 0], &dev).unwrap().reshape((1, 3, 1, 2)).unwrap();
+        let v = |n: Normalization| -> Vec<f32> { n.to_input(&px).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
         let m1 = v(Normalization::MinusOneOne);
         for (got, want) in m1.iter().zip([-1.0, 1.0, -0.6, -0.2, 0.6, -1.0]) {
             assert!((got - want).abs() < 1e-6, "{got} vs {want}");
@@ -224,8 +182,6 @@ mod tests {
         for (got, want) in im.iter().zip(want) {
             assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         }
-        assert!(Normalization::MinusOneOne
-            .to_input(&px.reshape((3, 1, 2)).unwrap())
-            .is_err());
+        assert!(Normalization::MinusOneOne.to_input(&px.reshape((3, 1, 2)).unwrap()).is_err());
     }
 }

@@ -129,21 +129,13 @@ pub struct ResNetConfig {
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        Self {
-            arch: ResNetArch::ResNet18,
-            stem: Stem::Imagenet,
-            num_classes: 1000,
-        }
+        Self { arch: ResNetArch::ResNet18, stem: Stem::Imagenet, num_classes: 1000 }
     }
 }
 
 impl fmt::Display for ResNetConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({} stem, {} classes)",
-            self.arch, self.stem, self.num_classes
-        )
+        write!(f, "{} ({} stem, {} classes)", self.arch, self.stem, self.num_classes)
     }
 }
 
@@ -156,19 +148,8 @@ struct Conv {
 }
 
 impl Conv {
-    fn load(
-        w: &WeightMap,
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Self, WeightsError> {
-        Ok(Self {
-            weight: w.get(&[c_out, c_in, kernel, kernel], "weight")?,
-            stride,
-            padding,
-        })
+    fn load(w: &WeightMap, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self, WeightsError> {
+        Ok(Self { weight: w.get(&[c_out, c_in, kernel, kernel], "weight")?, stride, padding })
     }
 }
 
@@ -202,10 +183,7 @@ impl BatchNorm {
         let fold = || -> candle_core::Result<(Tensor, Tensor)> {
             let scale = (weight / (var + BN_EPS)?.sqrt()?)?;
             let shift = (bias - (mean * &scale)?)?;
-            Ok((
-                scale.reshape((1, channels, 1, 1))?,
-                shift.reshape((1, channels, 1, 1))?,
-            ))
+            Ok((scale.reshape((1, channels, 1, 1))?, shift.reshape((1, channels, 1, 1))?))
         };
         let (scale, shift) = fold().map_err(|e| WeightsError::Tensor {
             path: w.path().to_path_buf(),
@@ -238,10 +216,7 @@ impl BasicBlock {
         // torchvision adds the projection exactly when the identity cannot be added as is.
         let downsample = if stride != 1 || c_in != c_out {
             let d = w.pp("downsample");
-            Some((
-                Conv::load(&d.pp(0), c_in, c_out, 1, stride, 0)?,
-                BatchNorm::load(&d.pp(1), c_out)?,
-            ))
+            Some((Conv::load(&d.pp(0), c_in, c_out, 1, stride, 0)?, BatchNorm::load(&d.pp(1), c_out)?))
         } else {
             None
         };
@@ -304,25 +279,10 @@ impl ResNet {
         let fc = weights.pp("fc");
         let fc_weight = fc.get(&[cfg.num_classes, WIDTHS[3]], "weight")?;
         let fc_bias = fc.get(&[cfg.num_classes], "bias")?;
-        if let Some(name) = weights
-            .unused_keys()
-            .into_iter()
-            .find(|k| k.starts_with(&prefixed(weights.prefix(), "")))
-        {
-            return Err(WeightsError::Unexpected {
-                path: weights.path().to_path_buf(),
-                name,
-                model: cfg.to_string(),
-            });
+        if let Some(name) = weights.unused_keys().into_iter().find(|k| k.starts_with(&prefixed(weights.prefix(), ""))) {
+            return Err(WeightsError::Unexpected { path: weights.path().to_path_buf(), name, model: cfg.to_string() });
         }
-        Ok(Self {
-            conv1,
-            bn1,
-            layers,
-            fc_weight,
-            fc_bias,
-            cfg: *cfg,
-        })
+        Ok(Self { conv1, bn1, layers, fc_weight, fc_bias, cfg: *cfg })
     }
 
     /// Width of the pooled features that `fc` maps to logits.
@@ -401,8 +361,7 @@ mod tests {
             "resnet50".parse::<ResNetArch>().unwrap_err().to_string(),
             "unknown resnet architecture \"resnet50\": expected \"resnet18\" or \"resnet34\""
         );
-        let cfg: ResNetConfig =
-            serde_json::from_str(r#"{"arch":"resnet34","stem":"cifar","num_classes":10}"#).unwrap();
+        let cfg: ResNetConfig = serde_json::from_str(r#"{"arch":"resnet34","stem":"cifar","num_classes":10}"#).unwrap();
         assert_eq!(cfg.arch, ResNetArch::ResNet34);
         assert_eq!(cfg.stem, Stem::Cifar);
     }
@@ -410,12 +369,7 @@ mod tests {
     #[test]
     fn padded_max_pool_matches_pytorch_shape_and_values() {
         // 1x1x4x5 ramp; PyTorch: MaxPool2d(3, 2, 1) -> 2x3.
-        let x = Tensor::arange(0f32, 20., &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, 4, 5))
-            .unwrap()
-            .neg()
-            .unwrap();
+        let x = Tensor::arange(0f32, 20., &Device::Cpu).unwrap().reshape((1, 1, 4, 5)).unwrap().neg().unwrap();
         let y = max_pool_3x3_s2_p1(&x).unwrap();
         assert_eq!(y.dims(), &[1, 1, 2, 3]);
         // Negated ramp: each window's max is its top-left real element.
@@ -434,17 +388,8 @@ mod tests {
         m.insert("bn.running_var".into(), t(&[4.0 - 1e-5]));
         let w = WeightMap::from_tensors(m, "mem");
         let bn = BatchNorm::load(&w.pp("bn"), 1).unwrap();
-        let x = Tensor::new(&[3f32], &dev)
-            .unwrap()
-            .reshape((1, 1, 1, 1))
-            .unwrap();
-        let y: f32 = bn
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()[0];
+        let x = Tensor::new(&[3f32], &dev).unwrap().reshape((1, 1, 1, 1)).unwrap();
+        let y: f32 = bn.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
         // (3 - 1) / 2 * 2 + 0.5
         assert!((y - 2.5).abs() < 1e-6, "{y}");
     }

@@ -41,24 +41,11 @@ pub enum WeightsError {
         "weights {}: tensor \"{name}\" has shape {found:?}, expected {expected:?}",
         .path.display()
     )]
-    Shape {
-        path: PathBuf,
-        name: String,
-        found: Vec<usize>,
-        expected: Vec<usize>,
-    },
+    Shape { path: PathBuf, name: String, found: Vec<usize>, expected: Vec<usize> },
     #[error("weights {}: unexpected tensor \"{name}\" for {model}", .path.display())]
-    Unexpected {
-        path: PathBuf,
-        name: String,
-        model: String,
-    },
+    Unexpected { path: PathBuf, name: String, model: String },
     #[error("weights {}: tensor \"{name}\": {cause}", .path.display())]
-    Tensor {
-        path: PathBuf,
-        name: String,
-        cause: String,
-    },
+    Tensor { path: PathBuf, name: String, cause: String },
 }
 
 /// The zip local-file-header magic: every torch >= 1.6 checkpoint starts with it.
@@ -85,30 +72,16 @@ impl WeightMap {
     /// Loads every tensor of `path` onto `device` (`.safetensors`, or `.pth`/`.pt` in the zip or
     /// the legacy format).
     pub fn load(path: &Path, device: &Device) -> Result<WeightMap, WeightsError> {
-        let read_err = |cause: String| WeightsError::Read {
-            path: path.to_path_buf(),
-            cause,
-        };
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
+        let read_err = |cause: String| WeightsError::Read { path: path.to_path_buf(), cause };
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
         let raw: Vec<(String, Tensor)> = match ext.as_deref() {
-            Some("safetensors") => candle_core::safetensors::load(path, device)
-                .map_err(|e| read_err(e.to_string()))?
-                .into_iter()
-                .collect(),
+            Some("safetensors") => candle_core::safetensors::load(path, device).map_err(|e| read_err(e.to_string()))?.into_iter().collect(),
             Some("pth") | Some("pt") => {
                 // candle's pickle reader only understands the zip container: sniff the format.
                 let mut head = [0u8; 512];
-                let n = File::open(path)
-                    .and_then(|mut f| read_prefix(&mut f, &mut head))
-                    .map_err(|e| read_err(e.to_string()))?;
+                let n = File::open(path).and_then(|mut f| read_prefix(&mut f, &mut head)).map_err(|e| read_err(e.to_string()))?;
                 let head = &head[..n];
-                let legacy_err = |cause: String| WeightsError::LegacyPth {
-                    path: path.to_path_buf(),
-                    cause,
-                };
+                let legacy_err = |cause: String| WeightsError::LegacyPth { path: path.to_path_buf(), cause };
                 if head.starts_with(&ZIP_MAGIC) {
                     read_pth(path).map_err(read_err)?
                 } else if head.first() == Some(&PICKLE_PROTO) {
@@ -121,8 +94,7 @@ impl WeightMap {
                             .to_string(),
                     ));
                 } else {
-                    let first: Vec<String> =
-                        head.iter().take(4).map(|b| format!("{b:02x}")).collect();
+                    let first: Vec<String> = head.iter().take(4).map(|b| format!("{b:02x}")).collect();
                     return Err(read_err(format!(
                         "not a torch checkpoint: expected a zip archive (torch >= 1.6) or a \
                          pickle stream (legacy format), found first bytes [{}]",
@@ -130,21 +102,15 @@ impl WeightMap {
                     )));
                 }
             }
-            _ => {
-                return Err(WeightsError::Extension {
-                    path: path.to_path_buf(),
-                })
-            }
+            _ => return Err(WeightsError::Extension { path: path.to_path_buf() }),
         };
         let mut tensors = HashMap::with_capacity(raw.len());
         for (name, t) in raw {
-            let t = to_f32_if_float(&t)
-                .and_then(|t| t.to_device(device))
-                .map_err(|e| WeightsError::Tensor {
-                    path: path.to_path_buf(),
-                    name: name.clone(),
-                    cause: e.to_string(),
-                })?;
+            let t = to_f32_if_float(&t).and_then(|t| t.to_device(device)).map_err(|e| WeightsError::Tensor {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                cause: e.to_string(),
+            })?;
             tensors.insert(name, t);
         }
         Ok(Self::new(tensors, path.to_path_buf()))
@@ -157,12 +123,7 @@ impl WeightMap {
     }
 
     fn new(tensors: HashMap<String, Tensor>, path: PathBuf) -> Self {
-        Self {
-            tensors: Arc::new(tensors),
-            path: Arc::new(path),
-            used: Arc::new(Mutex::new(BTreeSet::new())),
-            prefix: String::new(),
-        }
+        Self { tensors: Arc::new(tensors), path: Arc::new(path), used: Arc::new(Mutex::new(BTreeSet::new())), prefix: String::new() }
     }
 
     /// A view whose lookups are prefixed with `prefix.` (nested: `pp("a").pp("b")` is `a.b.`).
@@ -178,13 +139,7 @@ impl WeightMap {
     /// The tensor `name` (under this view's prefix), checked to have exactly `shape`.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor, WeightsError> {
         let full = self.full_name(name);
-        let t = self
-            .tensors
-            .get(&full)
-            .ok_or_else(|| WeightsError::Missing {
-                path: self.path.to_path_buf(),
-                name: full.clone(),
-            })?;
+        let t = self.tensors.get(&full).ok_or_else(|| WeightsError::Missing { path: self.path.to_path_buf(), name: full.clone() })?;
         if t.dims() != shape {
             return Err(WeightsError::Shape {
                 path: self.path.to_path_buf(),
@@ -194,10 +149,7 @@ impl WeightMap {
             });
         }
         let t = t.clone();
-        self.used
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(full);
+        self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(full);
         Ok(t)
     }
 
@@ -208,9 +160,7 @@ impl WeightMap {
 
     /// The shape of `name` (under this view's prefix), if present.
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
-        self.tensors
-            .get(&self.full_name(name))
-            .map(|t| t.dims().to_vec())
+        self.tensors.get(&self.full_name(name)).map(|t| t.dims().to_vec())
     }
 
     /// The file the tensors came from (or the label given to [`WeightMap::from_tensors`]).
@@ -234,16 +184,8 @@ impl WeightMap {
     /// after loading to reject a checkpoint that holds more than it uses (a ResNet-34 loaded as
     /// a ResNet-18 would otherwise load "successfully", silently dropping half the network).
     pub fn unused_keys(&self) -> Vec<String> {
-        let used = self
-            .used
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut keys: Vec<String> = self
-            .tensors
-            .keys()
-            .filter(|k| !used.contains(*k))
-            .cloned()
-            .collect();
+        let used = self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut keys: Vec<String> = self.tensors.keys().filter(|k| !used.contains(*k)).cloned().collect();
         keys.sort();
         keys
     }
@@ -305,14 +247,8 @@ mod tests {
     fn map() -> WeightMap {
         let dev = Device::Cpu;
         let mut m = HashMap::new();
-        m.insert(
-            "layer1.0.conv1.weight".to_string(),
-            Tensor::zeros((2, 3), DType::F32, &dev).unwrap(),
-        );
-        m.insert(
-            "fc.bias".to_string(),
-            Tensor::zeros(5, DType::F32, &dev).unwrap(),
-        );
+        m.insert("layer1.0.conv1.weight".to_string(), Tensor::zeros((2, 3), DType::F32, &dev).unwrap());
+        m.insert("fc.bias".to_string(), Tensor::zeros(5, DType::F32, &dev).unwrap());
         WeightMap::from_tensors(m, "/p/oracle.safetensors")
     }
 
@@ -331,29 +267,16 @@ mod tests {
     fn errors_name_file_and_full_key() {
         let w = map();
         let e = w.pp("layer1.0").get(&[2, 3], "conv2.weight").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "weights /p/oracle.safetensors: tensor \"layer1.0.conv2.weight\" is missing"
-        );
+        assert_eq!(e.to_string(), "weights /p/oracle.safetensors: tensor \"layer1.0.conv2.weight\" is missing");
         let e = w.pp("fc").get(&[10], "bias").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "weights /p/oracle.safetensors: tensor \"fc.bias\" has shape [5], expected [10]"
-        );
+        assert_eq!(e.to_string(), "weights /p/oracle.safetensors: tensor \"fc.bias\" has shape [5], expected [10]");
     }
 
     #[test]
     fn rejects_unknown_extension_and_unreadable_file() {
         let e = WeightMap::load(Path::new("/p/x.onnx"), &Device::Cpu).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "weights /p/x.onnx: unsupported file extension; expected .safetensors, .pth or .pt"
-        );
+        assert_eq!(e.to_string(), "weights /p/x.onnx: unsupported file extension; expected .safetensors, .pth or .pt");
         let e = WeightMap::load(Path::new("/nonexistent/x.pth"), &Device::Cpu).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("weights /nonexistent/x.pth: cannot read: "),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("weights /nonexistent/x.pth: cannot read: "), "{e}");
     }
 }

@@ -35,11 +35,7 @@ pub enum FigureError {
     #[error("cannot draw figure {}: {detail}", .path.display())]
     Input { path: PathBuf, detail: String },
     #[error("figure {} would be {width}x{height} pixels, more than {MAX_EDGE} on a side", .path.display())]
-    TooLarge {
-        path: PathBuf,
-        width: u32,
-        height: u32,
-    },
+    TooLarge { path: PathBuf, width: u32, height: u32 },
     #[error("cannot draw or write figure {}: {message}", .path.display())]
     Draw { path: PathBuf, message: String },
 }
@@ -69,11 +65,7 @@ const BLUES: [(u8, u8, u8); 9] = [
 
 /// Colour of a share in [0, 1] on the Blues ramp (linear between anchors).
 fn blues(share: f64) -> RGBColor {
-    let s = if share.is_finite() {
-        share.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
+    let s = if share.is_finite() { share.clamp(0.0, 1.0) } else { 0.0 };
     let x = s * (BLUES.len() - 1) as f64;
     let i = (x.floor() as usize).min(BLUES.len() - 2);
     let f = x - i as f64;
@@ -109,9 +101,7 @@ impl Pen {
         FACE.get_or_init(|| FontRef::try_from_slice(FONT_BYTES).ok())
             .as_ref()
             .map(|face| Pen { face })
-            .ok_or_else(|| FigureError::Font {
-                path: path.to_path_buf(),
-            })
+            .ok_or_else(|| FigureError::Font { path: path.to_path_buf() })
     }
 
     /// Advance width of `s` in pixels at pixel height `size`, with kerning.
@@ -133,34 +123,18 @@ impl Pen {
     /// Width and line height in pixels of `s` at `size`, unrotated.
     fn measure(&self, size: f64, s: &str) -> (u32, u32) {
         let sf = self.face.as_scaled(PxScale::from(size as f32));
-        (
-            self.advance(size, s).ceil() as u32,
-            (sf.ascent() - sf.descent()).ceil() as u32,
-        )
+        (self.advance(size, s).ceil() as u32, (sf.ascent() - sf.descent()).ceil() as u32)
     }
 
     fn widest(&self, size: f64, labels: &[String]) -> u32 {
-        labels
-            .iter()
-            .map(|l| self.measure(size, l).0)
-            .max()
-            .unwrap_or(0)
+        labels.iter().map(|l| self.measure(size, l).0).max().unwrap_or(0)
     }
 
     /// Draws `s` anchored horizontally by `h` at `x` and with the middle of its capitals at `y`,
     /// so labels line up with the cells and ticks they name. `rotated` turns it 90° anticlockwise
     /// (reading bottom to top), about the same anchor.
     #[allow(clippy::too_many_arguments)]
-    fn text(
-        &self,
-        area: &Area,
-        s: &str,
-        (x, y): (i32, i32),
-        size: f64,
-        color: RGBColor,
-        h: HPos,
-        rotated: bool,
-    ) -> Result<(), String> {
+    fn text(&self, area: &Area, s: &str, (x, y): (i32, i32), size: f64, color: RGBColor, h: HPos, rotated: bool) -> Result<(), String> {
         let sf = self.face.as_scaled(PxScale::from(size as f32));
         let width = self.advance(size, s);
         let x0 = match h {
@@ -168,9 +142,7 @@ impl Pen {
             HPos::Center => -width / 2.0,
             HPos::Right => -width,
         };
-        let cap = sf
-            .outline_glyph(sf.scaled_glyph('H'))
-            .map_or(size as f32 * 0.7, |g| -g.px_bounds().min.y);
+        let cap = sf.outline_glyph(sf.scaled_glyph('H')).map_or(size as f32 * 0.7, |g| -g.px_bounds().min.y);
         let baseline = (cap / 2.0).round();
         let mut caret = x0;
         let mut prev = None;
@@ -194,13 +166,8 @@ impl Pen {
             prev = Some(id);
         }
         for (lx, ly, cov) in pixels {
-            let at = if rotated {
-                (x + ly, y - lx)
-            } else {
-                (x + lx, y + ly)
-            };
-            area.draw_pixel(at, &color.mix(cov.min(1.0) as f64))
-                .map_err(|e| e.to_string())?;
+            let at = if rotated { (x + ly, y - lx) } else { (x + lx, y + ly) };
+            area.draw_pixel(at, &color.mix(cov.min(1.0) as f64)).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -216,42 +183,17 @@ fn abbreviate(name: &str) -> String {
     }
 }
 
-fn rect(
-    area: &Area,
-    a: (i32, i32),
-    b: (i32, i32),
-    color: RGBColor,
-    fill: bool,
-) -> Result<(), String> {
-    let style = if fill {
-        color.filled()
-    } else {
-        color.stroke_width(1)
-    };
-    area.draw(&Rectangle::new([a, b], style))
-        .map_err(|e| e.to_string())
+fn rect(area: &Area, a: (i32, i32), b: (i32, i32), color: RGBColor, fill: bool) -> Result<(), String> {
+    let style = if fill { color.filled() } else { color.stroke_width(1) };
+    area.draw(&Rectangle::new([a, b], style)).map_err(|e| e.to_string())
 }
 
-fn line(
-    area: &Area,
-    a: (i32, i32),
-    b: (i32, i32),
-    color: RGBColor,
-    width: u32,
-) -> Result<(), String> {
-    area.draw(&PathElement::new(vec![a, b], color.stroke_width(width)))
-        .map_err(|e| e.to_string())
+fn line(area: &Area, a: (i32, i32), b: (i32, i32), color: RGBColor, width: u32) -> Result<(), String> {
+    area.draw(&PathElement::new(vec![a, b], color.stroke_width(width))).map_err(|e| e.to_string())
 }
 
 /// A horizontal dashed line from `x0` to `x1` at `y`.
-fn dashed(
-    area: &Area,
-    x0: i32,
-    x1: i32,
-    y: i32,
-    color: RGBColor,
-    width: u32,
-) -> Result<(), String> {
+fn dashed(area: &Area, x0: i32, x1: i32, y: i32, color: RGBColor, width: u32) -> Result<(), String> {
     let (dash, gap) = (10, 6);
     let mut x = x0;
     while x < x1 {
@@ -263,27 +205,16 @@ fn dashed(
 
 fn check_size(path: &Path, width: u32, height: u32) -> Result<(), FigureError> {
     if width > MAX_EDGE || height > MAX_EDGE {
-        return Err(FigureError::TooLarge {
-            path: path.to_path_buf(),
-            width,
-            height,
-        });
+        return Err(FigureError::TooLarge { path: path.to_path_buf(), width, height });
     }
     Ok(())
 }
 
 /// Runs `draw` on a white `width`x`height` bitmap and writes it to `path` (format from the
 /// extension; `.png` for the report).
-fn render(
-    path: &Path,
-    (width, height): (u32, u32),
-    draw: impl FnOnce(&Area) -> Result<(), String>,
-) -> Result<(), FigureError> {
+fn render(path: &Path, (width, height): (u32, u32), draw: impl FnOnce(&Area) -> Result<(), String>) -> Result<(), FigureError> {
     check_size(path, width, height)?;
-    let err = |message: String| FigureError::Draw {
-        path: path.to_path_buf(),
-        message,
-    };
+    let err = |message: String| FigureError::Draw { path: path.to_path_buf(), message };
     let area = BitMapBackend::new(path, (width, height)).into_drawing_area();
     area.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     draw(&area).map_err(err)?;
@@ -306,32 +237,18 @@ fn percent(share: f64) -> String {
 /// Confusion-matrix heat map: rows = true (intended) class, first class at the top; columns =
 /// predicted class. Cell colour is the row-normalised share; each cell shows its count and share.
 /// A row with no items is drawn grey with "–" for the share instead of dividing by zero.
-pub fn confusion_heatmap(
-    path: &Path,
-    title: &str,
-    classes: &[String],
-    confusion: &[Vec<u64>],
-) -> Result<(), FigureError> {
+pub fn confusion_heatmap(path: &Path, title: &str, classes: &[String], confusion: &[Vec<u64>]) -> Result<(), FigureError> {
     let pen = Pen::new(path)?;
     let n = classes.len();
-    let input = |detail: String| FigureError::Input {
-        path: path.to_path_buf(),
-        detail,
-    };
+    let input = |detail: String| FigureError::Input { path: path.to_path_buf(), detail };
     if n == 0 {
         return Err(input("no classes to draw".into()));
     }
     if confusion.len() != n {
-        return Err(input(format!(
-            "confusion matrix has {} rows for {n} classes",
-            confusion.len()
-        )));
+        return Err(input(format!("confusion matrix has {} rows for {n} classes", confusion.len())));
     }
     if let Some((r, row)) = confusion.iter().enumerate().find(|(_, row)| row.len() != n) {
-        return Err(input(format!(
-            "confusion matrix row {r} has {} columns for {n} classes",
-            row.len()
-        )));
+        return Err(input(format!("confusion matrix row {r} has {} columns for {n} classes", row.len())));
     }
 
     let labels: Vec<String> = classes.iter().map(|c| abbreviate(c)).collect();
@@ -375,15 +292,7 @@ pub fn confusion_heatmap(
         let cell_i = cell as i32;
         let grid_i = grid as i32;
         let center = (width / 2) as i32;
-        pen.text(
-            area,
-            title,
-            (center, (pad + title_h / 2) as i32),
-            title_size,
-            INK,
-            HPos::Center,
-            false,
-        )?;
+        pen.text(area, title, (center, (pad + title_h / 2) as i32), title_size, INK, HPos::Center, false)?;
 
         for (t, row) in confusion.iter().enumerate() {
             let y0 = gy + t as i32 * cell_i;
@@ -418,24 +327,8 @@ pub fn confusion_heatmap(
             }
             // Row label and support, centred on the row.
             let cy = y0 + cell_i / 2;
-            pen.text(
-                area,
-                &labels[t],
-                (gx - gap as i32, cy),
-                tick_size,
-                INK,
-                HPos::Right,
-                false,
-            )?;
-            pen.text(
-                area,
-                &support_labels[t],
-                (gx + grid_i + gap as i32, cy),
-                note_size,
-                MUTED,
-                HPos::Left,
-                false,
-            )?;
+            pen.text(area, &labels[t], (gx - gap as i32, cy), tick_size, INK, HPos::Right, false)?;
+            pen.text(area, &support_labels[t], (gx + grid_i + gap as i32, cy), note_size, MUTED, HPos::Left, false)?;
         }
         rect(area, (gx, gy), (gx + grid_i, gy + grid_i), MUTED, false)?;
 
@@ -446,89 +339,31 @@ pub fn confusion_heatmap(
             if x_rotated {
                 pen.text(area, label, (cx, below), tick_size, INK, HPos::Right, true)?;
             } else {
-                pen.text(
-                    area,
-                    label,
-                    (cx, below + (tick_h / 2) as i32),
-                    tick_size,
-                    INK,
-                    HPos::Center,
-                    false,
-                )?;
+                pen.text(area, label, (cx, below + (tick_h / 2) as i32), tick_size, INK, HPos::Center, false)?;
             }
         }
 
         // Axis titles.
         let x_title_y = gy + grid_i + (gap + x_label_h + gap + axis_h / 2) as i32;
-        pen.text(
-            area,
-            "predicted class",
-            (gx + grid_i / 2, x_title_y),
-            axis_size,
-            INK,
-            HPos::Center,
-            false,
-        )?;
+        pen.text(area, "predicted class", (gx + grid_i / 2, x_title_y), axis_size, INK, HPos::Center, false)?;
         let y_title_x = (x_off + pad + axis_h / 2) as i32;
-        pen.text(
-            area,
-            "true (intended) class",
-            (y_title_x, gy + grid_i / 2),
-            axis_size,
-            INK,
-            HPos::Center,
-            true,
-        )?;
+        pen.text(area, "true (intended) class", (y_title_x, gy + grid_i / 2), axis_size, INK, HPos::Center, true)?;
 
         // Colour bar for the row share, 100% at the top like the ramp's darkest end.
         let bx = gx + grid_i + (gap + support_w + 2 * gap) as i32;
         for i in 0..grid_i {
             let share = 1.0 - i as f64 / (grid_i - 1).max(1) as f64;
-            line(
-                area,
-                (bx, gy + i),
-                (bx + bar_w as i32 - 1, gy + i),
-                blues(share),
-                1,
-            )?;
+            line(area, (bx, gy + i), (bx + bar_w as i32 - 1, gy + i), blues(share), 1)?;
         }
-        rect(
-            area,
-            (bx, gy),
-            (bx + bar_w as i32, gy + grid_i),
-            MUTED,
-            false,
-        )?;
+        rect(area, (bx, gy), (bx + bar_w as i32, gy + grid_i), MUTED, false)?;
         for k in 0..=4 {
             let y = gy + grid_i - (k * grid_i) / 4;
             let y = y.min(gy + grid_i - 1);
-            line(
-                area,
-                (bx + bar_w as i32, y),
-                (bx + bar_w as i32 + 4, y),
-                MUTED,
-                1,
-            )?;
-            pen.text(
-                area,
-                &format!("{}%", k * 25),
-                (bx + bar_w as i32 + 6, y),
-                note_size,
-                MUTED,
-                HPos::Left,
-                false,
-            )?;
+            line(area, (bx + bar_w as i32, y), (bx + bar_w as i32 + 4, y), MUTED, 1)?;
+            pen.text(area, &format!("{}%", k * 25), (bx + bar_w as i32 + 6, y), note_size, MUTED, HPos::Left, false)?;
         }
         let legend_y = gy - 8 - (legend_title_h / 2) as i32;
-        pen.text(
-            area,
-            legend_title,
-            (bx + bar_w as i32 / 2, legend_y),
-            note_size,
-            MUTED,
-            HPos::Center,
-            false,
-        )?;
+        pen.text(area, legend_title, (bx + bar_w as i32 / 2, legend_y), note_size, MUTED, HPos::Center, false)?;
         Ok(())
     })
 }
@@ -555,26 +390,15 @@ fn nice_step(span: f64, target: f64) -> f64 {
 /// Per-class RCA bars with reference lines at 1.0 (generated as recognisable as real) and at
 /// the global RCA. Classes without a value (no evidence, see `metrics::rca::relative_accuracy`)
 /// get no bar and an "n/a" label, so they cannot be mistaken for an RCA of 0.
-pub fn rca_bars(
-    path: &Path,
-    classes: &[String],
-    per_class: &[Option<f64>],
-    global: Option<f64>,
-) -> Result<(), FigureError> {
+pub fn rca_bars(path: &Path, classes: &[String], per_class: &[Option<f64>], global: Option<f64>) -> Result<(), FigureError> {
     let pen = Pen::new(path)?;
     let n = classes.len();
-    let input = |detail: String| FigureError::Input {
-        path: path.to_path_buf(),
-        detail,
-    };
+    let input = |detail: String| FigureError::Input { path: path.to_path_buf(), detail };
     if n == 0 {
         return Err(input("no classes to draw".into()));
     }
     if per_class.len() != n {
-        return Err(input(format!(
-            "{} per-class RCA values for {n} classes",
-            per_class.len()
-        )));
+        return Err(input(format!("{} per-class RCA values for {n} classes", per_class.len())));
     }
     // Non-finite or negative values cannot come from relative_accuracy; show them as missing
     // rather than drawing nonsense.
@@ -583,26 +407,15 @@ pub fn rca_bars(
     let global = clean(global);
 
     let labels: Vec<String> = classes.iter().map(|c| abbreviate(c)).collect();
-    let value_labels: Vec<String> = values
-        .iter()
-        .map(|v| v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.2}")))
-        .collect();
+    let value_labels: Vec<String> = values.iter().map(|v| v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.2}"))).collect();
     let global_s = global.map_or_else(|| "n/a".to_string(), |g| format!("{g:.3}"));
     let title = "Relative classification accuracy by class";
 
-    let max_v = values
-        .iter()
-        .flatten()
-        .copied()
-        .chain(global)
-        .fold(1.0f64, f64::max);
+    let max_v = values.iter().flatten().copied().chain(global).fold(1.0f64, f64::max);
     // 8% headroom leaves room for the value written above the tallest bar.
     let step = nice_step(max_v * 1.08, 5.0);
     let y_max = ((max_v * 1.08) / step).ceil() * step;
-    let ticks: Vec<f64> = (0..)
-        .map(|k| k as f64 * step)
-        .take_while(|t| *t <= y_max + step * 1e-9)
-        .collect();
+    let ticks: Vec<f64> = (0..).map(|k| k as f64 * step).take_while(|t| *t <= y_max + step * 1e-9).collect();
     // As many decimals as the step needs (0.25 → 2), at least one so the axis reads as a ratio.
     let decimals = (1..=3)
         .find(|d| {
@@ -628,15 +441,8 @@ pub fn rca_bars(
     let x_rotated = label_w + 6 > slot;
     let x_label_h = if x_rotated { label_w } else { tick_h };
     let y_tick_w = pen.widest(tick_size, &tick_labels);
-    let legend = [
-        ("parity with real data (1.0)".to_string(), PARITY, false),
-        (format!("global RCA ({global_s})"), GLOBAL, true),
-    ];
-    let legend_w = legend
-        .iter()
-        .map(|(l, _, _)| pen.measure(note_size, l).0)
-        .max()
-        .unwrap_or(0);
+    let legend = [("parity with real data (1.0)".to_string(), PARITY, false), (format!("global RCA ({global_s})"), GLOBAL, true)];
+    let legend_w = legend.iter().map(|(l, _, _)| pen.measure(note_size, l).0).max().unwrap_or(0);
     let value_h = pen.measure(note_size, "0").1;
 
     let left = pad + axis_h + gap + y_tick_w + gap;
@@ -654,28 +460,12 @@ pub fn rca_bars(
         let (px, py) = ((left + x_off) as i32, top as i32);
         let (pw, ph) = (plot_w as i32, plot_h as i32);
         let y_of = |v: f64| py + ph - ((v / y_max) * ph as f64).round() as i32;
-        pen.text(
-            area,
-            title,
-            ((width / 2) as i32, (pad + title_h / 2) as i32),
-            title_size,
-            INK,
-            HPos::Center,
-            false,
-        )?;
+        pen.text(area, title, ((width / 2) as i32, (pad + title_h / 2) as i32), title_size, INK, HPos::Center, false)?;
 
         for (t, l) in ticks.iter().zip(&tick_labels) {
             let y = y_of(*t);
             line(area, (px, y), (px + pw, y), GRID, 1)?;
-            pen.text(
-                area,
-                l,
-                (px - gap as i32, y),
-                tick_size,
-                INK,
-                HPos::Right,
-                false,
-            )?;
+            pen.text(area, l, (px - gap as i32, y), tick_size, INK, HPos::Right, false)?;
         }
 
         let bar_w = (slot as f64 * 0.62).round().min(72.0) as i32;
@@ -684,24 +474,10 @@ pub fn rca_bars(
             match v {
                 Some(v) => {
                     let y = y_of(*v);
-                    rect(
-                        area,
-                        (cx - bar_w / 2, y),
-                        (cx + bar_w / 2, py + ph),
-                        BAR,
-                        true,
-                    )?;
+                    rect(area, (cx - bar_w / 2, y), (cx + bar_w / 2, py + ph), BAR, true)?;
                 }
                 None => {
-                    pen.text(
-                        area,
-                        "n/a",
-                        (cx, py + ph - (gap + value_h / 2) as i32),
-                        note_size,
-                        MUTED,
-                        HPos::Center,
-                        false,
-                    )?;
+                    pen.text(area, "n/a", (cx, py + ph - (gap + value_h / 2) as i32), note_size, MUTED, HPos::Center, false)?;
                 }
             }
         }
@@ -718,22 +494,8 @@ pub fn rca_bars(
                 let cy = y_of(*v) - (gap + value_h / 2) as i32;
                 let half_w = (pen.measure(note_size, &value_labels[c]).0 / 2 + 3) as i32;
                 let half_h = (value_h / 2 + 1) as i32;
-                rect(
-                    area,
-                    (cx - half_w, cy - half_h),
-                    (cx + half_w, cy + half_h),
-                    WHITE,
-                    true,
-                )?;
-                pen.text(
-                    area,
-                    &value_labels[c],
-                    (cx, cy),
-                    note_size,
-                    INK,
-                    HPos::Center,
-                    false,
-                )?;
+                rect(area, (cx - half_w, cy - half_h), (cx + half_w, cy + half_h), WHITE, true)?;
+                pen.text(area, &value_labels[c], (cx, cy), note_size, INK, HPos::Center, false)?;
             }
         }
 
@@ -746,27 +508,11 @@ pub fn rca_bars(
             if x_rotated {
                 pen.text(area, label, (cx, below), tick_size, INK, HPos::Right, true)?;
             } else {
-                pen.text(
-                    area,
-                    label,
-                    (cx, below + (tick_h / 2) as i32),
-                    tick_size,
-                    INK,
-                    HPos::Center,
-                    false,
-                )?;
+                pen.text(area, label, (cx, below + (tick_h / 2) as i32), tick_size, INK, HPos::Center, false)?;
             }
         }
         let x_title_y = py + ph + (gap + x_label_h + gap + axis_h / 2) as i32;
-        pen.text(
-            area,
-            "class",
-            (px + pw / 2, x_title_y),
-            axis_size,
-            INK,
-            HPos::Center,
-            false,
-        )?;
+        pen.text(area, "class", (px + pw / 2, x_title_y), axis_size, INK, HPos::Center, false)?;
         pen.text(
             area,
             "RCA = recall gen / recall real",
@@ -788,15 +534,7 @@ pub fn rca_bars(
             } else {
                 line(area, (lx, y), (lx + 30, y), *color, 2)?;
             }
-            pen.text(
-                area,
-                label,
-                (lx + 30 + gap as i32, y),
-                note_size,
-                INK,
-                HPos::Left,
-                false,
-            )?;
+            pen.text(area, label, (lx + 30 + gap as i32, y), note_size, INK, HPos::Left, false)?;
         }
         Ok(())
     })
@@ -841,11 +579,7 @@ mod tests {
         let e = confusion_heatmap(&path, "t", &classes, &[vec![1, 2], vec![3]]).unwrap_err();
         assert!(e.to_string().contains("row 1 has 1 columns"), "{e}");
         let e = rca_bars(&path, &classes, &[Some(1.0)], None).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("1 per-class RCA values for 2 classes"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("1 per-class RCA values for 2 classes"), "{e}");
         assert!(confusion_heatmap(&path, "t", &[], &[]).is_err());
         assert!(!path.exists());
     }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::rca::{ClassificationSummary, RcaSummary};
 use crate::metrics::inception_score::InceptionScore;
+use crate::metrics::rca::{ClassificationSummary, RcaSummary};
 use crate::stages::fid::FidResult;
 use crate::stages::image_folder::SourceResult;
 use crate::stages::lpips_diversity::LpipsResult;

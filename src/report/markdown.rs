@@ -58,7 +58,10 @@ pub fn render(r: &Report) -> String {
                 generated.support.get(c).copied().unwrap_or(0),
             );
         }
-        let _ = writeln!(md, "\nClass RCA is n/a where the class has no real or no generated image, or the oracle never recognises its real images.\n");
+        let _ = writeln!(
+            md,
+            "\nClass RCA is n/a where the class has no real or no generated image, or the oracle never recognises its real images.\n"
+        );
         for (name, s) in [("real", real), ("generated", generated)] {
             let _ = writeln!(md, "### Confusion matrix, {name} (rows: true class, columns: predicted)\n");
             let _ = writeln!(md, "| true \\ predicted | {} |", r.classes.join(" | "));
@@ -77,15 +80,28 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(md, "| class | mean LPIPS | pairs |");
         let _ = writeln!(md, "|---|---:|---:|");
         for (c, class) in r.classes.iter().enumerate() {
-            let _ = writeln!(md, "| {class} | {} | {} |", num(l.diversity.per_class.get(c).copied().flatten()), l.diversity.pairs_per_class.get(c).copied().unwrap_or(0));
+            let _ = writeln!(
+                md,
+                "| {class} | {} | {} |",
+                num(l.diversity.per_class.get(c).copied().flatten()),
+                l.diversity.pairs_per_class.get(c).copied().unwrap_or(0)
+            );
         }
         let _ = writeln!(md);
     }
     if r.fid.is_some() || r.inception_score.is_some() {
         let _ = writeln!(md, "## Visual quality\n");
         if let Some(f) = &r.fid {
-            let against = f.reference.as_ref().map_or(format!("{} real images", f.real_images), |p| format!("reference statistics `{}`", p.display()));
-            let _ = writeln!(md, "- **FID = {}** ({} generated images against {against}; pytorch-fid conventions)", num(f.value), f.generated_images);
+            let against = f
+                .reference
+                .as_ref()
+                .map_or(format!("{} real images", f.real_images), |p| format!("reference statistics `{}`", p.display()));
+            let _ = writeln!(
+                md,
+                "- **FID = {}** ({} generated images against {against}; pytorch-fid conventions)",
+                num(f.value),
+                f.generated_images
+            );
             if f.rank_deficient {
                 let _ = writeln!(md, "  - fewer images than the {} feature dimensions on a side: the covariance is singular and FID is biased upwards; compare only runs of the same size", f.feature_dim);
             }
@@ -94,7 +110,8 @@ pub fn render(r: &Report) -> String {
             }
         }
         if let Some(s) = &r.inception_score {
-            let _ = writeln!(md, "- **Inception Score = {:.4} ± {:.4}** ({} splits, {} generated images)", s.mean, s.std, s.splits, s.images);
+            let _ =
+                writeln!(md, "- **Inception Score = {:.4} ± {:.4}** ({} splits, {} generated images)", s.mean, s.std, s.splits, s.images);
         }
         let _ = writeln!(md);
     }

@@ -120,13 +120,9 @@ pub async fn run(
 
     // 2. The supervisor starts one actor per stage; it answers on `done` when all have ended.
     let (done_tx, mut done_rx) = oneshot::channel();
-    let (supervisor, _handle) = Actor::spawn(
-        None,
-        RunSupervisor,
-        SupervisorArgs { stages: args, control: control.clone(), done: done_tx },
-    )
-    .await
-    .map_err(|e| RunError::Start(e.to_string()))?;
+    let (supervisor, _handle) = Actor::spawn(None, RunSupervisor, SupervisorArgs { stages: args, control: control.clone(), done: done_tx })
+        .await
+        .map_err(|e| RunError::Start(e.to_string()))?;
 
     // 3. Wait for the end, or for a stop request and then the end within the deadline.
     let report = tokio::select! {

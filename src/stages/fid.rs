@@ -103,7 +103,11 @@ impl Stage for FidStage {
             Some(path) => {
                 let stats = FidStats::read(path).map_err(StageError::failed)?;
                 if stats.dim() != DIM {
-                    return Err(StageError::Failed(format!("fid statistics \"{}\": {}-dimensional, expected {DIM} (pool3 features)", path.display(), stats.dim())));
+                    return Err(StageError::Failed(format!(
+                        "fid statistics \"{}\": {}-dimensional, expected {DIM} (pool3 features)",
+                        path.display(),
+                        stats.dim()
+                    )));
                 }
                 Some(stats)
             }
@@ -158,8 +162,8 @@ impl Stage for FidStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::batch::UnitId;
     use crate::runtime::accumulator::Snapshot;
+    use crate::runtime::batch::UnitId;
 
     /// Four 3-d feature rows per unit: unit k of `origin`, class 0, positions 4k..4k+3.
     fn batch(origin: Origin, units: std::ops::Range<u32>) -> FeatureBatch {

@@ -48,10 +48,8 @@ impl FidStats {
             return Err(invalid(format!("\"sigma\" has shape {:?}, expected [{d}, {d}] to match \"mu\"", sigma.dims())));
         }
         let to_vec = |t: &Tensor| t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
-        let stats = FidStats {
-            mu: to_vec(mu).map_err(|e| invalid(e.to_string()))?,
-            sigma: to_vec(sigma).map_err(|e| invalid(e.to_string()))?,
-        };
+        let stats =
+            FidStats { mu: to_vec(mu).map_err(|e| invalid(e.to_string()))?, sigma: to_vec(sigma).map_err(|e| invalid(e.to_string()))? };
         if stats.mu.iter().chain(&stats.sigma).any(|v| !v.is_finite()) {
             return Err(invalid("contains NaN or infinite values".into()));
         }
@@ -107,6 +105,9 @@ mod tests {
         );
         let not_npz = dir.path().join("x.npz");
         std::fs::write(&not_npz, b"hello").unwrap();
-        assert!(FidStats::read(&not_npz).unwrap_err().to_string().starts_with(&format!("fid statistics \"{}\": cannot read: ", not_npz.display())));
+        assert!(FidStats::read(&not_npz)
+            .unwrap_err()
+            .to_string()
+            .starts_with(&format!("fid statistics \"{}\": cannot read: ", not_npz.display())));
     }
 }

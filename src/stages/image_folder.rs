@@ -80,9 +80,7 @@ pub fn list_images(class_dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
 }
 
 fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 /// Decodes one file to planar RGB (3 x H x W) and its size.

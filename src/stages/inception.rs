@@ -34,8 +34,9 @@ impl Stage for InceptionStage {
                 return Err(StageError::Failed("received a non-image payload; the topology check should have refused this edge".into()));
             };
             let (features, logits) = ctx.timed(|| {
-                net.features(&batch.pixels, batch.len(), batch.height, batch.width)
-                    .map_err(|e| StageError::Failed(format!("inception forward on a {}x{} batch of {}: {e}", batch.width, batch.height, batch.len())))
+                net.features(&batch.pixels, batch.len(), batch.height, batch.width).map_err(|e| {
+                    StageError::Failed(format!("inception forward on a {}x{} batch of {}: {e}", batch.width, batch.height, batch.len()))
+                })
             })?;
             let out = FeatureBatch {
                 labels: batch.labels.clone(),

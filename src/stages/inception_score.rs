@@ -73,13 +73,19 @@ impl Stage for InceptionScoreStage {
             let acc = match &mut acc {
                 Some(acc) => acc,
                 None => {
-                    let planned = ctx.control.planned_per_class(Origin::Generated).ok_or_else(|| StageError::Failed("generated images arrived before their source announced its class sizes".into()))?;
+                    let planned = ctx.control.planned_per_class(Origin::Generated).ok_or_else(|| {
+                        StageError::Failed("generated images arrived before their source announced its class sizes".into())
+                    })?;
                     let class_offsets = planned.iter().scan(0u64, |sum, n| {
                         let offset = *sum;
                         *sum += n;
                         Some(offset)
                     });
-                    acc.insert(ExactlyOnce::new(IsAccumulator { state: InceptionScoreState::new(self.cfg.splits, k), class_offsets: class_offsets.collect(), nonfinite: 0 }))
+                    acc.insert(ExactlyOnce::new(IsAccumulator {
+                        state: InceptionScoreState::new(self.cfg.splits, k),
+                        class_offsets: class_offsets.collect(),
+                        nonfinite: 0,
+                    }))
                 }
             };
             let before = acc.inner().nonfinite;
@@ -119,7 +125,12 @@ mod tests {
                 let x = (class * 100 + index * 3 + i) as f32;
                 logits.extend((0..k).map(|j| (x * (j as f32 + 1.3)).sin() * 3.0));
             }
-            spans.push(UnitSpan { id: UnitId { origin: Origin::Generated, class, index }, start: n * 3, len: 3, first_position: index as u64 * 3 });
+            spans.push(UnitSpan {
+                id: UnitId { origin: Origin::Generated, class, index },
+                start: n * 3,
+                len: 3,
+                first_position: index as u64 * 3,
+            });
         }
         FeatureBatch { labels: vec![class; spans.len() * 3], units: spans, feature_dim: 0, features: Vec::new(), logit_dim: k, logits }
     }

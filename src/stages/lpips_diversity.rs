@@ -115,7 +115,9 @@ impl Tracker {
                 a.extend_from_slice(&self.held[&(c, i)]);
                 b.extend_from_slice(&self.held[&(c, j)]);
             }
-            let d = lpips.distance_u8(&a, &b, chunk.len(), h, w).map_err(|e| StageError::Failed(format!("lpips forward on {} pairs of {w}x{h}: {e}", chunk.len())))?;
+            let d = lpips
+                .distance_u8(&a, &b, chunk.len(), h, w)
+                .map_err(|e| StageError::Failed(format!("lpips forward on {} pairs of {w}x{h}: {e}", chunk.len())))?;
             for (&(c, i, j), dist) in chunk.iter().zip(d) {
                 self.state.add(c, dist as f64);
                 for pos in [i, j] {
@@ -204,7 +206,8 @@ mod tests {
 
     /// Unit `index` of class 0: 2 images (positions 2*index, 2*index+1) of 1x1 pixels.
     fn unit(index: u32) -> ImageBatch {
-        let span = UnitSpan { id: UnitId { origin: Origin::Generated, class: 0, index }, start: 0, len: 2, first_position: index as u64 * 2 };
+        let span =
+            UnitSpan { id: UnitId { origin: Origin::Generated, class: 0, index }, start: 0, len: 2, first_position: index as u64 * 2 };
         ImageBatch::new(1, 1, vec![index as u8; 6], vec![0, 0], vec![span])
     }
 

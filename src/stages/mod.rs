@@ -34,7 +34,10 @@ pub fn build(graph: &Graph) -> Vec<StageSpec> {
             StageSpec {
                 id: c.id.clone(),
                 qualified: c.qualified(),
-                accumulates: matches!(c.kind, ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_)),
+                accumulates: matches!(
+                    c.kind,
+                    ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_)
+                ),
                 stage,
             }
         })

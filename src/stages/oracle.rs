@@ -38,12 +38,8 @@ pub fn argmax_rows(values: &[f32], k: usize) -> Vec<u32> {
 impl Stage for OracleStage {
     fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
         // Loading happens on the stage's own thread: a bad weights file fails this stage, by name.
-        let config = OracleConfig {
-            arch: self.cfg.arch,
-            stem: self.cfg.stem,
-            norm: self.cfg.normalization,
-            num_classes: ctx.classes.len(),
-        };
+        let config =
+            OracleConfig { arch: self.cfg.arch, stem: self.cfg.stem, norm: self.cfg.normalization, num_classes: ctx.classes.len() };
         let oracle = Oracle::load(&self.cfg.weights, &config, &ctx.device).map_err(StageError::failed)?;
         tracing::info!(stage = %ctx.id, weights = %self.cfg.weights.display(), "oracle loaded");
         let k = oracle.num_classes();
@@ -52,10 +48,9 @@ impl Stage for OracleStage {
                 return Err(StageError::Failed("received a non-image payload; the topology check should have refused this edge".into()));
             };
             let predicted = ctx.timed(|| {
-                oracle
-                    .logits(&batch.pixels, batch.len(), batch.height, batch.width)
-                    .map(|logits| argmax_rows(&logits, k))
-                    .map_err(|e| StageError::Failed(format!("oracle forward on a {}x{} batch of {}: {e}", batch.width, batch.height, batch.len())))
+                oracle.logits(&batch.pixels, batch.len(), batch.height, batch.width).map(|logits| argmax_rows(&logits, k)).map_err(|e| {
+                    StageError::Failed(format!("oracle forward on a {}x{} batch of {}: {e}", batch.width, batch.height, batch.len()))
+                })
             })?;
             let out = PredictionBatch { labels: batch.labels.clone(), predicted, units: batch.units.clone() };
             drop(batch);

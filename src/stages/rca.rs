@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::rca::{relative_accuracy, summarize, ClassificationSummary, Confusion, RcaSummary};
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
-use crate::runtime::checkpoint::{self, CheckpointTimer};
 use crate::runtime::batch::{Origin, Payload, PredictionBatch, Summary, UnitSpan};
+use crate::runtime::checkpoint::{self, CheckpointTimer};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
 use crate::topology::config::RcaConfig;
@@ -46,8 +46,7 @@ pub enum BaselineError {
 impl Baseline {
     pub fn read(path: &Path) -> Result<Baseline, BaselineError> {
         let text = std::fs::read_to_string(path).map_err(|source| BaselineError::Read { path: path.into(), source })?;
-        let b: Baseline = serde_json::from_str(&text)
-            .map_err(|e| BaselineError::Parse { path: path.into(), message: e.to_string() })?;
+        let b: Baseline = serde_json::from_str(&text).map_err(|e| BaselineError::Parse { path: path.into(), message: e.to_string() })?;
         if b.schema != BASELINE_SCHEMA {
             return Err(BaselineError::Schema { path: path.into(), found: b.schema });
         }
@@ -102,9 +101,7 @@ impl Accumulator for RcaState {
         for i in span.start..span.start + span.len {
             // Labels and predictions are < num_classes by construction (sources label by class
             // index, the oracle's head has num_classes outputs): an error here is a bug.
-            confusion
-                .add(input.labels[i] as usize, input.predicted[i] as usize)
-                .expect("labels and predictions are class indices");
+            confusion.add(input.labels[i] as usize, input.predicted[i] as usize).expect("labels and predictions are class indices");
         }
     }
 
@@ -136,14 +133,18 @@ impl Stage for RcaStage {
         let baseline = match &self.cfg.baseline {
             Some(path) => {
                 let b = Baseline::read(path).map_err(StageError::failed)?;
-                let confusion = b.confusion().ok_or_else(|| StageError::Failed(format!("baseline \"{}\": confusion matrix does not match {n} classes", path.display())))?;
+                let confusion = b.confusion().ok_or_else(|| {
+                    StageError::Failed(format!("baseline \"{}\": confusion matrix does not match {n} classes", path.display()))
+                })?;
                 Some((path.clone(), summarize(&confusion)))
             }
             None => None,
         };
         while let Some(payload) = ctx.recv() {
             let Payload::Predictions(batch) = payload else {
-                return Err(StageError::Failed("received a non-prediction payload; the topology check should have refused this edge".into()));
+                return Err(StageError::Failed(
+                    "received a non-prediction payload; the topology check should have refused this edge".into(),
+                ));
             };
             ctx.timed(|| acc.apply(&batch, &batch.units));
             publish_live(&result_of(&acc, &baseline), &ctx.classes);
@@ -170,14 +171,7 @@ fn result_of(acc: &ExactlyOnce<RcaState>, baseline: &Option<(PathBuf, Classifica
     };
     let generated = summarize(&state.generated);
     let rca = relative_accuracy(&real, &generated);
-    RcaResult {
-        real,
-        generated,
-        rca,
-        real_source,
-        units_applied: acc.units_applied(),
-        duplicate_units_ignored: acc.duplicates_ignored(),
-    }
+    RcaResult { real, generated, rca, real_source, units_applied: acc.units_applied(), duplicate_units_ignored: acc.duplicates_ignored() }
 }
 
 /// Live gauges: accuracy per origin, global and class RCA (NaN while undefined, so a panel

@@ -68,7 +68,13 @@ impl Stage for ReportStage {
             .statuses()
             .into_iter()
             .map(|s| {
-                let t = StageTiming { busy_seconds: s.busy_seconds, busy_ratio: s.busy_ratio, images_in: s.images_in, images_out: s.images_out, batches: s.batches };
+                let t = StageTiming {
+                    busy_seconds: s.busy_seconds,
+                    busy_ratio: s.busy_ratio,
+                    images_in: s.images_in,
+                    images_out: s.images_out,
+                    batches: s.batches,
+                };
                 (s.id, t)
             })
             .collect();
@@ -90,7 +96,8 @@ impl Stage for ReportStage {
             figures: BTreeMap::new(),
         };
         let dir = ctx.run_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| StageError::Failed(format!("run directory \"{}\": cannot create: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StageError::Failed(format!("run directory \"{}\": cannot create: {e}", dir.display())))?;
         if self.cfg.figures {
             report.figures = write_figures(&dir, &report)?;
         }
@@ -119,7 +126,9 @@ fn write_figures(dir: &Path, r: &Report) -> Result<BTreeMap<String, PathBuf>, St
         out.insert(name.to_string(), PathBuf::from(file));
         Ok(())
     };
-    for (name, file, summary) in [("confusion_real", "confusion_real.png", &r.real), ("confusion_generated", "confusion_generated.png", &r.generated)] {
+    for (name, file, summary) in
+        [("confusion_real", "confusion_real.png", &r.real), ("confusion_generated", "confusion_generated.png", &r.generated)]
+    {
         if let Some(s) = summary.as_ref().filter(|s| s.total > 0) {
             let title = format!("Oracle confusion, {} images (n = {})", name.trim_start_matches("confusion_"), s.total);
             draw(name, file, &|p| figures::confusion_heatmap(p, &title, &r.classes, &s.confusion))?;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::models::preprocess::Normalization;
 use crate::models::lpips::LpipsNet;
+use crate::models::preprocess::Normalization;
 use crate::models::resnet::{ResNetArch, Stem};
 use crate::runtime::batch::Origin;
 
@@ -232,7 +232,11 @@ impl ComponentKind {
         match self {
             ComponentKind::ImageFolder(_) => Section::Sources,
             ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) => Section::Transforms,
-            ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_) | ComponentKind::Report(_) => Section::Sinks,
+            ComponentKind::Rca(_)
+            | ComponentKind::Fid(_)
+            | ComponentKind::InceptionScore(_)
+            | ComponentKind::LpipsDiversity(_)
+            | ComponentKind::Report(_) => Section::Sinks,
         }
     }
 
@@ -240,7 +244,10 @@ impl ComponentKind {
     pub fn accepts(&self) -> Option<DataKind> {
         match self {
             ComponentKind::ImageFolder(_) => None,
-            ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) | ComponentKind::LpipsDiversity(_) => Some(DataKind::Images),
+            ComponentKind::Batcher(_)
+            | ComponentKind::OracleClassifier(_)
+            | ComponentKind::InceptionV3(_)
+            | ComponentKind::LpipsDiversity(_) => Some(DataKind::Images),
             ComponentKind::Rca(_) => Some(DataKind::Predictions),
             ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) => Some(DataKind::Features),
             ComponentKind::Report(_) => Some(DataKind::Summaries),
@@ -253,7 +260,9 @@ impl ComponentKind {
             ComponentKind::ImageFolder(_) | ComponentKind::Batcher(_) => Some(DataKind::Images),
             ComponentKind::OracleClassifier(_) => Some(DataKind::Predictions),
             ComponentKind::InceptionV3(_) => Some(DataKind::Features),
-            ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_) => Some(DataKind::Summaries),
+            ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_) => {
+                Some(DataKind::Summaries)
+            }
             ComponentKind::Report(_) => None,
         }
     }
@@ -328,19 +337,13 @@ pub(crate) fn parse_component(
             for item in items {
                 match item {
                     toml::Value::String(s) => inputs.push(s),
-                    other => errors.push(format!(
-                        "{name}: `inputs` entries must be component ids (strings), found {}",
-                        other.type_str()
-                    )),
+                    other => errors.push(format!("{name}: `inputs` entries must be component ids (strings), found {}", other.type_str())),
                 }
             }
             inputs
         }
         Some(other) => {
-            errors.push(format!(
-                "{name}: `inputs` must be an array of component ids, found {}",
-                other.type_str()
-            ));
+            errors.push(format!("{name}: `inputs` must be an array of component ids, found {}", other.type_str()));
             Vec::new()
         }
     };
@@ -377,13 +380,7 @@ pub(crate) fn parse_component(
             return None;
         }
     };
-    inputs_ok.then(|| Component {
-        id: id.to_string(),
-        section,
-        kind,
-        inputs,
-        capacity,
-    })
+    inputs_ok.then(|| Component { id: id.to_string(), section, kind, inputs, capacity })
 }
 
 fn type_list() -> &'static str {

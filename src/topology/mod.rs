@@ -67,10 +67,7 @@ pub struct Graph {
 impl Graph {
     /// Reads and validates a topology file. Relative paths inside it are relative to its folder.
     pub fn load(path: &Path) -> Result<Graph, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read { path: path.display().to_string(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Graph::parse(&text, base, &path.display().to_string())
     }
@@ -90,10 +87,7 @@ impl Graph {
                 None => config::one_line(e.message()),
             },
         })?;
-        let mut graph = validate::validate(raw, base).map_err(|errors| TopologyError::Invalid {
-            path: label.to_string(),
-            errors,
-        })?;
+        let mut graph = validate::validate(raw, base).map_err(|errors| TopologyError::Invalid { path: label.to_string(), errors })?;
         graph.label = label.to_string();
         Ok(graph)
     }
@@ -135,14 +129,7 @@ impl fmt::Display for Graph {
                 (Some(inp), None) => format!("{inp} ->"),
                 (None, None) => String::new(),
             };
-            writeln!(
-                f,
-                "  {:width$}  {:18} {:26} {}",
-                c.qualified(),
-                c.kind.type_name(),
-                io,
-                describe(&c.kind)
-            )?;
+            writeln!(f, "  {:width$}  {:18} {:26} {}", c.qualified(), c.kind.type_name(), io, describe(&c.kind))?;
         }
         writeln!(f, "edges:")?;
         for e in &self.edges {
@@ -154,26 +141,20 @@ impl fmt::Display for Graph {
 
 fn describe(kind: &ComponentKind) -> String {
     match kind {
-        ComponentKind::ImageFolder(c) => format!(
-            "path={} origin={} unit_size={}{}",
-            c.path.display(),
-            c.origin,
-            c.unit_size,
-            if c.strict { " strict" } else { "" }
-        ),
+        ComponentKind::ImageFolder(c) => {
+            format!("path={} origin={} unit_size={}{}", c.path.display(), c.origin, c.unit_size, if c.strict { " strict" } else { "" })
+        }
         ComponentKind::Batcher(c) => format!("batch_size={}", c.batch_size),
-        ComponentKind::OracleClassifier(c) => format!(
-            "weights={} arch={} stem={} normalization={}",
-            c.weights.display(),
-            c.arch,
-            c.stem,
-            c.normalization
-        ),
+        ComponentKind::OracleClassifier(c) => {
+            format!("weights={} arch={} stem={} normalization={}", c.weights.display(), c.arch, c.stem, c.normalization)
+        }
         ComponentKind::Rca(c) => match &c.baseline {
             Some(b) => format!("baseline={}", b.display()),
             None => "real accuracy from real images".to_string(),
         },
-        ComponentKind::InceptionV3(c) => format!("weights={}", c.weights.as_ref().map_or("(torch hub cache)".into(), |p| p.display().to_string())),
+        ComponentKind::InceptionV3(c) => {
+            format!("weights={}", c.weights.as_ref().map_or("(torch hub cache)".into(), |p| p.display().to_string()))
+        }
         ComponentKind::Fid(c) => format!(
             "real statistics from {}, live every {}s",
             c.reference.as_ref().map_or("real images".into(), |p| p.display().to_string()),

@@ -6,13 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use super::config::{
-    parse_component, Component, ComponentKind, RawTopology, Section, DEFAULT_CAPACITY,
-};
+use super::config::{parse_component, Component, ComponentKind, RawTopology, Section, DEFAULT_CAPACITY};
 use super::{Edge, Graph};
-use crate::runtime::batch::Origin;
 use crate::models::hub_cache;
 use crate::models::inception::PT_INCEPTION_FILE;
+use crate::runtime::batch::Origin;
 use crate::stages::image_folder;
 
 /// Validates a parsed file. `Err` holds every message, one line each.
@@ -33,15 +31,10 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
     // What components that were rejected (already reported) read: still read, so their inputs
     // are not reported again as having no consumer.
     let mut read_by_rejected: BTreeSet<String> = BTreeSet::new();
-    for (section, tables) in [
-        (Section::Sources, raw.sources),
-        (Section::Transforms, raw.transforms),
-        (Section::Sinks, raw.sinks),
-    ] {
+    for (section, tables) in [(Section::Sources, raw.sources), (Section::Transforms, raw.transforms), (Section::Sinks, raw.sinks)] {
         for (id, table) in tables {
             let declared_inputs = table.get("inputs").and_then(|v| v.as_array()).into_iter().flatten();
-            let declared_inputs: Vec<String> =
-                declared_inputs.filter_map(|v| v.as_str().map(str::to_string)).collect();
+            let declared_inputs: Vec<String> = declared_inputs.filter_map(|v| v.as_str().map(str::to_string)).collect();
             if let Some(first) = seen.get(&id) {
                 errors.push(format!(
                     "{}.{id}: id \"{id}\" is already used by {}.{id}; ids must be unique across sections",
@@ -79,13 +72,10 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
             ));
         }
         match (c.kind.accepts(), c.inputs.is_empty()) {
-            (None, false) => errors.push(format!(
-                "{name}: a source takes no inputs, found inputs = [{}]",
-                quoted(&c.inputs)
-            )),
-            (Some(kind), true) => errors.push(format!(
-                "{name}: `inputs` is missing or empty; expected the ids of components producing {kind}"
-            )),
+            (None, false) => errors.push(format!("{name}: a source takes no inputs, found inputs = [{}]", quoted(&c.inputs))),
+            (Some(kind), true) => {
+                errors.push(format!("{name}: `inputs` is missing or empty; expected the ids of components producing {kind}"))
+            }
             _ => {}
         }
     }
@@ -113,11 +103,7 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
                 continue;
             };
             match producer.kind.produces() {
-                Some(kind) if kind == accepts => edges.push(Edge {
-                    from: input.clone(),
-                    to: c.id.clone(),
-                    capacity: c.capacity,
-                }),
+                Some(kind) if kind == accepts => edges.push(Edge { from: input.clone(), to: c.id.clone(), capacity: c.capacity }),
                 Some(kind) => errors.push(format!(
                     "{}: input \"{input}\" ({}) produces {kind}, expected {accepts}",
                     c.qualified(),
@@ -134,10 +120,7 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
 
     // 4. Nothing produced is left unread.
     for c in &components {
-        if c.kind.needs_consumer()
-            && !edges.iter().any(|e| e.from == c.id)
-            && !read_by_rejected.contains(&c.id)
-        {
+        if c.kind.needs_consumer() && !edges.iter().any(|e| e.from == c.id) && !read_by_rejected.contains(&c.id) {
             errors.push(format!(
                 "{}: its output ({}) is not consumed by any component; expected it in some `inputs`",
                 c.qualified(),
@@ -151,11 +134,7 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
         Ok(order) => order,
         Err(cycle) => {
             let first = by_id[cycle[0].as_str()];
-            errors.push(format!(
-                "{}: part of a cycle {}; a topology must be acyclic",
-                first.qualified(),
-                cycle.join(" -> ")
-            ));
+            errors.push(format!("{}: part of a cycle {}; a topology must be acyclic", first.qualified(), cycle.join(" -> ")));
             components.iter().map(|c| c.id.clone()).collect()
         }
     };
@@ -281,14 +260,9 @@ fn upstream_origins(id: &str, by_id: &BTreeMap<&str, &Component>, edges: &[Edge]
 }
 
 /// Checks the files components name, and that all class lists agree. Returns the class list.
-fn check_inputs_on_disk(
-    components: &[Component],
-    declared: &Option<Vec<String>>,
-    errors: &mut Vec<String>,
-) -> Option<Vec<String>> {
+fn check_inputs_on_disk(components: &[Component], declared: &Option<Vec<String>>, errors: &mut Vec<String>) -> Option<Vec<String>> {
     // The reference class list: `[run] classes`, else the first image folder (by id).
-    let mut reference: Option<(String, Vec<String>)> =
-        declared.clone().map(|classes| ("run.classes".to_string(), classes));
+    let mut reference: Option<(String, Vec<String>)> = declared.clone().map(|classes| ("run.classes".to_string(), classes));
     // Real images are the ground truth: other folders are compared with them, not the reverse.
     let mut ordered: Vec<&Component> = components.iter().collect();
     ordered.sort_by_key(|c| !matches!(&c.kind, ComponentKind::ImageFolder(f) if f.origin == Origin::Real));
@@ -300,10 +274,7 @@ fn check_inputs_on_disk(
                     errors.push(format!("{name}: unit_size must be at least 1 image, found 0"));
                 }
                 if !cfg.path.is_dir() {
-                    errors.push(format!(
-                        "{name}: image folder \"{}\" does not exist or is not a directory",
-                        cfg.path.display()
-                    ));
+                    errors.push(format!("{name}: image folder \"{}\" does not exist or is not a directory", cfg.path.display()));
                     continue;
                 }
                 match image_folder::list_classes(&cfg.path) {
@@ -316,10 +287,8 @@ fn check_inputs_on_disk(
                         None => reference = Some((name.clone(), classes)),
                         Some((ref_name, ref_classes)) => {
                             if let Some(diff) = class_difference(ref_classes, &classes) {
-                                errors.push(format!(
-                                    "{name}: class folders of \"{}\" disagree with {ref_name}: {diff}",
-                                    cfg.path.display()
-                                ));
+                                errors
+                                    .push(format!("{name}: class folders of \"{}\" disagree with {ref_name}: {diff}", cfg.path.display()));
                             }
                         }
                     },
@@ -332,10 +301,7 @@ fn check_inputs_on_disk(
             }
             ComponentKind::OracleClassifier(cfg) => {
                 if !cfg.weights.is_file() {
-                    errors.push(format!(
-                        "{name}: weights file \"{}\" does not exist",
-                        cfg.weights.display()
-                    ));
+                    errors.push(format!("{name}: weights file \"{}\" does not exist", cfg.weights.display()));
                 }
             }
             ComponentKind::Rca(cfg) => {
@@ -346,9 +312,7 @@ fn check_inputs_on_disk(
                 }
             }
             ComponentKind::InceptionV3(cfg) => match &cfg.weights {
-                Some(path) if !path.is_file() => {
-                    errors.push(format!("{name}: weights file \"{}\" does not exist", path.display()))
-                }
+                Some(path) if !path.is_file() => errors.push(format!("{name}: weights file \"{}\" does not exist", path.display())),
                 Some(_) => {}
                 None => {
                     if let Err(e) = hub_cache::locate(None, PT_INCEPTION_FILE, "inception weights", "`weights = FILE`") {

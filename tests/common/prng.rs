@@ -41,15 +41,11 @@ pub fn uniform01(key: &str, n: usize) -> impl Iterator<Item = f64> {
 
 /// `n` values `float32(lo + (hi - lo) * u_i)` (computed in f64; the script's `uniform_f32`).
 pub fn uniform_f32(key: &str, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-    uniform01(key, n)
-        .map(|u| (lo + (hi - lo) * u) as f32)
-        .collect()
+    uniform01(key, n).map(|u| (lo + (hi - lo) * u) as f32).collect()
 }
 
 /// `n` bytes `floor(u_i * 256)` (at most 255 as `u_i <= 1 - 2**-53`; the script's `images_u8`,
 /// flattened NCHW).
 pub fn images_u8(key: &str, n: usize) -> Vec<u8> {
-    uniform01(key, n)
-        .map(|u| (u * 256.0).floor() as u8)
-        .collect()
+    uniform01(key, n).map(|u| (u * 256.0).floor() as u8).collect()
 }
