@@ -6,11 +6,14 @@
 //! - [`preprocess`]: uint8 pixels to normalised network input.
 //! - [`hub_cache`]: where standard weight files are looked for when no path is given.
 //! - [`inception`]: pytorch-fid's InceptionV3 (FID variant): pool3 features and IS logits.
+//! - [`lpips`]: LPIPS v0.1 (alexnet / vgg16 backbones with the package's lin layers).
 //! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
+//! - [`noise`]: a sampling unit's Gaussian noise, drawn on the host from its seed.
 pub mod hub_cache;
 pub mod inception;
 mod legacy_pth;
 pub mod lpips;
+pub mod noise;
 pub mod oracle;
 pub mod preprocess;
 pub mod resnet;

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod channels;
 pub mod checkpoint;
 pub mod control;
+pub mod plan;
 pub mod stage;
 pub mod supervisor;
 
