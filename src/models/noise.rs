@@ -4,12 +4,13 @@
 //! seedable one).
 //!
 //! Stream `s` of seed `seed` is the sequence z_0, z_1, ... of standard normals from Box–Muller
-//! on pairs of uniforms u_k = splitmix64(key + k·golden) >> 11 · 2^-53 with key = hash(seed, s);
+//! on pairs of uniforms u_k = mix64(key + (k+1)·golden) >> 11 · 2^-53 with key = hash(seed, s);
 //! x_T is stream 0, the noise of the k-th denoising step (k = 0 first) is stream k + 1.
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
-fn splitmix64(x: u64) -> u64 {
+/// splitmix64's finaliser: a bijective 64-bit mix (also used to derive unit seeds).
+pub fn mix64(x: u64) -> u64 {
     let mut z = x;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -26,8 +27,8 @@ pub fn step_stream(k: usize) -> u64 {
 
 /// `n` standard normal f32 values of stream `stream` of `seed`.
 pub fn standard_normal(seed: u64, stream: u64, n: usize) -> Vec<f32> {
-    let key = splitmix64(splitmix64(seed.wrapping_add(GOLDEN)) ^ stream.wrapping_mul(GOLDEN));
-    let uniform = |k: u64| (splitmix64(key.wrapping_add(k.wrapping_add(1).wrapping_mul(GOLDEN))) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    let key = mix64(mix64(seed.wrapping_add(GOLDEN)) ^ stream.wrapping_mul(GOLDEN));
+    let uniform = |k: u64| (mix64(key.wrapping_add(k.wrapping_add(1).wrapping_mul(GOLDEN))) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
     let mut out = Vec::with_capacity(n + 1);
     let mut k = 0u64;
     while out.len() < n {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::batch::{Origin, UnitId};
+use crate::models::noise::mix64;
 
 /// One unit of generation: `size` images of `class`, positions `first_position..+size` in the
 /// class's order.
@@ -32,11 +33,9 @@ impl WorkUnit {
     }
 }
 
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// One splitmix64 step: advance by the golden ratio increment, then mix.
+fn splitmix64(z: u64) -> u64 {
+    mix64(z.wrapping_add(0x9E37_79B9_7F4A_7C15))
 }
 
 /// The seed of unit `index` of `class`: a hash of the three, nothing else (not the unit size,
@@ -141,8 +140,7 @@ impl WorkQueue {
     }
 
     fn progress_of(&self, done: &[u64]) -> Progress {
-        let skipped: u64 =
-            self.plan.units.iter().filter(|u| self.skip.contains(&u.id())).map(|u| u.size as u64).sum();
+        let skipped: u64 = self.plan.units.iter().filter(|u| self.skip.contains(&u.id())).map(|u| u.size as u64).sum();
         let finished: u64 = done.iter().sum::<u64>() - skipped;
         let left = self.plan.total_images() - done.iter().sum::<u64>();
         let eta = (finished > 0).then(|| self.started.elapsed().mul_f64(left as f64 / finished as f64));
