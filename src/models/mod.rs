@@ -17,6 +17,7 @@ pub mod noise;
 pub mod oracle;
 pub mod preprocess;
 pub mod resnet;
+pub mod schedulers;
 pub mod weights;
 
 pub use oracle::{Oracle, OracleConfig};
