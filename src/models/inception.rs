@@ -30,6 +30,7 @@
 
 use candle_core::{DType, Module, Tensor};
 
+use super::batch_norm::BatchNorm;
 use super::weights::{WeightMap, WeightsError};
 
 /// The file name pytorch-fid downloads its weights to (and users already have).
@@ -41,45 +42,6 @@ const BN_EPS: f64 = 1e-3;
 const INPUT_SIZE: usize = 299;
 /// What the error messages call the model.
 const MODEL_NAME: &str = "pytorch-fid InceptionV3";
-
-/// Eval-mode BatchNorm2d folded into `y = x * scale + shift`, `scale = weight / sqrt(var + eps)`,
-/// `shift = bias - mean * scale` (ATen's eval factorisation).
-#[derive(Debug, Clone)]
-struct BatchNorm {
-    scale: Tensor,
-    shift: Tensor,
-}
-
-impl BatchNorm {
-    fn load(w: &WeightMap, channels: usize) -> Result<Self, WeightsError> {
-        let shape = [channels];
-        let weight = w.get(&shape, "weight")?;
-        let bias = w.get(&shape, "bias")?;
-        let mean = w.get(&shape, "running_mean")?;
-        let var = w.get(&shape, "running_var")?;
-        // Only used in training; accepted (any shape) when present, never read.
-        if let Some(shape) = w.shape_of("num_batches_tracked") {
-            w.get(&shape, "num_batches_tracked")?;
-        }
-        let fold = || -> candle_core::Result<(Tensor, Tensor)> {
-            let scale = (weight / (var + BN_EPS)?.sqrt()?)?;
-            let shift = (bias - (mean * &scale)?)?;
-            Ok((scale.reshape((1, channels, 1, 1))?, shift.reshape((1, channels, 1, 1))?))
-        };
-        let (scale, shift) = fold().map_err(|e| WeightsError::Tensor {
-            path: w.path().to_path_buf(),
-            name: w.prefix().to_string(),
-            cause: e.to_string(),
-        })?;
-        Ok(Self { scale, shift })
-    }
-}
-
-impl Module for BatchNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
-    }
-}
 
 /// Kernel (height, width), stride and padding (height, width) of one conv.
 #[derive(Debug, Clone, Copy)]
@@ -120,7 +82,7 @@ struct BasicConv2d {
 impl BasicConv2d {
     fn load(w: &WeightMap, c_in: usize, c_out: usize, shape: ConvShape) -> Result<Self, WeightsError> {
         let (kh, kw) = shape.kernel;
-        Ok(Self { weight: w.pp("conv").get(&[c_out, c_in, kh, kw], "weight")?, shape, bn: BatchNorm::load(&w.pp("bn"), c_out)? })
+        Ok(Self { weight: w.pp("conv").get(&[c_out, c_in, kh, kw], "weight")?, shape, bn: BatchNorm::load(&w.pp("bn"), c_out, BN_EPS)? })
     }
 }
 

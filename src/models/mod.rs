@@ -9,6 +9,7 @@
 //! - [`lpips`]: LPIPS v0.1 (alexnet / vgg16 backbones with the package's lin layers).
 //! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
 //! - [`noise`]: a sampling unit's Gaussian noise, drawn on the host from its seed.
+mod batch_norm;
 pub mod hub_cache;
 pub mod inception;
 mod legacy_pth;

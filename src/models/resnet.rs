@@ -17,6 +17,7 @@ use std::str::FromStr;
 use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::batch_norm::BatchNorm;
 use super::weights::{WeightMap, WeightsError};
 
 /// BatchNorm's epsilon in torchvision (`nn.BatchNorm2d` default).
@@ -159,47 +160,6 @@ impl Module for Conv {
     }
 }
 
-/// Eval-mode BatchNorm2d, precomputed as a per-channel affine map
-/// `y = x * scale + shift` with `scale = weight / sqrt(running_var + eps)` and
-/// `shift = bias - running_mean * scale`: the same factorisation ATen's CPU eval kernel uses.
-#[derive(Debug, Clone)]
-struct BatchNorm {
-    scale: Tensor,
-    shift: Tensor,
-}
-
-impl BatchNorm {
-    fn load(w: &WeightMap, channels: usize) -> Result<Self, WeightsError> {
-        let shape = [channels];
-        let weight = w.get(&shape, "weight")?;
-        let bias = w.get(&shape, "bias")?;
-        let mean = w.get(&shape, "running_mean")?;
-        let var = w.get(&shape, "running_var")?;
-        // num_batches_tracked only matters in training (momentum=None); it is accepted, not used.
-        // Its shape is not checked (it is a scalar in every torch version that writes it).
-        if let Some(shape) = w.shape_of("num_batches_tracked") {
-            w.get(&shape, "num_batches_tracked")?;
-        }
-        let fold = || -> candle_core::Result<(Tensor, Tensor)> {
-            let scale = (weight / (var + BN_EPS)?.sqrt()?)?;
-            let shift = (bias - (mean * &scale)?)?;
-            Ok((scale.reshape((1, channels, 1, 1))?, shift.reshape((1, channels, 1, 1))?))
-        };
-        let (scale, shift) = fold().map_err(|e| WeightsError::Tensor {
-            path: w.path().to_path_buf(),
-            name: w.prefix().to_string(),
-            cause: e.to_string(),
-        })?;
-        Ok(Self { scale, shift })
-    }
-}
-
-impl Module for BatchNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
-    }
-}
-
 /// torchvision's `BasicBlock`: conv3x3-BN-ReLU-conv3x3-BN, plus the identity (or a 1x1 conv
 /// and BN where the shape changes), then ReLU.
 #[derive(Debug, Clone)]
@@ -216,15 +176,15 @@ impl BasicBlock {
         // torchvision adds the projection exactly when the identity cannot be added as is.
         let downsample = if stride != 1 || c_in != c_out {
             let d = w.pp("downsample");
-            Some((Conv::load(&d.pp(0), c_in, c_out, 1, stride, 0)?, BatchNorm::load(&d.pp(1), c_out)?))
+            Some((Conv::load(&d.pp(0), c_in, c_out, 1, stride, 0)?, BatchNorm::load(&d.pp(1), c_out, BN_EPS)?))
         } else {
             None
         };
         Ok(Self {
             conv1: Conv::load(&w.pp("conv1"), c_in, c_out, 3, stride, 1)?,
-            bn1: BatchNorm::load(&w.pp("bn1"), c_out)?,
+            bn1: BatchNorm::load(&w.pp("bn1"), c_out, BN_EPS)?,
             conv2: Conv::load(&w.pp("conv2"), c_out, c_out, 3, 1, 1)?,
-            bn2: BatchNorm::load(&w.pp("bn2"), c_out)?,
+            bn2: BatchNorm::load(&w.pp("bn2"), c_out, BN_EPS)?,
             downsample,
         })
     }
@@ -262,7 +222,7 @@ impl ResNet {
     pub fn load(weights: &WeightMap, cfg: &ResNetConfig) -> Result<ResNet, WeightsError> {
         let (k, stride, padding) = cfg.stem.conv1();
         let conv1 = Conv::load(&weights.pp("conv1"), 3, WIDTHS[0], k, stride, padding)?;
-        let bn1 = BatchNorm::load(&weights.pp("bn1"), WIDTHS[0])?;
+        let bn1 = BatchNorm::load(&weights.pp("bn1"), WIDTHS[0], BN_EPS)?;
         let mut layers = Vec::with_capacity(4);
         let mut c_in = WIDTHS[0];
         for (i, (&width, &blocks)) in WIDTHS.iter().zip(cfg.arch.blocks().iter()).enumerate() {
@@ -387,7 +347,7 @@ mod tests {
         m.insert("bn.running_mean".into(), t(&[1.0]));
         m.insert("bn.running_var".into(), t(&[4.0 - 1e-5]));
         let w = WeightMap::from_tensors(m, "mem");
-        let bn = BatchNorm::load(&w.pp("bn"), 1).unwrap();
+        let bn = BatchNorm::load(&w.pp("bn"), 1, BN_EPS).unwrap();
         let x = Tensor::new(&[3f32], &dev).unwrap().reshape((1, 1, 1, 1)).unwrap();
         let y: f32 = bn.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
         // (3 - 1) / 2 * 2 + 0.5

@@ -1,0 +1,48 @@
+//! Eval-mode BatchNorm2d (torch.nn.BatchNorm2d in `eval()`), shared by the ResNet oracle and
+//! pytorch-fid's Inception, which differ only in eps (1e-5 and 1e-3).
+//!
+//! Precomputed as a per-channel affine map `y = x * scale + shift` with
+//! `scale = weight / sqrt(running_var + eps)` and `shift = bias - running_mean * scale`: the same
+//! factorisation ATen's CPU eval kernel uses.
+
+use candle_core::{Module, Tensor};
+
+use super::weights::{WeightMap, WeightsError};
+
+#[derive(Debug, Clone)]
+pub(crate) struct BatchNorm {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl BatchNorm {
+    pub(crate) fn load(w: &WeightMap, channels: usize, eps: f64) -> Result<Self, WeightsError> {
+        let shape = [channels];
+        let weight = w.get(&shape, "weight")?;
+        let bias = w.get(&shape, "bias")?;
+        let mean = w.get(&shape, "running_mean")?;
+        let var = w.get(&shape, "running_var")?;
+        // num_batches_tracked only matters in training (momentum=None); it is accepted, not used.
+        // Its shape is not checked (it is a scalar in every torch version that writes it).
+        if let Some(shape) = w.shape_of("num_batches_tracked") {
+            w.get(&shape, "num_batches_tracked")?;
+        }
+        let fold = || -> candle_core::Result<(Tensor, Tensor)> {
+            let scale = (weight / (var + eps)?.sqrt()?)?;
+            let shift = (bias - (mean * &scale)?)?;
+            Ok((scale.reshape((1, channels, 1, 1))?, shift.reshape((1, channels, 1, 1))?))
+        };
+        let (scale, shift) = fold().map_err(|e| WeightsError::Tensor {
+            path: w.path().to_path_buf(),
+            name: w.prefix().to_string(),
+            cause: e.to_string(),
+        })?;
+        Ok(Self { scale, shift })
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
+    }
+}
