@@ -7,6 +7,8 @@
 //! - [`hub_cache`]: where standard weight files are looked for when no path is given.
 //! - [`inception`]: pytorch-fid's InceptionV3 (FID variant): pool3 features and IS logits.
 //! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
+//! - [`unet`]: diffusers' `UNet2DModel` (the class-conditional DDPM denoiser), from a diffusers
+//!   model folder or a `VarBuilder`.
 pub mod hub_cache;
 pub mod inception;
 mod legacy_pth;
@@ -14,9 +16,11 @@ pub mod lpips;
 pub mod oracle;
 pub mod preprocess;
 pub mod resnet;
+pub mod unet;
 pub mod weights;
 
 pub use oracle::{Oracle, OracleConfig};
 pub use preprocess::Normalization;
 pub use resnet::{ResNet, ResNetArch, ResNetConfig, Stem};
+pub use unet::{UNet2DConfig, UNet2DModel, UnetError};
 pub use weights::{WeightMap, WeightsError};
