@@ -8,6 +8,9 @@
 //! - [`inception`]: pytorch-fid's InceptionV3 (FID variant): pool3 features and IS logits.
 //! - [`lpips`]: LPIPS v0.1 (alexnet / vgg16 backbones with the package's lin layers).
 //! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
+//! - [`unet`]: diffusers' `UNet2DModel` (the class-conditional DDPM denoiser), from a diffusers
+//!   model folder or a `VarBuilder`.
+//! - [`schedulers`]: diffusers' DDPM and DDIM step maths on the host.
 //! - [`noise`]: a sampling unit's Gaussian noise, drawn on the host from its seed.
 mod batch_norm;
 pub mod hub_cache;
@@ -19,9 +22,11 @@ pub mod oracle;
 pub mod preprocess;
 pub mod resnet;
 pub mod schedulers;
+pub mod unet;
 pub mod weights;
 
 pub use oracle::{Oracle, OracleConfig};
 pub use preprocess::Normalization;
 pub use resnet::{ResNet, ResNetArch, ResNetConfig, Stem};
+pub use unet::{UNet2DConfig, UNet2DModel, UnetError};
 pub use weights::{WeightMap, WeightsError};
