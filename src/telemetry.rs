@@ -35,6 +35,9 @@ pub const ACCURACY: &str = "rcaflow_accuracy_ratio";
 pub const RCA: &str = "rcaflow_rca_ratio";
 /// Live class RCA. Labels: class.
 pub const CLASS_RCA: &str = "rcaflow_class_rca_ratio";
+/// Oracle predictions folded into results: the live confusion matrices. Labels: origin, class
+/// (the true or intended class), predicted. At most 2 x classes² series, only cells that occur.
+pub const PREDICTIONS: &str = "rcaflow_predictions_total";
 /// Live FID (recomputed every `interval_secs` of the fid sink).
 pub const FID: &str = "rcaflow_fid";
 /// Live Inception Score (mean over splits).
@@ -105,6 +108,11 @@ fn describe_all() {
     describe_gauge!(ACCURACY, Unit::Percent, "Live oracle accuracy by origin (0-1).");
     describe_gauge!(RCA, Unit::Percent, "Live global Relative Classification Accuracy (generated / real accuracy).");
     describe_gauge!(CLASS_RCA, Unit::Percent, "Live class RCA (generated / real recall).");
+    describe_counter!(
+        PREDICTIONS,
+        Unit::Count,
+        "Oracle predictions folded into results, by origin, true (intended) class and predicted class."
+    );
     describe_gauge!(FID, "Live Frechet Inception Distance, generated vs real.");
     describe_gauge!(INCEPTION_SCORE, "Live Inception Score of the generated images (mean over splits).");
     describe_counter!(NONFINITE_IMAGES, Unit::Count, "Images whose features were NaN or infinite, left out of a metric.");
