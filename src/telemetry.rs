@@ -43,6 +43,14 @@ pub const INCEPTION_SCORE: &str = "rcaflow_inception_score";
 pub const NONFINITE_IMAGES: &str = "rcaflow_nonfinite_images_total";
 /// Live mean LPIPS distance between same-class generated images. Labels: class.
 pub const LPIPS_DIVERSITY: &str = "rcaflow_lpips_diversity";
+/// Images a sampler plans per class. Labels: class.
+pub const CLASS_IMAGES_PLANNED: &str = "rcaflow_class_images_planned";
+/// Images a sampler has generated per class. Labels: class.
+pub const CLASS_IMAGES_GENERATED: &str = "rcaflow_class_images_generated_total";
+/// Work units a sampler has finished.
+pub const SAMPLER_UNITS_DONE: &str = "rcaflow_sampler_units_total";
+/// Seconds until the sampler finishes its plan, at the rate so far.
+pub const RUN_ETA: &str = "rcaflow_run_eta_seconds";
 /// Image batches alive in the process (channels plus stages' hands): the memory bound.
 pub const IMAGE_BATCHES_LIVE: &str = "rcaflow_image_batches_live";
 
@@ -101,5 +109,9 @@ fn describe_all() {
     describe_gauge!(INCEPTION_SCORE, "Live Inception Score of the generated images (mean over splits).");
     describe_counter!(NONFINITE_IMAGES, Unit::Count, "Images whose features were NaN or infinite, left out of a metric.");
     describe_gauge!(LPIPS_DIVERSITY, "Live mean LPIPS distance between pairs of same-class generated images.");
+    describe_gauge!(CLASS_IMAGES_PLANNED, Unit::Count, "Images the sampler plans for a class.");
+    describe_counter!(CLASS_IMAGES_GENERATED, Unit::Count, "Images the sampler has generated for a class.");
+    describe_counter!(SAMPLER_UNITS_DONE, Unit::Count, "Work units the sampler has finished.");
+    describe_gauge!(RUN_ETA, Unit::Seconds, "Seconds until the sampler finishes its plan, at its rate so far.");
     describe_gauge!(IMAGE_BATCHES_LIVE, Unit::Count, "Image batches alive in the process.");
 }
