@@ -4,6 +4,10 @@
 
 #[path = "../examples/common/color_set.rs"]
 mod color_set;
+#[path = "common/prng.rs"]
+mod prng;
+#[path = "common/random_weights.rs"]
+mod random_weights;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use color_set::{color_oracle, write_png, PALETTE};
+use random_weights::{random_inception, random_lpips_weights};
 use serde_json::Value;
 
 const SIZE: u32 = 8;
@@ -389,31 +394,6 @@ fn sigint_drains_and_reports_interrupted_with_live_metrics() {
     assert_eq!(r["timing"]["stages"]["oracle"]["images_out"].as_u64().unwrap(), total);
 }
 
-/// Random alexnet `features.*` and lpips lin weights (the shapes of the real files).
-fn random_lpips_weights(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut rng = color_set::SplitMix(99);
-    let mut tensor = |shape: &[usize], lo: f64, hi: f64| {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| (lo + (hi - lo) * rng.unit()) as f32).collect();
-        Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
-    };
-    let mut backbone = HashMap::new();
-    for (i, shape) in [(0, [64, 3, 11, 11]), (3, [192, 64, 5, 5]), (6, [384, 192, 3, 3]), (8, [256, 384, 3, 3]), (10, [256, 256, 3, 3])] {
-        let fan_in = (shape[1] * shape[2] * shape[3]) as f64;
-        let a = (6.0 / fan_in).sqrt();
-        backbone.insert(format!("features.{i}.weight"), tensor(&shape, -a, a));
-        backbone.insert(format!("features.{i}.bias"), tensor(&[shape[0]], -0.1, 0.1));
-    }
-    let mut lin = HashMap::new();
-    for (k, c) in [64, 192, 384, 256, 256].into_iter().enumerate() {
-        lin.insert(format!("lin{k}.model.1.weight"), tensor(&[1, c, 1, 1], 0.0, 0.5));
-    }
-    let (b, l) = (dir.join("alexnet.safetensors"), dir.join("alex-lin.safetensors"));
-    candle_core::safetensors::save(&backbone, &b).unwrap();
-    candle_core::safetensors::save(&lin, &l).unwrap();
-    (b, l)
-}
-
 #[test]
 fn lpips_diversity_compares_the_planned_same_class_pairs() {
     use rcaflow::models::lpips::{Lpips, LpipsNet};
@@ -477,40 +457,6 @@ fn lpips_diversity_compares_the_planned_same_class_pairs() {
     assert!((l["mean"].as_f64().unwrap() - mean).abs() < 1e-6);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## LPIPS diversity (alex)"), "{md}");
-}
-
-/// Random weights of pytorch-fid's Inception (every key and shape, as torch lists them).
-fn random_inception(path: &Path) {
-    #[derive(serde::Deserialize)]
-    struct Keys {
-        keys: Vec<(String, Vec<usize>)>,
-    }
-    let listing = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inception/state_dict_keys.json");
-    let keys: Keys = serde_json::from_slice(&std::fs::read(listing).unwrap()).unwrap();
-    let dev = candle_core::Device::Cpu;
-    let state: HashMap<String, Tensor> = keys
-        .keys
-        .into_iter()
-        .map(|(key, shape)| {
-            let (lo, hi) = if shape.len() == 4 {
-                let a = (6.0 / (shape[1] * shape[2] * shape[3]) as f64).sqrt();
-                (-a, a)
-            } else if key == "fc.weight" {
-                (-0.04, 0.04)
-            } else if key.ends_with("running_var") || key.ends_with(".weight") {
-                (0.5, 1.5)
-            } else {
-                (-0.1, 0.1)
-            };
-            let t = if key.ends_with("num_batches_tracked") {
-                Tensor::new(0i64, &dev).unwrap()
-            } else {
-                Tensor::rand(lo as f32, hi as f32, shape.as_slice(), &dev).unwrap()
-            };
-            (key, t)
-        })
-        .collect();
-    candle_core::safetensors::save(&state, path).unwrap();
 }
 
 fn parse_fid(o: &Output) -> f64 {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rcaflow::report::figures::{confusion_heatmap, rca_bars};
+use rcaflow::report::figures::{confusion_heatmap, rca_bars, sample_grid, ClassSamples};
 
 fn out_dir(tmp: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
     match std::env::var_os("RCAFLOW_FIGURE_DIR") {
@@ -107,4 +107,32 @@ fn unwritable_path_is_an_error_naming_it() {
     let path = Path::new("/nonexistent-rcaflow-dir/figure.png");
     let e = rca_bars(path, &classes(2), &[Some(1.0), Some(0.5)], Some(0.75)).expect_err("directory does not exist");
     assert!(e.to_string().contains("/nonexistent-rcaflow-dir/figure.png"), "{e}");
+}
+
+#[test]
+fn sample_grid_shows_every_class_row_at_an_integer_scale() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = out_dir(&tmp)?;
+    let names = classes(10);
+    // 8 gradient images of 32x32 per class, tinted by class.
+    let images: Vec<Vec<Vec<u8>>> = (0..10)
+        .map(|c| {
+            (0..8)
+                .map(|k| {
+                    let plane = 32 * 32;
+                    (0..3 * plane).map(|v| ((v % plane) as f64 / plane as f64 * 180.0) as u8 + (c * 5 + k * (v / plane)) as u8).collect()
+                })
+                .collect()
+        })
+        .collect();
+    let rows: Vec<ClassSamples> = names.iter().zip(&images).map(|(n, im)| ClassSamples { class: n, images: im }).collect();
+    let path = dir.join("samples_grid.png");
+    sample_grid(&path, "generated samples (first 8 per class)", &rows, (32, 32))?;
+    let (w, h) = check_png(&path)?;
+    // 32x32 images at 3x: 8 columns and 10 rows of 96 px cells plus labels and title.
+    assert!(w > 8 * 96 && w < 8 * 100 + 300, "width {w}");
+    assert!(h > 10 * 96 && h < 10 * 100 + 80, "height {h}");
+    let err = sample_grid(&path, "x", &[ClassSamples { class: "a", images: &[vec![0; 5]] }], (32, 32)).unwrap_err();
+    assert!(err.to_string().contains("an image has 5 values, expected 3x32x32"), "{err}");
+    Ok(())
 }

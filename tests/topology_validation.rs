@@ -48,6 +48,7 @@ fn assert_errors(name: &str, expected: &[&str]) {
 
 /// Every fixture is covered by a test below (a new one cannot be forgotten).
 const FIXTURES: &[&str] = &[
+    "bad-sampler.toml",
     "classes-disagree.toml",
     "cycle.toml",
     "duplicate-id.toml",
@@ -62,6 +63,7 @@ const FIXTURES: &[&str] = &[
     "oracle-takes-summaries.toml",
     "rca-takes-images.toml",
     "rca-without-real.toml",
+    "sampler-model-mismatch.toml",
     "sink-without-inputs.toml",
     "source-with-inputs.toml",
     "unconsumed.toml",
@@ -203,6 +205,35 @@ fn missing_image_folder() {
 }
 
 #[test]
+fn sampler_options_out_of_range_and_missing_model() {
+    assert_errors(
+        "bad-sampler.toml",
+        &[
+            "sources.sampler: per_class must be at least 1 image, found 0",
+            "sources.sampler: unit_size must be at least 1 image, found 0",
+            "sources.sampler: replicas must be at least 1 replica, found 0",
+            "sources.sampler: steps must be at least 1, found 0",
+            "sources.sampler: eta must be a finite number >= 0, found -1",
+            &format!(r#"sources.sampler: unet folder "{}" does not exist; expected a diffusers model folder"#, shown("data/no-such-unet")),
+        ],
+    );
+}
+
+#[test]
+fn sampler_model_without_weights_or_with_other_classes() {
+    let unet = shown("data/unet5");
+    assert_errors(
+        "sampler-model-mismatch.toml",
+        &[
+            &format!(
+                r#"sources.sampler: unet folder "{unet}" has no diffusion_pytorch_model.safetensors; expected a diffusers UNet2DModel folder"#
+            ),
+            &format!(r#"sources.sampler: unet "{unet}" has num_class_embeds = 5, the topology has 3 classes"#),
+        ],
+    );
+}
+
+#[test]
 fn missing_weights_file() {
     assert_errors("missing-weights.toml", &[&format!(r#"transforms.oracle: weights file "{}" does not exist"#, shown("data/missing.pth"))]);
 }
@@ -251,7 +282,8 @@ fn oracle_classes_disagree_with_folders() {
 // ---- component types and fields ----
 
 /// Every component type, in the order messages list them.
-const KNOWN_TYPES: &str = "image_folder, batcher, oracle_classifier, inception_v3, rca, fid, inception_score, lpips_diversity, report";
+const KNOWN_TYPES: &str =
+    "image_folder, ddpm_sampler, batcher, oracle_classifier, inception_v3, rca, fid, inception_score, lpips_diversity, save_images, report";
 
 #[test]
 fn unknown_component_type() {

@@ -4,7 +4,7 @@
 //! case's config.json as diffusers saved it, and parity.json with the state_dict's (key, shape)
 //! list, the inputs and diffusers' float64 output. The weights are not committed: both sides
 //! draw them from the counter-based PRNG of tests/common/prng.rs (the bit-exact port of the
-//! script's), keyed by tensor name, with the ranges of `tensor_range` (mirroring the script's).
+//! script's), keyed by tensor name, with the ranges of `unet_tensor_range` in tests/common/random_weights.rs (mirroring the script's).
 //! The test writes a real diffusers folder (config.json + diffusion_pytorch_model.safetensors)
 //! to a temporary directory and loads it through `UNet2DModel::load`, the path users take.
 
@@ -21,28 +21,11 @@ const TOLERANCE: f64 = 1e-4;
 
 #[path = "common/prng.rs"]
 mod prng;
+#[path = "common/random_weights.rs"]
+mod random_weights;
 
 fn fixture_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet").join(case)
-}
-
-/// Mirrors `tensor_range` in scripts/make_unet_fixtures.py.
-fn tensor_range(key: &str, shape: &[usize]) -> (f64, f64) {
-    if key == "class_embedding.weight" {
-        (-1.0, 1.0)
-    } else if shape.len() == 4 {
-        let a = (3.0 / (shape[1] * shape[2] * shape[3]) as f64).sqrt();
-        (-a, a)
-    } else if shape.len() == 2 {
-        let a = (3.0 / shape[1] as f64).sqrt();
-        (-a, a)
-    } else if key.ends_with(".bias") {
-        (-0.1, 0.1)
-    } else if key.ends_with(".weight") {
-        (0.5, 1.5)
-    } else {
-        panic!("no range for {key} {shape:?}")
-    }
 }
 
 #[derive(Deserialize)]
@@ -68,14 +51,7 @@ fn fixture(case: &str) -> Fixture {
 
 /// The weights the script gave diffusers.
 fn state_dict(fx: &Fixture) -> HashMap<String, Tensor> {
-    fx.state_dict
-        .iter()
-        .map(|(key, shape)| {
-            let (lo, hi) = tensor_range(key, shape);
-            let n = shape.iter().product();
-            (key.clone(), Tensor::from_vec(prng::uniform_f32(key, n, lo, hi), shape.as_slice(), &Device::Cpu).unwrap())
-        })
-        .collect()
+    random_weights::unet_state_dict(&fx.state_dict)
 }
 
 /// A diffusers model folder in a fresh temporary directory.

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod execute;
 pub mod fid;
 pub mod run;
+pub mod sample;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub enum Command {
     Fid(fid::FidArgs),
     /// Write the FID statistics (mu, sigma) of an image folder as .npz (pytorch-fid's format).
     FidStats(fid::FidStatsArgs),
+    /// Generate images with a class-conditional diffusers UNet (DDPM or DDIM) as PNG folders.
+    Sample(sample::SampleArgs),
 }
 
 /// The oracle flags `eval` and `baseline` share.
@@ -139,5 +142,6 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Baseline(args) => baseline::baseline(args, settings),
         Command::Fid(args) => fid::fid(args, settings),
         Command::FidStats(args) => fid::fid_stats(args, settings),
+        Command::Sample(args) => sample::sample(args, settings),
     }
 }

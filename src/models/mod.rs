@@ -11,6 +11,7 @@
 //! - [`unet`]: diffusers' `UNet2DModel` (the class-conditional DDPM denoiser), from a diffusers
 //!   model folder or a `VarBuilder`.
 //! - [`schedulers`]: diffusers' DDPM and DDIM step maths on the host.
+//! - [`sampling`]: the reverse-diffusion loop of one work unit, and uint8 quantisation.
 //! - [`noise`]: a sampling unit's Gaussian noise, drawn on the host from its seed.
 mod batch_norm;
 pub mod hub_cache;
@@ -21,6 +22,7 @@ pub mod noise;
 pub mod oracle;
 pub mod preprocess;
 pub mod resnet;
+pub mod sampling;
 pub mod schedulers;
 pub mod unet;
 pub mod weights;

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -20,6 +20,37 @@ pub enum SchedulerError {
     UnknownTimestep(usize),
     #[error("model output has {0} values, sample {1}, noise {2}; expected the same")]
     Length(usize, usize, usize),
+}
+
+/// Which diffusers scheduler a sampler steps with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    /// Ancestral DDPM sampling (the paper: 1,000 steps).
+    #[default]
+    Ddpm,
+    /// DDIM with `eta` (0 = deterministic given x_T).
+    Ddim,
+}
+
+impl std::fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SchedulerKind::Ddpm => "ddpm",
+            SchedulerKind::Ddim => "ddim",
+        })
+    }
+}
+
+impl std::str::FromStr for SchedulerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ddpm" => Ok(SchedulerKind::Ddpm),
+            "ddim" => Ok(SchedulerKind::Ddim),
+            other => Err(format!("unknown scheduler \"{other}\": expected \"ddpm\" or \"ddim\"")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -540,6 +540,58 @@ pub fn rca_bars(path: &Path, classes: &[String], per_class: &[Option<f64>], glob
     })
 }
 
+/// Samples of one class for [`sample_grid`]: planar RGB images (3 x H x W each), in position order.
+pub struct ClassSamples<'a> {
+    pub class: &'a str,
+    pub images: &'a [Vec<u8>],
+}
+
+/// Per-class sample grid: one row per class (name on the left), its first samples left to
+/// right, each image scaled up by an integer factor with nearest-neighbour (pixels stay pixels).
+pub fn sample_grid(path: &Path, title: &str, rows: &[ClassSamples], (height, width): (usize, usize)) -> Result<(), FigureError> {
+    let pen = Pen::new(path)?;
+    let columns = rows.iter().map(|r| r.images.len()).max().unwrap_or(0);
+    if rows.is_empty() || columns == 0 || height == 0 || width == 0 {
+        return Err(FigureError::Input { path: path.to_path_buf(), detail: "no samples to show".into() });
+    }
+    if let Some(bad) = rows.iter().flat_map(|r| r.images).find(|im| im.len() != 3 * height * width) {
+        return Err(FigureError::Input {
+            path: path.to_path_buf(),
+            detail: format!("an image has {} values, expected 3x{height}x{width}", bad.len()),
+        });
+    }
+    // Small images (32x32) are scaled so a cell is about 96 px; large ones are shown as they are.
+    let scale = (96 / height.max(width)).max(1) as i32;
+    let (cell_w, cell_h) = (width as i32 * scale, height as i32 * scale);
+    let (gap, text_size, title_size) = (4, 15.0, 18.0);
+    let labels: Vec<String> = rows.iter().map(|r| abbreviate(r.class)).collect();
+    let left = pen.widest(text_size, &labels) as i32 + 16;
+    let top = 40;
+    let figure_w = left + columns as i32 * (cell_w + gap) + 12;
+    let figure_h = top + rows.len() as i32 * (cell_h + gap) + 12;
+    render(path, (figure_w as u32, figure_h as u32), |area| {
+        pen.text(area, title, (figure_w / 2, 18), title_size, INK, HPos::Center, false)?;
+        for (r, row) in rows.iter().enumerate() {
+            let y0 = top + r as i32 * (cell_h + gap);
+            pen.text(area, &labels[r], (left - 10, y0 + cell_h / 2), text_size, INK, HPos::Right, false)?;
+            for (c, image) in row.images.iter().enumerate() {
+                let x0 = left + c as i32 * (cell_w + gap);
+                let plane = height * width;
+                for y in 0..height {
+                    for x in 0..width {
+                        let i = y * width + x;
+                        let color = RGBColor(image[i], image[plane + i], image[2 * plane + i]);
+                        let (px, py) = (x0 + x as i32 * scale, y0 + y as i32 * scale);
+                        area.draw(&Rectangle::new([(px, py), (px + scale - 1, py + scale - 1)], color.filled()))
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::inception_score::InceptionScore;
 use crate::metrics::rca::{ClassificationSummary, RcaSummary};
+use crate::stages::ddpm_sampler::SamplerResult;
 use crate::stages::fid::FidResult;
 use crate::stages::image_folder::SourceResult;
 use crate::stages::lpips_diversity::LpipsResult;
@@ -37,6 +38,10 @@ pub struct StageTiming {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Timing {
     pub wall_seconds: f64,
+    /// The sampler's span, first unit started to last unit done (null without a sampler).
+    pub generation_seconds: Option<f64>,
+    /// Busy time of the evaluation stages (every stage but sources and the report), summed.
+    pub evaluation_seconds: f64,
     pub stages: BTreeMap<String, StageTiming>,
 }
 
@@ -64,6 +69,8 @@ pub struct Report {
     pub lpips_diversity: Option<LpipsResult>,
     /// What each image source read, by component id.
     pub inputs: BTreeMap<String, SourceResult>,
+    /// What the sampler generated, by component id (empty without a sampler).
+    pub generation: BTreeMap<String, SamplerResult>,
     pub timing: Timing,
     /// Figure files in the run directory, by figure name.
     pub figures: BTreeMap<String, PathBuf>,

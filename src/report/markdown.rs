@@ -25,6 +25,14 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(md, "- topology: `{}`", r.topology);
     let _ = writeln!(md, "- classes ({}): {}", r.classes.len(), r.classes.join(", "));
     let _ = writeln!(md, "- wall time: {:.2} s", r.timing.wall_seconds);
+    if let Some(g) = r.timing.generation_seconds {
+        // Generation and evaluation overlap when their sum exceeds the wall time.
+        let _ = writeln!(
+            md,
+            "- generation: {g:.2} s; evaluation busy time: {:.2} s (overlapping: the run took {:.2} s)",
+            r.timing.evaluation_seconds, r.timing.wall_seconds
+        );
+    }
     let _ = writeln!(md, "- rcaflow {} (report schema {})\n", r.rcaflow_version, r.schema_version);
 
     if let (Some(real), Some(generated), Some(rca)) = (&r.real, &r.generated, &r.rca) {
@@ -131,6 +139,32 @@ pub fn render(r: &Report) -> String {
             );
             for bad in &s.unreadable {
                 let _ = writeln!(md, "  - `{}`: {}", bad.path.display(), bad.error);
+            }
+        }
+        let _ = writeln!(md);
+    }
+
+    if !r.generation.is_empty() {
+        let _ = writeln!(md, "## Generation\n");
+        for (id, g) in &r.generation {
+            let planned: u64 = g.planned.iter().sum();
+            let generated: u64 = g.generated.iter().sum();
+            let _ = writeln!(
+                md,
+                "- `{id}`: `{}`, {} with {} steps (eta {}), seed {}, {} replica(s): {generated} of {planned} images in {} units, {:.2} s ({}){}",
+                g.unet.display(),
+                g.scheduler,
+                g.steps,
+                g.eta,
+                g.seed,
+                g.replicas,
+                g.units,
+                g.generation_seconds,
+                g.images_per_second.map_or("-".into(), |v| format!("{v:.2} images/s")),
+                if g.stopped_early { ", stopped early" } else { "" }
+            );
+            if g.nonfinite_images > 0 {
+                let _ = writeln!(md, "  - **{} images had NaN or infinite values** before quantisation", g.nonfinite_images);
             }
         }
         let _ = writeln!(md);

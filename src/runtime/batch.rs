@@ -181,6 +181,7 @@ pub enum Summary {
     // Boxed: summaries are few (one per stage per run) and the variants differ a lot in size.
     Rca(Box<crate::stages::rca::RcaResult>),
     Source(crate::stages::image_folder::SourceResult),
+    Sampler(Box<crate::stages::ddpm_sampler::SamplerResult>),
     Lpips(crate::stages::lpips_diversity::LpipsResult),
     Fid(Box<crate::stages::fid::FidResult>),
     InceptionScore(crate::metrics::inception_score::InceptionScore),

@@ -98,6 +98,8 @@ pub struct WorkQueue {
     plan: Plan,
     /// Units not to run (already held by every accumulator, on resume).
     skip: BTreeSet<UnitId>,
+    /// The units to run, in plan order (the plan less the skipped ones).
+    runnable: Vec<WorkUnit>,
     next: AtomicUsize,
     done: Mutex<Vec<u64>>,
     started: Instant,
@@ -109,22 +111,24 @@ impl WorkQueue {
             d[u.class as usize] += u.size as u64;
             d
         });
-        WorkQueue { plan, skip, next: AtomicUsize::new(0), done: Mutex::new(done), started: Instant::now() }
+        let runnable = plan.units.iter().filter(|u| !skip.contains(&u.id())).copied().collect();
+        WorkQueue { plan, skip, runnable, next: AtomicUsize::new(0), done: Mutex::new(done), started: Instant::now() }
     }
 
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
 
-    /// The next unit nobody has taken, in plan order; `None` when all are taken.
-    pub fn take(&self) -> Option<WorkUnit> {
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let unit = *self.plan.units.get(i)?;
-            if !self.skip.contains(&unit.id()) {
-                return Some(unit);
-            }
-        }
+    /// The next unit nobody has taken, in plan order, with its rank among the units to run
+    /// (0, 1, 2, ...: the order results are sent downstream in); `None` when all are taken.
+    pub fn take(&self) -> Option<(usize, WorkUnit)> {
+        let rank = self.next.fetch_add(1, Ordering::Relaxed);
+        self.runnable.get(rank).map(|&unit| (rank, unit))
+    }
+
+    /// How many units this queue hands out in all.
+    pub fn runnable(&self) -> usize {
+        self.runnable.len()
     }
 
     /// Records a finished unit and returns the progress so far.
@@ -184,7 +188,7 @@ mod tests {
                     let q = queue.clone();
                     s.spawn(move || {
                         let mut mine = Vec::new();
-                        while let Some(u) = q.take() {
+                        while let Some((_, u)) = q.take() {
                             q.finish(&u);
                             mine.push(u);
                         }
@@ -208,7 +212,8 @@ mod tests {
         let queue = WorkQueue::new(plan, skip);
         assert_eq!(queue.progress().done_per_class, vec![2]);
         assert_eq!(queue.progress().eta, None);
-        let order: Vec<u32> = std::iter::from_fn(|| queue.take()).map(|u| u.index).collect();
-        assert_eq!(order, vec![0, 2]);
+        let order: Vec<(usize, u32)> = std::iter::from_fn(|| queue.take()).map(|(rank, u)| (rank, u.index)).collect();
+        assert_eq!(order, vec![(0, 0), (1, 2)], "ranks count the units to run only");
+        assert_eq!(queue.runnable(), 2);
     }
 }

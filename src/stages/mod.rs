@@ -1,6 +1,7 @@
 //! One file per stage type; [`build`] turns a validated component into its running stage.
 
 pub mod batcher;
+pub mod ddpm_sampler;
 pub mod fid;
 pub mod fid_stats;
 pub mod image_folder;
@@ -10,6 +11,7 @@ pub mod lpips_diversity;
 pub mod oracle;
 pub mod rca;
 pub mod report;
+pub mod save_images;
 
 use crate::runtime::StageSpec;
 use crate::topology::{ComponentKind, Graph};
@@ -29,6 +31,8 @@ pub fn build(graph: &Graph) -> Vec<StageSpec> {
                 ComponentKind::Fid(cfg) => Box::new(fid::FidStage::new(cfg.clone())),
                 ComponentKind::InceptionScore(cfg) => Box::new(inception_score::InceptionScoreStage::new(cfg.clone())),
                 ComponentKind::LpipsDiversity(cfg) => Box::new(lpips_diversity::LpipsDiversityStage::new(cfg.clone())),
+                ComponentKind::SaveImages(cfg) => Box::new(save_images::SaveImagesStage::new(cfg.clone())),
+                ComponentKind::DdpmSampler(cfg) => Box::new(ddpm_sampler::DdpmSamplerStage::new(cfg.clone())),
                 ComponentKind::Report(cfg) => Box::new(report::ReportStage::new(cfg.clone(), graph.label.clone())),
             };
             StageSpec {

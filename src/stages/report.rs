@@ -12,10 +12,12 @@ use crate::report::markdown;
 use crate::runtime::atomic_file::{commit, temporary_path, write_atomic};
 use crate::runtime::batch::{Payload, Summary};
 use crate::runtime::stage::{Stage, StageContext, StageError};
+use crate::stages::ddpm_sampler::SamplerResult;
 use crate::topology::config::ReportConfig;
 
 /// Report files a run writes; removed before a run starts so none is left from an earlier one.
-pub const REPORT_FILES: [&str; 5] = ["report.json", "report.md", "confusion_real.png", "confusion_generated.png", "rca_per_class.png"];
+pub const REPORT_FILES: [&str; 6] =
+    ["report.json", "report.md", "confusion_real.png", "confusion_generated.png", "rca_per_class.png", "samples_grid.png"];
 
 pub struct ReportStage {
     cfg: ReportConfig,
@@ -44,7 +46,7 @@ impl Stage for ReportStage {
                 Summary::Lpips(r) => (lpips.replace(r.clone()).is_some(), "lpips_diversity"),
                 Summary::Fid(r) => (fid.replace((**r).clone()).is_some(), "fid"),
                 Summary::InceptionScore(r) => (inception_score.replace(r.clone()).is_some(), "inception_score"),
-                Summary::Source(_) => (false, "source"),
+                Summary::Source(_) | Summary::Sampler(_) => (false, "source"),
             };
             if slot_taken {
                 return Err(StageError::Failed(format!("received results from two {kind} sinks; a report takes one of each")));
@@ -54,18 +56,27 @@ impl Stage for ReportStage {
         if ctx.control.aborted() {
             return Ok(None);
         }
-        let inputs = ctx
-            .control
-            .results()
-            .into_iter()
+        let results = ctx.control.results();
+        let inputs = results
+            .iter()
             .filter_map(|(id, s)| match s {
-                Summary::Source(src) => Some((id, src)),
+                Summary::Source(src) => Some((id.clone(), src.clone())),
                 _ => None,
             })
             .collect();
-        let stages = ctx
-            .control
-            .statuses()
+        let generation: BTreeMap<String, SamplerResult> = results
+            .iter()
+            .filter_map(|(id, s)| match s {
+                Summary::Sampler(r) => Some((id.clone(), (**r).clone())),
+                _ => None,
+            })
+            .collect();
+        let sources: Vec<&String> =
+            results.iter().filter(|(_, s)| matches!(s, Summary::Source(_) | Summary::Sampler(_))).map(|(id, _)| id).collect();
+        let statuses = ctx.control.statuses();
+        // Evaluation: every stage that is neither a source nor this report.
+        let evaluation_seconds = statuses.iter().filter(|s| !sources.contains(&&s.id) && s.id != ctx.id).map(|s| s.busy_seconds).sum();
+        let stages = statuses
             .into_iter()
             .map(|s| {
                 let t = StageTiming {
@@ -92,7 +103,13 @@ impl Stage for ReportStage {
             inception_score,
             lpips_diversity: lpips,
             inputs,
-            timing: Timing { wall_seconds: ctx.control.started.elapsed().as_secs_f64(), stages },
+            timing: Timing {
+                wall_seconds: ctx.control.started.elapsed().as_secs_f64(),
+                generation_seconds: generation.values().map(|g| g.generation_seconds).reduce(f64::max),
+                evaluation_seconds,
+                stages,
+            },
+            generation,
             figures: BTreeMap::new(),
         };
         let dir = ctx.run_dir.clone();
@@ -132,6 +149,22 @@ fn write_figures(dir: &Path, r: &Report) -> Result<BTreeMap<String, PathBuf>, St
         if let Some(s) = summary.as_ref().filter(|s| s.total > 0) {
             let title = format!("Oracle confusion, {} images (n = {})", name.trim_start_matches("confusion_"), s.total);
             draw(name, file, &|p| figures::confusion_heatmap(p, &title, &r.classes, &s.confusion))?;
+        }
+    }
+    // One generated-origin source per topology, so at most one sampler.
+    for g in r.generation.values() {
+        let grid = &g.grid;
+        let images: Vec<Vec<Vec<u8>>> = grid.per_class.iter().map(|row| row.iter().map_while(|im| im.clone()).collect()).collect();
+        if images.iter().any(|row| !row.is_empty()) {
+            let rows: Vec<figures::ClassSamples> =
+                r.classes.iter().zip(&images).map(|(class, images)| figures::ClassSamples { class, images }).collect();
+            let title = format!(
+                "Generated samples: first {} per class ({} {} steps)",
+                rows.iter().map(|r| r.images.len()).max().unwrap_or(0),
+                g.scheduler,
+                g.steps
+            );
+            draw("samples_grid", "samples_grid.png", &|p| figures::sample_grid(p, &title, &rows, (grid.height, grid.width)))?;
         }
     }
     if let Some(rca) = &r.rca {

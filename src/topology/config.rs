@@ -94,6 +94,46 @@ pub struct ImageFolderConfig {
     pub unit_size: usize,
 }
 
+fn default_replicas() -> usize {
+    1
+}
+
+pub use crate::models::schedulers::SchedulerKind;
+
+/// `ddpm_sampler` source: a class-conditional diffusers UNet2DModel sampled with DDPM or DDIM,
+/// `per_class` images of every class, cut into units of `unit_size` (DESIGN.md §2).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DdpmSamplerConfig {
+    /// A diffusers model folder: config.json, diffusion_pytorch_model.safetensors and, if present,
+    /// scheduler_config.json (else the scheduler's diffusers defaults).
+    pub unet: PathBuf,
+    #[serde(default, deserialize_with = "from_str")]
+    pub scheduler: SchedulerKind,
+    /// Denoising steps (default: every training timestep for DDPM, 50 for DDIM).
+    pub steps: Option<usize>,
+    /// DDIM's eta (0: deterministic given x_T); DDPM ignores it.
+    #[serde(default)]
+    pub eta: f64,
+    pub per_class: u64,
+    /// Images per unit: the grain of planning, seeding, batching and exactly-once accounting.
+    #[serde(default = "default_unit_size")]
+    pub unit_size: usize,
+    /// Run seed: each unit's noise derives from (seed, class, index) alone.
+    #[serde(default)]
+    pub seed: u64,
+    /// Sampler threads sharing the plan, each with its own copy of the model.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+/// `save_images` sink: writes generated images as PNGs, `path/<class>/<position>.png`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveImagesConfig {
+    pub path: PathBuf,
+}
+
 /// `batcher` transform: groups whole units into batches of about `batch_size` images.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +242,7 @@ pub struct ReportConfig {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ComponentKind {
     ImageFolder(ImageFolderConfig),
+    DdpmSampler(DdpmSamplerConfig),
     Batcher(BatcherConfig),
     OracleClassifier(OracleClassifierConfig),
     Rca(RcaConfig),
@@ -209,6 +250,7 @@ pub enum ComponentKind {
     Fid(FidConfig),
     InceptionScore(InceptionScoreConfig),
     LpipsDiversity(LpipsDiversityConfig),
+    SaveImages(SaveImagesConfig),
     Report(ReportConfig),
 }
 
@@ -216,6 +258,8 @@ impl ComponentKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             ComponentKind::ImageFolder(_) => "image_folder",
+            ComponentKind::DdpmSampler(_) => "ddpm_sampler",
+            ComponentKind::SaveImages(_) => "save_images",
             ComponentKind::Batcher(_) => "batcher",
             ComponentKind::OracleClassifier(_) => "oracle_classifier",
             ComponentKind::Rca(_) => "rca",
@@ -230,12 +274,13 @@ impl ComponentKind {
     /// The section this type must be declared in.
     pub fn section(&self) -> Section {
         match self {
-            ComponentKind::ImageFolder(_) => Section::Sources,
+            ComponentKind::ImageFolder(_) | ComponentKind::DdpmSampler(_) => Section::Sources,
             ComponentKind::Batcher(_) | ComponentKind::OracleClassifier(_) | ComponentKind::InceptionV3(_) => Section::Transforms,
             ComponentKind::Rca(_)
             | ComponentKind::Fid(_)
             | ComponentKind::InceptionScore(_)
             | ComponentKind::LpipsDiversity(_)
+            | ComponentKind::SaveImages(_)
             | ComponentKind::Report(_) => Section::Sinks,
         }
     }
@@ -243,11 +288,12 @@ impl ComponentKind {
     /// What this component accepts on its inputs (`None` for sources).
     pub fn accepts(&self) -> Option<DataKind> {
         match self {
-            ComponentKind::ImageFolder(_) => None,
+            ComponentKind::ImageFolder(_) | ComponentKind::DdpmSampler(_) => None,
             ComponentKind::Batcher(_)
             | ComponentKind::OracleClassifier(_)
             | ComponentKind::InceptionV3(_)
-            | ComponentKind::LpipsDiversity(_) => Some(DataKind::Images),
+            | ComponentKind::LpipsDiversity(_)
+            | ComponentKind::SaveImages(_) => Some(DataKind::Images),
             ComponentKind::Rca(_) => Some(DataKind::Predictions),
             ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) => Some(DataKind::Features),
             ComponentKind::Report(_) => Some(DataKind::Summaries),
@@ -257,13 +303,22 @@ impl ComponentKind {
     /// What this component emits (`None` for terminal sinks).
     pub fn produces(&self) -> Option<DataKind> {
         match self {
-            ComponentKind::ImageFolder(_) | ComponentKind::Batcher(_) => Some(DataKind::Images),
+            ComponentKind::ImageFolder(_) | ComponentKind::DdpmSampler(_) | ComponentKind::Batcher(_) => Some(DataKind::Images),
             ComponentKind::OracleClassifier(_) => Some(DataKind::Predictions),
             ComponentKind::InceptionV3(_) => Some(DataKind::Features),
             ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_) => {
                 Some(DataKind::Summaries)
             }
-            ComponentKind::Report(_) => None,
+            ComponentKind::SaveImages(_) | ComponentKind::Report(_) => None,
+        }
+    }
+
+    /// The origin of the images a source emits (`None` for other components).
+    pub fn source_origin(&self) -> Option<Origin> {
+        match self {
+            ComponentKind::ImageFolder(c) => Some(c.origin),
+            ComponentKind::DdpmSampler(_) => Some(Origin::Generated),
+            _ => None,
         }
     }
 
@@ -278,6 +333,8 @@ impl ComponentKind {
         let join = |p: &mut PathBuf| *p = resolve(base, p);
         match self {
             ComponentKind::ImageFolder(c) => join(&mut c.path),
+            ComponentKind::DdpmSampler(c) => join(&mut c.unet),
+            ComponentKind::SaveImages(c) => join(&mut c.path),
             ComponentKind::OracleClassifier(c) => join(&mut c.weights),
             ComponentKind::Rca(c) => c.baseline.iter_mut().for_each(join),
             ComponentKind::InceptionV3(c) => c.weights.iter_mut().for_each(join),
@@ -384,7 +441,7 @@ pub(crate) fn parse_component(
 }
 
 fn type_list() -> &'static str {
-    "image_folder, batcher, oracle_classifier, inception_v3, rca, fid, inception_score, lpips_diversity, report"
+    "image_folder, ddpm_sampler, batcher, oracle_classifier, inception_v3, rca, fid, inception_score, lpips_diversity, save_images, report"
 }
 
 /// serde/toml messages sometimes span lines; a config error is one line.

@@ -144,6 +144,18 @@ fn describe(kind: &ComponentKind) -> String {
         ComponentKind::ImageFolder(c) => {
             format!("path={} origin={} unit_size={}{}", c.path.display(), c.origin, c.unit_size, if c.strict { " strict" } else { "" })
         }
+        ComponentKind::DdpmSampler(c) => format!(
+            "unet={} scheduler={} steps={} eta={} per_class={} unit_size={} seed={} replicas={}",
+            c.unet.display(),
+            c.scheduler,
+            c.steps.map_or("default".into(), |s| s.to_string()),
+            c.eta,
+            c.per_class,
+            c.unit_size,
+            c.seed,
+            c.replicas
+        ),
+        ComponentKind::SaveImages(c) => format!("path={}", c.path.display()),
         ComponentKind::Batcher(c) => format!("batch_size={}", c.batch_size),
         ComponentKind::OracleClassifier(c) => {
             format!("weights={} arch={} stem={} normalization={}", c.weights.display(), c.arch, c.stem, c.normalization)

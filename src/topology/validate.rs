@@ -6,10 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use super::config::{parse_component, Component, ComponentKind, RawTopology, Section, DEFAULT_CAPACITY};
+use super::config::{parse_component, Component, ComponentKind, DdpmSamplerConfig, RawTopology, Section, DEFAULT_CAPACITY};
 use super::{Edge, Graph};
 use crate::models::hub_cache;
 use crate::models::inception::PT_INCEPTION_FILE;
+use crate::models::unet::{UNet2DConfig, CONFIG_FILE as UNET_CONFIG_FILE, WEIGHTS_FILE as UNET_WEIGHTS_FILE};
 use crate::runtime::batch::Origin;
 use crate::stages::image_folder;
 
@@ -145,12 +146,11 @@ pub(crate) fn validate(raw: RawTopology, base: &Path) -> Result<Graph, Vec<Strin
     // 7. Origins: one source each; every rca sink has evidence of real accuracy.
     let mut origin_owner: BTreeMap<Origin, &str> = BTreeMap::new();
     for c in &components {
-        if let ComponentKind::ImageFolder(cfg) = &c.kind {
-            if let Some(other) = origin_owner.insert(cfg.origin, &c.id) {
+        if let Some(origin) = c.kind.source_origin() {
+            if let Some(other) = origin_owner.insert(origin, &c.id) {
                 errors.push(format!(
-                    "{}: origin \"{}\" is already produced by sources.{other}; expected one source per origin",
-                    c.qualified(),
-                    cfg.origin
+                    "{}: origin \"{origin}\" is already produced by sources.{other}; expected one source per origin",
+                    c.qualified()
                 ));
             }
         }
@@ -251,9 +251,7 @@ fn upstream_origins(id: &str, by_id: &BTreeMap<&str, &Component>, edges: &[Edge]
         if component.inputs.iter().any(|input| !by_id.contains_key(input.as_str())) {
             return None;
         }
-        if let ComponentKind::ImageFolder(cfg) = &component.kind {
-            origins.insert(cfg.origin);
-        }
+        origins.extend(component.kind.source_origin());
         stack.extend(edges.iter().filter(|e| e.to == node).map(|e| e.from.clone()));
     }
     Some(origins)
@@ -352,10 +350,19 @@ fn check_inputs_on_disk(components: &[Component], declared: &Option<Vec<String>>
                     errors.push(format!("{name}: splits must be at least 1, found 0"));
                 }
             }
-            ComponentKind::Report(_) => {}
+            ComponentKind::DdpmSampler(cfg) => check_sampler(&name, cfg, errors),
+            ComponentKind::SaveImages(_) | ComponentKind::Report(_) => {}
         }
     }
     let classes = reference.map(|(_, classes)| classes);
+    if classes.is_none() {
+        for c in components.iter().filter(|c| matches!(c.kind, ComponentKind::DdpmSampler(_))) {
+            errors.push(format!(
+                "{}: the class names are unknown; expected `classes = [...]` in [run] (in the order of the model's class labels) or an image_folder source",
+                c.qualified()
+            ));
+        }
+    }
     // Second pass: things that need the class list.
     if let Some(classes) = &classes {
         for c in components {
@@ -367,6 +374,17 @@ fn check_inputs_on_disk(components: &[Component], declared: &Option<Vec<String>>
                             errors.push(format!(
                                 "{name}: weights \"{}\" classify {found} classes (fc.weight), the topology has {} classes",
                                 cfg.weights.display(),
+                                classes.len()
+                            ));
+                        }
+                    }
+                }
+                ComponentKind::DdpmSampler(cfg) => {
+                    if let Ok(Some(found)) = sampler_class_count(&cfg.unet) {
+                        if found != classes.len() {
+                            errors.push(format!(
+                                "{name}: unet \"{}\" has num_class_embeds = {found}, the topology has {} classes",
+                                cfg.unet.display(),
                                 classes.len()
                             ));
                         }
@@ -392,6 +410,49 @@ fn check_inputs_on_disk(components: &[Component], declared: &Option<Vec<String>>
         }
     }
     classes
+}
+
+/// A sampler's numbers and model folder.
+fn check_sampler(name: &str, cfg: &DdpmSamplerConfig, errors: &mut Vec<String>) {
+    for (key, value, unit) in
+        [("per_class", cfg.per_class, "image"), ("unit_size", cfg.unit_size as u64, "image"), ("replicas", cfg.replicas as u64, "replica")]
+    {
+        if value == 0 {
+            errors.push(format!("{name}: {key} must be at least 1 {unit}, found 0"));
+        }
+    }
+    if cfg.steps == Some(0) {
+        errors.push(format!("{name}: steps must be at least 1, found 0"));
+    }
+    if !(cfg.eta.is_finite() && cfg.eta >= 0.0) {
+        errors.push(format!("{name}: eta must be a finite number >= 0, found {}", cfg.eta));
+    }
+    if !cfg.unet.is_dir() {
+        errors.push(format!("{name}: unet folder \"{}\" does not exist; expected a diffusers model folder", cfg.unet.display()));
+        return;
+    }
+    for file in [UNET_CONFIG_FILE, UNET_WEIGHTS_FILE] {
+        if !cfg.unet.join(file).is_file() {
+            errors.push(format!("{name}: unet folder \"{}\" has no {file}; expected a diffusers UNet2DModel folder", cfg.unet.display()));
+        }
+    }
+    match sampler_class_count(&cfg.unet) {
+        Err(e) => errors.push(format!("{name}: {e}")),
+        Ok(None) => errors.push(format!(
+            "{name}: unet \"{}\" is not class-conditional (num_class_embeds is null); expected a class-conditional model",
+            cfg.unet.display()
+        )),
+        Ok(Some(_)) => {}
+    }
+}
+
+/// `num_class_embeds` of a diffusers model folder's config.json, checked for what the sampler
+/// can run, without loading weights.
+fn sampler_class_count(folder: &Path) -> Result<Option<usize>, String> {
+    let path = folder.join(UNET_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("unet config \"{}\": cannot read: {e}", path.display()))?;
+    let config = UNet2DConfig::from_json_str(&text).map_err(|e| format!("unet config \"{}\": {e}", path.display()))?;
+    Ok(config.num_class_embeds)
 }
 
 /// `None` when equal; otherwise what is missing, unexpected or out of order.

@@ -1,0 +1,115 @@
+//! `save_images` sink: writes every generated image as a PNG in ImageFolder layout,
+//! `path/<class>/<position>.png` (position = the image's index in its class's deterministic
+//! order, zero-padded to 6 digits), so `rcaflow eval` and other tools can read a run's samples.
+//!
+//! A file's name depends only on the image's position, so writing a unit again (after a
+//! restart) replaces the same files with the same bytes: saving is idempotent. Each file is
+//! written to a temporary name and renamed, so a crash never leaves a torn PNG under the final
+//! name. Real images are not written (they are on disk already).
+
+use std::path::{Path, PathBuf};
+
+use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary};
+use crate::runtime::stage::{Stage, StageContext, StageError};
+use crate::topology::config::SaveImagesConfig;
+
+pub struct SaveImagesStage {
+    cfg: SaveImagesConfig,
+}
+
+impl SaveImagesStage {
+    pub fn new(cfg: SaveImagesConfig) -> Self {
+        SaveImagesStage { cfg }
+    }
+}
+
+/// The file of the image at `position` of `class`.
+pub fn image_path(root: &Path, class: &str, position: u64) -> PathBuf {
+    root.join(class).join(format!("{position:06}.png"))
+}
+
+/// Encodes planar RGB (3 x H x W) as a PNG at `path`, through a temporary file.
+pub fn write_png(path: &Path, height: usize, width: usize, planar: &[u8]) -> Result<(), String> {
+    let plane = height * width;
+    let interleaved: Vec<u8> = (0..plane).flat_map(|i| [planar[i], planar[plane + i], planar[2 * plane + i]]).collect();
+    let tmp = crate::runtime::atomic_file::temporary_path(path);
+    let write = || -> Result<(), String> {
+        image::save_buffer_with_format(
+            &tmp,
+            &interleaved,
+            width as u32,
+            height as u32,
+            image::ExtendedColorType::Rgb8,
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn save_batch(root: &Path, classes: &[String], batch: &ImageBatch) -> Result<usize, StageError> {
+    let mut written = 0;
+    for span in batch.units.iter().filter(|s| s.id.origin == Origin::Generated) {
+        let class = classes
+            .get(span.id.class as usize)
+            .ok_or_else(|| StageError::Failed(format!("image of class {} has no class name", span.id.class)))?;
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).map_err(|e| StageError::Failed(format!("image folder \"{}\": cannot create: {e}", dir.display())))?;
+        for i in span.start..span.start + span.len {
+            let path = image_path(root, class, span.position_of(i));
+            write_png(&path, batch.height, batch.width, batch.image(i))
+                .map_err(|e| StageError::Failed(format!("image \"{}\": cannot write: {e}", path.display())))?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+impl Stage for SaveImagesStage {
+    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
+        let root = self.cfg.path;
+        let mut written = 0usize;
+        while let Some(payload) = ctx.recv() {
+            let Payload::Images(batch) = payload else {
+                return Err(StageError::Failed("received a non-image payload; the topology check should have refused this edge".into()));
+            };
+            written += ctx.timed(|| save_batch(&root, &ctx.classes, &batch))?;
+        }
+        tracing::info!(stage = %ctx.id, images = written, path = %root.display(), "images saved");
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::batch::{UnitId, UnitSpan};
+
+    #[test]
+    fn writes_generated_images_by_position_and_rewrites_them_identically() {
+        let tmp = tempfile::tempdir().unwrap();
+        let classes = vec!["a".to_string(), "b".to_string()];
+        // 2 images of 2x3 pixels: unit 1 of class b (positions 4, 5), plus a real unit (ignored).
+        let pixels: Vec<u8> = (0..36).map(|v| v as u8 * 7).collect();
+        let spans = vec![
+            UnitSpan { id: UnitId { origin: Origin::Generated, class: 1, index: 1 }, start: 0, len: 1, first_position: 4 },
+            UnitSpan { id: UnitId { origin: Origin::Real, class: 0, index: 0 }, start: 1, len: 1, first_position: 0 },
+        ];
+        let batch = ImageBatch::new(2, 3, pixels.clone(), vec![1, 0], spans);
+        assert_eq!(save_batch(tmp.path(), &classes, &batch).unwrap(), 1);
+        let path = image_path(tmp.path(), "b", 4);
+        assert!(path.ends_with("b/000004.png"));
+        let (h, w, planar) = crate::stages::image_folder::decode_rgb_planar(&path).unwrap();
+        assert_eq!((h, w), (2, 3));
+        assert_eq!(planar, pixels[..18]);
+        let first = std::fs::read(&path).unwrap();
+        save_batch(tmp.path(), &classes, &batch).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        assert!(!tmp.path().join("a").exists(), "real images are not written");
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("b")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+    }
+}

@@ -1,0 +1,355 @@
+//! The sampler: whole DDIM runs equal to diffusers', deterministic units, `rcaflow sample`, and
+//! an end-to-end `rcaflow run` of a sampler topology whose report does not depend on the
+//! number of sampler replicas.
+//!
+//! The fixtures in tests/fixtures/sampler/<case>/ come from scripts/make_sampler_fixtures.py: a
+//! tiny class-conditional UNet's config (and, for one case, its scheduler_config.json), x_T, the
+//! labels and diffusers' final samples. The weights are drawn from the keyed PRNG shared with
+//! the script (tests/common/random_weights.rs).
+
+#[path = "../examples/common/color_set.rs"]
+mod color_set;
+#[path = "common/prng.rs"]
+mod prng;
+#[path = "common/random_weights.rs"]
+mod random_weights;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use rcaflow::models::sampling::UnitSampler;
+use rcaflow::models::schedulers::SchedulerKind;
+use rcaflow::runtime::plan::Plan;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The issue's bound for a whole DDIM run against diffusers.
+const RUN_TOLERANCE: f64 = 1e-3;
+
+#[derive(Deserialize)]
+struct RunFixture {
+    state_dict: Vec<(String, Vec<usize>)>,
+    steps: usize,
+    labels: Vec<u32>,
+    x_t_shape: Vec<usize>,
+    x_t: Vec<f64>,
+    output: Vec<f64>,
+}
+
+fn fixture_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler").join(case)
+}
+
+fn fixture(case: &str) -> RunFixture {
+    serde_json::from_slice(&std::fs::read(fixture_dir(case).join("run.json")).unwrap()).unwrap()
+}
+
+/// The case's model folder (config, scheduler config if any, PRNG weights) under `root/unet`.
+fn unet_folder(case: &str, root: &Path) -> (PathBuf, RunFixture) {
+    let fx = fixture(case);
+    let dir = root.join("unet");
+    random_weights::unet_folder(&fixture_dir(case), &fx.state_dict, &dir);
+    (dir, fx)
+}
+
+fn rcaflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcaflow"));
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn read_npy(path: &Path) -> Vec<f64> {
+    Tensor::read_npy(path).unwrap().flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap()
+}
+
+/// `rcaflow sample --noise --labels --out-npy` against diffusers' DDIM (eta = 0) loop.
+fn ddim_run_matches_diffusers(case: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (unet, fx) = unet_folder(case, tmp.path());
+    let x_t: Vec<f32> = fx.x_t.iter().map(|&v| v as f32).collect();
+    let noise = tmp.path().join("x_t.npy");
+    Tensor::from_vec(x_t, fx.x_t_shape.as_slice(), &Device::Cpu).unwrap().write_npy(&noise).unwrap();
+    let out = tmp.path().join("samples.npy");
+    let labels = fx.labels.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let o = rcaflow()
+        .args(["sample", "--scheduler", "ddim", "--steps", &fx.steps.to_string(), "--labels", &labels, "--device", "cpu", "--unet"])
+        .arg(&unet)
+        .arg("--noise")
+        .arg(&noise)
+        .arg("--out-npy")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = read_npy(&out);
+    assert_eq!(ours.len(), fx.output.len());
+    let err = ours.iter().zip(&fx.output).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    println!("{case}: {} steps, max abs error against diffusers {err:.2e}", fx.steps);
+    assert!(err <= RUN_TOLERANCE, "{case}: max abs error {err} > {RUN_TOLERANCE}");
+}
+
+#[test]
+fn ddim_run_with_scheduler_defaults_equals_diffusers() {
+    ddim_run_matches_diffusers("ddim_defaults");
+}
+
+#[test]
+fn ddim_run_with_the_folders_scheduler_config_equals_diffusers() {
+    ddim_run_matches_diffusers("ddim_folder_config");
+}
+
+#[test]
+fn a_unit_gives_the_same_images_whatever_runs_it_and_when() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (unet, _) = unet_folder("ddim_defaults", tmp.path());
+    let load = |kind, steps| UnitSampler::load(&unet, kind, Some(steps), 0.0, &Device::Cpu).unwrap();
+    let plan = Plan::new(11, &[3, 3, 3], 2);
+    for (kind, steps) in [(SchedulerKind::Ddpm, 4), (SchedulerKind::Ddim, 3)] {
+        // Two "replicas" (separately loaded models), units in opposite orders.
+        let (a, b) = (load(kind, steps), load(kind, steps));
+        let forward: Vec<Vec<f32>> = plan.units.iter().map(|u| a.sample_unit(u).unwrap()).collect();
+        let mut backward: Vec<Vec<f32>> = plan.units.iter().rev().map(|u| b.sample_unit(u).unwrap()).collect();
+        backward.reverse();
+        assert_eq!(forward, backward, "{kind}: same unit, other replica, other order");
+        assert_eq!(forward[0], a.sample_unit(&plan.units[0]).unwrap(), "{kind}: same unit twice");
+        assert_ne!(forward[0][..3 * 64], forward[1][..3 * 64], "{kind}: units differ (their seeds do)");
+        assert!(forward.iter().flatten().all(|v| v.is_finite()));
+    }
+    // DDPM draws step noise from the unit's seed: a different run seed gives other images.
+    let ddpm = load(SchedulerKind::Ddpm, 4);
+    let other = Plan::new(12, &[3, 3, 3], 2);
+    assert_ne!(ddpm.sample_unit(&plan.units[0]).unwrap(), ddpm.sample_unit(&other.units[0]).unwrap());
+}
+
+#[test]
+fn sampler_refuses_bad_step_counts_and_models_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (unet, _) = unet_folder("ddim_defaults", tmp.path());
+    let err = UnitSampler::load(&unet, SchedulerKind::Ddim, Some(1001), 0.0, &Device::Cpu).err().unwrap();
+    assert_eq!(err.to_string(), "steps = 1001: expected 1 to num_train_timesteps = 1000");
+    let text = std::fs::read_to_string(unet.join("config.json")).unwrap().replace("\"out_channels\": 3", "\"out_channels\": 6");
+    std::fs::write(unet.join("config.json"), text).unwrap();
+    let err = UnitSampler::load(&unet, SchedulerKind::Ddpm, None, 0.0, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("conv_out.weight"), "a checkpoint that disagrees with its config is named: {err}");
+}
+
+#[test]
+fn sample_writes_image_folders_of_the_chosen_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (unet, _) = unet_folder("ddim_defaults", tmp.path());
+    let out = tmp.path().join("out");
+    let run = |out: &Path, extra: &[&str]| {
+        rcaflow()
+            .args(["sample", "--scheduler", "ddim", "--steps", "2", "--device", "cpu", "--unit-size", "2", "--unet"])
+            .arg(&unet)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&out, &["--classes", "0,2", "--per-class", "3", "--seed", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = |dir: &Path| -> Vec<String> {
+        let mut files: Vec<String> = walk(dir).iter().map(|p| p.strip_prefix(dir).unwrap().display().to_string()).collect();
+        files.sort();
+        files
+    };
+    let expected: Vec<String> = ["class_00", "class_02"].iter().flat_map(|c| (0..3).map(move |i| format!("{c}/{i:06}.png"))).collect();
+    assert_eq!(listing(&out), expected);
+    let img = image::open(out.join("class_02/000002.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (8, 8));
+
+    // Class names from the folder's classes.json; the same seed gives the same files.
+    std::fs::write(unet.join("classes.json"), r#"["ant", "bee", "cat"]"#).unwrap();
+    let named = tmp.path().join("named");
+    assert!(run(&named, &["--classes", "cat", "--per-class", "3", "--seed", "5"]).status.success());
+    assert_eq!(std::fs::read(named.join("cat/000002.png")).unwrap(), std::fs::read(out.join("class_02/000002.png")).unwrap());
+
+    // Bad requests are named.
+    let o = run(&named, &["--classes", "dog", "--per-class", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--classes: \"dog\" is neither a label below 3 nor a class name (ant, bee, cat)"), "{}", stderr(&o));
+    let noise = tmp.path().join("bad.npy");
+    Tensor::zeros((2, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap().write_npy(&noise).unwrap();
+    let o = run(&named, &["--labels", "0,1", "--noise", noise.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("shape [2, 3, 4, 4], expected [2, 3, 8, 8]"), "{}", stderr(&o));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A sampler topology with every evaluation stage, over a 3-class color set as the real side.
+fn sampler_topology(root: &Path, replicas: usize) -> PathBuf {
+    let colors: Vec<[u8; 3]> = color_set::PALETTE[..3].iter().map(|(_, c)| *c).collect();
+    for (name, color) in &color_set::PALETTE[..3] {
+        let dir = root.join("real").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..4 {
+            color_set::write_png(&dir.join(format!("{i:03}.png")), 8, |_, _| *color);
+        }
+    }
+    candle_core::safetensors::save(&color_set::color_oracle(&colors), root.join("oracle.safetensors")).unwrap();
+    if !root.join("inception.safetensors").exists() {
+        random_weights::random_inception(&root.join("inception.safetensors"));
+    }
+    random_weights::random_lpips_weights(root);
+    let path = root.join(format!("sampler-{replicas}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"[run]
+dir = "run-{replicas}"
+default_capacity = 2
+
+[sources.real]
+type = "image_folder"
+path = "real"
+origin = "real"
+
+[sources.sampler]
+type = "ddpm_sampler"
+unet = "unet"
+scheduler = "ddpm"
+steps = 3
+per_class = 5
+unit_size = 2
+seed = 3
+replicas = {replicas}
+
+[transforms.batches]
+type = "batcher"
+inputs = ["real", "sampler"]
+batch_size = 4
+
+[transforms.oracle]
+type = "oracle_classifier"
+inputs = ["batches"]
+weights = "oracle.safetensors"
+arch = "resnet18"
+stem = "cifar"
+normalization = "minus-one-one"
+
+[transforms.inception]
+type = "inception_v3"
+inputs = ["batches"]
+weights = "inception.safetensors"
+
+[sinks.rca]
+type = "rca"
+inputs = ["oracle"]
+
+[sinks.fid]
+type = "fid"
+inputs = ["inception"]
+
+[sinks.inception_score]
+type = "inception_score"
+inputs = ["inception"]
+splits = 2
+
+[sinks.lpips]
+type = "lpips_diversity"
+inputs = ["batches"]
+net = "alex"
+backbone = "alexnet.safetensors"
+lin = "alex-lin.safetensors"
+pairs = 4
+
+[sinks.samples]
+type = "save_images"
+inputs = ["sampler"]
+path = "samples-{replicas}"
+
+[sinks.report]
+type = "report"
+inputs = ["rca", "fid", "inception_score", "lpips"]
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The report less what legitimately varies between runs: timings, paths, replica count.
+fn comparable(mut report: Value) -> Value {
+    let obj = report.as_object_mut().unwrap();
+    for key in ["timing", "topology", "figures"] {
+        obj.remove(key);
+    }
+    for (_, sampler) in obj["generation"].as_object_mut().unwrap() {
+        let s = sampler.as_object_mut().unwrap();
+        for key in ["generation_seconds", "busy_seconds", "images_per_second", "replicas"] {
+            s.remove(key);
+        }
+    }
+    report
+}
+
+#[test]
+fn run_scores_sampled_images_in_every_stage_and_replicas_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (unet, _) = unet_folder("ddim_defaults", root);
+    // The same weights at 32x32 (no weight depends on the size): LPIPS' alexnet needs >= 31x31.
+    let config = std::fs::read_to_string(unet.join("config.json")).unwrap();
+    std::fs::write(unet.join("config.json"), config.replace("\"sample_size\": 8", "\"sample_size\": 32")).unwrap();
+    let mut reports = Vec::new();
+    for replicas in [1, 2] {
+        let topology = sampler_topology(root, replicas);
+        let o = rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology).output().unwrap();
+        assert!(o.status.success(), "{replicas} replicas: {}", stderr(&o));
+        let report: Value = serde_json::from_slice(&std::fs::read(root.join(format!("run-{replicas}/report.json"))).unwrap()).unwrap();
+        reports.push(report);
+    }
+    let r = &reports[0];
+    assert_eq!(r["status"], "complete");
+    // Per-class counts: 5 generated images of each class went through every stage.
+    let generation = &r["generation"]["sampler"];
+    assert_eq!(generation["planned"], serde_json::json!([5, 5, 5]));
+    assert_eq!(generation["generated"], serde_json::json!([5, 5, 5]));
+    assert_eq!(generation["units"], 9, "3 units of 2, 2, 1 images per class");
+    let confusion = r["generated"]["confusion"].as_array().unwrap();
+    let row_sums: Vec<u64> = confusion.iter().map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum()).collect();
+    assert_eq!(row_sums, vec![5, 5, 5]);
+    assert_eq!(r["real"]["accuracy"], 1.0, "the color oracle knows the real colors");
+    assert!(r["rca"]["global"].as_f64().is_some());
+    assert_eq!(r["fid"]["generated_images"], 15);
+    assert_eq!(r["fid"]["real_images"], 12);
+    assert!(r["fid"]["value"].as_f64().unwrap() > 0.0);
+    assert!(r["inception_score"]["mean"].as_f64().unwrap() >= 1.0);
+    // 5 images a class, 4 pairs asked: fewer than the 10 distinct pairs, so the disjoint (0,1), (2,3).
+    let lpips = &r["lpips_diversity"];
+    assert_eq!(lpips["pairs_per_class"], serde_json::json!([2, 2, 2]));
+    assert!(lpips["per_class"].as_array().unwrap().iter().all(|d| d.as_f64().unwrap() > 0.0), "{lpips}");
+    assert!(r["timing"]["generation_seconds"].as_f64().unwrap() > 0.0);
+    assert!(r["timing"]["evaluation_seconds"].as_f64().unwrap() > 0.0);
+    assert!(root.join("run-1").join(r["figures"]["samples_grid"].as_str().unwrap()).is_file());
+    // Saved PNGs: per class, by position.
+    let saved = walk(&root.join("samples-1"));
+    assert_eq!(saved.len(), 15);
+
+    // Two replicas: the same report to the last bit (units reach the sinks in plan order) and
+    // the same image files.
+    assert_eq!(comparable(reports[0].clone()), comparable(reports[1].clone()));
+    for path in saved {
+        let twin = root.join("samples-2").join(path.strip_prefix(root.join("samples-1")).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&twin).unwrap(), "{}", path.display());
+    }
+}
