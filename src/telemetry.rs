@@ -42,7 +42,8 @@ pub const PREDICTIONS: &str = "rcaflow_predictions_total";
 pub const FID: &str = "rcaflow_fid";
 /// Live Inception Score (mean over splits).
 pub const INCEPTION_SCORE: &str = "rcaflow_inception_score";
-/// Images whose features or logits were NaN or infinite, left out of a metric. Labels: stage.
+/// Images with NaN or infinite values: samples a sampler generated, or features and logits left
+/// out of a metric. Labels: stage.
 pub const NONFINITE_IMAGES: &str = "rcaflow_nonfinite_images_total";
 /// Live mean LPIPS distance between same-class generated images. Labels: class.
 pub const LPIPS_DIVERSITY: &str = "rcaflow_lpips_diversity";
@@ -115,7 +116,11 @@ fn describe_all() {
     );
     describe_gauge!(FID, "Live Frechet Inception Distance, generated vs real.");
     describe_gauge!(INCEPTION_SCORE, "Live Inception Score of the generated images (mean over splits).");
-    describe_counter!(NONFINITE_IMAGES, Unit::Count, "Images whose features were NaN or infinite, left out of a metric.");
+    describe_counter!(
+        NONFINITE_IMAGES,
+        Unit::Count,
+        "Images with NaN or infinite values: generated samples, or features left out of a metric."
+    );
     describe_gauge!(LPIPS_DIVERSITY, "Live mean LPIPS distance between pairs of same-class generated images.");
     describe_gauge!(CLASS_IMAGES_PLANNED, Unit::Count, "Images the sampler plans for a class.");
     describe_counter!(CLASS_IMAGES_GENERATED, Unit::Count, "Images the sampler has generated for a class.");

@@ -198,6 +198,14 @@ impl Stage for LpipsDiversityStage {
     }
 }
 
+/// Live gauges: mean LPIPS per class (NaN while a class has no scored pair, so a panel shows a
+/// gap rather than a misleading 0).
+fn publish_live(diversity: &Diversity, classes: &[String]) {
+    for (class, value) in classes.iter().zip(&diversity.per_class) {
+        metrics::gauge!(telemetry::LPIPS_DIVERSITY, "class" => class.clone()).set(value.unwrap_or(f64::NAN));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,13 +260,5 @@ mod tests {
             t.release(c, j);
         }
         assert!(t.held.is_empty(), "scored pairs free their images");
-    }
-}
-
-/// Live gauges: mean LPIPS per class (NaN while a class has no scored pair, so a panel shows a
-/// gap rather than a misleading 0).
-fn publish_live(diversity: &Diversity, classes: &[String]) {
-    for (class, value) in classes.iter().zip(&diversity.per_class) {
-        metrics::gauge!(telemetry::LPIPS_DIVERSITY, "class" => class.clone()).set(value.unwrap_or(f64::NAN));
     }
 }
