@@ -14,7 +14,8 @@
 //!    holds exactly the families `src/telemetry.rs` lists.
 //!
 //! Skipped, with a message, when `prometheus` or `promtool` is not on PATH, unless `CI` is set:
-//! then their absence fails (`.ci/run` installs Debian's `prometheus` package).
+//! then their absence fails (`.ci/run` installs Debian's `prometheus` package). A second test,
+//! which needs neither, checks that the README's metric table lists exactly those metrics.
 
 #[path = "../examples/common/color_set.rs"]
 mod color_set;
@@ -321,6 +322,20 @@ figures = false
     )
     .unwrap();
     topology
+}
+
+#[test]
+fn readme_metric_table_lists_exactly_the_exported_metrics() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme.split("\n## Metrics\n").nth(1).expect("README has a Metrics section");
+    let section = section.split("\n## ").next().unwrap();
+    let exported = exported_metrics();
+    let mut listed = BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `rcaflow_")) {
+        let names = row.split('|').nth(1).unwrap();
+        listed.extend(metrics_in(names, &exported));
+    }
+    assert_eq!(listed, exported, "README's metric table (left) vs src/telemetry.rs (right)");
 }
 
 /// The shipped `config/prometheus.yml`, scraping `target` every second, with absolute rules.
