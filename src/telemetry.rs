@@ -35,11 +35,15 @@ pub const ACCURACY: &str = "rcaflow_accuracy_ratio";
 pub const RCA: &str = "rcaflow_rca_ratio";
 /// Live class RCA. Labels: class.
 pub const CLASS_RCA: &str = "rcaflow_class_rca_ratio";
+/// Oracle predictions folded into results: the live confusion matrices. Labels: origin, class
+/// (the true or intended class), predicted. At most 2 x classes² series, only cells that occur.
+pub const PREDICTIONS: &str = "rcaflow_predictions_total";
 /// Live FID (recomputed every `interval_secs` of the fid sink).
 pub const FID: &str = "rcaflow_fid";
 /// Live Inception Score (mean over splits).
 pub const INCEPTION_SCORE: &str = "rcaflow_inception_score";
-/// Images whose features or logits were NaN or infinite, left out of a metric. Labels: stage.
+/// Images with NaN or infinite values: samples a sampler generated, or features and logits left
+/// out of a metric. Labels: stage.
 pub const NONFINITE_IMAGES: &str = "rcaflow_nonfinite_images_total";
 /// Live mean LPIPS distance between same-class generated images. Labels: class.
 pub const LPIPS_DIVERSITY: &str = "rcaflow_lpips_diversity";
@@ -105,9 +109,18 @@ fn describe_all() {
     describe_gauge!(ACCURACY, Unit::Percent, "Live oracle accuracy by origin (0-1).");
     describe_gauge!(RCA, Unit::Percent, "Live global Relative Classification Accuracy (generated / real accuracy).");
     describe_gauge!(CLASS_RCA, Unit::Percent, "Live class RCA (generated / real recall).");
+    describe_counter!(
+        PREDICTIONS,
+        Unit::Count,
+        "Oracle predictions folded into results, by origin, true (intended) class and predicted class."
+    );
     describe_gauge!(FID, "Live Frechet Inception Distance, generated vs real.");
     describe_gauge!(INCEPTION_SCORE, "Live Inception Score of the generated images (mean over splits).");
-    describe_counter!(NONFINITE_IMAGES, Unit::Count, "Images whose features were NaN or infinite, left out of a metric.");
+    describe_counter!(
+        NONFINITE_IMAGES,
+        Unit::Count,
+        "Images with NaN or infinite values: generated samples, or features left out of a metric."
+    );
     describe_gauge!(LPIPS_DIVERSITY, "Live mean LPIPS distance between pairs of same-class generated images.");
     describe_gauge!(CLASS_IMAGES_PLANNED, Unit::Count, "Images the sampler plans for a class.");
     describe_counter!(CLASS_IMAGES_GENERATED, Unit::Count, "Images the sampler has generated for a class.");

@@ -62,6 +62,12 @@ pub struct StageStatus {
 
 impl StageStats {
     pub fn new(id: &str, accumulates: bool) -> Self {
+        // Every stage's counters exist from the start, at 0: `rate` and `increase` need a sample
+        // before the first event to see it (an errors alert would miss a stage's first error),
+        // and idle stages show as 0 on a dashboard instead of missing.
+        for name in [telemetry::STAGE_IMAGES_IN, telemetry::STAGE_IMAGES_OUT, telemetry::STAGE_BATCHES, telemetry::STAGE_ERRORS] {
+            metrics::counter!(name, "stage" => id.to_string()).increment(0);
+        }
         StageStats {
             id: id.to_string(),
             accumulates,

@@ -116,7 +116,12 @@ impl Stage for DdpmSamplerStage {
         metrics::gauge!(telemetry::RUN_IMAGES_PLANNED, "origin" => Origin::Generated.as_str()).increment(plan.total_images() as f64);
         for (class, &n) in classes.iter().zip(&plan.per_class) {
             metrics::gauge!(telemetry::CLASS_IMAGES_PLANNED, "class" => class.clone()).set(n as f64);
+            // Counters at 0 from the start: a class not begun shows 0% rather than no bar, and
+            // `increase` sees the first unit.
+            metrics::counter!(telemetry::CLASS_IMAGES_GENERATED, "class" => class.clone()).increment(0);
         }
+        metrics::counter!(telemetry::SAMPLER_UNITS_DONE).increment(0);
+        metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
         let planned = plan.per_class.clone();
         let queue = WorkQueue::new(plan, Default::default());
         let shared = Shared {
@@ -192,7 +197,7 @@ fn run_replica(sampler: UnitSampler, ctx: &StageContext, queue: &WorkQueue, shar
             lock(&shared.first_start).get_or_insert_with(Instant::now);
             let batch = ctx.timed(|| -> Result<ImageBatch, StageError> {
                 let samples = sampler.sample_unit(&unit).map_err(|e| StageError::Failed(format!("unit {}: {e}", unit.id())))?;
-                Ok(to_batch(&unit, &samples, channels, sampler.image_shape(), shared))
+                Ok(to_batch(&unit, &samples, channels, sampler.image_shape(), shared, &ctx.id))
             })?;
             *lock(&shared.last_end) = Some(Instant::now());
             if !shared.in_order.deliver(rank, unit, batch, ctx, |unit, batch| send_unit(unit, batch, ctx, queue, shared))? {
@@ -282,7 +287,14 @@ impl InOrder {
 }
 
 /// Quantised RGB batch of one unit; 1-channel models are shown as grey RGB.
-fn to_batch(unit: &WorkUnit, samples: &[f32], channels: usize, (_, h, w): (usize, usize, usize), shared: &Shared) -> ImageBatch {
+fn to_batch(
+    unit: &WorkUnit,
+    samples: &[f32],
+    channels: usize,
+    (_, h, w): (usize, usize, usize),
+    shared: &Shared,
+    stage: &str,
+) -> ImageBatch {
     let per_image = channels * h * w;
     let mut pixels = Vec::with_capacity(unit.size * 3 * h * w);
     let mut nonfinite = 0;
@@ -301,6 +313,7 @@ fn to_batch(unit: &WorkUnit, samples: &[f32], channels: usize, (_, h, w): (usize
     if nonfinite > 0 {
         tracing::warn!(unit = %unit.id(), images = nonfinite, "generated images with NaN or infinite values");
         *lock(&shared.nonfinite) += nonfinite;
+        metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => stage.to_string()).increment(nonfinite);
     }
     let span = UnitSpan { id: unit.id(), start: 0, len: unit.size, first_position: unit.first_position };
     ImageBatch::new(h, w, pixels, vec![unit.class; unit.size], vec![span])

@@ -114,6 +114,8 @@ impl Stage for FidStage {
             None => None,
         };
         let mut acc = ExactlyOnce::new(FidState { real: GaussianStats::new(DIM), generated: GaussianStats::new(DIM), nonfinite: 0 });
+        // At 0 from the start, so the first non-finite image shows as an increase (and alerts).
+        metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
         let mut live = CheckpointTimer::new(Duration::from_secs_f64(self.cfg.interval_secs));
         while let Some(payload) = ctx.recv() {
             let Payload::Features(batch) = payload else {

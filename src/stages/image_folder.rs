@@ -129,6 +129,8 @@ impl Stage for ImageFolderStage {
         ctx.control.add_planned(planned as u64);
         ctx.control.set_planned_per_class(origin, per_class.iter().map(|f| f.len() as u64).collect());
         metrics::gauge!(telemetry::RUN_IMAGES_PLANNED, "origin" => origin.as_str()).increment(planned as f64);
+        // At 0 from the start, so the first corrupt file shows as an increase.
+        metrics::counter!(telemetry::CORRUPT_INPUTS, "stage" => ctx.id.clone()).increment(0);
         tracing::info!(stage = %ctx.id, %origin, images = planned, path = %cfg.path.display(), "listing done");
 
         let mut result = SourceResult {

@@ -61,6 +61,8 @@ impl Stage for InceptionScoreStage {
     fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
         let k = crate::models::inception::InceptionV3::LOGITS;
         let mut acc: Option<ExactlyOnce<IsAccumulator>> = None;
+        // At 0 from the start, so the first non-finite image shows as an increase (and alerts).
+        metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
         while let Some(payload) = ctx.recv() {
             let Payload::Features(batch) = payload else {
                 return Err(StageError::Failed("received a non-feature payload; the topology check should have refused this edge".into()));

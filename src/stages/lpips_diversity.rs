@@ -183,19 +183,26 @@ impl Stage for LpipsDiversityStage {
                 t.take(&batch)?;
                 t.score(&lpips, false)
             })?;
-            let live = t.state.finish();
-            for (class, value) in ctx.classes.iter().zip(&live.per_class) {
-                metrics::gauge!(telemetry::LPIPS_DIVERSITY, "class" => class.clone()).set(value.unwrap_or(f64::NAN));
-            }
+            publish_live(&t.state.finish(), &ctx.classes);
         }
         if ctx.control.aborted() {
             return Ok(None);
         }
         ctx.timed(|| t.score(&lpips, true))?;
+        // The pairs scored at the end count too: the last live value equals the report's.
+        publish_live(&t.state.finish(), &ctx.classes);
         let result = LpipsResult { net: cfg.net, diversity: t.state.finish(), pairs_requested: cfg.pairs };
         let summary = Summary::Lpips(result);
         ctx.send(Payload::Summary(std::sync::Arc::new(summary.clone())))?;
         Ok(Some(summary))
+    }
+}
+
+/// Live gauges: mean LPIPS per class (NaN while a class has no scored pair, so a panel shows a
+/// gap rather than a misleading 0).
+fn publish_live(diversity: &Diversity, classes: &[String]) {
+    for (class, value) in classes.iter().zip(&diversity.per_class) {
+        metrics::gauge!(telemetry::LPIPS_DIVERSITY, "class" => class.clone()).set(value.unwrap_or(f64::NAN));
     }
 }
 

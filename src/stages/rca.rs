@@ -146,7 +146,9 @@ impl Stage for RcaStage {
                     "received a non-prediction payload; the topology check should have refused this edge".into(),
                 ));
             };
+            let before = acc.inner().clone();
             ctx.timed(|| acc.apply(&batch, &batch.units));
+            count_predictions(&before, acc.inner(), &ctx.classes);
             publish_live(&result_of(&acc, &baseline), &ctx.classes);
             if timer.due() {
                 checkpoint::write(&ctx.run_dir, &ctx.id, &acc.snapshot()).map_err(StageError::failed)?;
@@ -183,5 +185,21 @@ fn publish_live(r: &RcaResult, classes: &Arc<Vec<String>>) {
     metrics::gauge!(telemetry::RCA).set(r.rca.global.unwrap_or(f64::NAN));
     for (class, value) in classes.iter().zip(&r.rca.per_class) {
         metrics::gauge!(telemetry::CLASS_RCA, "class" => class.clone()).set(value.unwrap_or(f64::NAN));
+    }
+}
+
+/// Adds what the confusion matrices gained over `before` to the predictions counter, cell by
+/// cell. Diffing the state (rather than counting the batch) makes the counter move exactly as
+/// the results do: a unit delivered twice adds nothing. Only cells that occur get a series.
+fn count_predictions(before: &RcaState, after: &RcaState, classes: &[String]) {
+    for (origin, was, now) in [(Origin::Real, &before.real, &after.real), (Origin::Generated, &before.generated, &after.generated)] {
+        let n = now.num_classes();
+        for (cell, (&x, &y)) in was.counts().iter().zip(now.counts()).enumerate() {
+            if y > x {
+                let (class, predicted) = (classes[cell / n].clone(), classes[cell % n].clone());
+                metrics::counter!(telemetry::PREDICTIONS, "origin" => origin.as_str(), "class" => class, "predicted" => predicted)
+                    .increment(y - x);
+            }
+        }
     }
 }
