@@ -360,7 +360,12 @@ fn sigint_drains_and_reports_interrupted_with_live_metrics() {
     let mut body = String::new();
     while Instant::now() < deadline {
         body = scrape(&addr);
-        if body.lines().any(|l| l.starts_with("rcaflow_stage_images_in_total") && l.contains("stage=\"rca\"")) {
+        // Counters exist from the start at 0: wait for the rca sink to have received images.
+        let rca_images = body
+            .lines()
+            .find(|l| l.starts_with("rcaflow_stage_images_in_total") && l.contains("stage=\"rca\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        if rca_images.is_some_and(|n| n > 0.0) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
