@@ -4,7 +4,9 @@ pub mod baseline;
 pub mod eval;
 pub mod execute;
 pub mod fid;
+pub mod prep;
 pub mod run;
+pub mod synth;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -48,6 +50,10 @@ pub enum Command {
     Fid(fid::FidArgs),
     /// Write the FID statistics (mu, sigma) of an image folder as .npz (pytorch-fid's format).
     FidStats(fid::FidStatsArgs),
+    /// Write a synthetic identity dataset of cartoon faces (ImageFolder layout).
+    Synth(synth::SynthArgs),
+    /// Crop, downscale and split raw photos (ImageFolder) into train/ and eval/ folders.
+    Prep(prep::PrepArgs),
 }
 
 /// The oracle flags `eval` and `baseline` share.
@@ -139,5 +145,7 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Baseline(args) => baseline::baseline(args, settings),
         Command::Fid(args) => fid::fid(args, settings),
         Command::FidStats(args) => fid::fid_stats(args, settings),
+        Command::Synth(args) => synth::synth(args),
+        Command::Prep(args) => prep::prep(args),
     }
 }
