@@ -297,7 +297,10 @@ pub fn prepare(
                         _ => center_square(w, h),
                     };
                     let crop = image::imageops::crop_imm(&img, sq.x, sq.y, sq.side, sq.side).to_image();
-                    let small = image::imageops::resize(&crop, cfg.size, cfg.size, FilterType::Lanczos3);
+                    // A crop already at the output size is kept as is (a resampling filter is
+                    // not exactly the identity at scale 1).
+                    let small =
+                        if sq.side == cfg.size { crop } else { image::imageops::resize(&crop, cfg.size, cfg.size, FilterType::Lanczos3) };
                     ready.push((rel, sq, small));
                 }
                 Err(e) => {
