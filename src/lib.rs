@@ -13,6 +13,7 @@
 //! - [`report`]: `report.json`, `report.md` and PNG figures.
 //! - [`telemetry`]: every Prometheus metric name, and the exporter.
 //! - [`settings`]: deployment settings (config/rcaflow.toml).
+//! - [`train`]: training the oracle and the DDPM (AdamW, EMA, checkpoints).
 //! - [`cli`]: the subcommands.
 pub mod cli;
 pub mod data;
@@ -24,3 +25,4 @@ pub mod settings;
 pub mod stages;
 pub mod telemetry;
 pub mod topology;
+pub mod train;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rcaflow::report::figures::{confusion_heatmap, rca_bars};
+use rcaflow::report::figures::{confusion_heatmap, loss_curve, rca_bars};
 
 fn out_dir(tmp: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
     match std::env::var_os("RCAFLOW_FIGURE_DIR") {
@@ -107,4 +107,20 @@ fn unwritable_path_is_an_error_naming_it() {
     let path = Path::new("/nonexistent-rcaflow-dir/figure.png");
     let e = rca_bars(path, &classes(2), &[Some(1.0), Some(0.5)], Some(0.75)).expect_err("directory does not exist");
     assert!(e.to_string().contains("/nonexistent-rcaflow-dir/figure.png"), "{e}");
+}
+
+#[test]
+fn loss_curve_draws_raw_and_smoothed_losses() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = out_dir(&tmp)?;
+    let points: Vec<(usize, f64)> = (1..=300).map(|s| (s, 1.0 / (s as f64).sqrt() + 0.05 * ((s * 7919) % 13) as f64 / 13.0)).collect();
+    let path = dir.join("loss.png");
+    loss_curve(&path, "DDPM training loss", "MSE (epsilon)", &points, 10)?;
+    let (w, h) = check_png(&path)?;
+    assert!(w > 600 && h > 350, "{w}x{h}");
+    // Zero or negative values switch to a linear axis rather than failing.
+    loss_curve(&dir.join("linear.png"), "t", "v", &[(0, 0.0), (1, -1.0)], 1)?;
+    let e = loss_curve(&dir.join("none.png"), "t", "v", &[(0, f64::NAN)], 1).unwrap_err().to_string();
+    assert!(e.contains("no finite values to draw"), "{e}");
+    Ok(())
 }

@@ -7,6 +7,7 @@ pub mod fid;
 pub mod prep;
 pub mod run;
 pub mod synth;
+pub mod train;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ pub enum Command {
     Synth(synth::SynthArgs),
     /// Crop, downscale and split raw photos (ImageFolder) into train/ and eval/ folders.
     Prep(prep::PrepArgs),
+    /// Train the oracle classifier or the class-conditional DDPM.
+    Train(train::TrainArgs),
 }
 
 /// The oracle flags `eval` and `baseline` share.
@@ -147,5 +150,6 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::FidStats(args) => fid::fid_stats(args, settings),
         Command::Synth(args) => synth::synth(args),
         Command::Prep(args) => prep::prep(args),
+        Command::Train(args) => train::train(args, settings),
     }
 }
