@@ -156,7 +156,8 @@ fn write_topologies(root: &Path, o: &Options) -> [PathBuf; 3] {
         classes = color_set::PALETTE[..CLASSES].iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
     );
     let evaluate = format!("[run]\ndir = \"run-evaluate\"\n[sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\n{EVALUATION}");
-    let pipelined = format!("[run]\ndir = \"run-pipelined\"\n{}{EVALUATION}", sampler_section(o).replace("[sources.sampler]", "[sources.generated]"));
+    let pipelined =
+        format!("[run]\ndir = \"run-pipelined\"\n{}{EVALUATION}", sampler_section(o).replace("[sources.sampler]", "[sources.generated]"));
     let paths = [root.join("generate.toml"), root.join("evaluate.toml"), root.join("pipelined.toml")];
     for (path, text) in paths.iter().zip([generate, evaluate, pipelined]) {
         std::fs::write(path, text).unwrap();
@@ -186,7 +187,10 @@ fn main() {
     setup(root);
     let [generate, evaluate, pipelined] = write_topologies(root, &o);
     let images = o.per_class * CLASSES;
-    println!("pipeline bench: {CLASSES} classes x {} images, DDIM {} steps, 32x32, unit size {}, device {}", o.per_class, o.steps, o.unit_size, o.device);
+    println!(
+        "pipeline bench: {CLASSES} classes x {} images, DDIM {} steps, 32x32, unit size {}, device {}",
+        o.per_class, o.steps, o.unit_size, o.device
+    );
 
     let (gen_wall, _) = run(&generate, &o.device, &root.join("run-generate"));
     let (eval_wall, eval_report) = run(&evaluate, &o.device, &root.join("run-evaluate"));
@@ -197,13 +201,23 @@ fn main() {
     let timing = &pipe_report["timing"];
     let sampler = &pipe_report["generation"]["generated"];
     println!("generation alone      {gen_wall:8.2} s wall   {:10.1} images x steps / s", (images * o.steps) as f64 / gen_wall);
-    println!("evaluation alone      {eval_wall:8.2} s wall   {:10.1} images / s (generated + {} real)", (images + CLASSES * 16) as f64 / eval_wall, CLASSES * 16);
+    println!(
+        "evaluation alone      {eval_wall:8.2} s wall   {:10.1} images / s (generated + {} real)",
+        (images + CLASSES * 16) as f64 / eval_wall,
+        CLASSES * 16
+    );
     println!(
         "pipelined             {pipe_wall:8.2} s wall   (sampler span {:.2} s, evaluation busy {:.2} s summed over stages)",
         timing["generation_seconds"].as_f64().unwrap_or(f64::NAN),
         timing["evaluation_seconds"].as_f64().unwrap_or(f64::NAN)
     );
-    println!("sampler in the pipelined run: {:.1} images x steps / s", sampler["images_per_second"].as_f64().unwrap_or(f64::NAN) * o.steps as f64);
-    println!("ratio wall(pipelined) / max(generation, evaluation) = {:.3}   (goal <= 1.05 on separate hardware)", pipe_wall / gen_wall.max(eval_wall));
+    println!(
+        "sampler in the pipelined run: {:.1} images x steps / s",
+        sampler["images_per_second"].as_f64().unwrap_or(f64::NAN) * o.steps as f64
+    );
+    println!(
+        "ratio wall(pipelined) / max(generation, evaluation) = {:.3}   (goal <= 1.05 on separate hardware)",
+        pipe_wall / gen_wall.max(eval_wall)
+    );
     println!("no-overlap bound (gen + eval) / max(gen, eval)      = {:.3}", (gen_wall + eval_wall) / gen_wall.max(eval_wall));
 }

@@ -9,11 +9,14 @@
 //! - [`stages`]: one file per stage type (image_folder, batcher, oracle_classifier, rca, report).
 //! - [`models`]: candle models loaded from the weight files users already have (ResNet oracle).
 //! - [`metrics`]: pure maths (confusion matrices, RCA, Wilson intervals), tested without threads.
+//! - [`data`]: datasets: the synthetic identity set (`synth`) and raw photo preparation (`prep`).
 //! - [`report`]: `report.json`, `report.md` and PNG figures.
 //! - [`telemetry`]: every Prometheus metric name, and the exporter.
 //! - [`settings`]: deployment settings (config/rcaflow.toml).
+//! - [`train`]: training the oracle and the DDPM (AdamW, EMA, checkpoints).
 //! - [`cli`]: the subcommands.
 pub mod cli;
+pub mod data;
 pub mod metrics;
 pub mod models;
 pub mod report;
@@ -22,3 +25,4 @@ pub mod settings;
 pub mod stages;
 pub mod telemetry;
 pub mod topology;
+pub mod train;

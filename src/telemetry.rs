@@ -58,6 +58,17 @@ pub const RUN_ETA: &str = "rcaflow_run_eta_seconds";
 /// Image batches alive in the process (channels plus stages' hands): the memory bound.
 pub const IMAGE_BATCHES_LIVE: &str = "rcaflow_image_batches_live";
 
+/// Mean training loss of the last epoch (oracle) or the last logged step (ddpm). Labels: model.
+pub const TRAIN_LOSS: &str = "rcaflow_train_loss";
+/// Oracle accuracy during training. Labels: split (train, eval).
+pub const TRAIN_ACCURACY: &str = "rcaflow_train_accuracy_ratio";
+/// Epochs finished. Labels: model.
+pub const TRAIN_EPOCH: &str = "rcaflow_train_epoch";
+/// Optimisation steps taken. Labels: model.
+pub const TRAIN_STEP: &str = "rcaflow_train_step";
+/// Global gradient norm before clipping (ddpm). Labels: model.
+pub const TRAIN_GRAD_NORM: &str = "rcaflow_train_grad_norm";
+
 /// Latency buckets in seconds: from a fast CPU batch to a slow 1,000-step sampler batch.
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
@@ -127,4 +138,9 @@ fn describe_all() {
     describe_counter!(SAMPLER_UNITS_DONE, Unit::Count, "Work units the sampler has finished.");
     describe_gauge!(RUN_ETA, Unit::Seconds, "Seconds until the sampler finishes its plan, at its rate so far.");
     describe_gauge!(IMAGE_BATCHES_LIVE, Unit::Count, "Image batches alive in the process.");
+    describe_gauge!(TRAIN_LOSS, "Training loss: last epoch mean (oracle) or last logged step (ddpm).");
+    describe_gauge!(TRAIN_ACCURACY, Unit::Percent, "Oracle accuracy during training, by split (0-1).");
+    describe_gauge!(TRAIN_EPOCH, Unit::Count, "Training epochs finished.");
+    describe_gauge!(TRAIN_STEP, Unit::Count, "Optimisation steps taken.");
+    describe_gauge!(TRAIN_GRAD_NORM, "Global gradient L2 norm before clipping.");
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rcaflow::report::figures::{confusion_heatmap, rca_bars, sample_grid, ClassSamples};
+use rcaflow::report::figures::{confusion_heatmap, loss_curve, rca_bars, sample_grid, ClassSamples};
 
 fn out_dir(tmp: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
     match std::env::var_os("RCAFLOW_FIGURE_DIR") {
@@ -134,5 +134,21 @@ fn sample_grid_shows_every_class_row_at_an_integer_scale() -> anyhow::Result<()>
     assert!(h > 10 * 96 && h < 10 * 100 + 80, "height {h}");
     let err = sample_grid(&path, "x", &[ClassSamples { class: "a", images: &[vec![0; 5]] }], (32, 32)).unwrap_err();
     assert!(err.to_string().contains("an image has 5 values, expected 3x32x32"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn loss_curve_draws_raw_and_smoothed_losses() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = out_dir(&tmp)?;
+    let points: Vec<(usize, f64)> = (1..=300).map(|s| (s, 1.0 / (s as f64).sqrt() + 0.05 * ((s * 7919) % 13) as f64 / 13.0)).collect();
+    let path = dir.join("loss.png");
+    loss_curve(&path, "DDPM training loss", "MSE (epsilon)", &points, 10)?;
+    let (w, h) = check_png(&path)?;
+    assert!(w > 600 && h > 350, "{w}x{h}");
+    // Zero or negative values switch to a linear axis rather than failing.
+    loss_curve(&dir.join("linear.png"), "t", "v", &[(0, 0.0), (1, -1.0)], 1)?;
+    let e = loss_curve(&dir.join("none.png"), "t", "v", &[(0, f64::NAN)], 1).unwrap_err().to_string();
+    assert!(e.contains("no finite values to draw"), "{e}");
     Ok(())
 }

@@ -4,8 +4,11 @@ pub mod baseline;
 pub mod eval;
 pub mod execute;
 pub mod fid;
+pub mod prep;
 pub mod run;
 pub mod sample;
+pub mod synth;
+pub mod train;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -51,6 +54,12 @@ pub enum Command {
     FidStats(fid::FidStatsArgs),
     /// Generate images with a class-conditional diffusers UNet (DDPM or DDIM) as PNG folders.
     Sample(sample::SampleArgs),
+    /// Write a synthetic identity dataset of cartoon faces (ImageFolder layout).
+    Synth(synth::SynthArgs),
+    /// Crop, downscale and split raw photos (ImageFolder) into train/ and eval/ folders.
+    Prep(prep::PrepArgs),
+    /// Train the oracle classifier or the class-conditional DDPM.
+    Train(train::TrainArgs),
 }
 
 /// The oracle flags `eval` and `baseline` share.
@@ -143,5 +152,8 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Fid(args) => fid::fid(args, settings),
         Command::FidStats(args) => fid::fid_stats(args, settings),
         Command::Sample(args) => sample::sample(args, settings),
+        Command::Synth(args) => synth::synth(args),
+        Command::Prep(args) => prep::prep(args),
+        Command::Train(args) => train::train(args, settings),
     }
 }

@@ -3,6 +3,7 @@
 //! - [`weights`]: `.safetensors` / torch `.pth` state_dicts into a `VarBuilder`-like map
 //!   (`legacy_pth`: the pre-1.6, non-zip `.pth` format).
 //! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem).
+//! - [`resnet_train`]: the same ResNet built from a `VarMap`, BatchNorm in training mode.
 //! - [`preprocess`]: uint8 pixels to normalised network input.
 //! - [`hub_cache`]: where standard weight files are looked for when no path is given.
 //! - [`inception`]: pytorch-fid's InceptionV3 (FID variant): pool3 features and IS logits.
@@ -22,6 +23,7 @@ pub mod noise;
 pub mod oracle;
 pub mod preprocess;
 pub mod resnet;
+pub mod resnet_train;
 pub mod sampling;
 pub mod schedulers;
 pub mod unet;

@@ -592,6 +592,92 @@ pub fn sample_grid(path: &Path, title: &str, rows: &[ClassSamples], (height, wid
     })
 }
 
+/// A training curve: `points` (step, value) as a polyline, with a moving average (window
+/// `smooth` points) drawn over it when `smooth > 1`, on a log-scaled value axis when every value
+/// is positive (losses span decades early in training).
+pub fn loss_curve(path: &Path, title: &str, y_label: &str, points: &[(usize, f64)], smooth: usize) -> Result<(), FigureError> {
+    let pen = Pen::new(path)?;
+    let input = |detail: String| FigureError::Input { path: path.to_path_buf(), detail };
+    let pts: Vec<(f64, f64)> = points.iter().filter(|(_, v)| v.is_finite()).map(|&(s, v)| (s as f64, v)).collect();
+    if pts.is_empty() {
+        return Err(input("no finite values to draw".into()));
+    }
+    let log = pts.iter().all(|(_, v)| *v > 0.0);
+    let f = |v: f64| if log { v.log10() } else { v };
+    let (x0, x1) = (pts[0].0, pts[pts.len() - 1].0.max(pts[0].0 + 1.0));
+    let lo = pts.iter().map(|p| f(p.1)).fold(f64::INFINITY, f64::min);
+    let hi = pts.iter().map(|p| f(p.1)).fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if hi - lo < 1e-9 { (lo - 0.5, hi + 0.5) } else { (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)) };
+    let (title_size, axis_size, tick_size) = (20.0, 17.0, 14.0);
+    let (pad, gap, plot_w, plot_h) = (16u32, 8u32, 640u32, 360u32);
+    let title_h = pen.measure(title_size, title).1;
+    let axis_h = pen.measure(axis_size, "Ag").1;
+    let tick_h = pen.measure(tick_size, "Ag").1;
+    let y_ticks: Vec<(f64, String)> = (0..=4)
+        .map(|k| {
+            let t = lo + (hi - lo) * k as f64 / 4.0;
+            let v = if log { 10f64.powf(t) } else { t };
+            (t, format!("{v:.3}"))
+        })
+        .collect();
+    let y_tick_w = y_ticks.iter().map(|(_, l)| pen.measure(tick_size, l).0).max().unwrap_or(0);
+    let left = pad + axis_h + gap + y_tick_w + gap;
+    let top = pad + title_h + 2 * gap;
+    let width = left + plot_w + 2 * pad;
+    let height = top + plot_h + gap + tick_h + gap + axis_h + pad;
+    let smoothed: Vec<(f64, f64)> = if smooth > 1 {
+        (0..pts.len())
+            .map(|i| {
+                let a = i.saturating_sub(smooth - 1);
+                let w = &pts[a..=i];
+                (pts[i].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    render(path, (width, height), |area| {
+        let (px, py, pw, ph) = (left as i32, top as i32, plot_w as i32, plot_h as i32);
+        let xy = |x: f64, v: f64| {
+            let sx = px + ((x - x0) / (x1 - x0) * pw as f64).round() as i32;
+            let sy = py + ph - ((f(v) - lo) / (hi - lo) * ph as f64).round() as i32;
+            (sx, sy)
+        };
+        pen.text(area, title, ((width / 2) as i32, (pad + title_h / 2) as i32), title_size, INK, HPos::Center, false)?;
+        for (t, l) in &y_ticks {
+            let y = py + ph - ((t - lo) / (hi - lo) * ph as f64).round() as i32;
+            line(area, (px, y), (px + pw, y), GRID, 1)?;
+            pen.text(area, l, (px - gap as i32, y), tick_size, INK, HPos::Right, false)?;
+        }
+        for k in 0..=4 {
+            let x = x0 + (x1 - x0) * k as f64 / 4.0;
+            let sx = px + (pw as f64 * k as f64 / 4.0).round() as i32;
+            pen.text(
+                area,
+                &format!("{}", x.round() as i64),
+                (sx, py + ph + (gap + tick_h / 2) as i32),
+                tick_size,
+                INK,
+                HPos::Center,
+                false,
+            )?;
+        }
+        let raw_colour = if smoothed.is_empty() { BAR } else { RGBColor(170, 200, 230) };
+        area.draw(&PathElement::new(pts.iter().map(|p| xy(p.0, p.1)).collect::<Vec<_>>(), raw_colour.stroke_width(1)))
+            .map_err(|e| e.to_string())?;
+        if !smoothed.is_empty() {
+            area.draw(&PathElement::new(smoothed.iter().map(|p| xy(p.0, p.1)).collect::<Vec<_>>(), BAR.stroke_width(2)))
+                .map_err(|e| e.to_string())?;
+        }
+        line(area, (px, py), (px, py + ph), MUTED, 1)?;
+        line(area, (px, py + ph), (px + pw, py + ph), MUTED, 1)?;
+        pen.text(area, "step", (px + pw / 2, py + ph + (gap + tick_h + gap + axis_h / 2) as i32), axis_size, INK, HPos::Center, false)?;
+        let y_title = if log { format!("{y_label} (log scale)") } else { y_label.to_string() };
+        pen.text(area, &y_title, ((pad + axis_h / 2) as i32, py + ph / 2), axis_size, INK, HPos::Center, true)?;
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,7 @@
+//! Datasets: the synthetic identity set (`synth`), preparation of raw photo folders (`prep`),
+//! and the seeded generator both use. Pure functions over files; no actors.
+
+pub mod prep;
+pub mod raster;
+pub mod rng;
+pub mod synth;

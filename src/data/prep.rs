@@ -1,0 +1,455 @@
+//! `rcaflow prep`: raw photos (an ImageFolder tree) to the protocol's dataset: square crops,
+//! downscaled to 32 or 64 pixels, split per class into train and eval folders.
+//!
+//! Crops follow the paper's recipe: a face box widened by `margin` of its width (height) on
+//! the left and right (top and bottom), 25% by default. The widened box is made square around
+//! its centre (side = its longer side) and intersected with the image; where that cut it (a face
+//! at the border), the centred square of the shorter side is kept, so faces are never stretched.
+//! Without boxes, the centre square of the image (side = the shorter side, offset
+//! `(W - side) / 2` rounded down) is used.
+//!
+//! Downscaling: `image::imageops::resize` with `FilterType::Lanczos3`, a separable filter
+//! whose support is widened by the scale factor when shrinking, so it is properly antialiased
+//! (as PIL's `Image.resize(..., LANCZOS)`).
+//!
+//! Split: stratified. In each class the readable images (sorted by path) are shuffled with a
+//! stream keyed by (seed, class index); the first `round(eval_fraction * n)` go to eval, clamped
+//! so that a class with at least two images has at least one in each split (when the fraction
+//! is positive). Unreadable files are listed in the manifest and on stderr, and skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use image::imageops::FilterType;
+use serde::{Deserialize, Serialize};
+
+use super::rng::Rng;
+use crate::stages::image_folder::{list_classes, list_images};
+
+/// Errors of `prep`: bad flags or inputs (nothing written), or a write failure.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepError {
+    #[error("prep: {0}")]
+    Input(String),
+    #[error("boxes {}: line {line}: {detail}", .path.display())]
+    BoxesLine { path: PathBuf, line: usize, detail: String },
+    #[error("boxes {}: no box for \"{file}\" (every image of the input needs one with --crop boxes)", .path.display())]
+    MissingBox { path: PathBuf, file: String },
+    #[error("prep: cannot write \"{}\": {cause}", .path.display())]
+    Write { path: PathBuf, cause: String },
+}
+
+/// How each image is cropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CropMode {
+    Center,
+    Boxes,
+}
+
+impl FromStr for CropMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "center" => Ok(CropMode::Center),
+            "boxes" => Ok(CropMode::Boxes),
+            other => Err(format!("unknown crop \"{other}\": expected \"center\" or \"boxes\"")),
+        }
+    }
+}
+
+impl fmt::Display for CropMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CropMode::Center => "center",
+            CropMode::Boxes => "boxes",
+        })
+    }
+}
+
+/// A face box in pixels: top-left corner and size.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FaceBox {
+    pub x: f64,
+    pub y: f64,
+    pub w: f64,
+    pub h: f64,
+}
+
+/// A square crop in integer pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Square {
+    pub x: u32,
+    pub y: u32,
+    pub side: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrepConfig {
+    pub size: u32,
+    pub eval_fraction: f64,
+    pub seed: u64,
+    pub crop: CropMode,
+    pub margin: f64,
+}
+
+impl PrepConfig {
+    pub fn validate(&self) -> Result<(), PrepError> {
+        if self.size != 32 && self.size != 64 {
+            return Err(PrepError::Input(format!("--size {}: expected 32 or 64", self.size)));
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return Err(PrepError::Input(format!("--eval-fraction {}: expected a number in [0, 1)", self.eval_fraction)));
+        }
+        if !(0.0..=2.0).contains(&self.margin) {
+            return Err(PrepError::Input(format!("--margin {}: expected a number in [0, 2]", self.margin)));
+        }
+        Ok(())
+    }
+}
+
+/// The centre square of a `w x h` image.
+pub fn center_square(w: u32, h: u32) -> Square {
+    let side = w.min(h);
+    Square { x: (w - side) / 2, y: (h - side) / 2, side }
+}
+
+/// The crop for a face box (see the module docs), or `None` when the box misses the image.
+pub fn box_square(w: u32, h: u32, b: &FaceBox, margin: f64) -> Option<Square> {
+    let (bw, bh) = (b.w * (1.0 + 2.0 * margin), b.h * (1.0 + 2.0 * margin));
+    let (cx, cy) = (b.x + b.w / 2.0, b.y + b.h / 2.0);
+    let side = bw.max(bh);
+    // Square around the centre, intersected with the image.
+    let x0 = (cx - side / 2.0).max(0.0);
+    let y0 = (cy - side / 2.0).max(0.0);
+    let x1 = (cx + side / 2.0).min(w as f64);
+    let y1 = (cy + side / 2.0).min(h as f64);
+    if x1 - x0 < 1.0 || y1 - y0 < 1.0 {
+        return None;
+    }
+    // Cut at a border: keep the centred square of the shorter side.
+    let s = (x1 - x0).min(y1 - y0);
+    let sx = ((x0 + x1) / 2.0 - s / 2.0).round().clamp(0.0, (w - 1) as f64) as u32;
+    let sy = ((y0 + y1) / 2.0 - s / 2.0).round().clamp(0.0, (h - 1) as f64) as u32;
+    let side = (s.round() as u32).clamp(1, (w - sx).min(h - sy));
+    Some(Square { x: sx, y: sy, side })
+}
+
+/// Reads a boxes CSV: a header `file,x,y,w,h`, then one row per image with `file` relative to
+/// the input folder (`class/name.jpg`, `/` separators) and the box in pixels.
+pub fn read_boxes(path: &Path) -> Result<HashMap<String, FaceBox>, PrepError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PrepError::Input(format!("boxes {}: cannot read: {e}", path.display())))?;
+    let line_err = |line: usize, detail: String| PrepError::BoxesLine { path: path.to_path_buf(), line, detail };
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    match lines.next() {
+        Some((_, header)) if header.split(',').map(str::trim).eq(["file", "x", "y", "w", "h"]) => {}
+        Some((i, header)) => return Err(line_err(i + 1, format!("header \"{header}\": expected \"file,x,y,w,h\""))),
+        None => return Err(line_err(1, "empty file: expected a header \"file,x,y,w,h\"".into())),
+    }
+    let mut boxes = HashMap::new();
+    for (i, line) in lines {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() != 5 {
+            return Err(line_err(i + 1, format!("{} fields: expected 5 (file,x,y,w,h)", fields.len())));
+        }
+        let mut v = [0f64; 4];
+        for (k, name) in ["x", "y", "w", "h"].iter().enumerate() {
+            v[k] = fields[k + 1]
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| line_err(i + 1, format!("{name} \"{}\" is not a number", fields[k + 1])))?;
+        }
+        if v[2] <= 0.0 || v[3] <= 0.0 {
+            return Err(line_err(i + 1, format!("box {}x{}: width and height must be positive", v[2], v[3])));
+        }
+        let file = fields[0].replace('\\', "/");
+        if file.is_empty() {
+            return Err(line_err(i + 1, "empty file name".into()));
+        }
+        if boxes.insert(file.clone(), FaceBox { x: v[0], y: v[1], w: v[2], h: v[3] }).is_some() {
+            return Err(line_err(i + 1, format!("second box for \"{file}\"")));
+        }
+    }
+    Ok(boxes)
+}
+
+/// Number of eval images of a class of `n` (see the module docs).
+pub fn eval_count(n: usize, fraction: f64) -> usize {
+    if n < 2 || fraction <= 0.0 {
+        return 0;
+    }
+    ((fraction * n as f64).round() as usize).clamp(1, n - 1)
+}
+
+/// One output image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepEntry {
+    /// Relative to the output folder: `train/<class>/NNNNNN.png`.
+    pub output: String,
+    /// Relative to the input folder.
+    pub source: String,
+    pub crop: Square,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unreadable {
+    pub file: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SplitCounts {
+    pub train: usize,
+    pub eval: usize,
+}
+
+/// `DATA_DIR/manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepManifest {
+    pub config: PrepConfig,
+    pub input: PathBuf,
+    pub resize_filter: String,
+    pub classes: Vec<String>,
+    pub counts: BTreeMap<String, SplitCounts>,
+    pub unreadable: Vec<Unreadable>,
+    pub images: Vec<PrepEntry>,
+}
+
+/// Path of `file` relative to `root`, with `/` separators.
+fn relative(root: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(root).unwrap_or(file);
+    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
+/// Prepares `input` into `out` (see the module docs); `progress(done, total)` after each file.
+pub fn prepare(
+    input: &Path,
+    out: &Path,
+    cfg: &PrepConfig,
+    boxes: Option<(&Path, &HashMap<String, FaceBox>)>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PrepManifest, PrepError> {
+    cfg.validate()?;
+    if cfg.crop == CropMode::Boxes && boxes.is_none() {
+        return Err(PrepError::Input("--crop boxes needs --boxes FILE.csv".into()));
+    }
+    for split in ["train", "eval"] {
+        if out.join(split).exists() {
+            return Err(PrepError::Input(format!("output \"{}\" already holds {split}/: expected a new or empty folder", out.display())));
+        }
+    }
+    let classes = list_classes(input).map_err(|e| PrepError::Input(e.to_string()))?;
+    if classes.is_empty() {
+        return Err(PrepError::Input(format!("input \"{}\": no class folders (expected RAW_DIR/<class>/*.png|jpg)", input.display())));
+    }
+    let mut files = Vec::new();
+    for class in &classes {
+        files.push(list_images(&input.join(class)).map_err(|e| PrepError::Input(e.to_string()))?);
+    }
+    // Every box must exist before anything is written.
+    if let (CropMode::Boxes, Some((path, map))) = (cfg.crop, boxes) {
+        for f in files.iter().flatten() {
+            let rel = relative(input, f);
+            if !map.contains_key(&rel) {
+                return Err(PrepError::MissingBox { path: path.to_path_buf(), file: rel });
+            }
+        }
+    }
+    let total: usize = files.iter().map(Vec::len).sum();
+    let write_err = |path: &Path, cause: String| PrepError::Write { path: path.to_path_buf(), cause };
+    let mut done = 0;
+    let mut manifest = PrepManifest {
+        config: cfg.clone(),
+        input: input.to_path_buf(),
+        resize_filter: "image::imageops::resize, FilterType::Lanczos3 (antialiased when downscaling)".into(),
+        classes: classes.clone(),
+        counts: BTreeMap::new(),
+        unreadable: Vec::new(),
+        images: Vec::new(),
+    };
+    for (ci, (class, class_files)) in classes.iter().zip(&files).enumerate() {
+        // Decode and crop everything first: only readable images take part in the split.
+        let mut ready = Vec::new();
+        for f in class_files {
+            let rel = relative(input, f);
+            done += 1;
+            match image::open(f) {
+                Ok(img) => {
+                    let img = img.to_rgb8();
+                    let (w, h) = img.dimensions();
+                    let sq = match (cfg.crop, boxes) {
+                        (CropMode::Boxes, Some((path, map))) => {
+                            let b = map.get(&rel).ok_or_else(|| PrepError::MissingBox { path: path.to_path_buf(), file: rel.clone() })?;
+                            box_square(w, h, b, cfg.margin).ok_or_else(|| {
+                                PrepError::Input(format!(
+                                    "boxes {}: box {},{},{}x{} of \"{rel}\" lies outside the {w}x{h} image",
+                                    path.display(),
+                                    b.x,
+                                    b.y,
+                                    b.w,
+                                    b.h
+                                ))
+                            })?
+                        }
+                        _ => center_square(w, h),
+                    };
+                    let crop = image::imageops::crop_imm(&img, sq.x, sq.y, sq.side, sq.side).to_image();
+                    // A crop already at the output size is kept as is (a resampling filter is
+                    // not exactly the identity at scale 1).
+                    let small =
+                        if sq.side == cfg.size { crop } else { image::imageops::resize(&crop, cfg.size, cfg.size, FilterType::Lanczos3) };
+                    ready.push((rel, sq, small));
+                }
+                Err(e) => {
+                    eprintln!("prep: skipping unreadable image \"{}\": {e}", f.display());
+                    manifest.unreadable.push(Unreadable { file: rel, error: e.to_string() });
+                }
+            }
+            progress(done, total);
+        }
+        let mut order: Vec<usize> = (0..ready.len()).collect();
+        Rng::keyed(&[cfg.seed, ci as u64]).shuffle(&mut order);
+        let n_eval = eval_count(ready.len(), cfg.eval_fraction);
+        let mut is_eval = vec![false; ready.len()];
+        for &k in &order[..n_eval] {
+            is_eval[k] = true;
+        }
+        let mut counts = SplitCounts::default();
+        for (k, (rel, sq, small)) in ready.into_iter().enumerate() {
+            let (split, index) = if is_eval[k] {
+                counts.eval += 1;
+                ("eval", counts.eval - 1)
+            } else {
+                counts.train += 1;
+                ("train", counts.train - 1)
+            };
+            let dir = out.join(split).join(class);
+            std::fs::create_dir_all(&dir).map_err(|e| write_err(&dir, e.to_string()))?;
+            let name = format!("{index:06}.png");
+            let path = dir.join(&name);
+            small.save(&path).map_err(|e| write_err(&path, e.to_string()))?;
+            manifest.images.push(PrepEntry { output: format!("{split}/{class}/{name}"), source: rel, crop: sq });
+        }
+        manifest.counts.insert(class.clone(), counts);
+    }
+    let path = out.join("manifest.json");
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| write_err(&path, e.to_string()))?;
+    crate::runtime::atomic_file::write_atomic(&path, &json).map_err(|e| write_err(&path, e.to_string()))?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_geometry() {
+        assert_eq!(center_square(100, 80), Square { x: 10, y: 0, side: 80 });
+        assert_eq!(center_square(31, 40), Square { x: 0, y: 4, side: 31 });
+        let b = |x, y, w, h| FaceBox { x, y, w, h };
+        // Inside: widened by 25% each side, 20 -> 30, same centre (50, 40).
+        assert_eq!(box_square(100, 80, &b(40.0, 30.0, 20.0, 20.0), 0.25), Some(Square { x: 35, y: 25, side: 30 }));
+        // Tall box: the square takes the longer side, around the centre (55, 40).
+        assert_eq!(box_square(100, 80, &b(50.0, 30.0, 10.0, 20.0), 0.25), Some(Square { x: 40, y: 25, side: 30 }));
+        // At the corner: intersected with the image (0..25 both ways).
+        assert_eq!(box_square(100, 80, &b(0.0, 0.0, 20.0, 20.0), 0.25), Some(Square { x: 0, y: 0, side: 25 }));
+        // Cut on one side only: the centred square of the shorter side (x 0..25, y 25..55).
+        assert_eq!(box_square(100, 80, &b(0.0, 30.0, 20.0, 20.0), 0.25), Some(Square { x: 0, y: 28, side: 25 }));
+        assert_eq!(box_square(100, 80, &b(200.0, 30.0, 20.0, 20.0), 0.25), None);
+        assert_eq!(box_square(100, 80, &b(40.0, 30.0, 20.0, 20.0), 0.0), Some(Square { x: 40, y: 30, side: 20 }));
+    }
+
+    #[test]
+    fn prepares_a_tiny_raw_set() {
+        let raw = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        // 40x30 images whose left and right 5 columns are red: the centre crop (x 5..35) drops them.
+        let make = |class: &str, n: usize| {
+            std::fs::create_dir_all(raw.path().join(class)).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(40, 30, |x, _| {
+                    if !(5..35).contains(&x) {
+                        image::Rgb([255, 0, 0])
+                    } else {
+                        image::Rgb([0, 0, 200 + i as u8])
+                    }
+                });
+                img.save(raw.path().join(class).join(format!("img{i}.png"))).unwrap();
+            }
+        };
+        make("alice", 10);
+        make("bob", 5);
+        std::fs::write(raw.path().join("alice/broken.png"), b"not a png").unwrap();
+        let cfg = PrepConfig { size: 32, eval_fraction: 0.2, seed: 1, crop: CropMode::Center, margin: 0.25 };
+        let mut calls = 0;
+        let m = prepare(raw.path(), out.path(), &cfg, None, |_, total| {
+            calls += 1;
+            assert_eq!(total, 16);
+        })
+        .unwrap();
+        assert_eq!(calls, 16);
+        assert_eq!((m.counts["alice"].train, m.counts["alice"].eval), (8, 2));
+        assert_eq!((m.counts["bob"].train, m.counts["bob"].eval), (4, 1));
+        assert_eq!(m.unreadable.len(), 1);
+        assert_eq!(m.unreadable[0].file, "alice/broken.png");
+        assert_eq!(m.images.len(), 15);
+        let e = m.images.iter().find(|e| e.output == "eval/bob/000000.png").unwrap();
+        assert!(e.source.starts_with("bob/img"), "{}", e.source);
+        assert_eq!(e.crop, Square { x: 5, y: 0, side: 30 });
+        // Files as listed, 32x32, without the red border columns.
+        let img = image::open(out.path().join("train/alice/000007.png")).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (32, 32));
+        assert!(img.pixels().all(|p| p.0[0] < 20 && p.0[2] > 150), "centre crop kept the border");
+        assert_eq!(crate::stages::image_folder::list_images(&out.path().join("eval/alice")).unwrap().len(), 2);
+        let back: PrepManifest = serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(back.images.len(), 15);
+        // Another seed, another split; a second run into the same folder is refused.
+        let e = prepare(raw.path(), out.path(), &cfg, None, |_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("already holds train/"), "{e}");
+        let out2 = tempfile::tempdir().unwrap();
+        let m2 = prepare(raw.path(), out2.path(), &PrepConfig { seed: 2, ..cfg.clone() }, None, |_, _| {}).unwrap();
+        let evals =
+            |m: &PrepManifest| m.images.iter().filter(|e| e.output.starts_with("eval/")).map(|e| e.source.clone()).collect::<Vec<_>>();
+        assert_ne!(evals(&m), evals(&m2));
+        // Boxes: a missing box is an error naming the CSV and the image.
+        let csv = raw.path().join("boxes.csv");
+        std::fs::write(&csv, "file,x,y,w,h\nalice/img0.png,10,5,20,20\n").unwrap();
+        let boxes = read_boxes(&csv).unwrap();
+        let cfg_b = PrepConfig { crop: CropMode::Boxes, ..cfg };
+        let e = prepare(raw.path(), tempfile::tempdir().unwrap().path(), &cfg_b, Some((&csv, &boxes)), |_, _| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("boxes {}: no box for \"alice/broken.png\" (every image of the input needs one with --crop boxes)", csv.display())
+        );
+    }
+
+    #[test]
+    fn eval_counts_keep_both_splits() {
+        assert_eq!(eval_count(10, 0.2), 2);
+        assert_eq!(eval_count(3, 0.2), 1);
+        assert_eq!(eval_count(2, 0.9), 1);
+        assert_eq!(eval_count(1, 0.5), 0);
+        assert_eq!(eval_count(10, 0.0), 0);
+    }
+
+    #[test]
+    fn boxes_csv_errors_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.csv");
+        let err = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            read_boxes(&p).unwrap_err().to_string()
+        };
+        let d = p.display();
+        assert_eq!(err("file,x,y\n"), format!("boxes {d}: line 1: header \"file,x,y\": expected \"file,x,y,w,h\""));
+        assert_eq!(err("file,x,y,w,h\na/1.png,1,2,3\n"), format!("boxes {d}: line 2: 4 fields: expected 5 (file,x,y,w,h)"));
+        assert_eq!(err("file,x,y,w,h\na/1.png,1,2,3,4\na/2.png,1,two,3,4\n"), format!("boxes {d}: line 3: y \"two\" is not a number"));
+        assert_eq!(err("file,x,y,w,h\na/1.png,1,2,0,4\n"), format!("boxes {d}: line 2: box 0x4: width and height must be positive"));
+        assert_eq!(err("file,x,y,w,h\na/1.png,1,2,3,4\na/1.png,1,2,3,4\n"), format!("boxes {d}: line 3: second box for \"a/1.png\""));
+        std::fs::write(&p, "file, x, y, w, h\n\na/1.png, 1.5, 2, 3, 4\n").unwrap();
+        assert_eq!(read_boxes(&p).unwrap()["a/1.png"], FaceBox { x: 1.5, y: 2.0, w: 3.0, h: 4.0 });
+    }
+}

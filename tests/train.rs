@@ -1,0 +1,250 @@
+//! The trainers on tiny synthetic sets: a few steps reduce the loss, a resumed DDPM checkpoint
+//! takes exactly the next step of an uninterrupted run, and what training writes loads back
+//! into the evaluation side (the oracle stage's `Oracle`, `UNet2DModel::load`, the scheduler
+//! config reader, `rcaflow baseline`'s file).
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use rcaflow::data::synth::{generate, SynthConfig};
+use rcaflow::models::preprocess::Normalization;
+use rcaflow::models::resnet::{ResNetArch, ResNetConfig, Stem};
+use rcaflow::models::resnet_train::{cross_entropy, BnMode, TrainableResNet};
+use rcaflow::models::schedulers::SchedulerConfig;
+use rcaflow::models::unet::{UNet2DConfig, UNet2DModel};
+use rcaflow::models::{Oracle, OracleConfig};
+use rcaflow::train::dataset::Dataset;
+use rcaflow::train::ddpm::{DdpmTrainConfig, DdpmTrainer, SCHEDULER_FILE};
+use rcaflow::train::oracle::{train_oracle, OracleTrainConfig};
+
+fn synth(dir: &Path, classes: usize, per_class: usize, size: usize) -> Dataset {
+    generate(&SynthConfig { classes, per_class, size, similarity: 0.0, seed: 4 }, dir, || {}).unwrap();
+    Dataset::load(dir).unwrap()
+}
+
+/// Mean cross-entropy over `data` (no augmentation) with BatchNorm in `mode`.
+fn mean_loss(net: &TrainableResNet, data: &Dataset, mode: BnMode) -> f32 {
+    let idx: Vec<usize> = (0..data.len()).collect();
+    let (px, labels) = data.batch(&idx, None);
+    let x =
+        Normalization::imagenet().to_input(&Tensor::from_vec(px, (idx.len(), 3, data.height, data.width), &Device::Cpu).unwrap()).unwrap();
+    let y = Tensor::from_vec(labels, idx.len(), &Device::Cpu).unwrap();
+    cross_entropy(&net.forward(&x, mode).unwrap(), &y).unwrap().0.to_scalar().unwrap()
+}
+
+#[test]
+fn oracle_training_reduces_the_loss_and_its_file_loads_as_the_oracle() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), 3, 8, 16);
+    let cfg = OracleTrainConfig {
+        resnet: ResNetConfig { arch: ResNetArch::ResNet18, stem: Stem::Cifar, num_classes: 3 },
+        norm: Normalization::imagenet(),
+        warmup_epochs: 0,
+        epochs: 4,
+        lr: 1e-3,
+        weight_decay: 0.01,
+        batch_size: 8,
+        seed: 1,
+    };
+    // The untrained network (same seed, so the same initial weights), batch statistics.
+    let before = mean_loss(&TrainableResNet::new(&cfg.resnet, cfg.seed, &Device::Cpu).unwrap(), &data, BnMode::Train);
+    let mut epochs = 0;
+    let (net, reports) = train_oracle(&data, Some(&data), &cfg, None, &Device::Cpu, |_, _| {}, |_| epochs += 1).unwrap();
+    assert_eq!((epochs, reports.len()), (4, 4));
+    assert!(reports[3].loss < reports[0].loss, "{reports:?}");
+
+    // Saved with torchvision's names, it loads as the evaluation oracle and agrees with the
+    // training network in eval mode.
+    let path = dir.path().join("oracle.safetensors");
+    net.save(&path).unwrap();
+    let oc = OracleConfig { arch: cfg.resnet.arch, stem: cfg.resnet.stem, norm: cfg.norm, num_classes: 3 };
+    let oracle = Oracle::load(&path, &oc, &Device::Cpu).unwrap();
+    let idx: Vec<usize> = (0..data.len()).collect();
+    let (px, _) = data.batch(&idx, None);
+    let theirs = oracle.logits(&px, data.len(), data.height, data.width).unwrap();
+    let x = cfg.norm.to_input(&Tensor::from_vec(px, (data.len(), 3, 16, 16), &Device::Cpu).unwrap()).unwrap();
+    let ours: Vec<f32> = net.forward(&x, BnMode::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "logits differ by {diff}");
+    // The objective itself (batch statistics, no augmentation) went down.
+    let after = mean_loss(&net, &data, BnMode::Train);
+    assert!(after < 0.7 * before, "loss {before} before, {after} after training");
+}
+
+#[test]
+fn warm_up_trains_only_fc_and_needs_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), 2, 4, 16);
+    let resnet = ResNetConfig { arch: ResNetArch::ResNet18, stem: Stem::Cifar, num_classes: 2 };
+    let cfg = OracleTrainConfig {
+        resnet,
+        norm: Normalization::imagenet(),
+        warmup_epochs: 1,
+        epochs: 0,
+        lr: 1e-2,
+        weight_decay: 0.0,
+        batch_size: 4,
+        seed: 3,
+    };
+    let e = train_oracle(&data, None, &cfg, None, &Device::Cpu, |_, _| {}, |_| {}).unwrap_err().to_string();
+    assert_eq!(e, "train: --warmup-epochs needs --init: a frozen backbone is only useful when it is pretrained");
+    // A "pretrained" file with another class count: backbone loaded, fc fresh.
+    let pre = TrainableResNet::new(&ResNetConfig { num_classes: 5, ..resnet }, 9, &Device::Cpu).unwrap();
+    let path = dir.path().join("pre.safetensors");
+    pre.save(&path).unwrap();
+    let w = rcaflow::models::WeightMap::load(&path, &Device::Cpu).unwrap();
+    let (net, _) = train_oracle(&data, None, &cfg, Some(&w), &Device::Cpu, |_, _| {}, |_| {}).unwrap();
+    let sd = net.state_dict().unwrap();
+    let psd = pre.state_dict().unwrap();
+    let same = |k: &str| {
+        let d = (&sd[k] - &psd[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        d == 0.0
+    };
+    assert!(same("layer3.1.conv2.weight") && same("bn1.running_mean") && same("layer1.0.bn1.weight"), "the backbone is frozen");
+    assert_eq!(sd["fc.weight"].dims(), &[2, 512]);
+}
+
+fn tiny_unet(classes: usize) -> UNet2DConfig {
+    UNet2DConfig {
+        block_out_channels: vec![8, 16],
+        down_block_types: vec!["DownBlock2D".into(), "AttnDownBlock2D".into()],
+        up_block_types: vec!["AttnUpBlock2D".into(), "UpBlock2D".into()],
+        layers_per_block: 1,
+        norm_num_groups: 4,
+        attention_head_dim: Some(8),
+        num_class_embeds: Some(classes),
+        ..Default::default()
+    }
+}
+
+fn ddpm_cfg() -> DdpmTrainConfig {
+    DdpmTrainConfig {
+        batch_size: 6,
+        lr: 2e-3,
+        weight_decay: 0.0,
+        ema_decay: 0.999,
+        grad_clip: Some(1.0),
+        seed: 7,
+        num_train_timesteps: 1000,
+    }
+}
+
+#[test]
+fn ddpm_training_reduces_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), 3, 4, 8);
+    let mut t = DdpmTrainer::new(&tiny_unet(3), data, ddpm_cfg(), &Device::Cpu).unwrap();
+    // The same batches, timesteps and noise (steps 0..8) scored before and after training.
+    let probe = |t: &mut DdpmTrainer| (0..8).map(|k| t.peek_loss(k).unwrap()).sum::<f64>() / 8.0;
+    let before = probe(&mut t);
+    for _ in 0..40 {
+        t.train_step().unwrap();
+    }
+    let after = probe(&mut t);
+    assert!(after < 0.8 * before, "loss {before} before, {after} after 40 steps");
+    assert_eq!(t.losses().len(), 40);
+}
+
+#[test]
+fn resumed_checkpoint_takes_the_same_next_step_and_loads_in_the_evaluation_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(&dir.path().join("data"), 2, 3, 8);
+    let snapshot =
+        |t: &DdpmTrainer| -> Vec<Vec<f32>> { t.vars().iter().map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap()).collect() };
+
+    let mut straight = DdpmTrainer::new(&tiny_unet(2), data.clone(), ddpm_cfg(), &Device::Cpu).unwrap();
+    for _ in 0..3 {
+        straight.train_step().unwrap();
+    }
+    let mut first = DdpmTrainer::new(&tiny_unet(2), data.clone(), ddpm_cfg(), &Device::Cpu).unwrap();
+    first.train_step().unwrap();
+    first.train_step().unwrap();
+    let ck = dir.path().join("step-2");
+    first.save_checkpoint(&ck).unwrap();
+    drop(first);
+    let mut resumed = DdpmTrainer::resume(&ck, data.clone(), &Device::Cpu).unwrap();
+    assert_eq!(resumed.step_count(), 2);
+    let (l3, _) = resumed.train_step().unwrap();
+    assert_eq!(snapshot(&resumed), snapshot(&straight), "weights after step 3 differ");
+    assert_eq!(l3, straight.losses()[2].1);
+    // EMA too: the saved models agree byte for byte.
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    straight.save_model(&a).unwrap();
+    resumed.save_model(&b).unwrap();
+    let ema = |d: &Path| std::fs::read(d.join("diffusion_pytorch_model.safetensors")).unwrap();
+    assert_eq!(ema(&a), ema(&b));
+
+    // The checkpoint folder is a diffusers folder the evaluation side loads.
+    let unet = UNet2DModel::load(&ck, &Device::Cpu).unwrap();
+    assert_eq!(unet.config().num_class_embeds, Some(2));
+    assert_eq!(unet.config().sample_size.map(|s| s.hw()), Some((8, 8)));
+    let out = unet
+        .forward(
+            &Tensor::zeros((1, 3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::new(&[5u32], &Device::Cpu).unwrap(),
+            Some(&Tensor::new(&[1u32], &Device::Cpu).unwrap()),
+        )
+        .unwrap();
+    assert_eq!(out.dims(), &[1, 3, 8, 8]);
+    let sched = SchedulerConfig::load(&ck.join(SCHEDULER_FILE)).unwrap();
+    assert_eq!(sched, SchedulerConfig::default());
+    // ... with its class names, and the sampler runs it.
+    let names: Vec<String> = serde_json::from_slice(&std::fs::read(ck.join("classes.json")).unwrap()).unwrap();
+    assert_eq!(names, ["id_00", "id_01"]);
+    let sampler =
+        rcaflow::models::sampling::UnitSampler::load(&ck, rcaflow::models::schedulers::SchedulerKind::Ddim, Some(2), 0.0, &Device::Cpu)
+            .unwrap();
+    let unit = rcaflow::runtime::plan::Plan::new(0, &[1, 1], 1).units[1];
+    assert!(sampler.sample_unit(&unit).unwrap().iter().all(|v| v.is_finite()));
+
+    // A checkpoint of other classes is refused by name.
+    let other = synth(&dir.path().join("other"), 3, 2, 8);
+    let e = DdpmTrainer::resume(&ck, other, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("trained on classes [\"id_00\", \"id_01\"]"), "{e}");
+}
+
+#[test]
+fn cli_synth_prep_train_oracle_writes_weights_and_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rcaflow")).env_remove("RUST_LOG").args(args).current_dir(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["synth", "--out", "raw", "--classes", "2", "--per-class", "5", "--size", "32", "--seed", "2"]);
+    run(&["prep", "--input", "raw", "--out", "data", "--size", "32", "--eval-fraction", "0.4"]);
+    let s = run(&[
+        "train",
+        "oracle",
+        "--data",
+        "data",
+        "--arch",
+        "resnet18",
+        "--stem",
+        "imagenet",
+        "--out",
+        "o/oracle.safetensors",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--metrics-addr",
+        "off",
+    ]);
+    assert!(s.contains("epoch   1/1"), "{s}");
+    let b = rcaflow::stages::rca::Baseline::read(&dir.path().join("o/oracle.baseline.json")).unwrap();
+    assert_eq!(b.classes, vec!["id_00", "id_01"]);
+    assert_eq!(b.real.total, 4);
+    // Bad input: one line naming the flag.
+    let out = Command::new(env!("CARGO_BIN_EXE_rcaflow"))
+        .args(["train", "oracle", "--data", "nowhere", "--arch", "resnet18", "--stem", "cifar", "--out", "x.safetensors"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: --data nowhere: no train/ folder (expected the layout `rcaflow prep` writes)"
+    );
+}
