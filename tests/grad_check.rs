@@ -65,6 +65,27 @@ fn conv2d_gradients_input_and_weight_with_stride_and_padding() {
 }
 
 #[test]
+fn fast_backward_conv_matches_conv2d_and_finite_differences() {
+    use rcaflow::models::conv_grad::conv2d_s1;
+    let w = tensor(&[3, 2, 3, 3], 12);
+    let x = tensor(&[2, 2, 5, 6], 13);
+    for pad in [0, 1, 2] {
+        let a = conv2d_s1(&Var::from_tensor(&x).unwrap(), &w, pad).unwrap();
+        let b = x.conv2d(&w, pad, 1, 1, 1).unwrap();
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            "forward, pad {pad}"
+        );
+        check(&format!("conv2d_s1 input (pad {pad})"), &x, |x| conv2d_s1(x, &w, pad).unwrap());
+        check(&format!("conv2d_s1 weight (pad {pad})"), &w, |w| conv2d_s1(&x, w, pad).unwrap());
+    }
+    let w1 = tensor(&[4, 2, 1, 1], 14);
+    check("conv2d_s1 1x1 input", &x, |x| conv2d_s1(x, &w1, 0).unwrap());
+    check("conv2d_s1 1x1 weight", &w1, |w| conv2d_s1(&x, w, 0).unwrap());
+}
+
+#[test]
 fn attention_softmax_gradient() {
     // The attention's scores -> softmax -> weighted values, as src/models/unet/attention.rs.
     let v = tensor(&[2, 5, 3], 5);

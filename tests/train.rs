@@ -248,3 +248,38 @@ fn cli_synth_prep_train_oracle_writes_weights_and_baseline() {
         "error: --data nowhere: no train/ folder (expected the layout `rcaflow prep` writes)"
     );
 }
+
+#[test]
+fn cli_train_ddpm_checkpoints_resumes_and_draws_its_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let rcaflow = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rcaflow")).env_remove("RUST_LOG").args(args).current_dir(dir.path()).output().unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = rcaflow(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["synth", "--out", "data/train", "--classes", "2", "--per-class", "3", "--size", "8"]);
+    std::fs::write(dir.path().join("unet.json"), tiny_unet(2).to_json_string()).unwrap();
+    let common = ["train", "ddpm", "--data", "data", "--out", "m", "--batch-size", "2", "--checkpoint-every", "1", "--metrics-addr", "off"];
+    let err = rcaflow(&[&common[..], &["--steps", "2"]].concat());
+    assert_eq!(err.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&err.stderr).trim(), "error: --unet-config UNET_CONFIG.json is required (unless --resume)");
+    let err = rcaflow(&[&common[..], &["--steps", "2", "--resume"]].concat());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("--resume: no checkpoint in"), "{}", String::from_utf8_lossy(&err.stderr));
+    let s = ok(&[&common[..], &["--steps", "2", "--unet-config", "unet.json"]].concat());
+    assert!(s.contains("step       2  mean loss"), "{s}");
+    let again = rcaflow(&[&common[..], &["--steps", "2", "--unet-config", "unet.json"]].concat());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("holds checkpoints already; add --resume"));
+    ok(&[&common[..], &["--steps", "3", "--resume"]].concat());
+    let m = dir.path().join("m");
+    let ckpts: Vec<String> =
+        std::fs::read_dir(m.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut ckpts = ckpts;
+    ckpts.sort();
+    assert_eq!(ckpts, vec!["step-00000002", "step-00000003"], "the newest two are kept");
+    assert_eq!(std::fs::read_to_string(m.join("loss.csv")).unwrap().lines().count(), 4, "header and three steps");
+    assert!(m.join("loss.png").exists());
+    UNet2DModel::load(&m, &Device::Cpu).unwrap();
+}

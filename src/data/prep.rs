@@ -427,6 +427,37 @@ mod tests {
     }
 
     #[test]
+    fn face_boxes_are_widened_squared_and_cropped() {
+        let raw = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(raw.path().join("a")).unwrap();
+        // 100x80 grey image with a 20x20 white "face" at (40, 30).
+        let img = image::RgbImage::from_fn(100, 80, |x, y| {
+            if (40..60).contains(&x) && (30..50).contains(&y) {
+                image::Rgb([255; 3])
+            } else {
+                image::Rgb([60; 3])
+            }
+        });
+        for i in 0..2 {
+            img.save(raw.path().join(format!("a/{i}.png"))).unwrap();
+        }
+        let csv = raw.path().join("boxes.csv");
+        std::fs::write(&csv, "file,x,y,w,h\na/0.png,40,30,20,20\na/1.png,0,0,20,20\n").unwrap();
+        let boxes = read_boxes(&csv).unwrap();
+        let cfg = PrepConfig { size: 32, eval_fraction: 0.5, seed: 0, crop: CropMode::Boxes, margin: 0.25 };
+        let m = prepare(raw.path(), out.path(), &cfg, Some((&csv, &boxes)), |_, _| {}).unwrap();
+        let crop_of = |src: &str| m.images.iter().find(|e| e.source == src).unwrap().crop;
+        assert_eq!(crop_of("a/0.png"), Square { x: 35, y: 25, side: 30 });
+        assert_eq!(crop_of("a/1.png"), Square { x: 0, y: 0, side: 25 });
+        // The face fills the middle 2/3 of the 30-pixel crop: the output's centre is white,
+        // its corners grey.
+        let e = m.images.iter().find(|e| e.source == "a/0.png").unwrap();
+        let o = image::open(out.path().join(&e.output)).unwrap().to_rgb8();
+        assert!(o.get_pixel(16, 16).0[0] > 240 && o.get_pixel(1, 1).0[0] < 80, "{:?} {:?}", o.get_pixel(16, 16), o.get_pixel(1, 1));
+    }
+
+    #[test]
     fn eval_counts_keep_both_splits() {
         assert_eq!(eval_count(10, 0.2), 2);
         assert_eq!(eval_count(3, 0.2), 1);

@@ -3,6 +3,7 @@
 //! - [`weights`]: `.safetensors` / torch `.pth` state_dicts into a `VarBuilder`-like map
 //!   (`legacy_pth`: the pre-1.6, non-zip `.pth` format).
 //! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem).
+//! - [`conv_grad`]: stride-1 convolution with a fast CPU backward (for training).
 //! - [`resnet_train`]: the same ResNet built from a `VarMap`, BatchNorm in training mode.
 //! - [`preprocess`]: uint8 pixels to normalised network input.
 //! - [`hub_cache`]: where standard weight files are looked for when no path is given.
@@ -15,6 +16,7 @@
 //! - [`sampling`]: the reverse-diffusion loop of one work unit, and uint8 quantisation.
 //! - [`noise`]: a sampling unit's Gaussian noise, drawn on the host from its seed.
 mod batch_norm;
+pub mod conv_grad;
 pub mod hub_cache;
 pub mod inception;
 mod legacy_pth;

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::{Init as NnInit, VarBuilder, VarMap};
 
+use super::conv_grad::conv2d_s1;
 use super::resnet::{ResNetConfig, Stem};
 use super::weights::{WeightMap, WeightsError};
 use crate::train::init::{fan_out, init_varmap, Init};
@@ -49,7 +50,11 @@ impl Conv {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        if self.stride == 1 {
+            conv2d_s1(x, &self.weight, self.padding)
+        } else {
+            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        }
     }
 }
 

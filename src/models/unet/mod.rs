@@ -24,6 +24,9 @@
 //! (sinusoidal) time embedding; `default` and `scale_shift` resnet time conditioning; conv or
 //! resnet resampling; class embeddings by table (`num_class_embeds`), `timestep` or `identity`;
 //! SiLU. Anything else in a config is rejected by name (see [`UNet2DConfig::validate`]).
+//!
+//! Convolutions are [`crate::models::conv_grad::Conv2d`]: candle-nn's, with the stride-1 case
+//! routed through a custom op whose CPU backward is a plain convolution (same forward numbers).
 
 pub mod config;
 
@@ -37,7 +40,9 @@ mod resnet_block;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, VarBuilder};
+
+use crate::models::conv_grad::{conv2d, Conv2d};
 
 pub use config::{ConfigError, SampleSize, UNet2DConfig};
 
@@ -120,7 +125,7 @@ impl UNet2DModel {
         };
         let attn = AttnParams { head_dim: config.attention_head_dim, groups: config.norm_num_groups, eps: config.norm_eps };
 
-        let conv_in = candle_nn::conv2d(config.in_channels, c[0], 3, conv3, vb.pp("conv_in"))?;
+        let conv_in = conv2d(config.in_channels, c[0], 3, conv3, vb.pp("conv_in"))?;
         let time_proj = SinusoidalEmbedding::new(c[0], config.flip_sin_to_cos, config.freq_shift, vb.device())?;
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), c[0], temb)?;
         let class_embedding = match r.class_embed {
@@ -172,7 +177,7 @@ impl UNet2DModel {
         }
 
         let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, c[0], config.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = candle_nn::conv2d(c[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?;
+        let conv_out = conv2d(c[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?;
         Ok(Self {
             config: config.clone(),
             dtype: vb.dtype(),

@@ -7,7 +7,9 @@
 //! `down=True` / `up=True` are the free functions [`avg_pool_2x`] and [`nearest_2x`].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::models::conv_grad::{conv2d, Conv2d};
 
 /// `Downsample2D(channels, use_conv=True, padding=p)`: a 3x3 stride-2 conv with padding `p`;
 /// with `p = 0` the input is first padded by one zero row at the bottom and one zero column on
@@ -21,7 +23,7 @@ pub(crate) struct Downsample2D {
 impl Downsample2D {
     pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
         let cfg = Conv2dConfig { padding, stride: 2, ..Default::default() };
-        Ok(Self { conv: candle_nn::conv2d(channels, channels, 3, cfg, vb.pp("conv"))?, pad_bottom_right: padding == 0 })
+        Ok(Self { conv: conv2d(channels, channels, 3, cfg, vb.pp("conv"))?, pad_bottom_right: padding == 0 })
     }
 }
 
@@ -44,7 +46,7 @@ pub(crate) struct Upsample2D {
 impl Upsample2D {
     pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
         let cfg = Conv2dConfig { padding: 1, ..Default::default() };
-        Ok(Self { conv: candle_nn::conv2d(channels, channels, 3, cfg, vb.pp("conv"))? })
+        Ok(Self { conv: conv2d(channels, channels, 3, cfg, vb.pp("conv"))? })
     }
 }
 

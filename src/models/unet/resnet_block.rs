@@ -16,7 +16,9 @@
 //! ```
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+use crate::models::conv_grad::{conv2d, Conv2d};
 
 use super::config::TimeShift;
 use super::resample::{avg_pool_2x, nearest_2x};
@@ -63,16 +65,16 @@ impl ResnetBlock2D {
             TimeShift::ScaleShift => 2 * out_channels,
         };
         let conv_shortcut = if in_channels != out_channels {
-            Some(candle_nn::conv2d(in_channels, out_channels, 1, Conv2dConfig::default(), vb.pp("conv_shortcut"))?)
+            Some(conv2d(in_channels, out_channels, 1, Conv2dConfig::default(), vb.pp("conv_shortcut"))?)
         } else {
             None
         };
         Ok(Self {
             norm1: candle_nn::group_norm(p.groups, in_channels, p.eps, vb.pp("norm1"))?,
-            conv1: candle_nn::conv2d(in_channels, out_channels, 3, conv3, vb.pp("conv1"))?,
+            conv1: conv2d(in_channels, out_channels, 3, conv3, vb.pp("conv1"))?,
             time_emb_proj: candle_nn::linear(p.temb_channels, proj_out, vb.pp("time_emb_proj"))?,
             norm2: candle_nn::group_norm(p.groups, out_channels, p.eps, vb.pp("norm2"))?,
-            conv2: candle_nn::conv2d(out_channels, out_channels, 3, conv3, vb.pp("conv2"))?,
+            conv2: conv2d(out_channels, out_channels, 3, conv3, vb.pp("conv2"))?,
             conv_shortcut,
             resample,
             time_shift: p.time_shift,
