@@ -15,7 +15,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
-use crate::models::sampling::{quantize, UnitSampler, CLASS_NAMES_FILE};
+use crate::models::sampling::{quantize_rgb, UnitSampler, CLASS_NAMES_FILE};
 use crate::runtime::plan::{unit_seed, Plan};
 use crate::settings::{parse_device, Settings};
 use crate::stages::save_images::{image_path, write_png};
@@ -138,11 +138,7 @@ pub fn sample(args: SampleArgs, settings: Settings) -> Result<(), CliError> {
     let mut write_unit = |labels: &[u32], positions: &[u64], samples: &[f32]| -> Result<(), CliError> {
         if let Some(out) = &args.out {
             for ((label, position), image) in labels.iter().zip(positions).zip(samples.chunks(per_image)) {
-                let planar: Vec<u8> = if c == 1 {
-                    image.iter().cycle().take(3 * h * w).map(|&v| quantize(v)).collect()
-                } else {
-                    image.iter().map(|&v| quantize(v)).collect()
-                };
+                let planar = quantize_rgb(image, c);
                 let path = image_path(out, &names[*label as usize], *position);
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)

@@ -156,6 +156,13 @@ pub fn quantize(value: f32) -> u8 {
     }
 }
 
+/// One sample (C x H x W, C = 1 or 3) as the planar uint8 RGB image the graph carries: each
+/// value [`quantize`]d, a 1-channel sample repeated as grey.
+pub fn quantize_rgb(image: &[f32], channels: usize) -> Vec<u8> {
+    let planes = if channels == 1 { 3 } else { 1 };
+    (0..planes).flat_map(|_| image.iter().map(|&v| quantize(v))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +180,11 @@ mod tests {
         assert_eq!(quantize(2.0 / 127.5 - 1.0), 2);
         assert_eq!(quantize(-1.0 + 0.6 / 127.5), 1);
         assert_eq!(quantize(-1.0 + 0.4 / 127.5), 0);
+    }
+
+    #[test]
+    fn grey_samples_become_three_equal_planes() {
+        assert_eq!(quantize_rgb(&[-1.0, 1.0], 1), vec![0, 255, 0, 255, 0, 255]);
+        assert_eq!(quantize_rgb(&[-1.0, 0.0, 1.0], 3), vec![0, 128, 255]);
     }
 }

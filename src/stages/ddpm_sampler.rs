@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::models::sampling::{quantize, UnitSampler};
+use crate::models::sampling::{quantize_rgb, UnitSampler};
 use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary, UnitSpan};
 use crate::runtime::plan::{Plan, WorkQueue, WorkUnit};
 use crate::runtime::stage::{Stage, StageContext, StageError};
@@ -97,7 +97,7 @@ impl Stage for DdpmSamplerStage {
             .map(|_| UnitSampler::load(&cfg.unet, cfg.scheduler, cfg.steps, cfg.eta, &ctx.device))
             .collect::<Result<_, _>>()
             .map_err(StageError::failed)?;
-        let (channels, height, width) = samplers[0].image_shape();
+        let (_, height, width) = samplers[0].image_shape();
         let steps = samplers[0].steps();
         if samplers[0].num_classes() != Some(classes.len()) {
             return Err(StageError::Failed(format!(
@@ -141,7 +141,7 @@ impl Stage for DdpmSamplerStage {
         let ctx_ref: &StageContext = ctx;
         let outcomes: Vec<Result<(), StageError>> = std::thread::scope(|scope| {
             let workers: Vec<_> =
-                samplers.into_iter().map(|sampler| scope.spawn(|| run_replica(sampler, ctx_ref, &queue, &shared, channels))).collect();
+                samplers.into_iter().map(|sampler| scope.spawn(|| run_replica(sampler, ctx_ref, &queue, &shared))).collect();
             workers
                 .into_iter()
                 .map(|w| {
@@ -190,14 +190,14 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// One replica: take a unit, denoise it, quantise, hand it to the in-order sender; repeat.
-fn run_replica(sampler: UnitSampler, ctx: &StageContext, queue: &WorkQueue, shared: &Shared, channels: usize) -> Result<(), StageError> {
+fn run_replica(sampler: UnitSampler, ctx: &StageContext, queue: &WorkQueue, shared: &Shared) -> Result<(), StageError> {
     let outcome = (|| {
         while !ctx.control.stop_requested() {
             let Some((rank, unit)) = queue.take() else { break };
             lock(&shared.first_start).get_or_insert_with(Instant::now);
             let batch = ctx.timed(|| -> Result<ImageBatch, StageError> {
                 let samples = sampler.sample_unit(&unit).map_err(|e| StageError::Failed(format!("unit {}: {e}", unit.id())))?;
-                Ok(to_batch(&unit, &samples, channels, sampler.image_shape(), shared, &ctx.id))
+                Ok(to_batch(&unit, &samples, sampler.image_shape(), shared, &ctx.id))
             })?;
             *lock(&shared.last_end) = Some(Instant::now());
             if !shared.in_order.deliver(rank, unit, batch, ctx, |unit, batch| send_unit(unit, batch, ctx, queue, shared))? {
@@ -287,14 +287,7 @@ impl InOrder {
 }
 
 /// Quantised RGB batch of one unit; 1-channel models are shown as grey RGB.
-fn to_batch(
-    unit: &WorkUnit,
-    samples: &[f32],
-    channels: usize,
-    (_, h, w): (usize, usize, usize),
-    shared: &Shared,
-    stage: &str,
-) -> ImageBatch {
+fn to_batch(unit: &WorkUnit, samples: &[f32], (channels, h, w): (usize, usize, usize), shared: &Shared, stage: &str) -> ImageBatch {
     let per_image = channels * h * w;
     let mut pixels = Vec::with_capacity(unit.size * 3 * h * w);
     let mut nonfinite = 0;
@@ -302,13 +295,7 @@ fn to_batch(
         if image.iter().any(|v| !v.is_finite()) {
             nonfinite += 1;
         }
-        if channels == 1 {
-            for _ in 0..3 {
-                pixels.extend(image.iter().map(|&v| quantize(v)));
-            }
-        } else {
-            pixels.extend(image.iter().map(|&v| quantize(v)));
-        }
+        pixels.extend(quantize_rgb(image, channels));
     }
     if nonfinite > 0 {
         tracing::warn!(unit = %unit.id(), images = nonfinite, "generated images with NaN or infinite values");
