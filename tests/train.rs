@@ -37,8 +37,9 @@ fn mean_loss(net: &TrainableResNet, data: &Dataset, mode: BnMode) -> f32 {
 fn oracle_training_reduces_the_loss_and_its_file_loads_as_the_oracle() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), 3, 8, 16);
+    // A narrow ResNet-18 (width 16, as the demo oracle): the oracle reads the width from the file.
     let cfg = OracleTrainConfig {
-        resnet: ResNetConfig { arch: ResNetArch::ResNet18, stem: Stem::Cifar, num_classes: 3 },
+        resnet: ResNetConfig { width: 16, ..ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, 3) },
         norm: Normalization::imagenet(),
         warmup_epochs: 0,
         epochs: 4,
@@ -76,7 +77,7 @@ fn oracle_training_reduces_the_loss_and_its_file_loads_as_the_oracle() {
 fn warm_up_trains_only_fc_and_needs_init() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), 2, 4, 16);
-    let resnet = ResNetConfig { arch: ResNetArch::ResNet18, stem: Stem::Cifar, num_classes: 2 };
+    let resnet = ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, 2);
     let cfg = OracleTrainConfig {
         resnet,
         norm: Normalization::imagenet(),

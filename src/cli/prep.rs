@@ -16,7 +16,7 @@ pub struct PrepArgs {
     /// Output: DATA_DIR/train/<class>/*.png, DATA_DIR/eval/<class>/*.png, DATA_DIR/manifest.json.
     #[arg(long, value_name = "DATA_DIR")]
     pub out: PathBuf,
-    /// Output side in pixels: 32 or 64.
+    /// Output side in pixels (the paper: 32 or 64; 8 to 512 accepted).
     #[arg(long, default_value_t = 32)]
     pub size: u32,
     /// Share of each class held out for eval.

@@ -88,6 +88,10 @@ pub struct OracleTrainArgs {
     /// cifar: 3x3 stride-1 conv1 and no max-pool (32x32 inputs); imagenet: 7x7/2 + max-pool.
     #[arg(long, value_name = "cifar|imagenet")]
     pub stem: Stem,
+    /// Channels of conv1 and layer1 (torchvision: 64; the stages have 1, 2, 4, 8 times this).
+    /// Narrower networks keep torchvision's keys: the demo oracle uses 16 (a 2.8 MB file).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub width: usize,
     /// Input normalisation: imagenet, minus-one-one, or M,M,M/S,S,S.
     #[arg(long, default_value = "imagenet", value_name = "NORM")]
     pub norm: Normalization,
@@ -165,6 +169,9 @@ fn bar_style() -> ProgressStyle {
 fn oracle(args: OracleTrainArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.metrics_addr, &args.device)?;
     let device = settings.device()?;
+    if args.width == 0 {
+        return Err(CliError::Input("--width 0: expected at least 1 channel (torchvision: 64)".into()));
+    }
     let train = load_split(&args.data, "train")?;
     let eval = load_split(&args.data, "eval")?;
     if eval.classes != train.classes {
@@ -181,7 +188,7 @@ fn oracle(args: OracleTrainArgs, mut settings: Settings) -> Result<(), CliError>
     };
     let warmup_epochs = args.warmup_epochs.unwrap_or(if init.is_some() { 2 } else { 0 });
     let cfg = OracleTrainConfig {
-        resnet: ResNetConfig { arch: args.arch, stem: args.stem, num_classes: train.classes.len() },
+        resnet: ResNetConfig { width: args.width, ..ResNetConfig::new(args.arch, args.stem, train.classes.len()) },
         norm: args.norm,
         warmup_epochs,
         epochs: args.epochs,

@@ -1,5 +1,5 @@
 //! `rcaflow prep`: raw photos (an ImageFolder tree) to the protocol's dataset: square crops,
-//! downscaled to 32 or 64 pixels, split per class into train and eval folders.
+//! downscaled to a square side (the paper: 32 or 64 pixels), split per class into train and eval folders.
 //!
 //! Crops follow the paper's recipe: a face box widened by `margin` of its width (height) on
 //! the left and right (top and bottom), 25% by default. The widened box is made square around
@@ -97,8 +97,9 @@ pub struct PrepConfig {
 
 impl PrepConfig {
     pub fn validate(&self) -> Result<(), PrepError> {
-        if self.size != 32 && self.size != 64 {
-            return Err(PrepError::Input(format!("--size {}: expected 32 or 64", self.size)));
+        // The paper's sizes are 32 and 64; smaller squares serve CPU demos and tests.
+        if !(8..=512).contains(&self.size) {
+            return Err(PrepError::Input(format!("--size {}: expected 8 to 512 pixels (the paper: 32 or 64)", self.size)));
         }
         if !(0.0..1.0).contains(&self.eval_fraction) {
             return Err(PrepError::Input(format!("--eval-fraction {}: expected a number in [0, 1)", self.eval_fraction)));

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::preprocess::Normalization;
-use super::resnet::{ResNet, ResNetArch, ResNetConfig, Stem};
+use super::resnet::{ResNet, ResNetArch, ResNetConfig, Stem, TORCHVISION_WIDTH};
 use super::weights::{WeightMap, WeightsError};
 
 /// Everything needed to rebuild the oracle from its weight file.
@@ -24,9 +24,10 @@ pub struct OracleConfig {
 }
 
 impl OracleConfig {
-    /// The network part of the config.
+    /// The network part of the config, at torchvision's width (a file's own width is read
+    /// from the file when it loads).
     pub fn resnet(&self) -> ResNetConfig {
-        ResNetConfig { arch: self.arch, stem: self.stem, num_classes: self.num_classes }
+        ResNetConfig::new(self.arch, self.stem, self.num_classes)
     }
 }
 
@@ -48,10 +49,14 @@ impl Oracle {
 
     /// Builds the oracle from weights already in memory (they decide the device).
     pub fn from_weights(weights: &WeightMap, cfg: &OracleConfig) -> Result<Oracle, WeightsError> {
+        // The width is the file's (conv1's output channels): torchvision's 64, or a narrower
+        // network such as the demo's, with the same keys.
+        let width = ResNet::width_of(weights).unwrap_or(TORCHVISION_WIDTH);
+        let resnet = ResNetConfig { width, ..cfg.resnet() };
         // Check the class count first: it is the most likely mismatch (a checkpoint trained on
         // another dataset) and should be reported as such, not as some other tensor.
-        weights.get(&[cfg.num_classes, ResNet::FEATURES], "fc.weight")?;
-        let net = ResNet::load(weights, &cfg.resnet())?;
+        weights.get(&[cfg.num_classes, resnet.features()], "fc.weight")?;
+        let net = ResNet::load(weights, &resnet)?;
         let device = net.device().clone();
         Ok(Self { net, cfg: *cfg, device })
     }

@@ -28,7 +28,6 @@ use crate::train::init::{fan_out, init_varmap, Init};
 
 const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
-const WIDTHS: [usize; 4] = [64, 128, 256, 512];
 
 /// Whether BatchNorm uses batch statistics (and updates its running ones) or the running ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,11 +170,11 @@ impl TrainableResNet {
             Stem::Cifar => (3, 1, 1),
             Stem::Imagenet => (7, 2, 3),
         };
-        let conv1 = Conv::new(vb.pp("conv1"), 3, WIDTHS[0], k, stride, padding)?;
-        let bn1 = BatchNorm2d::new(vb.pp("bn1"), WIDTHS[0])?;
+        let conv1 = Conv::new(vb.pp("conv1"), 3, cfg.width, k, stride, padding)?;
+        let bn1 = BatchNorm2d::new(vb.pp("bn1"), cfg.width)?;
         let mut layers = Vec::new();
-        let mut c_in = WIDTHS[0];
-        for (i, (&width, &blocks)) in WIDTHS.iter().zip(cfg.arch.blocks().iter()).enumerate() {
+        let mut c_in = cfg.width;
+        for (i, (&width, &blocks)) in cfg.widths().iter().zip(cfg.arch.blocks().iter()).enumerate() {
             let lv = vb.pp(format!("layer{}", i + 1));
             let mut layer = Vec::new();
             for b in 0..blocks {
@@ -185,7 +184,7 @@ impl TrainableResNet {
             }
             layers.push(layer);
         }
-        let fc_weight = vb.get_with_hints((cfg.num_classes, WIDTHS[3]), "fc.weight", NnInit::Const(0.))?;
+        let fc_weight = vb.get_with_hints((cfg.num_classes, cfg.features()), "fc.weight", NnInit::Const(0.))?;
         let fc_bias = vb.get_with_hints(cfg.num_classes, "fc.bias", NnInit::Const(0.))?;
         init_varmap(&varmap, seed, |name, shape| {
             if name.ends_with("running_var") {
@@ -193,7 +192,7 @@ impl TrainableResNet {
             } else if name.ends_with("running_mean") {
                 Init::Const(0.0)
             } else if name.starts_with("fc.") {
-                Init::Uniform(1.0 / (WIDTHS[3] as f64).sqrt())
+                Init::Uniform(1.0 / (cfg.features() as f64).sqrt())
             } else if shape.len() == 4 {
                 Init::Normal((2.0 / fan_out(shape) as f64).sqrt())
             } else if name.ends_with("weight") {
@@ -258,7 +257,7 @@ impl TrainableResNet {
     /// class count matches (otherwise `fc` keeps its fresh init, as when fine-tuning an ImageNet
     /// model on new classes). Returns whether `fc` was loaded.
     pub fn load_pretrained(&self, weights: &WeightMap) -> std::result::Result<bool, WeightsError> {
-        let fc_fits = weights.shape_of("fc.weight").as_deref() == Some(&[self.cfg.num_classes, WIDTHS[3]][..]);
+        let fc_fits = weights.shape_of("fc.weight").as_deref() == Some(&[self.cfg.num_classes, self.cfg.features()][..]);
         let data = self.varmap.data().lock().unwrap_or_else(|p| p.into_inner());
         for (name, var) in data.iter() {
             if name.starts_with("fc.") && !fc_fits {
@@ -346,7 +345,7 @@ mod tests {
     fn saved_weights_give_the_inference_resnet_the_same_logits() {
         let dev = Device::Cpu;
         for stem in [Stem::Cifar, Stem::Imagenet] {
-            let cfg = ResNetConfig { arch: ResNetArch::ResNet18, stem, num_classes: 3 };
+            let cfg = ResNetConfig::new(ResNetArch::ResNet18, stem, 3);
             let net = TrainableResNet::new(&cfg, 5, &dev).unwrap();
             let x = Tensor::randn(0f32, 1., (4, 3, 16, 16), &dev).unwrap();
             // Two training-mode passes move the running statistics away from (0, 1).
