@@ -5,12 +5,16 @@
 //!   its component.
 //! - [`runtime`]: the running dataflow: one ractor actor per stage, each owning the thread that
 //!   does its work; bounded crossbeam channels between stages (backpressure); exactly-once
-//!   accumulation by unit id; graceful shutdown with a deadline.
-//! - [`stages`]: one file per stage type (image_folder, batcher, oracle_classifier, rca, report).
-//! - [`models`]: candle models loaded from the weight files users already have (ResNet oracle).
+//!   accumulation by unit id; binary checkpoints; fault injection; graceful shutdown with a
+//!   deadline.
+//! - [`stages`]: one file per stage type (sources, batcher, oracle, inception, the metric sinks,
+//!   save_images, report).
+//! - [`models`]: candle models loaded from the weight files users already have (ResNet oracle,
+//!   InceptionV3, LPIPS, the diffusers UNet and its schedulers).
 //! - [`metrics`]: pure maths (confusion matrices, RCA, Wilson intervals), tested without threads.
 //! - [`data`]: datasets: the synthetic identity set (`synth`) and raw photo preparation (`prep`).
 //! - [`report`]: `report.json`, `report.md` and PNG figures.
+//! - [`run_dir`]: the run directory: what a run was started with, its lock, what a restart skips.
 //! - [`telemetry`]: every Prometheus metric name, and the exporter.
 //! - [`settings`]: deployment settings (config/rcaflow.toml).
 //! - [`train`]: training the oracle and the DDPM (AdamW, EMA, checkpoints).
@@ -20,6 +24,7 @@ pub mod data;
 pub mod metrics;
 pub mod models;
 pub mod report;
+pub mod run_dir;
 pub mod runtime;
 pub mod settings;
 pub mod stages;

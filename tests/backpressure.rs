@@ -90,18 +90,21 @@ async fn measure(root: &Path, run_dir: &Path, unit_size: usize, batch_size: usiz
                 strict: true,
                 unit_size,
             })),
+            restart: None,
         },
         StageSpec {
             id: "batcher".into(),
             qualified: "transforms.batcher".into(),
             accumulates: false,
             stage: Box::new(BatcherStage::new(batch_size)),
+            restart: None,
         },
         StageSpec {
             id: "slow".into(),
             qualified: "sinks.slow".into(),
             accumulates: true,
             stage: Box::new(SlowSink { delay: Duration::from_millis(5), seen: seen.clone() }),
+            restart: None,
         },
     ];
     let edges = [
@@ -114,6 +117,7 @@ async fn measure(root: &Path, run_dir: &Path, unit_size: usize, batch_size: usiz
         classes: Arc::new(CLASSES.iter().map(|s| s.to_string()).collect()),
         shutdown_deadline: Duration::from_secs(5),
         checkpoint_interval: Duration::from_secs(3600),
+        skip: Default::default(),
     };
     let (_tx, rx) = mpsc::unbounded_channel::<ShutdownRequest>();
     assert_eq!(live_batches().0, 0, "batches left over from an earlier run");

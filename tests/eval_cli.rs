@@ -143,9 +143,14 @@ fn eval_reports_accuracies_rca_and_figures() {
     assert!(md.contains("**RCA (global) = 0.8333**"), "{md}");
     assert!(md.contains("zzz-corrupt.png"), "{md}");
     // The rca stage checkpointed its state with the units it applied (2 origins x 4 classes).
-    let state = read_json(&out.join("state").join("rca.json"));
-    assert_eq!(state["stage"], "rca");
-    assert_eq!(state["snapshot"]["applied"].as_array().unwrap().len(), 8);
+    let applied = rcaflow::runtime::checkpoint::read_applied(&out, "rca").unwrap();
+    assert_eq!(applied.len(), 8);
+    // `rcaflow status` reads the run directory: finished, every unit held.
+    let s = rcaflow().arg("status").arg(&out).output().unwrap();
+    let text = String::from_utf8_lossy(&s.stdout);
+    assert!(s.status.success() && text.contains("finished (report.json written)"), "{text}{}", stderr(&s));
+    // 13 files listed (one of them unreadable: counted in the report, not as an image).
+    assert!(text.contains("source generated (generated): 13/13 images, 4/4 units"), "{text}");
     // The topology eval built is kept, and is a valid topology for `rcaflow run`.
     let v = rcaflow().args(["validate", "--topology"]).arg(out.join("topology.toml")).output().unwrap();
     assert!(v.status.success(), "{}", stderr(&v));

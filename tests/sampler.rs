@@ -13,6 +13,8 @@ mod color_set;
 mod prng;
 #[path = "common/random_weights.rs"]
 mod random_weights;
+#[path = "common/tiny_run.rs"]
+mod tiny_run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -156,7 +158,7 @@ fn sample_writes_image_folders_of_the_chosen_classes() {
     let o = run(&out, &["--classes", "0,2", "--per-class", "3", "--seed", "5"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let listing = |dir: &Path| -> Vec<String> {
-        let mut files: Vec<String> = walk(dir).iter().map(|p| p.strip_prefix(dir).unwrap().display().to_string()).collect();
+        let mut files: Vec<String> = tiny_run::walk(dir).iter().map(|p| p.strip_prefix(dir).unwrap().display().to_string()).collect();
         files.sort();
         files
     };
@@ -182,137 +184,13 @@ fn sample_writes_image_folders_of_the_chosen_classes() {
     assert!(stderr(&o).contains("shape [2, 3, 4, 4], expected [2, 3, 8, 8]"), "{}", stderr(&o));
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// A sampler topology with every evaluation stage, over a 3-class color set as the real side.
-fn sampler_topology(root: &Path, replicas: usize) -> PathBuf {
-    let colors: Vec<[u8; 3]> = color_set::PALETTE[..3].iter().map(|(_, c)| *c).collect();
-    for (name, color) in &color_set::PALETTE[..3] {
-        let dir = root.join("real").join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..4 {
-            color_set::write_png(&dir.join(format!("{i:03}.png")), 8, |_, _| *color);
-        }
-    }
-    candle_core::safetensors::save(&color_set::color_oracle(&colors), root.join("oracle.safetensors")).unwrap();
-    if !root.join("inception.safetensors").exists() {
-        random_weights::random_inception(&root.join("inception.safetensors"));
-    }
-    random_weights::random_lpips_weights(root);
-    let path = root.join(format!("sampler-{replicas}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"[run]
-dir = "run-{replicas}"
-default_capacity = 2
-
-[sources.real]
-type = "image_folder"
-path = "real"
-origin = "real"
-
-[sources.sampler]
-type = "ddpm_sampler"
-unet = "unet"
-scheduler = "ddpm"
-steps = 3
-per_class = 5
-unit_size = 2
-seed = 3
-replicas = {replicas}
-
-[transforms.batches]
-type = "batcher"
-inputs = ["real", "sampler"]
-batch_size = 4
-
-[transforms.oracle]
-type = "oracle_classifier"
-inputs = ["batches"]
-weights = "oracle.safetensors"
-arch = "resnet18"
-stem = "cifar"
-normalization = "minus-one-one"
-
-[transforms.inception]
-type = "inception_v3"
-inputs = ["batches"]
-weights = "inception.safetensors"
-
-[sinks.rca]
-type = "rca"
-inputs = ["oracle"]
-
-[sinks.fid]
-type = "fid"
-inputs = ["inception"]
-
-[sinks.inception_score]
-type = "inception_score"
-inputs = ["inception"]
-splits = 2
-
-[sinks.lpips]
-type = "lpips_diversity"
-inputs = ["batches"]
-net = "alex"
-backbone = "alexnet.safetensors"
-lin = "alex-lin.safetensors"
-pairs = 4
-
-[sinks.samples]
-type = "save_images"
-inputs = ["sampler"]
-path = "samples-{replicas}"
-
-[sinks.report]
-type = "report"
-inputs = ["rca", "fid", "inception_score", "lpips"]
-"#
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// The report less what legitimately varies between runs: timings, paths, replica count.
-fn comparable(mut report: Value) -> Value {
-    let obj = report.as_object_mut().unwrap();
-    for key in ["timing", "topology", "figures"] {
-        obj.remove(key);
-    }
-    for (_, sampler) in obj["generation"].as_object_mut().unwrap() {
-        let s = sampler.as_object_mut().unwrap();
-        for key in ["generation_seconds", "busy_seconds", "images_per_second", "replicas"] {
-            s.remove(key);
-        }
-    }
-    report
-}
-
 #[test]
 fn run_scores_sampled_images_in_every_stage_and_replicas_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (unet, _) = unet_folder("ddim_defaults", root);
-    // The same weights at 32x32 (no weight depends on the size): LPIPS' alexnet needs >= 31x31.
-    let config = std::fs::read_to_string(unet.join("config.json")).unwrap();
-    std::fs::write(unet.join("config.json"), config.replace("\"sample_size\": 8", "\"sample_size\": 32")).unwrap();
     let mut reports = Vec::new();
     for replicas in [1, 2] {
-        let topology = sampler_topology(root, replicas);
+        let topology = tiny_run::write_topology(root, &replicas.to_string(), replicas, "");
         let o = rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology).output().unwrap();
         assert!(o.status.success(), "{replicas} replicas: {}", stderr(&o));
         let report: Value = serde_json::from_slice(&std::fs::read(root.join(format!("run-{replicas}/report.json"))).unwrap()).unwrap();
@@ -342,12 +220,12 @@ fn run_scores_sampled_images_in_every_stage_and_replicas_change_nothing() {
     assert!(r["timing"]["evaluation_seconds"].as_f64().unwrap() > 0.0);
     assert!(root.join("run-1").join(r["figures"]["samples_grid"].as_str().unwrap()).is_file());
     // Saved PNGs: per class, by position.
-    let saved = walk(&root.join("samples-1"));
+    let saved = tiny_run::walk(&root.join("samples-1"));
     assert_eq!(saved.len(), 15);
 
     // Two replicas: the same report to the last bit (units reach the sinks in plan order) and
     // the same image files.
-    assert_eq!(comparable(reports[0].clone()), comparable(reports[1].clone()));
+    assert_eq!(tiny_run::comparable(reports[0].clone()), tiny_run::comparable(reports[1].clone()));
     for path in saved {
         let twin = root.join("samples-2").join(path.strip_prefix(root.join("samples-1")).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&twin).unwrap(), "{}", path.display());

@@ -48,6 +48,7 @@ fn assert_errors(name: &str, expected: &[&str]) {
 
 /// Every fixture is covered by a test below (a new one cannot be forgotten).
 const FIXTURES: &[&str] = &[
+    "bad-restart.toml",
     "bad-sampler.toml",
     "classes-disagree.toml",
     "cycle.toml",
@@ -178,6 +179,19 @@ fn visual_metric_sinks_check_their_options() {
             &format!(r#"sinks.fid_ref: reference statistics file "{missing}" does not exist"#),
             "sinks.is: splits must be at least 1, found 0",
             r#"sinks.fid: no real images reach it and no `reference` is set; expected an image_folder source with origin = "real" upstream, or reference = FILE"#,
+        ],
+    );
+}
+
+// ---- restart policies ----
+
+#[test]
+fn restart_only_on_stateless_transforms_and_as_a_table() {
+    assert_errors(
+        "bad-restart.toml",
+        &[
+            "transforms.oracle: restart must be a table { max = N } with N >= 0, found 2",
+            "sinks.rca: restart is for stateless transforms (oracle_classifier, inception_v3); a rca keeps state a restart would lose, and resumes from its checkpoint instead",
         ],
     );
 }

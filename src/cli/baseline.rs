@@ -31,7 +31,7 @@ pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliErr
     let out = absolute(&args.out)?;
     // The run's own files (checkpoints) go to a scratch folder, not next to the baseline file.
     let scratch = std::env::temp_dir().join(format!("rcaflow-baseline-{}", std::process::id()));
-    let outcome = execute::execute(&graph, &scratch, &settings);
+    let outcome = execute::execute(&graph, &scratch, &settings, true);
     let _ = std::fs::remove_dir_all(&scratch);
     let outcome = outcome?;
     if outcome.interrupted {

@@ -28,6 +28,10 @@ pub struct EvalArgs {
     pub oracle: OracleArgs,
     #[command(flatten)]
     pub visual: VisualArgs,
+    /// Discard the output folder's checkpoints and start over (by default an output folder
+    /// holding an evaluation of the same inputs is resumed).
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// The visual-quality metrics `eval` can add.
@@ -175,6 +179,6 @@ pub fn eval(args: EvalArgs, mut settings: Settings) -> Result<(), CliError> {
     let header = "# Topology built by `rcaflow eval`; repeat the run with `rcaflow run --topology topology.toml --run-dir .`\n";
     write_atomic(&out.join("topology.toml"), format!("{header}{text}").as_bytes())
         .map_err(|e| CliError::Output(format!("output folder \"{}\": cannot write topology.toml: {e}", out.display())))?;
-    let outcome = execute::execute(&graph, &out, &settings)?;
+    let outcome = execute::execute(&graph, &out, &settings, args.fresh)?;
     execute::finish(&outcome, &out)
 }

@@ -1,6 +1,7 @@
 //! Runs a validated graph: prepares the run directory, starts the metrics exporter, turns
 //! SIGINT/SIGTERM into stop requests, shows progress, and hands the graph to the runtime.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
 use super::CliError;
+use crate::run_dir::{self, Manifest, ResumePoint, Session};
+use crate::runtime::batch::UnitId;
 use crate::runtime::control::RunControl;
 use crate::runtime::{self, RunOutcome, RunSettings, ShutdownRequest};
 use crate::settings::Settings;
@@ -16,9 +19,80 @@ use crate::stages::{self, report::REPORT_FILES};
 use crate::telemetry;
 use crate::topology::Graph;
 
-/// Runs `graph` with its report and state in `run_dir`.
-pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings) -> Result<RunOutcome, CliError> {
+/// Runs `graph` with its report and state in `run_dir`: resumed from the checkpoints there
+/// when it holds a run of the same graph, from scratch when `fresh` (its state is discarded).
+pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings, fresh: bool) -> Result<RunOutcome, CliError> {
     prepare_run_dir(run_dir)?;
+    run_dir::lock(run_dir).map_err(|e| CliError::Input(e.to_string()))?;
+    let result = (|| {
+        let skip = resume_point(graph, run_dir, fresh)?;
+        execute_locked(graph, run_dir, settings, skip)
+    })();
+    run_dir::unlock(run_dir);
+    result
+}
+
+/// Records this session in `run.json` and says which units each source may skip.
+fn resume_point(graph: &Graph, run_dir: &Path, fresh: bool) -> Result<BTreeMap<String, Arc<BTreeSet<UnitId>>>, CliError> {
+    let refused = |e: run_dir::RunDirError| CliError::Input(e.to_string());
+    let mut now = Manifest::of(graph).map_err(|e| CliError::Input(format!("run directory \"{}\": {e}", run_dir.display())))?;
+    let old = if fresh {
+        let state = run_dir.join(run_dir::STATE_DIR);
+        if state.exists() {
+            std::fs::remove_dir_all(&state)
+                .map_err(|e| CliError::Output(format!("run directory: cannot remove old state \"{}\": {e}", state.display())))?;
+        }
+        None
+    } else {
+        Manifest::read(run_dir).map_err(refused)?
+    };
+    let point = match old {
+        Some(old) => {
+            let changed = old.differences(&now);
+            if !changed.is_empty() {
+                return Err(CliError::Input(format!(
+                    "run directory \"{}\" holds a run of another topology or other files: {}; use another --run-dir, or --fresh to discard its state",
+                    run_dir.display(),
+                    changed.join("; ")
+                )));
+            }
+            now.sessions = old.sessions;
+            ResumePoint::read(run_dir, &now).map_err(refused)?
+        }
+        None if run_dir::has_state(run_dir) => {
+            return Err(CliError::Input(format!(
+                "run directory \"{}\" has checkpoints in state/ but no {}: it was not started by this version; use another --run-dir, or --fresh",
+                run_dir.display(),
+                run_dir::MANIFEST_FILE
+            )))
+        }
+        None => ResumePoint { skip: BTreeMap::new(), redone: 0, held: BTreeMap::new() },
+    };
+    let session = Session {
+        started_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        pid: std::process::id(),
+        units_skipped: point.skipped(),
+        units_redone: point.redone,
+    };
+    if !now.sessions.is_empty() {
+        tracing::info!(
+            units_skipped = session.units_skipped,
+            units_redone = session.units_redone,
+            "resuming the run in {}",
+            run_dir.display()
+        );
+    }
+    now.sessions.push(session);
+    now.write(run_dir).map_err(refused)?;
+    Ok(point.skip.into_iter().map(|(source, units)| (source, Arc::new(units))).collect())
+}
+
+fn execute_locked(
+    graph: &Graph,
+    run_dir: &Path,
+    settings: &Settings,
+    skip: BTreeMap<String, Arc<BTreeSet<UnitId>>>,
+) -> Result<RunOutcome, CliError> {
     let device = settings.device()?;
     let metrics_addr = settings.metrics_addr().map_err(|e| CliError::Input(format!("config: {e}")))?;
     let run_settings = RunSettings {
@@ -27,6 +101,7 @@ pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings) -> Result<Run
         classes: Arc::new(graph.classes.clone()),
         shutdown_deadline: settings.shutdown_deadline(),
         checkpoint_interval: settings.checkpoint_interval(),
+        skip,
     };
     // Two workers are plenty: actors only pass control messages; the heavy work runs on the
     // stages' own threads.

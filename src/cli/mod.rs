@@ -7,6 +7,7 @@ pub mod fid;
 pub mod prep;
 pub mod run;
 pub mod sample;
+pub mod status;
 pub mod synth;
 pub mod train;
 pub mod validate;
@@ -60,6 +61,8 @@ pub enum Command {
     Prep(prep::PrepArgs),
     /// Train the oracle classifier or the class-conditional DDPM.
     Train(train::TrainArgs),
+    /// Where a run stands (running or stopped), from its run directory's files.
+    Status(status::StatusArgs),
 }
 
 /// The oracle flags `eval` and `baseline` share.
@@ -155,5 +158,6 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Synth(args) => synth::synth(args),
         Command::Prep(args) => prep::prep(args),
         Command::Train(args) => train::train(args, settings),
+        Command::Status(args) => status::status(args),
     }
 }

@@ -1,5 +1,6 @@
 //! `rcaflow run --topology FILE`: the daemon. Runs a topology until its sources are exhausted
-//! or it is asked to stop (SIGINT/SIGTERM), then writes the report.
+//! or it is asked to stop (SIGINT/SIGTERM), then writes the report. Run again after a crash or
+//! a stop, it resumes from the run directory's checkpoints.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,10 @@ pub struct RunArgs {
     /// Where models run (overrides the config file).
     #[arg(long)]
     pub device: Option<String>,
+    /// Discard the run directory's checkpoints and start over (by default a run directory that
+    /// holds a run of the same topology is resumed: units already counted are skipped).
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 pub fn run(args: RunArgs, mut settings: Settings) -> Result<(), CliError> {
@@ -33,6 +38,6 @@ pub fn run(args: RunArgs, mut settings: Settings) -> Result<(), CliError> {
             args.topology.display()
         ))
     })?;
-    let outcome = execute::execute(&graph, &run_dir, &settings)?;
+    let outcome = execute::execute(&graph, &run_dir, &settings, args.fresh)?;
     execute::finish(&outcome, &run_dir)
 }

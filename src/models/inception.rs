@@ -433,8 +433,11 @@ impl InceptionV3 {
         let x = self.mixed_7c.forward(&x)?;
         // 5. Adaptive average pool to 1x1 and flatten: pool3, [N, 2048].
         let pool3 = x.mean((2, 3))?;
-        // 6. Logits without bias: pool3 @ fc.weight^T, [N, 1008].
-        let logits = pool3.matmul(&self.fc_weight_t)?;
+        // 6. Logits without bias: pool3 @ fc.weight^T, [N, 1008], one image at a time: a CPU
+        // matmul's rounding depends on how many rows it gets, and an image's logits must not
+        // depend on which batch it travelled in (a resumed run batches units differently).
+        let rows = (0..pool3.dim(0)?).map(|i| pool3.narrow(0, i, 1)?.matmul(&self.fc_weight_t)).collect::<candle_core::Result<Vec<_>>>()?;
+        let logits = if rows.is_empty() { pool3.matmul(&self.fc_weight_t)? } else { Tensor::cat(&rows, 0)? };
         Ok((pool3, logits))
     }
 

@@ -10,11 +10,12 @@ pub mod batch;
 pub mod channels;
 pub mod checkpoint;
 pub mod control;
+pub mod fault;
 pub mod plan;
 pub mod stage;
 pub mod supervisor;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use ractor::Actor;
 use tokio::sync::{mpsc, oneshot};
 
-use batch::Summary;
+use batch::{Summary, UnitId};
 use channels::{edge_channel, Inputs, Outputs};
 use control::{RunControl, StageStats, StageStatus};
 use stage::{Stage, StageArgs, StageContext};
@@ -37,6 +38,8 @@ pub struct StageSpec {
     /// Whether the stage folds units into results (counts towards run progress).
     pub accumulates: bool,
     pub stage: Box<dyn Stage>,
+    /// How to build the stage again after a failure, and how many times (`restart = { max }`).
+    pub restart: Option<stage::Restart>,
 }
 
 /// Per-run settings the stages need.
@@ -49,6 +52,9 @@ pub struct RunSettings {
     pub shutdown_deadline: Duration,
     /// How often accumulators checkpoint their state into the run directory.
     pub checkpoint_interval: Duration,
+    /// Per source id, the units every stage downstream already holds (a resumed run): the
+    /// source does not send them again.
+    pub skip: BTreeMap<String, Arc<BTreeSet<UnitId>>>,
 }
 
 /// A request to stop, from a signal or a caller.
@@ -102,6 +108,10 @@ pub async fn run(
         let stats = Arc::new(StageStats::new(&spec.id, spec.accumulates));
         control.register(stats.clone());
         let ctx = StageContext {
+            skip: settings.skip.get(&spec.id).cloned().unwrap_or_default(),
+            in_flight: None,
+            keep_in_flight: false,
+            replay: None,
             inputs: Inputs::new(inputs.remove(&spec.id).unwrap_or_default()),
             outputs: Outputs::new(outputs.remove(&spec.id).unwrap_or_default()),
             id: spec.id,
@@ -113,7 +123,7 @@ pub async fn run(
             device: settings.device.clone(),
             checkpoint_interval: settings.checkpoint_interval,
         };
-        args.push(StageArgs { stage: spec.stage, ctx });
+        args.push(StageArgs { stage: spec.stage, restart: spec.restart, ctx });
     }
     if let Some(id) = inputs.keys().chain(outputs.keys()).next() {
         return Err(RunError::Start(format!("edge names stage \"{id}\", which is not in the run")));

@@ -4,16 +4,21 @@
 //! so they never run on tokio's workers). When the thread ends, the actor stops normally, or
 //! fails with the stage's error so the supervisor sees it as a ractor supervision event.
 
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{de::DeserializeOwned, Serialize};
 
-use super::batch::{Payload, Summary};
+use super::accumulator::Snapshot;
+use super::batch::{Payload, Summary, UnitId};
 use super::channels::{Disconnected, Inputs, Outputs};
+use super::checkpoint;
 use super::control::{RunControl, StageState, StageStats, StageStatus};
+use super::fault;
 use crate::telemetry;
 
 /// Why a stage stopped before its inputs were exhausted.
@@ -48,14 +53,50 @@ pub struct StageContext {
     pub run_dir: PathBuf,
     pub device: candle_core::Device,
     pub checkpoint_interval: std::time::Duration,
+    /// Units a source must not send: every stage downstream holds them (a resumed run).
+    pub skip: Arc<BTreeSet<UnitId>>,
+    /// The payload being worked on, kept (only for a stage with a `restart` policy: it keeps
+    /// one more batch alive) so a restarted stage redoes it.
+    pub in_flight: Option<Payload>,
+    pub keep_in_flight: bool,
+    /// A payload to hand out again before reading the inputs (after a restart).
+    pub replay: Option<Payload>,
 }
 
 impl StageContext {
     /// Next input payload, counting its images in; `None` when every input has closed.
     pub fn recv(&mut self) -> Option<Payload> {
+        if let Some(payload) = self.replay.take() {
+            self.in_flight = Some(payload.clone());
+            return Some(payload);
+        }
+        self.in_flight = None;
         let payload = self.inputs.recv()?;
+        if self.keep_in_flight {
+            self.in_flight = Some(payload.clone());
+        }
         self.stats.add_in(payload.image_count());
+        self.fault("batch").unwrap_or_else(|e| panic!("{e}"));
         Some(payload)
+    }
+
+    /// Fault injection point `<stage id>.<name>` (see [`super::fault`]).
+    pub fn fault(&self, name: &str) -> Result<(), StageError> {
+        fault::at(&format!("{}.{name}", self.id)).map_err(|e| StageError::Failed(format!("injected fault at {}.{name}: {e}", self.id)))
+    }
+
+    /// This stage's last checkpoint, if it has one (a resumed run).
+    pub fn restore<S: DeserializeOwned>(&self) -> Result<Option<Snapshot<S>>, StageError> {
+        let snapshot = checkpoint::read(&self.run_dir, &self.id).map_err(StageError::failed)?;
+        if let Some(s) = &snapshot {
+            tracing::info!(stage = %self.id, units = s.applied.len(), "state restored from checkpoint");
+        }
+        Ok(snapshot)
+    }
+
+    /// Replaces this stage's checkpoint with `snapshot`.
+    pub fn checkpoint<S: Serialize>(&self, snapshot: &Snapshot<S>) -> Result<(), StageError> {
+        checkpoint::write(&self.run_dir, &self.id, snapshot).map_err(StageError::failed)
     }
 
     /// Sends to every consumer (blocking on a full channel), counting images out.
@@ -93,8 +134,15 @@ pub enum StageMsg {
     Status(RpcReplyPort<StageStatus>),
 }
 
+/// Rebuilding a failed stage: `max` times at most, each time redoing the payload in flight.
+pub struct Restart {
+    pub max: u32,
+    pub rebuild: Box<dyn Fn() -> Box<dyn Stage> + Send>,
+}
+
 pub struct StageArgs {
     pub stage: Box<dyn Stage>,
+    pub restart: Option<Restart>,
     pub ctx: StageContext,
 }
 
@@ -111,12 +159,32 @@ impl Actor for StageActor {
     type Arguments = StageArgs;
 
     async fn pre_start(&self, myself: ActorRef<StageMsg>, args: StageArgs) -> Result<StageActorState, ActorProcessingErr> {
-        let StageArgs { stage, mut ctx } = args;
+        let StageArgs { stage, restart, mut ctx } = args;
+        ctx.keep_in_flight = restart.is_some();
         let stats = ctx.stats.clone();
         let thread_name = format!("stage-{}", ctx.id);
         std::thread::Builder::new().name(thread_name).spawn(move || {
             ctx.stats.set_state(StageState::Running);
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| stage.run(&mut ctx)));
+            let mut stage = stage;
+            let mut restarts_left = restart.as_ref().map_or(0, |r| r.max);
+            let outcome = loop {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| stage.run(&mut ctx)));
+                let cause = match &outcome {
+                    Ok(Err(e @ (StageError::Failed(_) | StageError::Panicked(_)))) => e.to_string(),
+                    Err(panic) => format!("panicked: {}", panic_message(panic)),
+                    _ => break outcome,
+                };
+                match &restart {
+                    Some(r) if restarts_left > 0 && !ctx.control.aborted() => {
+                        restarts_left -= 1;
+                        tracing::warn!(stage = %ctx.qualified, restarts_left, "stage failed ({cause}); restarting it and redoing its batch in flight");
+                        ctx.count_error();
+                        ctx.replay = ctx.in_flight.take();
+                        stage = (r.rebuild)();
+                    }
+                    _ => break outcome,
+                }
+            };
             let result = match outcome {
                 Ok(Ok(summary)) => {
                     if let Some(summary) = summary {

@@ -19,7 +19,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::models::sampling::{quantize_rgb, UnitSampler};
-use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary, UnitSpan};
+use crate::runtime::accumulator::Snapshot;
+use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary, UnitId, UnitSpan};
 use crate::runtime::plan::{Plan, WorkQueue, WorkUnit};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
@@ -28,8 +29,8 @@ use crate::topology::config::{DdpmSamplerConfig, SchedulerKind};
 /// Samples per class kept for the report's grid.
 pub const GRID_COLUMNS: usize = 8;
 
-/// The first images of each class, for the report's sample grid (not serialised).
-#[derive(Clone, Debug, Default)]
+/// The first images of each class, for the report's sample grid (not in report.json).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SampleGrid {
     pub height: usize,
     pub width: usize,
@@ -73,14 +74,22 @@ impl DdpmSamplerStage {
     }
 }
 
+/// What the units sent so far left for the report: the sampler's checkpoint, written before
+/// each unit is sent, so a resumed run that skips a unit still has its grid images and
+/// non-finite count (a redone unit is recorded again, idempotently).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SamplerRecord {
+    pub grid: SampleGrid,
+    /// Images with non-finite values, per unit that had any.
+    pub nonfinite: BTreeMap<UnitId, u64>,
+}
+
 /// What the replicas share besides the queue.
 struct Shared {
     in_order: InOrder,
-    grid: Mutex<SampleGrid>,
-    nonfinite: Mutex<u64>,
+    record: Mutex<Snapshot<SamplerRecord>>,
     first_start: Mutex<Option<Instant>>,
     last_end: Mutex<Option<Instant>>,
-    units: Mutex<usize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -123,18 +132,19 @@ impl Stage for DdpmSamplerStage {
         metrics::counter!(telemetry::SAMPLER_UNITS_DONE).increment(0);
         metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
         let planned = plan.per_class.clone();
-        let queue = WorkQueue::new(plan, Default::default());
+        let queue = WorkQueue::new(plan, (*ctx.skip).clone());
+        let record = ctx.restore::<SamplerRecord>()?.unwrap_or_else(|| Snapshot {
+            state: SamplerRecord {
+                grid: SampleGrid { height, width, per_class: vec![vec![None; GRID_COLUMNS.min(cfg.per_class as usize)]; classes.len()] },
+                nonfinite: BTreeMap::new(),
+            },
+            applied: Default::default(),
+        });
         let shared = Shared {
             in_order: InOrder::new(cfg.replicas.max(1)),
-            grid: Mutex::new(SampleGrid {
-                height,
-                width,
-                per_class: vec![vec![None; GRID_COLUMNS.min(cfg.per_class as usize)]; classes.len()],
-            }),
-            nonfinite: Mutex::new(0),
+            record: Mutex::new(record),
             first_start: Mutex::new(None),
             last_end: Mutex::new(None),
-            units: Mutex::new(0),
         };
 
         // 3. Replicas pull units until the plan is done or a stop is requested.
@@ -159,6 +169,7 @@ impl Stage for DdpmSamplerStage {
             _ => 0.0,
         };
         let generated: u64 = progress.done_per_class.iter().sum();
+        let record = lock(&shared.record).clone();
         let result = SamplerResult {
             unet: cfg.unet.clone(),
             scheduler: cfg.scheduler,
@@ -170,12 +181,12 @@ impl Stage for DdpmSamplerStage {
             stopped_early: progress.done_per_class != planned,
             planned,
             generated: progress.done_per_class,
-            units: *lock(&shared.units),
-            nonfinite_images: *lock(&shared.nonfinite),
+            units: record.applied.len(),
+            nonfinite_images: record.state.nonfinite.values().sum(),
             generation_seconds,
             busy_seconds: ctx.stats.status().busy_seconds,
             images_per_second: (generation_seconds > 0.0).then(|| generated as f64 / generation_seconds),
-            grid: lock(&shared.grid).clone(),
+            grid: record.state.grid,
         };
         Ok(Some(Summary::Sampler(Box::new(result))))
     }
@@ -195,9 +206,9 @@ fn run_replica(sampler: UnitSampler, ctx: &StageContext, queue: &WorkQueue, shar
         while !ctx.control.stop_requested() {
             let Some((rank, unit)) = queue.take() else { break };
             lock(&shared.first_start).get_or_insert_with(Instant::now);
-            let batch = ctx.timed(|| -> Result<ImageBatch, StageError> {
+            let batch = ctx.timed(|| -> Result<Finished, StageError> {
                 let samples = sampler.sample_unit(&unit).map_err(|e| StageError::Failed(format!("unit {}: {e}", unit.id())))?;
-                Ok(to_batch(&unit, &samples, sampler.image_shape(), shared, &ctx.id))
+                Ok(to_batch(&unit, &samples, sampler.image_shape(), &ctx.id))
             })?;
             *lock(&shared.last_end) = Some(Instant::now());
             if !shared.in_order.deliver(rank, unit, batch, ctx, |unit, batch| send_unit(unit, batch, ctx, queue, shared))? {
@@ -212,12 +223,27 @@ fn run_replica(sampler: UnitSampler, ctx: &StageContext, queue: &WorkQueue, shar
     outcome
 }
 
-/// Sends one finished unit downstream and records it as done.
-fn send_unit(unit: WorkUnit, batch: ImageBatch, ctx: &StageContext, queue: &WorkQueue, shared: &Shared) -> Result<(), StageError> {
-    keep_for_grid(&unit, &batch, shared);
+/// Records one finished unit (checkpointed before it leaves), sends it downstream and counts
+/// it as done.
+fn send_unit(
+    unit: WorkUnit,
+    (batch, nonfinite): (ImageBatch, u64),
+    ctx: &StageContext,
+    queue: &WorkQueue,
+    shared: &Shared,
+) -> Result<(), StageError> {
+    {
+        let mut record = lock(&shared.record);
+        keep_for_grid(&unit, &batch, &mut record.state.grid);
+        if nonfinite > 0 {
+            record.state.nonfinite.insert(unit.id(), nonfinite);
+        }
+        record.applied.insert(unit.id());
+        ctx.checkpoint(&*record)?;
+    }
+    ctx.fault("unit")?;
     ctx.send(Payload::Images(Arc::new(batch)))?;
     let progress = queue.finish(&unit);
-    *lock(&shared.units) += 1;
     metrics::counter!(telemetry::SAMPLER_UNITS_DONE).increment(1);
     metrics::counter!(telemetry::CLASS_IMAGES_GENERATED, "class" => ctx.classes[unit.class as usize].clone()).increment(unit.size as u64);
     if let Some(eta) = progress.eta {
@@ -238,7 +264,7 @@ struct InOrder {
 struct InOrderState {
     /// Rank of the next unit to send.
     next: usize,
-    parked: BTreeMap<usize, (WorkUnit, ImageBatch)>,
+    parked: BTreeMap<usize, (WorkUnit, Finished)>,
     /// A replica failed: the unit it held will never come, so nobody waits for it.
     abandoned: bool,
 }
@@ -255,9 +281,9 @@ impl InOrder {
         &self,
         rank: usize,
         unit: WorkUnit,
-        batch: ImageBatch,
+        batch: Finished,
         ctx: &StageContext,
-        mut send: impl FnMut(WorkUnit, ImageBatch) -> Result<(), StageError>,
+        mut send: impl FnMut(WorkUnit, Finished) -> Result<(), StageError>,
     ) -> Result<bool, StageError> {
         let mut state = lock(&self.state);
         state.parked.insert(rank, (unit, batch));
@@ -286,8 +312,11 @@ impl InOrder {
     }
 }
 
+/// A unit's quantised images and how many of them had non-finite values.
+type Finished = (ImageBatch, u64);
+
 /// Quantised RGB batch of one unit; 1-channel models are shown as grey RGB.
-fn to_batch(unit: &WorkUnit, samples: &[f32], (channels, h, w): (usize, usize, usize), shared: &Shared, stage: &str) -> ImageBatch {
+fn to_batch(unit: &WorkUnit, samples: &[f32], (channels, h, w): (usize, usize, usize), stage: &str) -> Finished {
     let per_image = channels * h * w;
     let mut pixels = Vec::with_capacity(unit.size * 3 * h * w);
     let mut nonfinite = 0;
@@ -299,15 +328,13 @@ fn to_batch(unit: &WorkUnit, samples: &[f32], (channels, h, w): (usize, usize, u
     }
     if nonfinite > 0 {
         tracing::warn!(unit = %unit.id(), images = nonfinite, "generated images with NaN or infinite values");
-        *lock(&shared.nonfinite) += nonfinite;
         metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => stage.to_string()).increment(nonfinite);
     }
     let span = UnitSpan { id: unit.id(), start: 0, len: unit.size, first_position: unit.first_position };
-    ImageBatch::new(h, w, pixels, vec![unit.class; unit.size], vec![span])
+    (ImageBatch::new(h, w, pixels, vec![unit.class; unit.size], vec![span]), nonfinite)
 }
 
-fn keep_for_grid(unit: &WorkUnit, batch: &ImageBatch, shared: &Shared) {
-    let mut grid = lock(&shared.grid);
+fn keep_for_grid(unit: &WorkUnit, batch: &ImageBatch, grid: &mut SampleGrid) {
     let Some(row) = grid.per_class.get_mut(unit.class as usize) else { return };
     for i in 0..batch.len() {
         let position = unit.first_position as usize + i;

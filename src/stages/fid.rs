@@ -113,7 +113,11 @@ impl Stage for FidStage {
             }
             None => None,
         };
-        let mut acc = ExactlyOnce::new(FidState { real: GaussianStats::new(DIM), generated: GaussianStats::new(DIM), nonfinite: 0 });
+        let mut acc = match ctx.restore::<FidState>()? {
+            Some(snapshot) => ExactlyOnce::restore(snapshot),
+            None => ExactlyOnce::new(FidState { real: GaussianStats::new(DIM), generated: GaussianStats::new(DIM), nonfinite: 0 }),
+        };
+        let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
         // At 0 from the start, so the first non-finite image shows as an increase (and alerts).
         metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
         let mut live = CheckpointTimer::new(Duration::from_secs_f64(self.cfg.interval_secs));
@@ -126,6 +130,7 @@ impl Stage for FidStage {
             }
             let before = acc.inner().nonfinite;
             ctx.timed(|| acc.apply(&batch, &batch.units));
+            ctx.fault("applied")?;
             let bad = acc.inner().nonfinite - before;
             if bad > 0 {
                 tracing::warn!(stage = %ctx.id, images = bad, "non-finite inception features left out of FID");
@@ -136,7 +141,12 @@ impl Stage for FidStage {
                     metrics::gauge!(telemetry::FID).set(fid);
                 }
             }
+            if checkpoints.due() {
+                ctx.checkpoint(&acc.snapshot())?;
+            }
         }
+        // Even after a failure elsewhere: what was applied stays applied.
+        ctx.checkpoint(&acc.snapshot())?;
         if ctx.control.aborted() {
             return Ok(None);
         }

@@ -4,6 +4,7 @@
 //! (PNG and JPEG only) and converts to RGB. An unreadable file is reported by path and counted,
 //! and the run goes on, unless the source is `strict`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,6 +44,12 @@ pub struct SourceResult {
     pub unreadable: Vec<BadFile>,
     /// Stopped early by a stop request.
     pub stopped_early: bool,
+}
+
+/// Per unit read: images decoded, and the files that could not be. A source's checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FolderRecord {
+    pub units: BTreeMap<UnitId, (u64, Vec<BadFile>)>,
 }
 
 /// Class folder names under `root`, sorted. Hidden folders (`.name`) are not classes.
@@ -133,14 +140,10 @@ impl Stage for ImageFolderStage {
         metrics::counter!(telemetry::CORRUPT_INPUTS, "stage" => ctx.id.clone()).increment(0);
         tracing::info!(stage = %ctx.id, %origin, images = planned, path = %cfg.path.display(), "listing done");
 
-        let mut result = SourceResult {
-            origin,
-            path: cfg.path.clone(),
-            files: per_class.iter().map(|f| f.len() as u64).collect(),
-            decoded: vec![0; per_class.len()],
-            unreadable: Vec::new(),
-            stopped_early: false,
-        };
+        // What each unit read, written down before the unit is sent, so a resumed run that skips
+        // it still reports its counts (a restart records a redone unit again, idempotently).
+        let mut record = ctx.restore::<FolderRecord>()?.unwrap_or_default();
+        let mut stopped_early = false;
         // The first decoded image fixes the size every other image must have.
         let mut size: Option<(usize, usize)> = None;
 
@@ -148,9 +151,14 @@ impl Stage for ImageFolderStage {
         'classes: for (class, files) in per_class.iter().enumerate() {
             for (index, chunk) in files.chunks(cfg.unit_size).enumerate() {
                 if ctx.control.stop_requested() {
-                    result.stopped_early = true;
+                    stopped_early = true;
                     break 'classes;
                 }
+                let id = UnitId { origin, class: class as u32, index: index as u32 };
+                if ctx.skip.contains(&id) {
+                    continue;
+                }
+                let mut unreadable = Vec::new();
                 let batch = ctx.timed(|| -> Result<Option<ImageBatch>, StageError> {
                     let mut pixels = Vec::new();
                     for path in chunk {
@@ -172,7 +180,7 @@ impl Stage for ImageFolderStage {
                                 tracing::warn!(stage = %ctx.id, path = %path.display(), "skipping unreadable image: {error}");
                                 metrics::counter!(telemetry::CORRUPT_INPUTS, "stage" => ctx.id.clone()).increment(1);
                                 ctx.count_error();
-                                result.unreadable.push(BadFile { path: path.clone(), error });
+                                unreadable.push(BadFile { path: path.clone(), error });
                             }
                         }
                     }
@@ -181,20 +189,31 @@ impl Stage for ImageFolderStage {
                     if n == 0 {
                         return Ok(None);
                     }
-                    let span = UnitSpan {
-                        id: UnitId { origin, class: class as u32, index: index as u32 },
-                        start: 0,
-                        len: n,
-                        first_position: (index * cfg.unit_size) as u64,
-                    };
+                    let span = UnitSpan { id, start: 0, len: n, first_position: (index * cfg.unit_size) as u64 };
                     Ok(Some(ImageBatch::new(h, w, pixels, vec![class as u32; n], vec![span])))
                 })?;
+                let decoded = batch.as_ref().map_or(0, |b| b.len() as u64);
+                record.state.units.insert(id, (decoded, unreadable));
+                record.applied.insert(id);
+                ctx.checkpoint(&record)?;
+                ctx.fault("unit")?;
                 if let Some(batch) = batch {
-                    result.decoded[class] += batch.len() as u64;
                     ctx.send(Payload::Images(Arc::new(batch)))?;
                 }
             }
         }
+        let mut decoded = vec![0; per_class.len()];
+        for (id, (n, _)) in &record.state.units {
+            decoded[id.class as usize] += n;
+        }
+        let result = SourceResult {
+            origin,
+            path: cfg.path.clone(),
+            files: per_class.iter().map(|f| f.len() as u64).collect(),
+            decoded,
+            unreadable: record.state.units.values().flat_map(|(_, bad)| bad.iter().cloned()).collect(),
+            stopped_early,
+        };
         Ok(Some(Summary::Source(result)))
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::metrics::inception_score::{InceptionScore, InceptionScoreState};
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
 use crate::runtime::batch::{FeatureBatch, Origin, Payload, Summary, UnitSpan};
+use crate::runtime::checkpoint::CheckpointTimer;
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
 use crate::topology::config::InceptionScoreConfig;
@@ -25,6 +26,9 @@ impl Accumulator for IsAccumulator {
     type State = IsAccumulator;
 
     fn apply_unit(&mut self, input: &FeatureBatch, span: &UnitSpan) {
+        if span.id.origin != Origin::Generated {
+            return;
+        }
         let k = input.logit_dim;
         let offset = self.class_offsets.get(span.id.class as usize).copied().unwrap_or(0);
         for i in span.start..span.start + span.len {
@@ -60,15 +64,20 @@ impl InceptionScoreStage {
 impl Stage for InceptionScoreStage {
     fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
         let k = crate::models::inception::InceptionV3::LOGITS;
-        let mut acc: Option<ExactlyOnce<IsAccumulator>> = None;
+        // Restored from a checkpoint, or created when the first generated images arrive.
+        let mut acc: Option<ExactlyOnce<IsAccumulator>> = ctx.restore::<IsAccumulator>()?.map(ExactlyOnce::restore);
+        let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
         // At 0 from the start, so the first non-finite image shows as an increase (and alerts).
         metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
         while let Some(payload) = ctx.recv() {
             let Payload::Features(batch) = payload else {
                 return Err(StageError::Failed("received a non-feature payload; the topology check should have refused this edge".into()));
             };
-            let generated: Vec<UnitSpan> = batch.units.iter().filter(|u| u.id.origin == Origin::Generated).copied().collect();
-            if generated.is_empty() {
+            // Real units are applied too (they add nothing): holding them tells a restart that
+            // this stage has no use for them again. Those that come before the generated
+            // source has announced its plan are not held (a restart sends them again).
+            let only_real = batch.units.iter().all(|u| u.id.origin != Origin::Generated);
+            if only_real && acc.is_none() && ctx.control.planned_per_class(Origin::Generated).is_none() {
                 continue;
             }
             // The generated source announced its class sizes before sending anything.
@@ -91,7 +100,8 @@ impl Stage for InceptionScoreStage {
                 }
             };
             let before = acc.inner().nonfinite;
-            ctx.timed(|| acc.apply(&batch, &generated));
+            ctx.timed(|| acc.apply(&batch, &batch.units));
+            ctx.fault("applied")?;
             let bad = acc.inner().nonfinite - before;
             if bad > 0 {
                 metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(bad);
@@ -99,6 +109,12 @@ impl Stage for InceptionScoreStage {
             if let Ok(score) = acc.inner().state.finish() {
                 metrics::gauge!(telemetry::INCEPTION_SCORE).set(score.mean);
             }
+            if checkpoints.due() {
+                ctx.checkpoint(&acc.snapshot())?;
+            }
+        }
+        if let Some(acc) = &acc {
+            ctx.checkpoint(&acc.snapshot())?;
         }
         if ctx.control.aborted() {
             return Ok(None);

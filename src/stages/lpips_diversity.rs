@@ -15,7 +15,9 @@ use crate::metrics::diversity::{plan_pairs, Diversity, DiversityState};
 use crate::models::hub_cache;
 use crate::models::lpips::{Lpips, LpipsNet};
 use crate::models::weights::WeightMap;
+use crate::runtime::accumulator::Snapshot;
 use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary, UnitId};
+use crate::runtime::checkpoint::CheckpointTimer;
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
 use crate::topology::config::LpipsDiversityConfig;
@@ -71,14 +73,84 @@ struct Tracker {
     size: Option<(usize, usize)>,
     ready: Vec<(usize, u64, u64)>,
     applied: BTreeSet<UnitId>,
+    /// Pairs scored so far, (class, i, j): with `held`, what a checkpoint needs to rebuild the
+    /// plans' progress.
+    scored: Vec<(usize, u64, u64)>,
     state: DiversityState,
 }
 
+/// The checkpointed form of a [`Tracker`] (its applied units go in the snapshot beside it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LpipsState {
+    held: Vec<(usize, u64, Vec<u8>)>,
+    size: Option<(usize, usize)>,
+    scored: Vec<(usize, u64, u64)>,
+    diversity: DiversityState,
+}
+
 impl Tracker {
+    fn new(classes: usize) -> Self {
+        Tracker {
+            plans: (0..classes).map(|_| None).collect(),
+            held: HashMap::new(),
+            size: None,
+            ready: Vec::new(),
+            applied: BTreeSet::new(),
+            scored: Vec::new(),
+            state: DiversityState::new(classes),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot<LpipsState> {
+        let mut held: Vec<_> = self.held.iter().map(|(&(c, p), px)| (c, p, px.clone())).collect();
+        held.sort_by_key(|&(c, p, _)| (c, p));
+        let state = LpipsState { held, size: self.size, scored: self.scored.clone(), diversity: self.state.clone() };
+        Snapshot { state, applied: self.applied.clone() }
+    }
+
+    fn restore(&mut self, snapshot: Snapshot<LpipsState>) {
+        let s = snapshot.state;
+        self.held = s.held.into_iter().map(|(c, p, px)| ((c, p), px)).collect();
+        self.size = s.size;
+        self.scored = s.scored;
+        self.state = s.diversity;
+        self.applied = snapshot.applied;
+    }
+
+    /// Builds the pair plans from the class sizes the generated source announced; with a
+    /// restored state, replays the scored pairs and queues those whose images are both held.
+    fn plan(&mut self, planned: &[u64], pairs: usize) {
+        for (c, &count) in planned.iter().enumerate().take(self.plans.len()) {
+            self.plans[c] = Some(ClassPlan::new(plan_pairs(count, pairs)));
+        }
+        let scored: BTreeSet<(usize, u64, u64)> = self.scored.iter().copied().collect();
+        for &(c, i, j) in &scored {
+            self.release(c, i);
+            self.release(c, j);
+        }
+        for (c, plan) in self.plans.iter().enumerate() {
+            let Some(plan) = plan else { continue };
+            for &(i, j) in &plan.pairs {
+                if !scored.contains(&(c, i, j)) && self.held.contains_key(&(c, i)) && self.held.contains_key(&(c, j)) {
+                    self.ready.push((c, i, j));
+                }
+            }
+        }
+    }
+
+    /// Records the distance of a scored pair and frees images with no pair left.
+    fn finish_pair(&mut self, class: usize, i: u64, j: u64, distance: f64) {
+        self.state.add(class, distance);
+        self.scored.push((class, i, j));
+        self.release(class, i);
+        self.release(class, j);
+    }
+
     /// Keeps the images of `batch` that belong to a pair; queues pairs whose both images are here.
     fn take(&mut self, batch: &ImageBatch) -> Result<(), StageError> {
         for span in &batch.units {
-            if span.id.origin != Origin::Generated || !self.applied.insert(span.id) {
+            // Real units are held too (they add nothing), so a restart need not send them again.
+            if !self.applied.insert(span.id) || span.id.origin != Origin::Generated {
                 continue;
             }
             let class = span.id.class as usize;
@@ -119,10 +191,7 @@ impl Tracker {
                 .distance_u8(&a, &b, chunk.len(), h, w)
                 .map_err(|e| StageError::Failed(format!("lpips forward on {} pairs of {w}x{h}: {e}", chunk.len())))?;
             for (&(c, i, j), dist) in chunk.iter().zip(d) {
-                self.state.add(c, dist as f64);
-                for pos in [i, j] {
-                    self.release(c, pos);
-                }
+                self.finish_pair(c, i, j, dist as f64);
             }
         }
         Ok(())
@@ -158,15 +227,11 @@ impl Stage for LpipsDiversityStage {
         .map_err(StageError::failed)?;
         tracing::info!(stage = %ctx.id, net = %cfg.net, "lpips loaded");
 
-        let n = ctx.classes.len();
-        let mut t = Tracker {
-            plans: (0..n).map(|_| None).collect(),
-            held: HashMap::new(),
-            size: None,
-            ready: Vec::new(),
-            applied: BTreeSet::new(),
-            state: DiversityState::new(n),
-        };
+        let mut t = Tracker::new(ctx.classes.len());
+        if let Some(snapshot) = ctx.restore::<LpipsState>()? {
+            t.restore(snapshot);
+        }
+        let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
         while let Some(payload) = ctx.recv() {
             let Payload::Images(batch) = payload else {
                 return Err(StageError::Failed("received a non-image payload; the topology check should have refused this edge".into()));
@@ -174,21 +239,25 @@ impl Stage for LpipsDiversityStage {
             // The source announced its class sizes before sending anything.
             if t.plans.iter().all(Option::is_none) {
                 if let Some(planned) = ctx.control.planned_per_class(Origin::Generated) {
-                    for (c, &count) in planned.iter().enumerate().take(n) {
-                        t.plans[c] = Some(ClassPlan::new(plan_pairs(count, cfg.pairs)));
-                    }
+                    t.plan(&planned, cfg.pairs);
                 }
             }
             ctx.timed(|| -> Result<(), StageError> {
                 t.take(&batch)?;
                 t.score(&lpips, false)
             })?;
+            ctx.fault("applied")?;
             publish_live(&t.state.finish(), &ctx.classes);
+            if checkpoints.due() {
+                ctx.checkpoint(&t.snapshot())?;
+            }
         }
+        ctx.checkpoint(&t.snapshot())?;
         if ctx.control.aborted() {
             return Ok(None);
         }
         ctx.timed(|| t.score(&lpips, true))?;
+        ctx.checkpoint(&t.snapshot())?;
         // The pairs scored at the end count too: the last live value equals the report's.
         publish_live(&t.state.finish(), &ctx.classes);
         let result = LpipsResult { net: cfg.net, diversity: t.state.finish(), pairs_requested: cfg.pairs };
@@ -219,14 +288,9 @@ mod tests {
     }
 
     fn tracker(images: u64, pairs: usize) -> Tracker {
-        Tracker {
-            plans: vec![Some(ClassPlan::new(plan_pairs(images, pairs)))],
-            held: HashMap::new(),
-            size: None,
-            ready: Vec::new(),
-            applied: BTreeSet::new(),
-            state: DiversityState::new(1),
-        }
+        let mut t = Tracker::new(1);
+        t.plan(&[images], pairs);
+        t
     }
 
     #[test]
@@ -255,10 +319,38 @@ mod tests {
         held.sort();
         assert_eq!(held, vec![(0, 0), (0, 1), (0, 2), (0, 3)]);
         for (c, i, j) in std::mem::take(&mut t.ready) {
-            t.state.add(c, 0.5);
-            t.release(c, i);
-            t.release(c, j);
+            t.finish_pair(c, i, j, 0.5);
         }
         assert!(t.held.is_empty(), "scored pairs free their images");
+    }
+
+    #[test]
+    fn a_restored_tracker_goes_on_as_the_uninterrupted_one() {
+        // 6 images, all 15 pairs; pairs scored as they become ready, distance = i + j.
+        let score_all = |t: &mut Tracker| {
+            for (c, i, j) in std::mem::take(&mut t.ready) {
+                t.finish_pair(c, i, j, (i + j) as f64);
+            }
+        };
+        let mut straight = tracker(6, 100);
+        for u in 0..3 {
+            straight.take(&unit(u)).unwrap();
+            score_all(&mut straight);
+        }
+        let mut first = tracker(6, 100);
+        first.take(&unit(0)).unwrap();
+        score_all(&mut first);
+        first.take(&unit(1)).unwrap(); // its pairs are ready but not scored when the checkpoint is taken
+        let json = serde_json::to_string(&first.snapshot()).unwrap();
+        let mut resumed = Tracker::new(1);
+        resumed.restore(serde_json::from_str(&json).unwrap());
+        resumed.plan(&[6], 100);
+        resumed.take(&unit(1)).unwrap(); // redone: ignored
+        score_all(&mut resumed);
+        resumed.take(&unit(2)).unwrap();
+        score_all(&mut resumed);
+        assert_eq!(resumed.state.count, straight.state.count);
+        assert_eq!(resumed.state.sum, straight.state.sum);
+        assert!(resumed.held.is_empty() && straight.held.is_empty());
     }
 }

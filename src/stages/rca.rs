@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::rca::{relative_accuracy, summarize, ClassificationSummary, Confusion, RcaSummary};
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
 use crate::runtime::batch::{Origin, Payload, PredictionBatch, Summary, UnitSpan};
-use crate::runtime::checkpoint::{self, CheckpointTimer};
+use crate::runtime::checkpoint::CheckpointTimer;
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
 use crate::topology::config::RcaConfig;
@@ -127,7 +127,10 @@ impl RcaStage {
 impl Stage for RcaStage {
     fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
         let n = ctx.classes.len();
-        let mut acc = ExactlyOnce::new(RcaState::new(n));
+        let mut acc = match ctx.restore::<RcaState>()? {
+            Some(snapshot) => ExactlyOnce::restore(snapshot),
+            None => ExactlyOnce::new(RcaState::new(n)),
+        };
         let mut timer = CheckpointTimer::new(ctx.checkpoint_interval);
         // With a baseline, the real side is fixed from the start.
         let baseline = match &self.cfg.baseline {
@@ -148,14 +151,15 @@ impl Stage for RcaStage {
             };
             let before = acc.inner().clone();
             ctx.timed(|| acc.apply(&batch, &batch.units));
+            ctx.fault("applied")?;
             count_predictions(&before, acc.inner(), &ctx.classes);
             publish_live(&result_of(&acc, &baseline), &ctx.classes);
             if timer.due() {
-                checkpoint::write(&ctx.run_dir, &ctx.id, &acc.snapshot()).map_err(StageError::failed)?;
+                ctx.checkpoint(&acc.snapshot())?;
             }
         }
         // The final state is checkpointed even after a failure elsewhere: what was applied stays applied.
-        checkpoint::write(&ctx.run_dir, &ctx.id, &acc.snapshot()).map_err(StageError::failed)?;
+        ctx.checkpoint(&acc.snapshot())?;
         if ctx.control.aborted() {
             return Ok(None);
         }

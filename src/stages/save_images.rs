@@ -9,7 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::runtime::accumulator::Snapshot;
 use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary};
+use crate::runtime::checkpoint::CheckpointTimer;
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::topology::config::SaveImagesConfig;
 
@@ -43,6 +45,8 @@ pub fn write_png(path: &Path, height: usize, width: usize, planar: &[u8]) -> Res
             image::ImageFormat::Png,
         )
         .map_err(|e| e.to_string())?;
+        // Durable before the checkpoint that says this unit is saved.
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, path).map_err(|e| e.to_string())
     };
     write().inspect_err(|_| {
@@ -68,16 +72,40 @@ fn save_batch(root: &Path, classes: &[String], batch: &ImageBatch) -> Result<usi
     Ok(written)
 }
 
+/// Makes the renames of the written files durable (before a checkpoint counts them).
+fn sync_class_dirs(root: &Path, classes: &[String]) -> Result<(), StageError> {
+    for class in classes {
+        let dir = root.join(class);
+        if dir.is_dir() {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StageError::Failed(format!("image folder \"{}\": cannot sync: {e}", dir.display())))?;
+        }
+    }
+    Ok(())
+}
+
 impl Stage for SaveImagesStage {
     fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
         let root = self.cfg.path;
         let mut written = 0usize;
+        // The units saved (real ones included: they need no file), checkpointed so a resumed
+        // run knows which units it need not generate again for this sink.
+        let mut saved: Snapshot<()> = ctx.restore()?.unwrap_or_default();
+        let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
         while let Some(payload) = ctx.recv() {
             let Payload::Images(batch) = payload else {
                 return Err(StageError::Failed("received a non-image payload; the topology check should have refused this edge".into()));
             };
             written += ctx.timed(|| save_batch(&root, &ctx.classes, &batch))?;
+            saved.applied.extend(batch.units.iter().map(|u| u.id));
+            if checkpoints.due() {
+                sync_class_dirs(&root, &ctx.classes)?;
+                ctx.checkpoint(&saved)?;
+            }
         }
+        sync_class_dirs(&root, &ctx.classes)?;
+        ctx.checkpoint(&saved)?;
         tracing::info!(stage = %ctx.id, images = written, path = %root.display(), "images saved");
         Ok(None)
     }

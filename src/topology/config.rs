@@ -1,7 +1,7 @@
 //! The topology file's structs: `[run]`, `[sources.ID]`, `[transforms.ID]`, `[sinks.ID]`, in the
 //! style of Vector's configuration. Component types form one closed serde enum
 //! ([`ComponentKind`]) whose variants deny unknown fields; the keys every component shares
-//! (`inputs`, `capacity`) are taken off first, so each error can name its component.
+//! (`inputs`, `capacity`, `restart`) are taken off first, so each error can name its component.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -354,6 +354,8 @@ pub struct Component {
     pub inputs: Vec<String>,
     /// Capacity, in batches, of each of this component's input edges.
     pub capacity: usize,
+    /// Times the stage is rebuilt after a failure before the run stops (`restart = { max = N }`).
+    pub restart: u32,
 }
 
 impl Component {
@@ -419,6 +421,7 @@ pub(crate) fn parse_component(
             default_capacity
         }
     };
+    let restart = parse_restart(&name, table.remove("restart"), table.get("type"), errors);
     match table.get("type") {
         None => {
             errors.push(format!("{name}: `type` is missing; expected one of {}", type_list()));
@@ -437,7 +440,38 @@ pub(crate) fn parse_component(
             return None;
         }
     };
-    inputs_ok.then(|| Component { id: id.to_string(), section, kind, inputs, capacity })
+    inputs_ok.then(|| Component { id: id.to_string(), section, kind, inputs, capacity, restart })
+}
+
+/// Types whose stage may be restarted after a failure: stateless per batch, so redoing the
+/// batch in flight is all a restart needs. Sources, the batcher (it holds partial batches) and
+/// the accumulating sinks keep state a crash loses; they resume from checkpoints instead.
+pub const RESTARTABLE_TYPES: [&str; 2] = ["oracle_classifier", "inception_v3"];
+
+/// `restart = { max = N }`: how often the stage is rebuilt after a panic or an error.
+fn parse_restart(name: &str, value: Option<toml::Value>, kind: Option<&toml::Value>, errors: &mut Vec<String>) -> u32 {
+    let Some(value) = value else { return 0 };
+    let max = match &value {
+        toml::Value::Table(t) if t.len() == 1 => match t.get("max") {
+            Some(toml::Value::Integer(n)) if *n >= 0 && *n <= u32::MAX as i64 => Some(*n as u32),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(max) = max else {
+        errors.push(format!("{name}: restart must be a table {{ max = N }} with N >= 0, found {value}"));
+        return 0;
+    };
+    match kind.and_then(toml::Value::as_str) {
+        Some(t) if max > 0 && !RESTARTABLE_TYPES.contains(&t) => {
+            errors.push(format!(
+                "{name}: restart is for stateless transforms ({}); a {t} keeps state a restart would lose, and resumes from its checkpoint instead",
+                RESTARTABLE_TYPES.join(", ")
+            ));
+            0
+        }
+        _ => max,
+    }
 }
 
 fn type_list() -> &'static str {

@@ -80,7 +80,7 @@ pub fn random_lpips_weights(dir: &Path) -> (PathBuf, PathBuf) {
     (b, l)
 }
 
-/// Random weights of pytorch-fid's Inception (every key and shape, as torch lists them).
+/// Random weights of pytorch-fid's Inception (every key and shape, as torch lists them), keyed PRNG.
 pub fn random_inception(path: &Path) {
     #[derive(serde::Deserialize)]
     struct Keys {
@@ -106,7 +106,9 @@ pub fn random_inception(path: &Path) {
             let t = if key.ends_with("num_batches_tracked") {
                 Tensor::new(0i64, &dev).unwrap()
             } else {
-                Tensor::rand(lo as f32, hi as f32, shape.as_slice(), &dev).unwrap()
+                // Keyed, so every test that makes this file gets the same network.
+                let n: usize = shape.iter().product();
+                Tensor::from_vec(prng::uniform_f32(&format!("inception/{key}"), n, lo, hi), shape.as_slice(), &dev).unwrap()
             };
             (key, t)
         })

@@ -1,0 +1,345 @@
+//! The run directory of a run (README "Run directory"): what it was started with, who is running
+//! it, and what a restart may skip. DESIGN.md §2 "Exactly once".
+//!
+//! - `run.json` ([`Manifest`]): the components' configuration, the class list, the content hash
+//!   (SHA-256) of every model and reference file and a fingerprint of every image folder, the
+//!   plan of each source, and one entry per session (start, units skipped, units redone). A
+//!   restart with another graph or other model files is refused, naming what changed.
+//! - `run.lock`: the process id of the rcaflow using the directory; a second one is refused
+//!   while that process lives (a stale lock, left by a killed run, is taken over).
+//! - `state/<stage>.ckpt`: the stages' checkpoints ([`crate::runtime::checkpoint`]).
+//!
+//! On a restart a source skips the units that every checkpointing stage downstream of it
+//! already holds; a unit held by some of them only is redone, and those that hold it ignore it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::models::hub_cache;
+use crate::models::inception::PT_INCEPTION_FILE;
+use crate::runtime::atomic_file::write_atomic;
+use crate::runtime::batch::{Origin, UnitId};
+use crate::runtime::checkpoint::{self, CheckpointError};
+use crate::stages::holds_units;
+use crate::stages::image_folder::list_images;
+use crate::topology::{ComponentKind, Graph};
+
+pub const MANIFEST_FILE: &str = "run.json";
+pub const LOCK_FILE: &str = "run.lock";
+pub const STATE_DIR: &str = "state";
+pub const SCHEMA: &str = "rcaflow-run/1";
+
+/// Fields that tune how a run goes, not what it computes: they may change between sessions.
+const TUNING_FIELDS: [&str; 2] = ["interval_secs", "replicas"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    #[error("run directory \"{dir}\": {message}")]
+    Refused { dir: PathBuf, message: String },
+    #[error("run directory \"{dir}\": {message}")]
+    Io { dir: PathBuf, message: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// How a source's work is cut into units (enough to list every unit id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourcePlan {
+    pub origin: Origin,
+    pub per_class: Vec<u64>,
+    pub unit_size: usize,
+    /// The checkpointing stages downstream: a unit is done when all of them hold it.
+    pub holders: Vec<String>,
+}
+
+impl SourcePlan {
+    /// Every unit of the plan with its image count, class-major.
+    pub fn units(&self) -> Vec<(UnitId, u64)> {
+        let size = self.unit_size.max(1) as u64;
+        let mut units = Vec::new();
+        for (class, &n) in self.per_class.iter().enumerate() {
+            for index in 0..n.div_ceil(size) {
+                let id = UnitId { origin: self.origin, class: class as u32, index: index as u32 };
+                units.push((id, size.min(n - index * size)));
+            }
+        }
+        units
+    }
+}
+
+/// One start of the run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Session {
+    pub started_unix: u64,
+    pub pid: u32,
+    /// Units every stage downstream already held: not sent again.
+    pub units_skipped: usize,
+    /// Units some stages held and others not: sent again, ignored where held.
+    pub units_redone: usize,
+}
+
+/// `run.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema: String,
+    pub topology: String,
+    pub classes: Vec<String>,
+    /// Each component's configuration (less [`TUNING_FIELDS`]) with its inputs, by `section.id`.
+    pub components: BTreeMap<String, serde_json::Value>,
+    /// Content hashes of the files the results depend on, by what they are.
+    pub files: BTreeMap<String, String>,
+    pub sources: BTreeMap<String, SourcePlan>,
+    pub sessions: Vec<Session>,
+}
+
+impl Manifest {
+    /// What `graph` would record (no sessions yet): hashes every model file it uses.
+    pub fn of(graph: &Graph) -> Result<Manifest, String> {
+        let mut components = BTreeMap::new();
+        let mut files = BTreeMap::new();
+        let mut sources = BTreeMap::new();
+        for c in &graph.components {
+            let name = c.qualified();
+            let mut config = serde_json::to_value(&c.kind).map_err(|e| format!("{name}: {e}"))?;
+            if let Some(map) = config.as_object_mut() {
+                for field in TUNING_FIELDS {
+                    map.remove(field);
+                }
+                map.insert("inputs".into(), c.inputs.clone().into());
+            }
+            components.insert(name.clone(), config);
+            for (what, path) in model_files(&c.kind).map_err(|e| format!("{name}: {e}"))? {
+                files.insert(format!("{name} {what}"), sha256_file(&path).map_err(|e| format!("{name}: \"{}\": {e}", path.display()))?);
+            }
+            let holders = holders_downstream(graph, &c.id);
+            match &c.kind {
+                ComponentKind::ImageFolder(cfg) => {
+                    let (per_class, fingerprint) = folder_listing(&cfg.path, &graph.classes).map_err(|e| format!("{name}: {e}"))?;
+                    files.insert(format!("{name} listing of {}", cfg.path.display()), fingerprint);
+                    sources.insert(c.id.clone(), SourcePlan { origin: cfg.origin, per_class, unit_size: cfg.unit_size, holders });
+                }
+                ComponentKind::DdpmSampler(cfg) => {
+                    let per_class = vec![cfg.per_class; graph.classes.len()];
+                    sources.insert(c.id.clone(), SourcePlan { origin: Origin::Generated, per_class, unit_size: cfg.unit_size, holders });
+                }
+                _ => {}
+            }
+        }
+        Ok(Manifest {
+            schema: SCHEMA.to_string(),
+            topology: graph.label.clone(),
+            classes: graph.classes.clone(),
+            components,
+            files,
+            sources,
+            sessions: Vec::new(),
+        })
+    }
+
+    pub fn read(dir: &Path) -> Result<Option<Manifest>, RunDirError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(RunDirError::Io { dir: dir.into(), message: format!("cannot read {MANIFEST_FILE}: {e}") }),
+        };
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| RunDirError::Refused { dir: dir.into(), message: format!("{MANIFEST_FILE} is not a run manifest: {e}") })?;
+        if manifest.schema != SCHEMA {
+            return Err(RunDirError::Refused {
+                dir: dir.into(),
+                message: format!("{MANIFEST_FILE} has schema \"{}\", expected \"{SCHEMA}\"", manifest.schema),
+            });
+        }
+        Ok(Some(manifest))
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<(), RunDirError> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| RunDirError::Io { dir: dir.into(), message: e.to_string() })?;
+        write_atomic(&dir.join(MANIFEST_FILE), &bytes)
+            .map_err(|e| RunDirError::Io { dir: dir.into(), message: format!("cannot write {MANIFEST_FILE}: {e}") })
+    }
+
+    /// What differs between the run recorded here and `now`, one phrase per difference.
+    pub fn differences(&self, now: &Manifest) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.classes != now.classes {
+            out.push(format!("classes {:?} became {:?}", self.classes, now.classes));
+        }
+        for (name, was) in &self.components {
+            match now.components.get(name) {
+                None => out.push(format!("{name} was removed")),
+                Some(is) if is != was => {
+                    let keys = |v: &serde_json::Value| v.as_object().cloned().unwrap_or_default();
+                    let (a, b) = (keys(was), keys(is));
+                    let changed: BTreeSet<&String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).collect();
+                    out.push(format!("{name} changed ({})", changed.into_iter().cloned().collect::<Vec<_>>().join(", ")));
+                }
+                Some(_) => {}
+            }
+        }
+        out.extend(now.components.keys().filter(|n| !self.components.contains_key(*n)).map(|n| format!("{n} was added")));
+        for (what, hash) in &self.files {
+            match now.files.get(what) {
+                Some(h) if h != hash => out.push(format!("{what} changed (sha256 {} -> {})", &hash[..12], &h[..12])),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// The ids of the checkpointing stages reachable from `source`.
+fn holders_downstream(graph: &Graph, source: &str) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![source.to_string()];
+    while let Some(id) = todo.pop() {
+        for e in graph.outputs_of(&id) {
+            if seen.insert(e.to.clone()) {
+                todo.push(e.to.clone());
+            }
+        }
+    }
+    graph.components.iter().filter(|c| seen.contains(&c.id) && holds_units(&c.kind)).map(|c| c.id.clone()).collect()
+}
+
+/// The files a component's results depend on, by what they are.
+fn model_files(kind: &ComponentKind) -> Result<Vec<(String, PathBuf)>, String> {
+    let hub = |explicit: &Option<PathBuf>, file: &str, what: &str| {
+        hub_cache::locate(explicit.as_deref(), file, what, "").map_err(|e| e.to_string())
+    };
+    Ok(match kind {
+        ComponentKind::DdpmSampler(cfg) => ["config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", "classes.json"]
+            .iter()
+            .map(|f| (format!("unet {f}"), cfg.unet.join(f)))
+            .filter(|(_, p)| p.exists())
+            .collect(),
+        ComponentKind::OracleClassifier(cfg) => vec![("weights".into(), cfg.weights.clone())],
+        ComponentKind::InceptionV3(cfg) => vec![("weights".into(), hub(&cfg.weights, PT_INCEPTION_FILE, "inception weights")?)],
+        ComponentKind::LpipsDiversity(cfg) => vec![
+            ("backbone".into(), hub(&cfg.backbone, cfg.net.backbone_file(), "lpips backbone weights")?),
+            ("lin".into(), hub(&cfg.lin, cfg.net.lin_file(), "lpips lin weights")?),
+        ],
+        ComponentKind::Fid(cfg) => cfg.reference.iter().map(|p| ("reference".into(), p.clone())).collect(),
+        ComponentKind::Rca(cfg) => cfg.baseline.iter().map(|p| ("baseline".into(), p.clone())).collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// Images per class of an image folder source, and a fingerprint of its listing (relative
+/// names and sizes, in order: what decides its units, without reading every image).
+fn folder_listing(root: &Path, classes: &[String]) -> Result<(Vec<u64>, String), String> {
+    let mut hasher = Sha256::new();
+    let mut per_class = Vec::new();
+    for class in classes {
+        let files = list_images(&root.join(class)).map_err(|e| e.to_string())?;
+        for f in &files {
+            let size = std::fs::metadata(f).map(|m| m.len()).map_err(|e| format!("\"{}\": {e}", f.display()))?;
+            hasher.update(f.strip_prefix(root).unwrap_or(f).to_string_lossy().as_bytes());
+            hasher.update(size.to_le_bytes());
+        }
+        per_class.push(files.len() as u64);
+    }
+    Ok((per_class, hex(&hasher.finalize())))
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Units of each source's plan that its holders all hold (skip) and that some hold (redo).
+pub struct ResumePoint {
+    pub skip: BTreeMap<String, BTreeSet<UnitId>>,
+    pub redone: usize,
+    /// Units held, per checkpointing stage.
+    pub held: BTreeMap<String, BTreeSet<UnitId>>,
+}
+
+impl ResumePoint {
+    /// Reads every checkpoint's applied set (checksums verified).
+    pub fn read(dir: &Path, manifest: &Manifest) -> Result<ResumePoint, RunDirError> {
+        let mut held = BTreeMap::new();
+        for plan in manifest.sources.values() {
+            for stage in &plan.holders {
+                if !held.contains_key(stage) {
+                    held.insert(stage.clone(), checkpoint::read_applied(dir, stage)?);
+                }
+            }
+        }
+        let mut skip = BTreeMap::new();
+        let mut redone = 0;
+        for (source, plan) in &manifest.sources {
+            let mut all = BTreeSet::new();
+            for (id, _) in plan.units() {
+                let holding = plan.holders.iter().filter(|h| held[*h].contains(&id)).count();
+                if holding > 0 && holding == plan.holders.len() {
+                    all.insert(id);
+                } else if holding > 0 {
+                    redone += 1;
+                }
+            }
+            skip.insert(source.clone(), all);
+        }
+        Ok(ResumePoint { skip, redone, held })
+    }
+
+    pub fn skipped(&self) -> usize {
+        self.skip.values().map(BTreeSet::len).sum()
+    }
+}
+
+/// Takes `run.lock` for this process; refused while another live process holds it.
+pub fn lock(dir: &Path) -> Result<(), RunDirError> {
+    let path = dir.join(LOCK_FILE);
+    if let Some(pid) = lock_holder(dir) {
+        if pid != std::process::id() {
+            return Err(RunDirError::Refused { dir: dir.into(), message: format!("in use by a running rcaflow (pid {pid}, {LOCK_FILE})") });
+        }
+    }
+    write_atomic(&path, std::process::id().to_string().as_bytes())
+        .map_err(|e| RunDirError::Io { dir: dir.into(), message: format!("cannot write {LOCK_FILE}: {e}") })
+}
+
+/// Releases `run.lock` if this process holds it.
+pub fn unlock(dir: &Path) {
+    if lock_holder(dir) == Some(std::process::id()) {
+        let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+    }
+}
+
+/// The pid in `run.lock`, if that process is alive (a killed run leaves a stale lock).
+pub fn lock_holder(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?.trim().parse().ok()?;
+    process_alive(pid).then_some(pid)
+}
+
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    // Linux: a live process has /proc/<pid>; a zombie's cmdline is empty.
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+/// Whether `dir` holds checkpoints (of any stage).
+pub fn has_state(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join(STATE_DIR)).is_ok_and(|mut d| d.next().is_some())
+}

@@ -1,0 +1,394 @@
+//! Nothing lost (DESIGN.md §2, "Exactly once"): a run killed at any point and started again ends
+//! with the report an uninterrupted run gives (counts exactly, FID / IS / LPIPS within 1e-9
+//! relative) and the same saved images; a stage that panics is restarted where the topology
+//! allows it; bad inputs are refused with one line and leave the run directory as it was;
+//! `rcaflow status` reads where a run stands.
+//!
+//! Faults come from `RCAFLOW_FAULT` (src/runtime/fault.rs): `abort` ends the process at once,
+//! with no unwinding, no flushing and no final checkpoint, as SIGKILL or a power cut would; one
+//! test also kills the process with a real SIGKILL from outside. The run is the tiny sampler
+//! topology of tests/common/tiny_run.rs, checkpointing after every batch.
+
+#[path = "../examples/common/color_set.rs"]
+mod color_set;
+#[path = "common/prng.rs"]
+mod prng;
+#[path = "common/random_weights.rs"]
+mod random_weights;
+#[path = "common/tiny_run.rs"]
+mod tiny_run;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The issue's bound for the float metrics of a resumed run (their sums see units in another order).
+const RELATIVE: f64 = 1e-9;
+
+fn rcaflow(root: &Path) -> Command {
+    let config = root.join("settings.toml");
+    if !config.exists() {
+        // Checkpoints after every batch, so a crash finds some stages ahead of others.
+        std::fs::write(&config, "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n").unwrap();
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcaflow"));
+    cmd.env_remove("RUST_LOG").env_remove("RCAFLOW_FAULT").arg("--config").arg(config);
+    cmd
+}
+
+fn run(root: &Path, topology: &Path, fault: Option<&str>) -> Output {
+    let mut cmd = rcaflow(root);
+    cmd.args(["run", "--topology"]).arg(topology);
+    if let Some(f) = fault {
+        cmd.env("RCAFLOW_FAULT", f);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn report(root: &Path, name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(root.join(format!("run-{name}/report.json"))).unwrap()).unwrap()
+}
+
+/// The uninterrupted run every resumed one is compared with (made once per test binary).
+fn straight() -> &'static (PathBuf, Value) {
+    static STRAIGHT: OnceLock<(PathBuf, Value)> = OnceLock::new();
+    STRAIGHT.get_or_init(|| {
+        // In the target folder (not leaked into /tmp), made afresh by each run of this binary.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("resume-straight");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let topology = tiny_run::write_topology(&root, "straight", 1, "");
+        let o = run(&root, &topology, None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let r = report(&root, "straight");
+        assert_eq!(r["status"], "complete");
+        (root, r)
+    })
+}
+
+/// Equal reports: the same keys, integers (counts, confusion matrices) exactly, floats within
+/// [`RELATIVE`].
+fn assert_same(resumed: &Value, straight: &Value, path: &str) {
+    match (resumed, straight) {
+        (Value::Object(a), Value::Object(b)) => {
+            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "keys of {path}");
+            for (k, v) in a {
+                assert_same(v, &b[k], &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "length of {path}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_same(x, y, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= RELATIVE * x.abs().max(y.abs()), "{path}: {x} resumed, {y} uninterrupted");
+        }
+        _ => assert_eq!(resumed, straight, "{path}"),
+    }
+}
+
+/// The resumed run `name` equals the uninterrupted one: report and saved PNGs.
+fn assert_equals_straight(root: &Path, name: &str) {
+    let (straight_root, straight_report) = straight();
+    // Paths in the report name each test's own folder and run name.
+    let rooted = |r: Value, root: &Path, name: &str| -> Value {
+        let text = serde_json::to_string(&tiny_run::comparable(r)).unwrap();
+        serde_json::from_str(&text.replace(&root.display().to_string(), "ROOT").replace(&format!("-{name}"), "-NAME")).unwrap()
+    };
+    assert_same(&rooted(report(root, name), root, name), &rooted(straight_report.clone(), straight_root, "straight"), "report");
+    let ours = tiny_run::walk(&root.join(format!("samples-{name}")));
+    let theirs = tiny_run::walk(&straight_root.join("samples-straight"));
+    assert_eq!(ours.len(), 15, "every generated image saved once: {ours:?}");
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a.file_name(), b.file_name());
+        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "{}", a.display());
+    }
+}
+
+fn sessions(root: &Path, name: &str) -> Vec<Value> {
+    let manifest: Value = serde_json::from_slice(&std::fs::read(root.join(format!("run-{name}/run.json"))).unwrap()).unwrap();
+    manifest["sessions"].as_array().unwrap().clone()
+}
+
+fn killed(o: &Output) -> bool {
+    o.status.code().is_none()
+}
+
+/// Crashes the run at `fault` (and at `second`, on the first restart), then runs it to the end.
+fn crash_and_resume(name: &str, fault: &str, second: Option<&str>) {
+    let _ = straight();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let topology = tiny_run::write_topology(root, name, 1, "");
+    let o = run(root, &topology, Some(fault));
+    assert!(killed(&o), "{fault}: the run should have died: {}", stderr(&o));
+    assert!(!root.join(format!("run-{name}/report.json")).exists(), "a killed run writes no report");
+    let mut runs = 1;
+    if let Some(second) = second {
+        let o = run(root, &topology, Some(second));
+        assert!(killed(&o), "{second}: the resumed run should have died: {}", stderr(&o));
+        runs += 1;
+    }
+    let o = run(root, &topology, None);
+    assert!(o.status.success(), "{fault}: resume failed: {}", stderr(&o));
+    let s = sessions(root, name);
+    assert_eq!(s.len(), runs + 1, "one session per start: {s:?}");
+    assert_eq!(s[0]["units_skipped"], 0);
+    assert!(s[runs]["units_skipped"].as_u64().unwrap() > 0, "the resume kept what was done: {s:?}");
+    assert_equals_straight(root, name);
+    // Nothing half-written is left behind.
+    let leftovers: Vec<_> = tiny_run::walk(root).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
+    assert!(leftovers.is_empty() || fault.contains(".write"), "{leftovers:?}");
+}
+
+#[test]
+fn killed_while_sampling_resumes_to_the_same_report() {
+    // The sampler recorded its 4th unit and died before sending it.
+    crash_and_resume("sampling", "abort@sampler.unit:4", None);
+}
+
+#[test]
+fn killed_between_a_stages_work_and_its_checkpoint_resumes_to_the_same_report() {
+    // rca folded its 3rd batch in and died before checkpointing it; then, resumed, lpips dies
+    // after its 2nd batch: two crashes at different points.
+    crash_and_resume("applied", "abort@rca.applied:3", Some("abort@lpips.applied:2"));
+}
+
+#[test]
+fn killed_while_writing_a_checkpoint_resumes_to_the_same_report() {
+    // The FID checkpoint's temporary file is written (64 MB) but not yet renamed.
+    crash_and_resume("writing", "abort@checkpoint.fid.write:3", None);
+}
+
+#[test]
+fn sigkill_from_outside_resumes_to_the_same_report() {
+    let _ = straight();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let topology = tiny_run::write_topology(root, "sigkill", 1, "");
+    let mut child = rcaflow(root)
+        .args(["run", "--topology"])
+        .arg(&topology)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the evaluation has checkpointed something and the sampler is under way.
+    let rca = root.join("run-sigkill/state/rca.ckpt");
+    let started = Instant::now();
+    while !rca.exists() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = rcaflow(root).arg("status").arg(root.join("run-sigkill")).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    // The run may have been killed after it finished everything but the report, or before.
+    if !root.join("run-sigkill/report.json").exists() {
+        assert!(text.contains("stopped (run the same command again to resume)"), "{text}{}", stderr(&status));
+    }
+    assert!(text.contains("source sampler (generated): ") && text.contains("/15 images"), "{text}");
+    let o = run(root, &topology, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_equals_straight(root, "sigkill");
+    let status = rcaflow(root).arg("status").arg(root.join("run-sigkill")).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("finished") && text.contains("15/15 images, 9/9 units"), "{text}");
+}
+
+#[test]
+fn a_panicking_stage_with_restart_completes_with_the_right_counts() {
+    let _ = straight();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let topology = tiny_run::write_topology(root, "restart", 1, "restart = { max = 1 }");
+    let o = run(root, &topology, Some("panic@oracle.batch:3"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("restarting it and redoing its batch in flight"), "{}", stderr(&o));
+    assert_equals_straight(root, "restart");
+
+    // Without `restart`, the run stops naming the stage; the state stays, and a resume completes.
+    let topology = tiny_run::write_topology(root, "norestart", 1, "");
+    let o = run(root, &topology, Some("panic@oracle.batch:3"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stage transforms.oracle failed: panicked: RCAFLOW_FAULT: injected panic at oracle.batch"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(root.join("run-norestart/state/rca.ckpt").exists());
+    let o = run(root, &topology, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_equals_straight(root, "norestart");
+}
+
+/// Every file of the run directory, with a hash of its bytes.
+fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, u64)> {
+    use std::hash::{Hash, Hasher};
+    let hash = |bytes: Vec<u8>| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        h.finish()
+    };
+    // run.lock aside: a refused start still takes over a stale lock (and gives it back).
+    let files = tiny_run::walk(dir).into_iter().filter(|p| !p.ends_with("run.lock"));
+    files.map(|p| (p.clone(), hash(std::fs::read(&p).unwrap()))).collect()
+}
+
+fn one_line_error(o: &Output) -> String {
+    let text = stderr(o);
+    text.lines().find(|l| l.starts_with("error")).unwrap_or_else(|| panic!("no error line in {text}")).to_string()
+}
+
+#[test]
+fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
+    let _ = straight();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let topology = tiny_run::write_topology(root, "bad", 1, "");
+    let dir = root.join("run-bad");
+    let o = run(root, &topology, Some("abort@inception.batch:4"));
+    assert!(killed(&o), "{}", stderr(&o));
+
+    // 1. A tampered checkpoint: refused by its checksum, nothing written.
+    let fid = dir.join("state/fid.ckpt");
+    let good = std::fs::read(&fid).unwrap();
+    let mut tampered = good.clone();
+    tampered[good.len() / 2] ^= 0x10;
+    std::fs::write(&fid, &tampered).unwrap();
+    let before = snapshot_dir(&dir);
+    let o = run(root, &topology, None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(one_line_error(&o).contains("fid.ckpt\": checksum mismatch: the file is truncated or was changed"), "{}", stderr(&o));
+    assert_eq!(snapshot_dir(&dir), before, "a refused resume changes nothing");
+    std::fs::write(&fid, &good).unwrap();
+
+    // 2. Another topology: refused naming the component and field.
+    let text = std::fs::read_to_string(&topology).unwrap();
+    let other = root.join("other.toml");
+    std::fs::write(&other, text.replace("pairs = 4", "pairs = 6")).unwrap();
+    let before = snapshot_dir(&dir);
+    let o = run(root, &other, None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(one_line_error(&o).contains("holds a run of another topology or other files: sinks.lpips changed (pairs)"), "{}", stderr(&o));
+    assert_eq!(snapshot_dir(&dir), before);
+
+    // 3. Other model weights (same path, new content): refused naming the file.
+    let oracle = root.join("oracle.safetensors");
+    let weights = std::fs::read(&oracle).unwrap();
+    let colors: Vec<[u8; 3]> = color_set::PALETTE[1..4].iter().map(|(_, c)| *c).collect();
+    candle_core::safetensors::save(&color_set::color_oracle(&colors), &oracle).unwrap();
+    let o = run(root, &topology, None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(one_line_error(&o).contains("transforms.oracle weights changed (sha256 "), "{}", stderr(&o));
+    assert_eq!(snapshot_dir(&dir), before);
+    std::fs::write(&oracle, weights).unwrap();
+
+    // 4. The directory in use by a live process (this test's own pid stands in for it).
+    std::fs::write(dir.join("run.lock"), std::process::id().to_string()).unwrap();
+    let o = run(root, &topology, None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(one_line_error(&o).contains(&format!("in use by a running rcaflow (pid {}", std::process::id())), "{}", stderr(&o));
+    std::fs::remove_file(dir.join("run.lock")).unwrap();
+
+    // 5. A full disk while checkpointing: the run stops naming the file; the previous
+    // checkpoint stays valid and no temporary file is left.
+    let held_before = rcaflow::runtime::checkpoint::read_applied(&dir, "rca").unwrap();
+    let o = run(root, &topology, Some("enospc@checkpoint.rca.write:2"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rca.ckpt\": cannot write: No space left on device"), "{}", stderr(&o));
+    let held_after = rcaflow::runtime::checkpoint::read_applied(&dir, "rca").unwrap();
+    assert!(held_after.is_superset(&held_before) && !held_after.is_empty());
+    assert!(!tiny_run::walk(&dir.join("state")).iter().any(|p| p.to_string_lossy().contains(".tmp-")));
+
+    // After all that, the run still resumes to the uninterrupted report.
+    let o = run(root, &topology, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_equals_straight(root, "bad");
+    assert!(sessions(root, "bad").len() >= 3);
+}
+
+#[test]
+fn weights_that_fail_to_load_mid_run_stop_it_naming_the_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let topology = tiny_run::write_topology(root, "weights", 1, "");
+    // A truncated Inception file: the run starts, the stage fails loading it.
+    let path = root.join("inception.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    let o = run(root, &topology, None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let line = one_line_error(&o);
+    assert!(line.contains("stage transforms.inception failed") && line.contains("inception.safetensors"), "{line}");
+    assert!(!root.join("run-weights/report.json").exists());
+    // The stages that ran kept what they applied.
+    assert!(root.join("run-weights/run.json").exists());
+}
+
+#[test]
+fn status_of_a_directory_that_is_not_a_run_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = rcaflow(tmp.path()).arg("status").arg(tmp.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_line_error(&o).contains("no run.json (not a run directory, or never started)"), "{}", stderr(&o));
+}
+
+/// Starts the run, waits until the evaluation has checkpointed something, then sends `signals`
+/// SIGINTs; returns the exit code.
+fn interrupt(root: &Path, topology: &Path, name: &str, signals: usize) -> Option<i32> {
+    let mut child = rcaflow(root)
+        .args(["run", "--topology"])
+        .arg(topology)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rca = root.join(format!("run-{name}/state/rca.ckpt"));
+    let started = Instant::now();
+    while !rca.exists() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..signals {
+        let kill = Command::new("sh").arg("-c").arg(format!("kill -INT {}", child.id())).status().unwrap();
+        assert!(kill.success());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait().unwrap().code()
+}
+
+#[test]
+fn ctrl_c_once_drains_twice_stops_and_both_resume() {
+    let _ = straight();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // Once: a graceful drain, an interrupted report, exit 130; then the resume completes it.
+    let topology = tiny_run::write_topology(root, "once", 1, "");
+    let code = interrupt(root, &topology, "once", 1);
+    if code == Some(130) {
+        let r = report(root, "once");
+        assert_eq!(r["status"], "interrupted");
+    } else {
+        assert_eq!(code, Some(0), "the run may only have finished before the signal came");
+    }
+    let o = run(root, &topology, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_equals_straight(root, "once");
+    // Twice: an immediate stop (exit 130, no final checkpoints), still resumable.
+    let topology = tiny_run::write_topology(root, "twice", 1, "");
+    let code = interrupt(root, &topology, "twice", 2);
+    assert!(matches!(code, Some(130) | Some(0)), "{code:?}");
+    let o = run(root, &topology, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_equals_straight(root, "twice");
+}
