@@ -339,6 +339,21 @@ fn process_alive(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
 
+/// Removes the temporary files a killed run left in `state/` (a checkpoint being written when
+/// the process died: never valid, and named by that process's pid, so nothing else removes them).
+pub fn remove_stale_temporaries(dir: &Path) -> Result<(), RunDirError> {
+    let Ok(entries) = std::fs::read_dir(dir.join(STATE_DIR)) else { return Ok(()) };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().contains(".tmp-") {
+            std::fs::remove_file(entry.path()).map_err(|e| RunDirError::Io {
+                dir: dir.into(),
+                message: format!("cannot remove the stale temporary file \"{}\": {e}", entry.path().display()),
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether `dir` holds checkpoints (of any stage).
 pub fn has_state(dir: &Path) -> bool {
     std::fs::read_dir(dir.join(STATE_DIR)).is_ok_and(|mut d| d.next().is_some())

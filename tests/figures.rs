@@ -125,10 +125,15 @@ fn sample_grid_shows_every_class_row_at_an_integer_scale() -> anyhow::Result<()>
                 .collect()
         })
         .collect();
+    let mut images = images;
+    // One image of a single colour found nowhere else: its cell must be solid, 96x96 pixels.
+    images[3][2] = [vec![201u8; 32 * 32], vec![7u8; 32 * 32], vec![13u8; 32 * 32]].concat();
     let rows: Vec<ClassSamples> = names.iter().zip(&images).map(|(n, im)| ClassSamples { class: n, images: im }).collect();
     let path = dir.join("samples_grid.png");
     sample_grid(&path, "generated samples (first 8 per class)", &rows, (32, 32))?;
     let (w, h) = check_png(&path)?;
+    let solid = image::open(&path)?.to_rgb8().pixels().filter(|p| p.0 == [201, 7, 13]).count();
+    assert_eq!(solid, 96 * 96, "an image is drawn as solid pixels, without gaps between them");
     // 32x32 images at 3x: 8 columns and 10 rows of 96 px cells plus labels and title.
     assert!(w > 8 * 96 && w < 8 * 100 + 300, "width {w}");
     assert!(h > 10 * 96 && h < 10 * 100 + 80, "height {h}");

@@ -84,6 +84,7 @@ fn resume_point(graph: &Graph, run_dir: &Path, fresh: bool) -> Result<BTreeMap<S
     }
     now.sessions.push(session);
     now.write(run_dir).map_err(refused)?;
+    run_dir::remove_stale_temporaries(run_dir).map_err(refused)?;
     Ok(point.skip.into_iter().map(|(source, units)| (source, Arc::new(units))).collect())
 }
 

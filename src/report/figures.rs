@@ -582,8 +582,8 @@ pub fn sample_grid(path: &Path, title: &str, rows: &[ClassSamples], (height, wid
                         let i = y * width + x;
                         let color = RGBColor(image[i], image[plane + i], image[2 * plane + i]);
                         let (px, py) = (x0 + x as i32 * scale, y0 + y as i32 * scale);
-                        area.draw(&Rectangle::new([(px, py), (px + scale - 1, py + scale - 1)], color.filled()))
-                            .map_err(|e| e.to_string())?;
+                        // plotters fills a rectangle up to, not including, its far corner.
+                        area.draw(&Rectangle::new([(px, py), (px + scale, py + scale)], color.filled())).map_err(|e| e.to_string())?;
                     }
                 }
             }

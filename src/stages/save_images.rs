@@ -72,6 +72,18 @@ fn save_batch(root: &Path, classes: &[String], batch: &ImageBatch) -> Result<usi
     Ok(written)
 }
 
+/// Removes PNGs a killed run left half-written under their temporary names.
+fn remove_stale_temporaries(root: &Path, classes: &[String]) {
+    for class in classes {
+        let Ok(entries) = std::fs::read_dir(root.join(class)) else { continue };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().contains(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// Makes the renames of the written files durable (before a checkpoint counts them).
 fn sync_class_dirs(root: &Path, classes: &[String]) -> Result<(), StageError> {
     for class in classes {
@@ -92,6 +104,7 @@ impl Stage for SaveImagesStage {
         // The units saved (real ones included: they need no file), checkpointed so a resumed
         // run knows which units it need not generate again for this sink.
         let mut saved: Snapshot<()> = ctx.restore()?.unwrap_or_default();
+        remove_stale_temporaries(&root, &ctx.classes);
         let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
         while let Some(payload) = ctx.recv() {
             let Payload::Images(batch) = payload else {
