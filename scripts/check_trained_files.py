@@ -4,7 +4,8 @@
         --classes 10 [--ddpm DIR] [--data DATA_DIR/eval]
 
 Oracle: the safetensors state_dict loads into torchvision's resnet18/34 (cifar stem: conv1 3x3/1,
-no max-pool) with `strict=True`; with --data, its eval-mode accuracy on that ImageFolder is
+no max-pool) with `strict=True`; a narrower network (`train oracle --width`, read here from
+conv1.weight) is built from torchvision's own ResNet and BasicBlock with the stage widths scaled; with --data, its eval-mode accuracy on that ImageFolder is
 printed (imagenet normalisation), to compare with rcaflow's baseline file.
 DDPM: `diffusers.UNet2DModel.from_pretrained(DIR)` and `DDPMScheduler.from_pretrained(DIR)`
 load; one forward pass with class labels runs and gives the sample's shape.
@@ -20,14 +21,26 @@ def check_oracle(path, arch, stem, classes, data):
     import torchvision
     from safetensors.torch import load_file
 
-    model = getattr(torchvision.models, arch)(num_classes=classes)
-    if stem == "cifar":
-        model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        model.maxpool = torch.nn.Identity()
     state = load_file(path)
+    width = state["conv1.weight"].shape[0]
+    model = getattr(torchvision.models, arch)(num_classes=classes)
+    if width != 64:
+        # torchvision's ResNet with every stage `width / 64` times as wide (same keys).
+        from torchvision.models.resnet import BasicBlock
+
+        layers = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}[arch]
+        model.inplanes = width
+        model.conv1 = torch.nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        model.bn1 = torch.nn.BatchNorm2d(width)
+        for k, w in enumerate([width, 2 * width, 4 * width, 8 * width]):
+            setattr(model, f"layer{k + 1}", model._make_layer(BasicBlock, w, layers[k], stride=1 if k == 0 else 2))
+        model.fc = torch.nn.Linear(8 * width, classes)
+    if stem == "cifar":
+        model.conv1 = torch.nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        model.maxpool = torch.nn.Identity()
     model.load_state_dict(state, strict=True)
     model.eval()
-    print(f"oracle: {path} loads into torchvision {arch} ({stem} stem, {classes} classes), strict=True")
+    print(f"oracle: {path} loads into torchvision {arch} ({stem} stem, width {width}, {classes} classes), strict=True")
     if data:
         import torchvision.transforms as T
 

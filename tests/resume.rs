@@ -315,6 +315,12 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_equals_straight(root, "bad");
     assert!(sessions(root, "bad").len() >= 3);
+    // A refused start keeps the finished run's report too.
+    let before = snapshot_dir(&dir);
+    let o = run(root, &other, None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(snapshot_dir(&dir), before);
+    assert!(dir.join("report.json").exists());
 }
 
 #[test]

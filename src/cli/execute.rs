@@ -22,10 +22,14 @@ use crate::topology::Graph;
 /// Runs `graph` with its report and state in `run_dir`: resumed from the checkpoints there
 /// when it holds a run of the same graph, from scratch when `fresh` (its state is discarded).
 pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings, fresh: bool) -> Result<RunOutcome, CliError> {
-    prepare_run_dir(run_dir)?;
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| CliError::Output(format!("run directory \"{}\": cannot create: {e}", run_dir.display())))?;
     run_dir::lock(run_dir).map_err(|e| CliError::Input(e.to_string()))?;
     let result = (|| {
+        // A refused start (another graph, a bad checkpoint) must leave the directory as it was,
+        // the old report included: it is removed only once this run is going ahead.
         let skip = resume_point(graph, run_dir, fresh)?;
+        remove_old_report(run_dir)?;
         execute_locked(graph, run_dir, settings, skip)
     })();
     run_dir::unlock(run_dir);
@@ -145,11 +149,9 @@ pub fn finish(outcome: &RunOutcome, run_dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Creates the run directory and removes report files of an earlier run, so a report found
-/// there after this run always belongs to this run.
-fn prepare_run_dir(run_dir: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(run_dir)
-        .map_err(|e| CliError::Output(format!("run directory \"{}\": cannot create: {e}", run_dir.display())))?;
+/// Removes report files of an earlier run, so a report found there after this run always
+/// belongs to this run.
+fn remove_old_report(run_dir: &Path) -> Result<(), CliError> {
     for name in REPORT_FILES {
         let path = run_dir.join(name);
         if path.exists() {

@@ -120,7 +120,10 @@ impl Stage for DdpmSamplerStage {
 
         // 2. Plan, and say so before sending anything (position-planned sinks read it).
         let plan = Plan::new(cfg.seed, &vec![cfg.per_class; classes.len()], cfg.unit_size);
-        ctx.control.add_planned(plan.total_images());
+        // Units a resumed run skips are done already: progress counts this session's work, and
+        // the per-class counters start at what earlier sessions generated.
+        let skipped: Vec<_> = plan.units.iter().filter(|u| ctx.skip.contains(&u.id())).copied().collect();
+        ctx.control.add_planned(plan.total_images() - skipped.iter().map(|u| u.size as u64).sum::<u64>());
         ctx.control.set_planned_per_class(Origin::Generated, plan.per_class.clone());
         metrics::gauge!(telemetry::RUN_IMAGES_PLANNED, "origin" => Origin::Generated.as_str()).increment(plan.total_images() as f64);
         for (class, &n) in classes.iter().zip(&plan.per_class) {
@@ -128,6 +131,10 @@ impl Stage for DdpmSamplerStage {
             // Counters at 0 from the start: a class not begun shows 0% rather than no bar, and
             // `increase` sees the first unit.
             metrics::counter!(telemetry::CLASS_IMAGES_GENERATED, "class" => class.clone()).increment(0);
+        }
+        for unit in &skipped {
+            metrics::counter!(telemetry::CLASS_IMAGES_GENERATED, "class" => classes[unit.class as usize].clone())
+                .increment(unit.size as u64);
         }
         metrics::counter!(telemetry::SAMPLER_UNITS_DONE).increment(0);
         metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);

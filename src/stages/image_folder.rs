@@ -133,7 +133,15 @@ impl Stage for ImageFolderStage {
             per_class.push(list_images(&dir).map_err(StageError::failed)?);
         }
         let planned: usize = per_class.iter().map(Vec::len).sum();
-        ctx.control.add_planned(planned as u64);
+        // Units a resumed run skips are done: progress counts this session's work.
+        let skipped: usize = per_class
+            .iter()
+            .enumerate()
+            .flat_map(|(class, files)| files.chunks(cfg.unit_size).enumerate().map(move |(index, chunk)| (class, index, chunk.len())))
+            .filter(|&(class, index, _)| ctx.skip.contains(&UnitId { origin, class: class as u32, index: index as u32 }))
+            .map(|(_, _, n)| n)
+            .sum();
+        ctx.control.add_planned((planned - skipped) as u64);
         ctx.control.set_planned_per_class(origin, per_class.iter().map(|f| f.len() as u64).collect());
         metrics::gauge!(telemetry::RUN_IMAGES_PLANNED, "origin" => origin.as_str()).increment(planned as f64);
         // At 0 from the start, so the first corrupt file shows as an increase.
