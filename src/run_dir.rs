@@ -325,18 +325,19 @@ pub fn unlock(dir: &Path) {
     }
 }
 
-/// The pid in `run.lock`, if that process is alive (a killed run leaves a stale lock).
+/// The pid in `run.lock`, if that process is alive and an rcaflow (a killed run leaves a stale
+/// lock, whose pid may since have gone to another program).
 pub fn lock_holder(dir: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?.trim().parse().ok()?;
-    process_alive(pid).then_some(pid)
+    rcaflow_alive(pid).then_some(pid)
 }
 
-fn process_alive(pid: u32) -> bool {
+fn rcaflow_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }
-    // Linux: a live process has /proc/<pid>; a zombie's cmdline is empty.
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+    // Linux: a live process has /proc/<pid>/cmdline (empty for a zombie).
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("rcaflow"))
 }
 
 /// Removes the temporary files a killed run left in `state/` (a checkpoint being written when

@@ -293,12 +293,17 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     assert_eq!(snapshot_dir(&dir), before);
     std::fs::write(&oracle, weights).unwrap();
 
-    // 4. The directory in use by a live process (this test's own pid stands in for it).
-    std::fs::write(dir.join("run.lock"), std::process::id().to_string()).unwrap();
+    // 4. The directory in use by a live rcaflow (a process named so stands in for it); a lock
+    // whose process is gone, or is another program, is taken over.
+    let mut holder = Command::new("sh").args(["-c", "sleep 60", "rcaflow-lock-holder"]).spawn().unwrap();
+    std::fs::write(dir.join("run.lock"), holder.id().to_string()).unwrap();
     let o = run(root, &topology, None);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(one_line_error(&o).contains(&format!("in use by a running rcaflow (pid {}", std::process::id())), "{}", stderr(&o));
-    std::fs::remove_file(dir.join("run.lock")).unwrap();
+    assert!(one_line_error(&o).contains(&format!("in use by a running rcaflow (pid {}", holder.id())), "{}", stderr(&o));
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(dir.join("run.lock"), sleeper.id().to_string()).unwrap();
 
     // 5. A full disk while checkpointing: the run stops naming the file; the previous
     // checkpoint stays valid and no temporary file is left.
@@ -310,8 +315,11 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     assert!(held_after.is_superset(&held_before) && !held_after.is_empty());
     assert!(!tiny_run::walk(&dir.join("state")).iter().any(|p| p.to_string_lossy().contains(".tmp-")));
 
-    // After all that, the run still resumes to the uninterrupted report.
+    // After all that (the lock held by `sleep` is taken over), the run still resumes to the
+    // uninterrupted report.
     let o = run(root, &topology, None);
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_equals_straight(root, "bad");
     assert!(sessions(root, "bad").len() >= 3);

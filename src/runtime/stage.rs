@@ -2,7 +2,9 @@
 //!
 //! Each [`StageActor`] owns one OS thread running its [`Stage`] (candle calls are synchronous,
 //! so they never run on tokio's workers). When the thread ends, the actor stops normally, or
-//! fails with the stage's error so the supervisor sees it as a ractor supervision event.
+//! fails with the stage's error so the supervisor sees it as a ractor supervision event. A stage
+//! with a [`Restart`] policy is rebuilt on the same thread after a panic or an error (its
+//! channels stay open) and first redoes the payload it was working on.
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
