@@ -133,7 +133,10 @@ pub struct Ema {
 impl Ema {
     /// Starts from the current values of `vars`.
     pub fn new(vars: &[(String, Var)], max_decay: f64) -> Result<Self> {
-        let shadow = vars.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?))).collect::<Result<Vec<_>>>()?;
+        // Detached: `copy` records the variable it came from, and every update would then chain
+        // the new average to the old one (keeping each step's averages alive: memory grew by
+        // three model sizes per step until the trainer was killed).
+        let shadow = vars.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?.detach()))).collect::<Result<Vec<_>>>()?;
         Ok(Self { max_decay, shadow })
     }
 
@@ -150,7 +153,7 @@ impl Ema {
     pub fn update(&mut self, vars: &[(String, Var)], step: usize) -> Result<()> {
         let d = self.decay(step);
         for ((_, s), (_, v)) in self.shadow.iter_mut().zip(vars) {
-            *s = ((&*s * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
+            *s = ((&*s * d)? + (v.as_tensor().detach() * (1.0 - d))?)?.detach();
         }
         Ok(())
     }
@@ -257,5 +260,21 @@ mod tests {
         assert!((v - 9.0 / 11.0).abs() < 1e-6, "{v}");
         ema.update(&vars, 1).unwrap();
         assert_eq!(ema.tensors()[0].1.to_vec1::<f32>().unwrap()[0], 1.0, "step 1 copies the weights");
+    }
+
+    #[test]
+    fn ema_averages_keep_no_graph() {
+        // An average tied to the graph keeps every earlier average alive (the trainer's memory
+        // grew by three model sizes per step). Gradients through it would reach the variable.
+        let w = Var::from_tensor(&Tensor::new(&[2f32, 3.0], &Device::Cpu).unwrap()).unwrap();
+        let vars = vec![("w".to_string(), w.clone())];
+        let mut ema = Ema::new(&vars, 0.999).unwrap();
+        let untouched = ema.tensors()[0].1.sum_all().unwrap().backward().unwrap();
+        assert!(untouched.get(w.as_tensor()).is_none(), "the starting average is detached");
+        for step in 1..5 {
+            ema.update(&vars, step).unwrap();
+        }
+        let grads = ema.tensors()[0].1.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(w.as_tensor()).is_none(), "the updated average is detached");
     }
 }
