@@ -154,6 +154,41 @@ fn eval_reports_accuracies_rca_and_figures() {
     // The topology eval built is kept, and is a valid topology for `rcaflow run`.
     let v = rcaflow().args(["validate", "--topology"]).arg(out.join("topology.toml")).output().unwrap();
     assert!(v.status.success(), "{}", stderr(&v));
+
+    // The same folder for another evaluation (the real images as the generated ones): refused,
+    // and the folder's files stay as they were; --fresh starts over.
+    let files = |dir: &Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut f: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().is_file())
+            .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        f.retain(|(n, _)| n != "run.lock");
+        f.sort();
+        f
+    };
+    let before = files(&out);
+    let o = eval(&real, &real, &oracle, &out);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("holds a run of another topology or other files: sources.generated changed (path)"), "{}", stderr(&o));
+    assert!(files(&out) == before, "a refused eval changes nothing in its folder");
+    let o = rcaflow()
+        .arg("eval")
+        .args([
+            "--real",
+            &real.display().to_string(),
+            "--generated",
+            &real.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+            "--fresh",
+        ])
+        .args(oracle_flags(&oracle))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_json(&out.join("report.json"))["generated"]["accuracy"], 1.0);
 }
 
 #[test]

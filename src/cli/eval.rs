@@ -176,9 +176,11 @@ pub fn eval(args: EvalArgs, mut settings: Settings) -> Result<(), CliError> {
 
     let out = absolute(&args.out)?;
     std::fs::create_dir_all(&out).map_err(|e| CliError::Output(format!("output folder \"{}\": cannot create: {e}", out.display())))?;
+    let outcome = execute::execute(&graph, &out, &settings, args.fresh)?;
+    // Written once the run went ahead: a refused one (the folder holds another evaluation)
+    // leaves the folder's files as they were.
     let header = "# Topology built by `rcaflow eval`; repeat the run with `rcaflow run --topology topology.toml --run-dir .`\n";
     write_atomic(&out.join("topology.toml"), format!("{header}{text}").as_bytes())
         .map_err(|e| CliError::Output(format!("output folder \"{}\": cannot write topology.toml: {e}", out.display())))?;
-    let outcome = execute::execute(&graph, &out, &settings, args.fresh)?;
     execute::finish(&outcome, &out)
 }
