@@ -185,12 +185,17 @@ impl Manifest {
         out.extend(now.components.keys().filter(|n| !self.components.contains_key(*n)).map(|n| format!("{n} was added")));
         for (what, hash) in &self.files {
             match now.files.get(what) {
-                Some(h) if h != hash => out.push(format!("{what} changed (sha256 {} -> {})", &hash[..12], &h[..12])),
+                // Short forms; run.json is a file a user can edit, so no slicing that could panic.
+                Some(h) if h != hash => out.push(format!("{what} changed (sha256 {} -> {})", short(hash), short(h))),
                 _ => {}
             }
         }
         out
     }
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 /// The ids of the checkpointing stages reachable from `source`.
