@@ -104,14 +104,17 @@ fn verify<'a>(path: &Path, stage: &str, bytes: &'a [u8]) -> Result<(Header, &'a 
     };
     let header_len = read_len(MAGIC.len())?;
     let header_at = MAGIC.len() + 8;
-    let header_bytes = body.get(header_at..header_at + header_len).ok_or_else(|| corrupt("header out of range".into()))?;
+    // Lengths come from the file: checked sums, so a crafted length cannot overflow.
+    let header_end = header_at.checked_add(header_len).filter(|&e| e <= body.len()).ok_or_else(|| corrupt("header out of range".into()))?;
+    let header_bytes = &body[header_at..header_end];
     let header: Header = postcard::from_bytes(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
     if header.stage != stage {
         return Err(corrupt(format!("written by stage \"{}\", not \"{stage}\"", header.stage)));
     }
-    let state_at = header_at + header_len + 8;
-    let state_len = read_len(header_at + header_len)?;
-    let state = body.get(state_at..state_at + state_len).filter(|_| state_at + state_len == body.len());
+    let state_len = read_len(header_end)?;
+    let state_at = header_end + 8;
+    // The state runs exactly to the checksum.
+    let state = state_at.checked_add(state_len).filter(|&e| e == body.len()).map(|_| &body[state_at..]);
     Ok((header, state.ok_or_else(|| corrupt("state out of range".into()))?))
 }
 
@@ -199,5 +202,14 @@ mod tests {
         std::fs::write(checkpoint_path(dir.path(), "rca"), &good).unwrap();
         let e = read_applied(dir.path(), "rca").unwrap_err().to_string();
         assert!(e.contains("written by stage \"fid\", not \"rca\""), "{e}");
+        // A crafted length with a valid checksum is refused, not followed.
+        let mut crafted = MAGIC.to_vec();
+        crafted.extend_from_slice(&u64::MAX.to_le_bytes());
+        crafted.extend_from_slice(&[0; 16]);
+        let digest = Sha256::digest(&crafted);
+        crafted.extend_from_slice(&digest);
+        std::fs::write(&path, &crafted).unwrap();
+        let e = read_applied(dir.path(), "fid").unwrap_err().to_string();
+        assert!(e.contains("header out of range"), "{e}");
     }
 }
