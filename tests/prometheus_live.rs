@@ -23,6 +23,8 @@ mod color_set;
 mod prng;
 #[path = "common/random_weights.rs"]
 mod random_weights;
+#[path = "common/tiny_run.rs"]
+mod tiny_run;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -254,20 +256,8 @@ fn write_run(root: &Path) -> PathBuf {
     std::fs::write(root.join("real").join("azure").join("zzz-corrupt.png"), b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
     let colors: Vec<[u8; 3]> = palette.iter().map(|(_, c)| *c).collect();
     candle_core::safetensors::save(&color_set::color_oracle(&colors), root.join("oracle.safetensors")).unwrap();
-    // tests/sampler.rs' 3-class UNet, at 32x32 (no weight depends on the size; LPIPS' alexnet
-    // needs 31x31 or more).
-    let fixture = repo().join("tests/fixtures/sampler/ddim_defaults");
-    #[derive(serde::Deserialize)]
-    struct Keys {
-        state_dict: Vec<(String, Vec<usize>)>,
-    }
-    let keys: Keys = serde_json::from_slice(&std::fs::read(fixture.join("run.json")).unwrap()).unwrap();
-    random_weights::unet_folder(&fixture, &keys.state_dict, &root.join("unet"));
-    let config = std::fs::read_to_string(root.join("unet/config.json")).unwrap();
-    assert!(config.contains("\"sample_size\": 8"), "the sampler fixture's UNet changed size");
-    std::fs::write(root.join("unet/config.json"), config.replace("\"sample_size\": 8", "\"sample_size\": 32")).unwrap();
-    random_weights::random_inception(&root.join("inception.safetensors"));
-    random_weights::random_lpips_weights(root);
+    // tests/sampler.rs' 3-class UNet at 32x32, random Inception and LPIPS weights.
+    tiny_run::write_networks(root);
     let topology = root.join("live.toml");
     std::fs::write(
         &topology,

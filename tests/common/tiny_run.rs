@@ -1,5 +1,5 @@
 //! A tiny sampler run with every evaluation stage, for the end-to-end tests (tests/sampler.rs,
-//! tests/resume.rs): a 3-class colour set as the real side, the colour oracle, a random-weight
+//! tests/resume.rs; tests/prometheus_live.rs takes its networks): a 3-class colour set as the real side, the colour oracle, a random-weight
 //! UNet (the `ddim_defaults` sampler fixture at 32x32), random Inception and LPIPS weights.
 //! The includer declares `mod color_set`, `mod prng` and `mod random_weights`.
 #![allow(dead_code)]
@@ -15,6 +15,21 @@ pub fn write_models(root: &Path) {
     if root.join("unet").exists() {
         return;
     }
+    write_networks(root);
+    let colors: Vec<[u8; 3]> = color_set::PALETTE[..3].iter().map(|(_, c)| *c).collect();
+    for (name, color) in &color_set::PALETTE[..3] {
+        let dir = root.join("real").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..4 {
+            color_set::write_png(&dir.join(format!("{i:03}.png")), 8, |_, _| *color);
+        }
+    }
+    candle_core::safetensors::save(&color_set::color_oracle(&colors), root.join("oracle.safetensors")).unwrap();
+}
+
+/// The random-weight networks: the 3-class UNet folder `root/unet` (the sampler fixture at
+/// 32x32), `inception.safetensors`, `alexnet.safetensors` and `alex-lin.safetensors`.
+pub fn write_networks(root: &Path) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler/ddim_defaults");
     #[derive(serde::Deserialize)]
     struct Keys {
@@ -25,17 +40,8 @@ pub fn write_models(root: &Path) {
     random_weights::unet_folder(&fixture, &keys.state_dict, &unet);
     // The same weights at 32x32 (no weight depends on the size): LPIPS' alexnet needs >= 31x31.
     let config = std::fs::read_to_string(unet.join("config.json")).unwrap();
+    assert!(config.contains("\"sample_size\": 8"), "the sampler fixture's UNet changed size");
     std::fs::write(unet.join("config.json"), config.replace("\"sample_size\": 8", "\"sample_size\": 32")).unwrap();
-
-    let colors: Vec<[u8; 3]> = color_set::PALETTE[..3].iter().map(|(_, c)| *c).collect();
-    for (name, color) in &color_set::PALETTE[..3] {
-        let dir = root.join("real").join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..4 {
-            color_set::write_png(&dir.join(format!("{i:03}.png")), 8, |_, _| *color);
-        }
-    }
-    candle_core::safetensors::save(&color_set::color_oracle(&colors), root.join("oracle.safetensors")).unwrap();
     random_weights::random_inception(&root.join("inception.safetensors"));
     random_weights::random_lpips_weights(root);
 }
