@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::models::hub_cache;
 use crate::models::inception::PT_INCEPTION_FILE;
-use crate::runtime::atomic_file::write_atomic;
+use crate::runtime::atomic_file::{remove_temporaries, write_atomic};
 use crate::runtime::batch::{Origin, UnitId};
 use crate::runtime::checkpoint::{self, CheckpointError};
 use crate::stages::holds_units;
@@ -348,16 +348,8 @@ fn rcaflow_alive(pid: u32) -> bool {
 /// Removes the temporary files a killed run left in `state/` (a checkpoint being written when
 /// the process died: never valid, and named by that process's pid, so nothing else removes them).
 pub fn remove_stale_temporaries(dir: &Path) -> Result<(), RunDirError> {
-    let Ok(entries) = std::fs::read_dir(dir.join(STATE_DIR)) else { return Ok(()) };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().contains(".tmp-") {
-            std::fs::remove_file(entry.path()).map_err(|e| RunDirError::Io {
-                dir: dir.into(),
-                message: format!("cannot remove the stale temporary file \"{}\": {e}", entry.path().display()),
-            })?;
-        }
-    }
-    Ok(())
+    remove_temporaries(&dir.join(STATE_DIR))
+        .map_err(|e| RunDirError::Io { dir: dir.into(), message: format!("cannot remove stale temporary files in {STATE_DIR}/: {e}") })
 }
 
 /// Whether `dir` holds checkpoints (of any stage).

@@ -23,7 +23,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::accumulator::Snapshot;
-use super::atomic_file::{commit, temporary_path};
+use super::atomic_file::write_atomic_with;
 use super::batch::UnitId;
 use super::fault;
 
@@ -71,20 +71,7 @@ pub fn write<S: Serialize>(run_dir: &Path, stage: &str, snapshot: &Snapshot<S>) 
     let err = |source| CheckpointError::Write { path: path.clone(), source };
     std::fs::create_dir_all(path.parent().unwrap_or(run_dir)).map_err(err)?;
     let bytes = encode(stage, snapshot).map_err(|e| err(std::io::Error::other(e)))?;
-    let tmp = temporary_path(&path);
-    let result = (|| {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fault::at(&format!("checkpoint.{stage}.write"))?;
-        commit(&tmp, &path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    write_atomic_with(&path, &bytes, || fault::at(&format!("checkpoint.{stage}.write"))).map_err(err)
 }
 
 /// The parts of a verified checkpoint file: its header and its state bytes.

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::runtime::accumulator::Snapshot;
+use crate::runtime::atomic_file::remove_temporaries;
 use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary};
 use crate::runtime::checkpoint::CheckpointTimer;
 use crate::runtime::stage::{Stage, StageContext, StageError};
@@ -72,18 +73,6 @@ fn save_batch(root: &Path, classes: &[String], batch: &ImageBatch) -> Result<usi
     Ok(written)
 }
 
-/// Removes PNGs a killed run left half-written under their temporary names.
-fn remove_stale_temporaries(root: &Path, classes: &[String]) {
-    for class in classes {
-        let Ok(entries) = std::fs::read_dir(root.join(class)) else { continue };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().contains(".tmp-") {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
 /// Makes the renames of the written files durable (before a checkpoint counts them).
 fn sync_class_dirs(root: &Path, classes: &[String]) -> Result<(), StageError> {
     for class in classes {
@@ -104,7 +93,14 @@ impl Stage for SaveImagesStage {
         // The units saved (real ones included: they need no file), checkpointed so a resumed
         // run knows which units it need not generate again for this sink.
         let mut saved: Snapshot<()> = ctx.restore()?.unwrap_or_default();
-        remove_stale_temporaries(&root, &ctx.classes);
+        // PNGs a killed run left half-written under their temporary names.
+        for class in ctx.classes.iter() {
+            let dir = root.join(class);
+            // Not fatal: a leftover is never read as an image (it has no .png name).
+            if let Err(e) = remove_temporaries(&dir) {
+                tracing::warn!(stage = %ctx.id, dir = %dir.display(), "cannot remove stale temporary files: {e}");
+            }
+        }
         let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
         while let Some(payload) = ctx.recv() {
             let Payload::Images(batch) = payload else {
