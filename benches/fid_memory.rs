@@ -12,8 +12,9 @@
 
 use rcaflow::metrics::fid::{frechet_distance, GaussianStats};
 use rcaflow::runtime::accumulator::ExactlyOnce;
-use rcaflow::runtime::batch::{FeatureBatch, Origin, UnitId, UnitSpan};
+use rcaflow::runtime::batch::FeatureBatch;
 use rcaflow::stages::fid::FidState;
+use rcaflow::units::{Origin, UnitId, UnitSpan};
 
 const DIM: usize = 2048;
 const IMAGES: u32 = 20_000;

@@ -1,6 +1,8 @@
 //! rcaflow: streaming evaluation of class-conditional image generators.
 //!
 //! A tour of the modules, in the order a run goes through them:
+//! - [`units`]: the bottom vocabulary every layer shares: origins, unit ids and spans, work
+//!   units, unit seeds and the rule that cuts a class into units.
 //! - [`topology`]: the topology file (TOML) → a validated [`topology::Graph`]; every error names
 //!   its component.
 //! - [`runtime`]: the running dataflow: one ractor actor per stage, each owning the thread that
@@ -14,7 +16,6 @@
 //! - [`metrics`]: pure maths (confusion matrices, RCA, Wilson intervals), tested without threads.
 //! - [`data`]: datasets: the synthetic identity set (`synth`) and raw photo preparation (`prep`).
 //! - [`report`]: `report.json`, `report.md` and PNG figures.
-//! - [`run_dir`]: the run directory: what a run was started with, its lock, what a restart skips.
 //! - [`telemetry`]: every Prometheus metric name, and the exporter.
 //! - [`settings`]: deployment settings (config/rcaflow.toml).
 //! - [`train`]: training the oracle and the DDPM (AdamW, EMA, checkpoints).
@@ -24,10 +25,10 @@ pub mod data;
 pub mod metrics;
 pub mod models;
 pub mod report;
-pub mod run_dir;
 pub mod runtime;
 pub mod settings;
 pub mod stages;
 pub mod telemetry;
 pub mod topology;
 pub mod train;
+pub mod units;

@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::device::{DeviceError, DeviceSpec};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("config {path}: cannot read: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("config {path}: {message}")]
     Invalid { path: String, message: String },
-    #[error("device \"{0}\": expected \"cpu\" (this build has no GPU support)")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,17 +111,20 @@ impl Settings {
         Duration::from_secs_f64(self.runtime.checkpoint_interval_secs)
     }
 
-    pub fn device(&self) -> Result<candle_core::Device, SettingsError> {
-        parse_device(&self.runtime.device)
+    /// The default device of model stages (`--device`, else `[runtime] device`).
+    pub fn device(&self) -> Result<DeviceSpec, SettingsError> {
+        Ok(self.runtime.device.parse()?)
+    }
+
+    /// The default device, opened (for the commands that run one model).
+    pub fn open_device(&self) -> Result<candle_core::Device, SettingsError> {
+        Ok(self.device()?.open()?)
     }
 }
 
-/// `cpu` (the only device of a CPU build).
-pub fn parse_device(s: &str) -> Result<candle_core::Device, SettingsError> {
-    match s {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        other => Err(SettingsError::Device(other.to_string())),
-    }
+/// Opens the device a device string names (`cpu`, `cuda`, `cuda:N`).
+pub fn open_device(s: &str) -> Result<candle_core::Device, SettingsError> {
+    Ok(s.parse::<DeviceSpec>()?.open()?)
 }
 
 #[cfg(test)]
@@ -150,6 +155,9 @@ mod tests {
         let err = Settings::load(&path).unwrap_err().to_string();
         assert!(err.starts_with(&format!("config {}: unknown field `gpu`", path.display())), "{err}");
         assert!(!err.contains('\n'));
-        assert_eq!(parse_device("cuda:0").unwrap_err().to_string(), "device \"cuda:0\": expected \"cpu\" (this build has no GPU support)");
+        assert_eq!(
+            open_device("gpu").unwrap_err().to_string(),
+            "device \"gpu\": expected \"cpu\", \"cuda\" or \"cuda:N\" (N the index of a GPU)"
+        );
     }
 }

@@ -13,14 +13,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rcaflow::runtime::batch::{live_batches, reset_peak_live_batches, Origin, Payload, Summary, UnitId};
+use rcaflow::models::device::DeviceSpec;
+use rcaflow::report::Summary;
+use rcaflow::runtime::batch::{live_batches, reset_peak_live_batches, Payload};
 use rcaflow::runtime::control::RunControl;
 use rcaflow::runtime::stage::{Stage, StageContext, StageError};
 use rcaflow::runtime::{run, RunSettings, ShutdownRequest, StageSpec};
-use rcaflow::stages::batcher::BatcherStage;
-use rcaflow::stages::image_folder::ImageFolderStage;
-use rcaflow::topology::config::ImageFolderConfig;
+use rcaflow::stages::batcher::BatcherConfig;
+use rcaflow::stages::image_folder::ImageFolderConfig;
+use rcaflow::stages::{BuildContext, ComponentConfig};
 use rcaflow::topology::Edge;
+use rcaflow::units::{Origin, UnitId};
 use tokio::sync::mpsc;
 
 const CLASSES: [&str; 2] = ["cat", "dog"];
@@ -79,24 +82,29 @@ struct Measured {
 /// image_folder (unit_size) -> batcher (batch_size) -> slow sink, with the given capacities.
 async fn measure(root: &Path, run_dir: &Path, unit_size: usize, batch_size: usize, caps: (usize, usize)) -> Measured {
     let seen = Arc::new(Mutex::new(Seen::default()));
+    let classes: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
+    // The two real stages come out of their components' build step, as in a run.
+    let source = ImageFolderConfig { path: root.to_path_buf(), origin: Origin::Real, strict: true, unit_size };
+    let plan = source.plan(&classes).unwrap().unwrap();
+    let cx = BuildContext {
+        label: "backpressure".into(),
+        classes: Arc::new(classes),
+        device: DeviceSpec::Cpu,
+        plans: Arc::new([("real".to_string(), plan)].into()),
+    };
     let stages = vec![
         StageSpec {
             id: "real".into(),
             qualified: "sources.real".into(),
             accumulates: false,
-            stage: Box::new(ImageFolderStage::new(ImageFolderConfig {
-                path: root.to_path_buf(),
-                origin: Origin::Real,
-                strict: true,
-                unit_size,
-            })),
+            stage: source.build(&cx).unwrap(),
             restart: None,
         },
         StageSpec {
             id: "batcher".into(),
             qualified: "transforms.batcher".into(),
             accumulates: false,
-            stage: Box::new(BatcherStage::new(batch_size)),
+            stage: BatcherConfig { batch_size }.build(&cx).unwrap(),
             restart: None,
         },
         StageSpec {
@@ -113,7 +121,6 @@ async fn measure(root: &Path, run_dir: &Path, unit_size: usize, batch_size: usiz
     ];
     let settings = RunSettings {
         run_dir: run_dir.to_path_buf(),
-        device: candle_core::Device::Cpu,
         classes: Arc::new(CLASSES.iter().map(|s| s.to_string()).collect()),
         shutdown_deadline: Duration::from_secs(5),
         checkpoint_interval: Duration::from_secs(3600),

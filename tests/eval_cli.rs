@@ -268,8 +268,9 @@ fn missing_tensor_fails_naming_stage_and_tensor_without_report() {
     let (code, err, oracle, has_report) = eval_with_weights(|s| {
         s.remove("layer3.1.conv2.weight");
     });
-    assert_eq!(code, 1, "{err}");
-    let want = format!("error: stage transforms.oracle failed: weights {}: tensor \"layer3.1.conv2.weight\" is missing", oracle.display());
+    // The build step loads the weights before anything runs: a topology error (exit 2).
+    assert_eq!(code, 2, "{err}");
+    let want = format!("  - transforms.oracle: weights {}: tensor \"layer3.1.conv2.weight\" is missing", oracle.display());
     assert!(err.lines().any(|l| l == want), "expected line {want:?} in:\n{err}");
     assert!(!has_report, "a failed run must not leave a report");
 }
@@ -280,9 +281,9 @@ fn wrong_shape_fails_naming_tensor_and_both_shapes() {
         let t = Tensor::zeros((64, 64, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
         s.insert("layer1.0.conv1.weight".into(), t);
     });
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     let want = format!(
-        "error: stage transforms.oracle failed: weights {}: tensor \"layer1.0.conv1.weight\" has shape [64, 64, 1, 1], expected [64, 64, 3, 3]",
+        "  - transforms.oracle: weights {}: tensor \"layer1.0.conv1.weight\" has shape [64, 64, 1, 1], expected [64, 64, 3, 3]",
         oracle.display()
     );
     assert!(err.lines().any(|l| l == want), "expected line {want:?} in:\n{err}");
@@ -441,9 +442,9 @@ fn sigint_drains_and_reports_interrupted_with_live_metrics() {
 
 #[test]
 fn lpips_diversity_compares_the_planned_same_class_pairs() {
+    use rcaflow::data::image_folder::decode_rgb_planar;
     use rcaflow::models::lpips::{Lpips, LpipsNet};
     use rcaflow::models::weights::WeightMap;
-    use rcaflow::stages::image_folder::decode_rgb_planar;
 
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -556,7 +557,7 @@ fn fid_and_inception_score_in_eval_agree_with_the_fid_commands() {
     // 8 images in 2048 dimensions: singular covariances, so (as with pytorch-fid, which gives
     // -1.9e-4 for 8 such images with tr S = 182) the distance to itself is rounding noise
     // around 0, small against tr S1 + tr S2, and the command says so.
-    let saved = rcaflow::stages::fid_stats::FidStats::read(&stats).unwrap();
+    let saved = rcaflow::data::fid_stats::FidStats::read(&stats).unwrap();
     let trace: f64 = (0..saved.dim()).map(|i| saved.sigma[i * saved.dim() + i]).sum();
     assert!(both_stats.abs() < 1e-5 * 2.0 * trace, "a distribution is at distance ~0 from itself: {both_stats} (tr S = {trace})");
     assert!(stderr(&o).contains("note: the covariances are singular"), "{}", stderr(&o));

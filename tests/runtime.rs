@@ -12,15 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rcaflow::report::results::SourceResult;
+use rcaflow::report::Summary;
 use rcaflow::runtime::accumulator::{ExactlyOnce, Snapshot};
-use rcaflow::runtime::batch::{ImageBatch, Origin, Payload, PredictionBatch, Summary, UnitId, UnitSpan};
+use rcaflow::runtime::batch::{ImageBatch, Payload, PredictionBatch};
 use rcaflow::runtime::checkpoint;
 use rcaflow::runtime::control::{RunControl, StageState};
 use rcaflow::runtime::stage::{Stage, StageContext, StageError};
 use rcaflow::runtime::{run, RunError, RunOutcome, RunSettings, ShutdownRequest, StageSpec};
-use rcaflow::stages::image_folder::SourceResult;
 use rcaflow::stages::rca::RcaState;
 use rcaflow::topology::Edge;
+use rcaflow::units::{Origin, UnitId, UnitSpan};
 use tokio::sync::mpsc;
 
 /// Longest any run here may take before the test fails as hung.
@@ -167,7 +169,6 @@ fn edge(from: &str, to: &str, capacity: usize) -> Edge {
 fn settings(run_dir: &Path, shutdown_deadline: Duration) -> RunSettings {
     RunSettings {
         run_dir: run_dir.to_path_buf(),
-        device: candle_core::Device::Cpu,
         classes: Arc::new(vec!["zero".to_string()]),
         shutdown_deadline,
         checkpoint_interval: Duration::from_secs(3600),

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
-use rcaflow::topology::{ComponentKind, Edge, Graph, Section};
+use rcaflow::stages::{ComponentKind, Graph};
+use rcaflow::topology::{ComponentType, Edge, Section};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/topology")
@@ -308,7 +309,7 @@ fn unknown_component_type() {
 fn unknown_field() {
     assert_errors(
         "unknown-field.toml",
-        &["transforms.oracle: unknown field `num_classes`, expected one of `weights`, `arch`, `stem`, `normalization`"],
+        &["transforms.oracle: unknown field `num_classes`, expected one of `weights`, `arch`, `stem`, `normalization`, `device`"],
     );
 }
 
@@ -412,15 +413,15 @@ fn good_file_loads_in_data_flow_order() {
             assert_eq!(c.path, fixtures().join("data/real"));
             assert_eq!(c.unit_size, 8);
         }
-        other => panic!("sources.real is {}", other.type_name()),
+        other => panic!("sources.real is {}", other.info().name),
     }
     match &graph.component("generated").unwrap().kind {
         ComponentKind::ImageFolder(c) => assert_eq!(c.unit_size, 64, "default unit_size"),
-        other => panic!("sources.generated is {}", other.type_name()),
+        other => panic!("sources.generated is {}", other.info().name),
     }
     match &graph.component("batches").unwrap().kind {
         ComponentKind::Batcher(c) => assert_eq!(c.batch_size, 16),
-        other => panic!("transforms.batches is {}", other.type_name()),
+        other => panic!("transforms.batches is {}", other.info().name),
     }
     match &graph.component("oracle").unwrap().kind {
         ComponentKind::OracleClassifier(c) => {
@@ -429,11 +430,11 @@ fn good_file_loads_in_data_flow_order() {
             assert_eq!(c.stem.to_string(), "cifar");
             assert_eq!(c.normalization.to_string(), "minus-one-one");
         }
-        other => panic!("transforms.oracle is {}", other.type_name()),
+        other => panic!("transforms.oracle is {}", other.info().name),
     }
     match &graph.component("report").unwrap().kind {
         ComponentKind::Report(c) => assert!(!c.figures),
-        other => panic!("sinks.report is {}", other.type_name()),
+        other => panic!("sinks.report is {}", other.info().name),
     }
 }
 

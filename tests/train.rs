@@ -234,7 +234,7 @@ fn cli_synth_prep_train_oracle_writes_weights_and_baseline() {
         "off",
     ]);
     assert!(s.contains("epoch   1/1"), "{s}");
-    let b = rcaflow::stages::rca::Baseline::read(&dir.path().join("o/oracle.baseline.json")).unwrap();
+    let b = rcaflow::report::baseline::Baseline::read(&dir.path().join("o/oracle.baseline.json")).unwrap();
     assert_eq!(b.classes, vec!["id_00", "id_01"]);
     assert_eq!(b.real.total, 4);
     // Bad input: one line naming the flag.

@@ -8,10 +8,10 @@ use clap::Args;
 
 use super::eval::{absolute, build_graph, oracle_topology};
 use super::{apply_overrides, execute, CliError, OracleArgs};
+use crate::report::baseline::{Baseline, BASELINE_SCHEMA};
+use crate::report::Summary;
 use crate::runtime::atomic_file::write_atomic;
-use crate::runtime::batch::Summary;
 use crate::settings::Settings;
-use crate::stages::rca::{Baseline, BASELINE_SCHEMA};
 
 #[derive(Debug, Args)]
 pub struct BaselineArgs {

@@ -11,7 +11,7 @@ use super::{apply_overrides, execute, CliError, OracleArgs};
 use crate::models::lpips::LpipsNet;
 use crate::runtime::atomic_file::write_atomic;
 use crate::settings::Settings;
-use crate::topology::Graph;
+use crate::stages::Graph;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {

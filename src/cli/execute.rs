@@ -10,36 +10,51 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
 use super::CliError;
-use crate::run_dir::{self, Manifest, ResumePoint, Session};
-use crate::runtime::batch::UnitId;
 use crate::runtime::control::RunControl;
-use crate::runtime::{self, RunOutcome, RunSettings, ShutdownRequest};
+use crate::runtime::run_dir::{self, Manifest, ResumePoint, Session};
+use crate::runtime::{self, RunOutcome, RunSettings, ShutdownRequest, StageSpec};
 use crate::settings::Settings;
-use crate::stages::{self, report::REPORT_FILES};
+use crate::stages::{self, report::REPORT_FILES, BuildContext, Graph};
 use crate::telemetry;
-use crate::topology::Graph;
+use crate::units::{UnitId, UnitPlan};
 
 /// Runs `graph` with its report and state in `run_dir`: resumed from the checkpoints there
 /// when it holds a run of the same graph, from scratch when `fresh` (its state is discarded).
+///
+/// The stages are built first (every component's weights and files loaded and checked, every
+/// error at once): a run that cannot start fails before the run directory is touched.
 pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings, fresh: bool) -> Result<RunOutcome, CliError> {
+    let plans = graph.plans().map_err(|e| CliError::Input(format!("topology {}: {e}", graph.label)))?;
+    let cx = BuildContext {
+        label: graph.label.clone(),
+        classes: Arc::new(graph.classes.clone()),
+        device: settings.device()?,
+        plans: Arc::new(plans),
+    };
+    let stages = stages::build(graph, &cx)?;
     std::fs::create_dir_all(run_dir)
         .map_err(|e| CliError::Output(format!("run directory \"{}\": cannot create: {e}", run_dir.display())))?;
     run_dir::lock(run_dir).map_err(|e| CliError::Input(e.to_string()))?;
     let result = (|| {
         // A refused start (another graph, a bad checkpoint) must leave the directory as it was,
         // the old report included: it is removed only once this run is going ahead.
-        let skip = resume_point(graph, run_dir, fresh)?;
+        let skip = resume_point(graph, &cx.plans, run_dir, fresh)?;
         remove_old_report(run_dir)?;
-        execute_locked(graph, run_dir, settings, skip)
+        execute_locked(graph, stages, &cx, run_dir, settings, skip)
     })();
     run_dir::unlock(run_dir);
     result
 }
 
 /// Records this session in `run.json` and says which units each source may skip.
-fn resume_point(graph: &Graph, run_dir: &Path, fresh: bool) -> Result<BTreeMap<String, Arc<BTreeSet<UnitId>>>, CliError> {
+fn resume_point(
+    graph: &Graph,
+    plans: &BTreeMap<String, UnitPlan>,
+    run_dir: &Path,
+    fresh: bool,
+) -> Result<BTreeMap<String, Arc<BTreeSet<UnitId>>>, CliError> {
     let refused = |e: run_dir::RunDirError| CliError::Input(e.to_string());
-    let mut now = Manifest::of(graph).map_err(|e| CliError::Input(format!("run directory \"{}\": {e}", run_dir.display())))?;
+    let mut now = Manifest::of(graph, plans).map_err(|e| CliError::Input(format!("run directory \"{}\": {e}", run_dir.display())))?;
     let old = if fresh {
         let state = run_dir.join(run_dir::STATE_DIR);
         if state.exists() {
@@ -94,16 +109,16 @@ fn resume_point(graph: &Graph, run_dir: &Path, fresh: bool) -> Result<BTreeMap<S
 
 fn execute_locked(
     graph: &Graph,
+    stages: Vec<StageSpec>,
+    cx: &BuildContext,
     run_dir: &Path,
     settings: &Settings,
     skip: BTreeMap<String, Arc<BTreeSet<UnitId>>>,
 ) -> Result<RunOutcome, CliError> {
-    let device = settings.device()?;
     let metrics_addr = settings.metrics_addr().map_err(|e| CliError::Input(format!("config: {e}")))?;
     let run_settings = RunSettings {
         run_dir: run_dir.to_path_buf(),
-        device,
-        classes: Arc::new(graph.classes.clone()),
+        classes: cx.classes.clone(),
         shutdown_deadline: settings.shutdown_deadline(),
         checkpoint_interval: settings.checkpoint_interval(),
         skip,
@@ -127,7 +142,7 @@ fn execute_locked(
         tokio::spawn(forward_signals(stop_tx));
         let progress = tokio::spawn(show_progress(control.clone()));
         tracing::info!(topology = %graph.label, run_dir = %run_dir.display(), classes = graph.classes.len(), "run starting");
-        let result = runtime::run(stages::build(graph), &graph.edges, &run_settings, control, stop_rx).await;
+        let result = runtime::run(stages, &graph.edges, &run_settings, control, stop_rx).await;
         progress.abort();
         Ok(result?)
     })

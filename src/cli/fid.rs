@@ -10,13 +10,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
+use crate::data::fid_stats::FidStats;
+use crate::data::image_folder::{decode_rgb_planar, list_images};
 use crate::metrics::fid::{frechet_distance, GaussianStats};
 use crate::models::hub_cache;
 use crate::models::inception::{InceptionV3, PT_INCEPTION_FILE};
 use crate::models::weights::WeightMap;
-use crate::settings::{parse_device, Settings};
-use crate::stages::fid_stats::FidStats;
-use crate::stages::image_folder::{decode_rgb_planar, list_images};
+use crate::settings::{open_device, Settings};
 
 #[derive(Debug, Args)]
 pub struct InceptionArgs {
@@ -66,7 +66,7 @@ struct Features<'a> {
 impl Features<'_> {
     fn net(&mut self) -> Result<&InceptionV3, CliError> {
         if self.net.is_none() {
-            let device = parse_device(self.args.device.as_deref().unwrap_or(&self.settings.runtime.device))?;
+            let device = open_device(self.args.device.as_deref().unwrap_or(&self.settings.runtime.device))?;
             let path = hub_cache::locate(self.args.inception.as_deref(), PT_INCEPTION_FILE, "inception weights", "--inception FILE")
                 .map_err(|e| CliError::Input(e.to_string()))?;
             let weights = WeightMap::load(&path, &device).map_err(|e| CliError::Input(e.to_string()))?;

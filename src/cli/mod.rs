@@ -140,7 +140,9 @@ pub fn apply_overrides(settings: &mut Settings, metrics_addr: &Option<String>, d
         settings.metrics_addr().map_err(|e| CliError::Input(format!("--metrics-addr: {e}")))?;
     }
     if let Some(device) = device {
-        crate::settings::parse_device(device)?;
+        // Refused here, before any work, when this build cannot open it (a CPU-only build).
+        let spec: crate::models::device::DeviceSpec = device.parse().map_err(|e| CliError::Input(format!("--device: {e}")))?;
+        spec.supported().map_err(|e| CliError::Input(format!("--device: {e}")))?;
         settings.runtime.device = device.clone();
     }
     Ok(())

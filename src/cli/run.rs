@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::{apply_overrides, execute, CliError};
 use crate::settings::Settings;
-use crate::topology::Graph;
+use crate::stages::Graph;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -15,11 +15,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
+use crate::data::image_folder::write_png;
 use crate::models::sampling::{quantize_rgb, UnitSampler, CLASS_NAMES_FILE};
-use crate::runtime::plan::{unit_seed, Plan};
-use crate::settings::{parse_device, Settings};
-use crate::stages::save_images::{image_path, write_png};
-use crate::topology::config::SchedulerKind;
+use crate::models::schedulers::SchedulerKind;
+use crate::runtime::plan::Plan;
+use crate::settings::{open_device, Settings};
+use crate::stages::save_images::image_path;
+use crate::units::unit_seed;
 
 #[derive(Debug, Args)]
 pub struct SampleArgs {
@@ -120,7 +122,7 @@ pub fn sample(args: SampleArgs, settings: Settings) -> Result<(), CliError> {
     if args.unit_size == 0 {
         return Err(CliError::Input("--unit-size must be at least 1".into()));
     }
-    let device = parse_device(args.device.as_deref().unwrap_or(&settings.runtime.device))?;
+    let device = open_device(args.device.as_deref().unwrap_or(&settings.runtime.device))?;
     let sampler =
         UnitSampler::load(&args.unet, args.scheduler, args.steps, args.eta, &device).map_err(|e| CliError::Input(e.to_string()))?;
     let classes = sampler.num_classes().ok_or_else(|| {

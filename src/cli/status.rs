@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use clap::Args;
 
 use super::CliError;
-use crate::run_dir::{self, Manifest, ResumePoint};
 use crate::runtime::checkpoint::checkpoint_path;
+use crate::runtime::run_dir::{self, Manifest, ResumePoint};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {

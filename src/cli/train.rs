@@ -168,7 +168,7 @@ fn bar_style() -> ProgressStyle {
 
 fn oracle(args: OracleTrainArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.metrics_addr, &args.device)?;
-    let device = settings.device()?;
+    let device = settings.open_device()?;
     if args.width == 0 {
         return Err(CliError::Input("--width 0: expected at least 1 channel (torchvision: 64)".into()));
     }
@@ -307,7 +307,7 @@ fn write_loss_curve(out: &Path, losses: &[(usize, f64)]) -> Result<(), CliError>
 
 fn ddpm(args: DdpmTrainArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.metrics_addr, &args.device)?;
-    let device = settings.device()?;
+    let device = settings.open_device()?;
     let train = load_split(&args.data, "train")?;
     let ckpt_root = args.out.join("checkpoints");
     let input = |e: crate::train::ddpm::DdpmError| CliError::Input(e.to_string());

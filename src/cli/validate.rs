@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::topology::Graph;
+use crate::stages::Graph;
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {

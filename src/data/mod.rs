@@ -1,6 +1,9 @@
-//! Datasets: the synthetic identity set (`synth`), preparation of raw photo folders (`prep`),
-//! and the seeded generator both use. Pure functions over files; no actors.
+//! Images and datasets on disk: image folders (list, decode, write PNG), the synthetic identity
+//! set (`synth`), preparation of raw photo folders (`prep`), and the seeded generator both use.
+//! Pure functions over files; no actors.
 
+pub mod fid_stats;
+pub mod image_folder;
 pub mod prep;
 pub mod raster;
 pub mod rng;

@@ -26,7 +26,7 @@ use image::imageops::FilterType;
 use serde::{Deserialize, Serialize};
 
 use super::rng::Rng;
-use crate::stages::image_folder::{list_classes, list_images};
+use crate::data::image_folder::{list_classes, list_images};
 
 /// Errors of `prep`: bad flags or inputs (nothing written), or a write failure.
 #[derive(Debug, thiserror::Error)]
@@ -404,7 +404,7 @@ mod tests {
         let img = image::open(out.path().join("train/alice/000007.png")).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (32, 32));
         assert!(img.pixels().all(|p| p.0[0] < 20 && p.0[2] > 150), "centre crop kept the border");
-        assert_eq!(crate::stages::image_folder::list_images(&out.path().join("eval/alice")).unwrap().len(), 2);
+        assert_eq!(crate::data::image_folder::list_images(&out.path().join("eval/alice")).unwrap().len(), 2);
         let back: PrepManifest = serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
         assert_eq!(back.images.len(), 15);
         // Another seed, another split; a second run into the same folder is refused.

@@ -1,11 +1,11 @@
 //! A small seeded generator for data generation, splits and augmentation.
 //!
 //! splitmix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators", 2014),
-//! built on [`crate::models::noise::mix64`]. Streams are keyed by a tuple of integers (seed,
+//! built on [`crate::units::mix64`]. Streams are keyed by a tuple of integers (seed,
 //! class, image index, ...) so that what one image gets never depends on the order in which
 //! images are made: regenerating one class alone gives the same files.
 
-use crate::models::noise::mix64;
+use crate::units::mix64;
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 

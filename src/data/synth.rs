@@ -463,6 +463,6 @@ mod tests {
         let back: SynthManifest = serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
         assert_eq!(back.classes, vec!["id_00", "id_01", "id_02"]);
         assert_eq!(back.config, c);
-        assert_eq!(crate::stages::image_folder::list_classes(dir.path()).unwrap(), back.classes);
+        assert_eq!(crate::data::image_folder::list_classes(dir.path()).unwrap(), back.classes);
     }
 }

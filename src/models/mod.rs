@@ -17,6 +17,7 @@
 //! - [`noise`]: a sampling unit's Gaussian noise, drawn on the host from its seed.
 mod batch_norm;
 pub mod conv_grad;
+pub mod device;
 pub mod hub_cache;
 pub mod inception;
 mod legacy_pth;

@@ -7,15 +7,9 @@
 //! on pairs of uniforms u_k = mix64(key + (k+1)·golden) >> 11 · 2^-53 with key = hash(seed, s);
 //! x_T is stream 0, the noise of the k-th denoising step (k = 0 first) is stream k + 1.
 
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+use crate::units::mix64;
 
-/// splitmix64's finaliser: a bijective 64-bit mix (also used to derive unit seeds).
-pub fn mix64(x: u64) -> u64 {
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The stream of x_T.
 pub const INITIAL_STREAM: u64 = 0;

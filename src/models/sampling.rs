@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use super::noise::{standard_normal, step_stream, INITIAL_STREAM};
 use super::schedulers::{Ddim, Ddpm, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use super::unet::{UNet2DModel, UnetError};
-use crate::runtime::plan::WorkUnit;
+use crate::units::WorkUnit;
 
 /// The diffusers scheduler config a model folder may carry.
 pub const SCHEDULER_CONFIG_FILE: &str = "scheduler_config.json";

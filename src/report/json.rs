@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::inception_score::InceptionScore;
 use crate::metrics::rca::{ClassificationSummary, RcaSummary};
-use crate::stages::ddpm_sampler::SamplerResult;
-use crate::stages::fid::FidResult;
-use crate::stages::image_folder::SourceResult;
-use crate::stages::lpips_diversity::LpipsResult;
+use crate::report::results::FidResult;
+use crate::report::results::LpipsResult;
+use crate::report::results::SamplerResult;
+use crate::report::results::SourceResult;
 
 pub const SCHEMA_VERSION: u32 = 1;
 

@@ -1,4 +1,9 @@
-//! The run report: JSON (stable schema), Markdown, and PNG figures.
+//! The run report: the result types stages hand to it, JSON (stable schema), Markdown, and PNG
+//! figures; and the baseline files `rcaflow baseline` writes.
+pub mod baseline;
 pub mod figures;
 pub mod json;
 pub mod markdown;
+pub mod results;
+
+pub use results::Summary;

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::batch::{UnitId, UnitSpan};
+use crate::units::{UnitId, UnitSpan};
 
 /// The metric-specific half: fold the images `[span.start, span.start + span.len)` of `input`.
 pub trait Accumulator {
@@ -59,6 +59,11 @@ impl<A: Accumulator> ExactlyOnce<A> {
         &self.inner
     }
 
+    /// The state, for work that does not apply units (scoring what they made ready).
+    pub fn inner_mut(&mut self) -> &mut A {
+        &mut self.inner
+    }
+
     pub fn units_applied(&self) -> usize {
         self.applied.len()
     }
@@ -80,7 +85,7 @@ impl<A: Accumulator> ExactlyOnce<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::batch::Origin;
+    use crate::units::Origin;
     use proptest::prelude::*;
 
     /// Folds each unit's value into a sum and counts the images: applying a unit twice, or

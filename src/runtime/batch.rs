@@ -1,76 +1,12 @@
-//! What travels on the data plane: batches of images or predictions, tagged with the work units
-//! they carry, and the summaries accumulators hand to the report.
-//!
-//! A *unit* is the grain of exactly-once accounting (DESIGN.md §2): a fixed chunk of one class's
-//! images from one origin. Batches only ever hold whole units, so an accumulator can apply or
-//! skip a unit atomically by its id, whatever re-batching happened upstream.
+//! What travels on the data plane: batches of images, predictions or features, tagged with the
+//! work units they carry ([`crate::units`]), and the summaries stages hand to the report
+//! ([`crate::report::Summary`], carried here without looking inside).
 
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
-/// Where the images of a unit come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    Real,
-    Generated,
-}
-
-impl Origin {
-    pub const ALL: [Origin; 2] = [Origin::Real, Origin::Generated];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Real => "real",
-            Origin::Generated => "generated",
-        }
-    }
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Origin {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "real" => Ok(Origin::Real),
-            "generated" => Ok(Origin::Generated),
-            other => Err(format!("origin \"{other}\": expected \"real\" or \"generated\"")),
-        }
-    }
-}
-
-/// Identity of a work unit: the `index`-th chunk of class `class` from `origin`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct UnitId {
-    pub origin: Origin,
-    pub class: u32,
-    pub index: u32,
-}
-
-impl fmt::Display for UnitId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.origin, self.class, self.index)
-    }
-}
-
-/// The images `[start, start + len)` of a batch belong to unit `id`. `first_position` is the
-/// position of the unit's first image in its class's deterministic order (file-name order for
-/// folders), which order-dependent metrics such as the Inception Score splits rely on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitSpan {
-    pub id: UnitId,
-    pub start: usize,
-    pub len: usize,
-    pub first_position: u64,
-}
+use crate::report::Summary;
+use crate::units::UnitSpan;
 
 /// A batch of RGB uint8 images of one size, planar (N x 3 x H x W, row-major), with the class
 /// each image belongs to (the true class for real images, the requested class for generated).
@@ -167,24 +103,51 @@ pub struct FeatureBatch {
     pub logits: Vec<f32>,
 }
 
-impl UnitSpan {
-    /// Position in its class's deterministic order of the batch image `i` (inside this span).
-    pub fn position_of(&self, i: usize) -> u64 {
-        self.first_position + (i - self.start) as u64
+/// A batch type of the data plane, as the sink driver takes it out of a payload.
+pub trait Batch: Send + Sync + 'static {
+    /// What messages call it ("a non-{NAME} payload").
+    const NAME: &'static str;
+    fn of(payload: &Payload) -> Option<&Self>;
+    fn units(&self) -> &[UnitSpan];
+}
+
+impl Batch for ImageBatch {
+    const NAME: &'static str = "image";
+    fn of(payload: &Payload) -> Option<&Self> {
+        match payload {
+            Payload::Images(b) => Some(b),
+            _ => None,
+        }
+    }
+    fn units(&self) -> &[UnitSpan] {
+        &self.units
     }
 }
 
-/// A finished accumulator's result, handed downstream to the report.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Summary {
-    // Boxed: summaries are few (one per stage per run) and the variants differ a lot in size.
-    Rca(Box<crate::stages::rca::RcaResult>),
-    Source(crate::stages::image_folder::SourceResult),
-    Sampler(Box<crate::stages::ddpm_sampler::SamplerResult>),
-    Lpips(crate::stages::lpips_diversity::LpipsResult),
-    Fid(Box<crate::stages::fid::FidResult>),
-    InceptionScore(crate::metrics::inception_score::InceptionScore),
+impl Batch for PredictionBatch {
+    const NAME: &'static str = "prediction";
+    fn of(payload: &Payload) -> Option<&Self> {
+        match payload {
+            Payload::Predictions(b) => Some(b),
+            _ => None,
+        }
+    }
+    fn units(&self) -> &[UnitSpan] {
+        &self.units
+    }
+}
+
+impl Batch for FeatureBatch {
+    const NAME: &'static str = "feature";
+    fn of(payload: &Payload) -> Option<&Self> {
+        match payload {
+            Payload::Features(b) => Some(b),
+            _ => None,
+        }
+    }
+    fn units(&self) -> &[UnitSpan] {
+        &self.units
+    }
 }
 
 /// One message on an edge. Fan-out clones the `Arc`, never the pixels.

@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 
 use super::accumulator::Snapshot;
 use super::atomic_file::write_atomic_with;
-use super::batch::UnitId;
 use super::fault;
+use crate::units::UnitId;
 
 const MAGIC: &[u8; 8] = b"RCFCKPT1";
 const DIGEST_LEN: usize = 32;
@@ -156,7 +156,7 @@ impl CheckpointTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::batch::Origin;
+    use crate::units::Origin;
 
     fn snapshot() -> Snapshot<Vec<f64>> {
         let applied = (0..5).map(|index| UnitId { origin: Origin::Generated, class: 1, index }).collect();

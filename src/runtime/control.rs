@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::batch::{Origin, Summary};
+use super::sync::lock;
+use crate::report::Summary;
 use crate::telemetry;
 
 /// Lifecycle of a stage, as `status` reports it.
@@ -136,7 +137,6 @@ pub struct RunControl {
     pub started: Instant,
     stats: Mutex<BTreeMap<String, Arc<StageStats>>>,
     results: Mutex<BTreeMap<String, Summary>>,
-    planned_per_class: Mutex<BTreeMap<Origin, Vec<u64>>>,
 }
 
 impl Default for RunControl {
@@ -148,7 +148,6 @@ impl Default for RunControl {
             started: Instant::now(),
             stats: Mutex::new(BTreeMap::new()),
             results: Mutex::new(BTreeMap::new()),
-            planned_per_class: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -181,17 +180,6 @@ impl RunControl {
         self.planned_images.fetch_add(images, Ordering::Relaxed);
     }
 
-    /// Called by a source once it knows its work, before it sends anything: stages that plan
-    /// by position (LPIPS pairs, Inception Score splits) read it when their first batch comes.
-    pub fn set_planned_per_class(&self, origin: Origin, counts: Vec<u64>) {
-        lock(&self.planned_per_class).insert(origin, counts);
-    }
-
-    /// Images planned per class for `origin`, if a source has said.
-    pub fn planned_per_class(&self, origin: Origin) -> Option<Vec<u64>> {
-        lock(&self.planned_per_class).get(&origin).cloned()
-    }
-
     pub fn planned_images(&self) -> u64 {
         self.planned_images.load(Ordering::Relaxed)
     }
@@ -217,9 +205,4 @@ impl RunControl {
     pub fn results(&self) -> BTreeMap<String, Summary> {
         lock(&self.results).clone()
     }
-}
-
-/// A poisoned lock only means another stage panicked; its data is still consistent counters.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

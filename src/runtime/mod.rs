@@ -12,8 +12,11 @@ pub mod checkpoint;
 pub mod control;
 pub mod fault;
 pub mod plan;
+pub mod run_dir;
+pub mod sink;
 pub mod stage;
 pub mod supervisor;
+pub mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -23,7 +26,8 @@ use std::time::Duration;
 use ractor::Actor;
 use tokio::sync::{mpsc, oneshot};
 
-use batch::{Summary, UnitId};
+use crate::report::Summary;
+use crate::units::UnitId;
 use channels::{edge_channel, Inputs, Outputs};
 use control::{RunControl, StageStats, StageStatus};
 use stage::{Stage, StageArgs, StageContext};
@@ -46,7 +50,6 @@ pub struct StageSpec {
 #[derive(Clone, Debug)]
 pub struct RunSettings {
     pub run_dir: PathBuf,
-    pub device: candle_core::Device,
     pub classes: Arc<Vec<String>>,
     /// How long a graceful stop may take before the run gives up on the stages still busy.
     pub shutdown_deadline: Duration,
@@ -120,7 +123,6 @@ pub async fn run(
             control: control.clone(),
             stats,
             run_dir: settings.run_dir.clone(),
-            device: settings.device.clone(),
             checkpoint_interval: settings.checkpoint_interval,
         };
         args.push(StageArgs { stage: spec.stage, restart: spec.restart, ctx });

@@ -13,36 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::batch::{Origin, UnitId};
-use crate::models::noise::mix64;
-
-/// One unit of generation: `size` images of `class`, positions `first_position..+size` in the
-/// class's order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkUnit {
-    pub class: u32,
-    pub index: u32,
-    pub first_position: u64,
-    pub size: usize,
-    pub seed: u64,
-}
-
-impl WorkUnit {
-    pub fn id(&self) -> UnitId {
-        UnitId { origin: Origin::Generated, class: self.class, index: self.index }
-    }
-}
-
-/// One splitmix64 step: advance by the golden ratio increment, then mix.
-fn splitmix64(z: u64) -> u64 {
-    mix64(z.wrapping_add(0x9E37_79B9_7F4A_7C15))
-}
-
-/// The seed of unit `index` of `class`: a hash of the three, nothing else (not the unit size,
-/// the replica, the device or the time).
-pub fn unit_seed(run_seed: u64, class: u32, index: u32) -> u64 {
-    splitmix64(splitmix64(splitmix64(run_seed) ^ u64::from(class)) ^ u64::from(index))
-}
+use super::sync::lock;
+use crate::units::{cut_into_units, unit_seed, UnitId, WorkUnit};
 
 /// Every unit of a run, class-major.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,25 +28,16 @@ pub struct Plan {
 impl Plan {
     /// `unit_size` must be at least 1 (validation refuses 0).
     pub fn new(run_seed: u64, per_class: &[u64], unit_size: usize) -> Self {
-        let size = unit_size.max(1) as u64;
-        let mut units = Vec::new();
-        for (class, &n) in per_class.iter().enumerate() {
-            let mut first = 0u64;
-            let mut index = 0u32;
-            while first < n {
-                let len = size.min(n - first);
-                units.push(WorkUnit {
-                    class: class as u32,
-                    index,
-                    first_position: first,
-                    size: len as usize,
-                    seed: unit_seed(run_seed, class as u32, index),
-                });
-                first += len;
-                index += 1;
-            }
-        }
-        Plan { run_seed, per_class: per_class.to_vec(), unit_size: size as usize, units }
+        let units = cut_into_units(per_class, unit_size)
+            .map(|slot| WorkUnit {
+                class: slot.class,
+                index: slot.index,
+                first_position: slot.first_position,
+                size: slot.len as usize,
+                seed: unit_seed(run_seed, slot.class, slot.index),
+            })
+            .collect();
+        Plan { run_seed, per_class: per_class.to_vec(), unit_size: unit_size.max(1), units }
     }
 
     pub fn total_images(&self) -> u64 {
@@ -133,13 +96,13 @@ impl WorkQueue {
 
     /// Records a finished unit and returns the progress so far.
     pub fn finish(&self, unit: &WorkUnit) -> Progress {
-        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done = lock(&self.done);
         done[unit.class as usize] += unit.size as u64;
         self.progress_of(&done)
     }
 
     pub fn progress(&self) -> Progress {
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let done = lock(&self.done);
         self.progress_of(&done)
     }
 

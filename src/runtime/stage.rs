@@ -16,12 +16,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::accumulator::Snapshot;
-use super::batch::{Payload, Summary, UnitId};
+use super::batch::Payload;
 use super::channels::{Disconnected, Inputs, Outputs};
 use super::checkpoint;
 use super::control::{RunControl, StageState, StageStats, StageStatus};
 use super::fault;
+use super::sync::panic_message;
+use crate::report::Summary;
 use crate::telemetry;
+use crate::units::UnitId;
 
 /// Why a stage stopped before its inputs were exhausted.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +56,6 @@ pub struct StageContext {
     pub control: Arc<RunControl>,
     pub stats: Arc<StageStats>,
     pub run_dir: PathBuf,
-    pub device: candle_core::Device,
     pub checkpoint_interval: std::time::Duration,
     /// Units a source must not send: every stage downstream holds them (a resumed run).
     pub skip: Arc<BTreeSet<UnitId>>,
@@ -137,9 +139,10 @@ pub enum StageMsg {
 }
 
 /// Rebuilding a failed stage: `max` times at most, each time redoing the payload in flight.
+/// The rebuild is the component's build step again (its weights loaded anew); it may fail.
 pub struct Restart {
     pub max: u32,
-    pub rebuild: Box<dyn Fn() -> Box<dyn Stage> + Send>,
+    pub rebuild: Box<dyn Fn() -> Result<Box<dyn Stage>, String> + Send>,
 }
 
 pub struct StageArgs {
@@ -182,7 +185,10 @@ impl Actor for StageActor {
                         tracing::warn!(stage = %ctx.qualified, restarts_left, "stage failed ({cause}); restarting it and redoing its batch in flight");
                         ctx.count_error();
                         ctx.replay = ctx.in_flight.take();
-                        stage = (r.rebuild)();
+                        match (r.rebuild)() {
+                            Ok(rebuilt) => stage = rebuilt,
+                            Err(e) => break Ok(Err(StageError::Failed(format!("restart failed: {e}")))),
+                        }
                     }
                     _ => break outcome,
                 }
@@ -233,15 +239,5 @@ impl Actor for StageActor {
             }
         }
         Ok(())
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_string()
     }
 }

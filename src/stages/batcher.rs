@@ -4,19 +4,76 @@
 //! Input batches are copied into the batch being built and dropped at once, so the batcher
 //! holds at most one batch's worth of images.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::runtime::batch::{ImageBatch, Payload, Summary, UnitSpan};
+use serde::{Deserialize, Serialize};
+
+use super::{BuildContext, ComponentConfig};
+use crate::report::Summary;
+use crate::runtime::batch::{ImageBatch, Payload};
 use crate::runtime::stage::{Stage, StageContext, StageError};
+use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
+use crate::units::{Origin, UnitPlan, UnitSpan};
+
+fn default_batch_size() -> usize {
+    64
+}
+
+/// `batcher` transform: groups whole units into batches of about `batch_size` images.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatcherConfig {
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+impl ComponentConfig for BatcherConfig {
+    const SECTION: Section = Section::Transforms;
+    const ACCEPTS: Option<DataKind> = Some(DataKind::Images);
+    const PRODUCES: Option<DataKind> = Some(DataKind::Images);
+    // It holds a partial batch, which a restart would lose.
+    const RESTARTABLE: bool = false;
+    const ACCUMULATES: bool = false;
+    const HOLDS_UNITS: bool = false;
+
+    fn source_origin(&self) -> Option<Origin> {
+        None
+    }
+
+    fn resolve_paths(&mut self, _base: &Path) {}
+
+    fn check(&self, checks: &mut Checks) {
+        if self.batch_size == 0 {
+            checks.error("batch_size must be at least 1 image, found 0");
+        }
+    }
+
+    fn class_names(&self, _checks: &mut Checks) -> Option<NamedClasses> {
+        None
+    }
+
+    fn check_in_graph(&self, _facts: &GraphFacts, _checks: &mut Checks) {}
+
+    fn describe(&self) -> String {
+        format!("batch_size={}", self.batch_size)
+    }
+
+    fn plan(&self, _classes: &[String]) -> Result<Option<UnitPlan>, String> {
+        Ok(None)
+    }
+
+    fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
+        Ok(Vec::new())
+    }
+
+    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        Ok(Box::new(BatcherStage { batch_size: self.batch_size }))
+    }
+}
 
 pub struct BatcherStage {
     batch_size: usize,
-}
-
-impl BatcherStage {
-    pub fn new(batch_size: usize) -> Self {
-        BatcherStage { batch_size }
-    }
 }
 
 /// The batch being assembled.

@@ -11,67 +11,207 @@
 //! Images are quantised to uint8 as they would be stored (DESIGN.md §1) before they leave.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::{BuildContext, ComponentConfig};
+use crate::models::device::DeviceSpec;
 use crate::models::sampling::{quantize_rgb, UnitSampler};
+use crate::models::schedulers::SchedulerKind;
+use crate::models::unet::{UNet2DConfig, CONFIG_FILE as UNET_CONFIG_FILE, WEIGHTS_FILE as UNET_WEIGHTS_FILE};
+use crate::report::results::{SampleGrid, SamplerResult, GRID_COLUMNS};
+use crate::report::Summary;
 use crate::runtime::accumulator::Snapshot;
-use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary, UnitId, UnitSpan};
-use crate::runtime::plan::{Plan, WorkQueue, WorkUnit};
+use crate::runtime::batch::{ImageBatch, Payload};
+use crate::runtime::plan::{Plan, WorkQueue};
 use crate::runtime::stage::{Stage, StageContext, StageError};
+use crate::runtime::sync::{lock, panic_message};
 use crate::telemetry;
-use crate::topology::config::{DdpmSamplerConfig, SchedulerKind};
+use crate::topology::config::{from_str, resolve};
+use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
+use crate::units::UnitPlan;
+use crate::units::WorkUnit;
+use crate::units::{Origin, UnitId, UnitSpan};
 
-/// Samples per class kept for the report's grid.
-pub const GRID_COLUMNS: usize = 8;
-
-/// The first images of each class, for the report's sample grid (not in report.json).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SampleGrid {
-    pub height: usize,
-    pub width: usize,
-    /// Per class, planar RGB images by position (`None` until generated).
-    pub per_class: Vec<Vec<Option<Vec<u8>>>>,
+fn default_unit_size() -> usize {
+    64
 }
 
-/// What the sampler did: published for the report.
+fn default_replicas() -> usize {
+    1
+}
+
+/// `ddpm_sampler` source: a class-conditional diffusers UNet2DModel sampled with DDPM or DDIM,
+/// `per_class` images of every class, cut into units of `unit_size` (DESIGN.md §2).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SamplerResult {
+#[serde(deny_unknown_fields)]
+pub struct DdpmSamplerConfig {
+    /// A diffusers model folder: config.json, diffusion_pytorch_model.safetensors and, if present,
+    /// scheduler_config.json (else the scheduler's diffusers defaults).
     pub unet: PathBuf,
+    #[serde(default, deserialize_with = "from_str")]
     pub scheduler: SchedulerKind,
-    pub steps: usize,
+    /// Denoising steps (default: every training timestep for DDPM, 50 for DDIM).
+    pub steps: Option<usize>,
+    /// DDIM's eta (0: deterministic given x_T); DDPM ignores it.
+    #[serde(default)]
     pub eta: f64,
-    pub seed: u64,
-    pub replicas: usize,
+    pub per_class: u64,
+    /// Images per unit: the grain of planning, seeding, batching and exactly-once accounting.
+    #[serde(default = "default_unit_size")]
     pub unit_size: usize,
-    pub planned: Vec<u64>,
-    pub generated: Vec<u64>,
-    pub units: usize,
-    /// Images with a NaN or infinite value before quantisation (sent as quantised, and counted).
-    pub nonfinite_images: u64,
-    /// From the first unit's start to the last unit's end.
-    pub generation_seconds: f64,
-    /// Time spent denoising, summed over replicas.
-    pub busy_seconds: f64,
-    pub images_per_second: Option<f64>,
-    /// Stopped by a stop request before the plan was done.
-    pub stopped_early: bool,
-    #[serde(skip)]
-    pub grid: SampleGrid,
+    /// Run seed: each unit's noise derives from (seed, class, index) alone.
+    #[serde(default)]
+    pub seed: u64,
+    /// Sampler threads sharing the plan, each with its own copy of the model.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Where it runs (`cpu`, `cuda`, `cuda:N`); default: `--device`, else `[runtime] device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceSpec>,
+}
+
+/// The files of a model folder the images depend on (those present).
+const MODEL_FILES: [&str; 4] = ["config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", "classes.json"];
+
+impl ComponentConfig for DdpmSamplerConfig {
+    const SECTION: Section = Section::Sources;
+    const ACCEPTS: Option<DataKind> = None;
+    const PRODUCES: Option<DataKind> = Some(DataKind::Images);
+    const RESTARTABLE: bool = false;
+    const ACCUMULATES: bool = false;
+    const HOLDS_UNITS: bool = false;
+
+    fn source_origin(&self) -> Option<Origin> {
+        Some(Origin::Generated)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.unet = resolve(base, &self.unet);
+    }
+
+    fn check(&self, checks: &mut Checks) {
+        for (key, value, unit) in [
+            ("per_class", self.per_class, "image"),
+            ("unit_size", self.unit_size as u64, "image"),
+            ("replicas", self.replicas as u64, "replica"),
+        ] {
+            if value == 0 {
+                checks.error(format!("{key} must be at least 1 {unit}, found 0"));
+            }
+        }
+        if self.steps == Some(0) {
+            checks.error("steps must be at least 1, found 0");
+        }
+        if !(self.eta.is_finite() && self.eta >= 0.0) {
+            checks.error(format!("eta must be a finite number >= 0, found {}", self.eta));
+        }
+        if !self.unet.is_dir() {
+            checks.error(format!("unet folder \"{}\" does not exist; expected a diffusers model folder", self.unet.display()));
+            return;
+        }
+        for file in [UNET_CONFIG_FILE, UNET_WEIGHTS_FILE] {
+            if !self.unet.join(file).is_file() {
+                checks.error(format!("unet folder \"{}\" has no {file}; expected a diffusers UNet2DModel folder", self.unet.display()));
+            }
+        }
+        match class_count(&self.unet) {
+            Err(e) => checks.error(e),
+            Ok(None) => checks.error(format!(
+                "unet \"{}\" is not class-conditional (num_class_embeds is null); expected a class-conditional model",
+                self.unet.display()
+            )),
+            Ok(Some(_)) => {}
+        }
+    }
+
+    fn class_names(&self, _checks: &mut Checks) -> Option<NamedClasses> {
+        None
+    }
+
+    fn check_in_graph(&self, facts: &GraphFacts, checks: &mut Checks) {
+        let Some(classes) = facts.classes else {
+            checks.error(
+                "the class names are unknown; expected `classes = [...]` in [run] (in the order of the model's class labels) or an image_folder source",
+            );
+            return;
+        };
+        if let Ok(Some(found)) = class_count(&self.unet) {
+            if found != classes.len() {
+                checks.error(format!(
+                    "unet \"{}\" has num_class_embeds = {found}, the topology has {} classes",
+                    self.unet.display(),
+                    classes.len()
+                ));
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "unet={} scheduler={} steps={} eta={} per_class={} unit_size={} seed={} replicas={}{}",
+            self.unet.display(),
+            self.scheduler,
+            self.steps.map_or("default".into(), |s| s.to_string()),
+            self.eta,
+            self.per_class,
+            self.unit_size,
+            self.seed,
+            self.replicas,
+            self.device.map_or(String::new(), |d| format!(" device={d}"))
+        )
+    }
+
+    fn plan(&self, classes: &[String]) -> Result<Option<UnitPlan>, String> {
+        Ok(Some(UnitPlan { origin: Origin::Generated, per_class: vec![self.per_class; classes.len()], unit_size: self.unit_size }))
+    }
+
+    fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
+        Ok(MODEL_FILES
+            .iter()
+            .map(|f| HashedInput::File { what: format!("unet {f}"), path: self.unet.join(f) })
+            .filter(|h| matches!(h, HashedInput::File { path, .. } if path.exists()))
+            .collect())
+    }
+
+    /// Loads one model per replica, so a bad folder fails before anything runs.
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        // Each replica on a device (stream) of its own.
+        let samplers: Vec<UnitSampler> = (0..self.replicas.max(1))
+            .map(|_| {
+                let device = cx.open_device(self.device)?;
+                UnitSampler::load(&self.unet, self.scheduler, self.steps, self.eta, &device).map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, String>>()?;
+        if samplers[0].num_classes() != Some(cx.classes.len()) {
+            return Err(format!(
+                "unet \"{}\": num_class_embeds = {:?}, the run has {} classes",
+                self.unet.display(),
+                samplers[0].num_classes(),
+                cx.classes.len()
+            ));
+        }
+        Ok(Box::new(DdpmSamplerStage { cfg: self.clone(), samplers }))
+    }
+}
+
+/// `num_class_embeds` of a diffusers model folder's config.json, checked for what the sampler
+/// can run, without loading weights.
+fn class_count(folder: &Path) -> Result<Option<usize>, String> {
+    let path = folder.join(UNET_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("unet config \"{}\": cannot read: {e}", path.display()))?;
+    let config = UNet2DConfig::from_json_str(&text).map_err(|e| format!("unet config \"{}\": {e}", path.display()))?;
+    Ok(config.num_class_embeds)
 }
 
 pub struct DdpmSamplerStage {
     cfg: DdpmSamplerConfig,
-}
-
-impl DdpmSamplerStage {
-    pub fn new(cfg: DdpmSamplerConfig) -> Self {
-        DdpmSamplerStage { cfg }
-    }
+    /// One loaded model per replica.
+    samplers: Vec<UnitSampler>,
 }
 
 /// What the units sent so far left for the report: the sampler's checkpoint, written before
@@ -92,39 +232,23 @@ struct Shared {
     last_end: Mutex<Option<Instant>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Stage for DdpmSamplerStage {
     fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
         let cfg = self.cfg;
         let classes = ctx.classes.clone();
+        // 1. The models were loaded by the build step.
 
-        // 1. Load one model per replica first, so a bad folder fails before anything is planned.
-        let samplers: Vec<UnitSampler> = (0..cfg.replicas.max(1))
-            .map(|_| UnitSampler::load(&cfg.unet, cfg.scheduler, cfg.steps, cfg.eta, &ctx.device))
-            .collect::<Result<_, _>>()
-            .map_err(StageError::failed)?;
+        let samplers = self.samplers;
         let (_, height, width) = samplers[0].image_shape();
         let steps = samplers[0].steps();
-        if samplers[0].num_classes() != Some(classes.len()) {
-            return Err(StageError::Failed(format!(
-                "unet \"{}\": num_class_embeds = {:?}, the run has {} classes",
-                cfg.unet.display(),
-                samplers[0].num_classes(),
-                classes.len()
-            )));
-        }
         tracing::info!(stage = %ctx.id, unet = %cfg.unet.display(), scheduler = %cfg.scheduler, steps, replicas = samplers.len(), "sampler loaded");
 
-        // 2. Plan, and say so before sending anything (position-planned sinks read it).
+        // 2. Plan (the same cut as the run manifest's: `units::cut_into_units`).
         let plan = Plan::new(cfg.seed, &vec![cfg.per_class; classes.len()], cfg.unit_size);
         // Units a resumed run skips are done already: progress counts this session's work, and
         // the per-class counters start at what earlier sessions generated.
         let skipped: Vec<_> = plan.units.iter().filter(|u| ctx.skip.contains(&u.id())).copied().collect();
         ctx.control.add_planned(plan.total_images() - skipped.iter().map(|u| u.size as u64).sum::<u64>());
-        ctx.control.set_planned_per_class(Origin::Generated, plan.per_class.clone());
         metrics::gauge!(telemetry::RUN_IMAGES_PLANNED, "origin" => Origin::Generated.as_str()).increment(plan.total_images() as f64);
         for (class, &n) in classes.iter().zip(&plan.per_class) {
             metrics::gauge!(telemetry::CLASS_IMAGES_PLANNED, "class" => class.clone()).set(n as f64);
@@ -162,7 +286,7 @@ impl Stage for DdpmSamplerStage {
             workers
                 .into_iter()
                 .map(|w| {
-                    w.join().unwrap_or_else(|panic| Err(StageError::Failed(format!("sampler replica panicked: {}", panic_text(&panic)))))
+                    w.join().unwrap_or_else(|panic| Err(StageError::Failed(format!("sampler replica panicked: {}", panic_message(&panic)))))
                 })
                 .collect()
         });
@@ -197,14 +321,6 @@ impl Stage for DdpmSamplerStage {
         };
         Ok(Some(Summary::Sampler(Box::new(result))))
     }
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// One replica: take a unit, denoise it, quantise, hand it to the in-order sender; repeat.

@@ -1,41 +1,123 @@
 //! `fid` sink: Frechet Inception Distance between generated images and real images (or
 //! reference statistics from an `.npz`), with pytorch-fid's conventions
-//! ([`crate::metrics::fid`]). Moments stream in float64, exactly once per unit; the live value
+//! ([`crate::metrics::fid`]). Moments stream in float64, exactly once per unit (through
+//! [`crate::runtime::sink`]); the live value
 //! is recomputed every `interval_secs` (each computation costs two 2048x2048
 //! eigendecompositions, seconds on a CPU); the final value when the inputs close.
 //!
 //! Features with NaN or infinite values are counted and left out, never folded into the moments.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::fid_stats::FidStats;
+use super::{BuildContext, ComponentConfig};
+use crate::data::fid_stats::FidStats;
 use crate::metrics::fid::{frechet_distance, GaussianStats};
+use crate::report::results::FidResult;
+use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
-use crate::runtime::batch::{FeatureBatch, Origin, Payload, Summary, UnitSpan};
+use crate::runtime::batch::FeatureBatch;
 use crate::runtime::checkpoint::CheckpointTimer;
+use crate::runtime::sink::{SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
-use crate::topology::config::FidConfig;
+use crate::topology::config::resolve;
+use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
+use crate::units::{Origin, UnitPlan, UnitSpan};
 
-/// What the report shows.
+fn default_fid_interval() -> f64 {
+    60.0
+}
+
+/// `fid` sink: Frechet Inception Distance between generated and real features (or reference
+/// statistics in pytorch-fid's `.npz` format).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FidResult {
-    /// The distance; `null` when a side has fewer than 2 images.
-    pub value: Option<f64>,
-    pub real_images: u64,
-    pub generated_images: u64,
-    /// The `.npz` the real statistics came from, if not from real images.
+#[serde(deny_unknown_fields)]
+pub struct FidConfig {
+    /// `.npz` with `mu` and `sigma` (pytorch-fid / `rcaflow fid-stats`), instead of real images.
     pub reference: Option<PathBuf>,
-    pub feature_dim: usize,
-    /// A side has no more images than feature dimensions: its covariance is singular and the
-    /// value is biased upwards (pytorch-fid computes it the same way; compare only like with like).
-    pub rank_deficient: bool,
-    /// Images whose features were not finite, left out.
-    pub nonfinite_images: u64,
+    /// Seconds between live recomputations (each costs a 2048x2048 matrix square root).
+    #[serde(default = "default_fid_interval")]
+    pub interval_secs: f64,
+}
+
+impl ComponentConfig for FidConfig {
+    const SECTION: Section = Section::Sinks;
+    const ACCEPTS: Option<DataKind> = Some(DataKind::Features);
+    const PRODUCES: Option<DataKind> = Some(DataKind::Summaries);
+    const RESTARTABLE: bool = false;
+    const ACCUMULATES: bool = true;
+    const HOLDS_UNITS: bool = true;
+
+    fn source_origin(&self) -> Option<Origin> {
+        None
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.reference.iter_mut().for_each(|p| *p = resolve(base, p));
+    }
+
+    fn check(&self, checks: &mut Checks) {
+        if let Some(path) = self.reference.as_ref().filter(|p| !p.is_file()) {
+            checks.error(format!("reference statistics file \"{}\" does not exist", path.display()));
+        }
+        if !(self.interval_secs.is_finite() && self.interval_secs > 0.0) {
+            checks.error(format!("interval_secs must be a positive number of seconds, found {}", self.interval_secs));
+        }
+    }
+
+    fn class_names(&self, _checks: &mut Checks) -> Option<NamedClasses> {
+        None
+    }
+
+    /// The real side is real images upstream or a reference file standing for them (not both).
+    fn check_in_graph(&self, facts: &GraphFacts, checks: &mut Checks) {
+        match (facts.real_images_upstream, self.reference.is_some()) {
+            (Some(false), false) => checks.error(
+                "no real images reach it and no `reference` is set; expected an image_folder source with origin = \"real\" upstream, or reference = FILE",
+            ),
+            (Some(true), true) => checks.error("both real images upstream and a `reference` file; expected one of the two"),
+            _ => {}
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "real statistics from {}, live every {}s",
+            self.reference.as_ref().map_or("real images".into(), |p| p.display().to_string()),
+            self.interval_secs
+        )
+    }
+
+    fn plan(&self, _classes: &[String]) -> Result<Option<UnitPlan>, String> {
+        Ok(None)
+    }
+
+    fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
+        Ok(self.reference.iter().map(|p| HashedInput::File { what: "reference".into(), path: p.clone() }).collect())
+    }
+
+    /// Reads the reference statistics, if any, and checks their width.
+    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        let reference = match &self.reference {
+            Some(path) => {
+                let stats = FidStats::read(path).map_err(|e| e.to_string())?;
+                if stats.dim() != DIM {
+                    return Err(format!(
+                        "fid statistics \"{}\": {}-dimensional, expected {DIM} (pool3 features)",
+                        path.display(),
+                        stats.dim()
+                    ));
+                }
+                Some(stats)
+            }
+            None => None,
+        };
+        let live = CheckpointTimer::new(Duration::from_secs_f64(self.interval_secs));
+        Ok(Box::new(SinkStage(FidMaths { reference_file: self.reference.clone(), reference, live, last_nonfinite: 0 })))
+    }
 }
 
 /// Moments per origin.
@@ -72,16 +154,6 @@ impl Accumulator for FidState {
     }
 }
 
-pub struct FidStage {
-    cfg: FidConfig,
-}
-
-impl FidStage {
-    pub fn new(cfg: FidConfig) -> Self {
-        FidStage { cfg }
-    }
-}
-
 const DIM: usize = crate::models::inception::InceptionV3::FEATURES;
 
 fn compute(state: &FidState, reference: &Option<FidStats>) -> Result<Option<f64>, StageError> {
@@ -97,77 +169,72 @@ fn compute(state: &FidState, reference: &Option<FidStats>) -> Result<Option<f64>
     result.map(|r| Some(r.fid)).map_err(|e| StageError::Failed(format!("frechet distance: {e}")))
 }
 
-impl Stage for FidStage {
-    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
-        let reference = match &self.cfg.reference {
-            Some(path) => {
-                let stats = FidStats::read(path).map_err(StageError::failed)?;
-                if stats.dim() != DIM {
-                    return Err(StageError::Failed(format!(
-                        "fid statistics \"{}\": {}-dimensional, expected {DIM} (pool3 features)",
-                        path.display(),
-                        stats.dim()
-                    )));
-                }
-                Some(stats)
-            }
-            None => None,
-        };
-        let mut acc = match ctx.restore::<FidState>()? {
-            Some(snapshot) => ExactlyOnce::restore(snapshot),
-            None => ExactlyOnce::new(FidState { real: GaussianStats::new(DIM), generated: GaussianStats::new(DIM), nonfinite: 0 }),
-        };
-        let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
+/// The fid sink's maths: the reference statistics (if any) and the live recomputation timer.
+pub struct FidMaths {
+    reference_file: Option<PathBuf>,
+    reference: Option<FidStats>,
+    live: CheckpointTimer,
+    /// Non-finite images counted so far (the counter moves by what each batch adds).
+    last_nonfinite: u64,
+}
+
+impl SinkMaths for FidMaths {
+    type Acc = FidState;
+    type Input = FeatureBatch;
+
+    fn fresh(&mut self, _ctx: &StageContext) -> Result<FidState, StageError> {
+        Ok(FidState { real: GaussianStats::new(DIM), generated: GaussianStats::new(DIM), nonfinite: 0 })
+    }
+
+    fn start(&mut self, acc: &mut ExactlyOnce<FidState>, ctx: &StageContext) -> Result<(), StageError> {
         // At 0 from the start, so the first non-finite image shows as an increase (and alerts).
         metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
-        let mut live = CheckpointTimer::new(Duration::from_secs_f64(self.cfg.interval_secs));
-        while let Some(payload) = ctx.recv() {
-            let Payload::Features(batch) = payload else {
-                return Err(StageError::Failed("received a non-feature payload; the topology check should have refused this edge".into()));
-            };
-            if batch.feature_dim != DIM {
-                return Err(StageError::Failed(format!("features are {}-dimensional, expected {DIM}", batch.feature_dim)));
-            }
-            let before = acc.inner().nonfinite;
-            ctx.timed(|| acc.apply(&batch, &batch.units));
-            ctx.fault("applied")?;
-            let bad = acc.inner().nonfinite - before;
-            if bad > 0 {
-                tracing::warn!(stage = %ctx.id, images = bad, "non-finite inception features left out of FID");
-                metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(bad);
-            }
-            if live.due() {
-                if let Some(fid) = ctx.timed(|| compute(acc.inner(), &reference))? {
-                    metrics::gauge!(telemetry::FID).set(fid);
-                }
-            }
-            if checkpoints.due() {
-                ctx.checkpoint(&acc.snapshot())?;
+        self.last_nonfinite = acc.inner().nonfinite;
+        Ok(())
+    }
+
+    fn check_batch(&self, _acc: &ExactlyOnce<FidState>, batch: &FeatureBatch) -> Result<(), StageError> {
+        if batch.feature_dim != DIM {
+            return Err(StageError::Failed(format!("features are {}-dimensional, expected {DIM}", batch.feature_dim)));
+        }
+        Ok(())
+    }
+
+    fn after_batch(&mut self, acc: &mut ExactlyOnce<FidState>, ctx: &StageContext) -> Result<(), StageError> {
+        let bad = acc.inner().nonfinite - self.last_nonfinite;
+        self.last_nonfinite = acc.inner().nonfinite;
+        if bad > 0 {
+            tracing::warn!(stage = %ctx.id, images = bad, "non-finite inception features left out of FID");
+            metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(bad);
+        }
+        if self.live.due() {
+            if let Some(fid) = ctx.timed(|| compute(acc.inner(), &self.reference))? {
+                metrics::gauge!(telemetry::FID).set(fid);
             }
         }
-        // Even after a failure elsewhere: what was applied stays applied.
-        ctx.checkpoint(&acc.snapshot())?;
-        if ctx.control.aborted() {
-            return Ok(None);
-        }
+        Ok(())
+    }
+
+    fn drain(&mut self, _acc: &mut ExactlyOnce<FidState>, _ctx: &StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn finish(&mut self, acc: &ExactlyOnce<FidState>, ctx: &StageContext) -> Result<Summary, StageError> {
         let state = acc.inner();
-        let value = ctx.timed(|| compute(state, &reference))?;
+        let value = ctx.timed(|| compute(state, &self.reference))?;
         if let Some(fid) = value {
             metrics::gauge!(telemetry::FID).set(fid);
         }
-        let real_images = reference.as_ref().map_or(state.real.count, |_| 0);
-        let result = FidResult {
+        let real_images = self.reference.as_ref().map_or(state.real.count, |_| 0);
+        Ok(Summary::Fid(Box::new(FidResult {
             value,
             real_images,
             generated_images: state.generated.count,
-            reference: self.cfg.reference.clone(),
+            reference: self.reference_file.clone(),
             feature_dim: DIM,
-            rank_deficient: state.generated.count <= DIM as u64 || (reference.is_none() && real_images <= DIM as u64),
+            rank_deficient: state.generated.count <= DIM as u64 || (self.reference.is_none() && real_images <= DIM as u64),
             nonfinite_images: state.nonfinite,
-        };
-        let summary = Summary::Fid(Box::new(result));
-        ctx.send(Payload::Summary(Arc::new(summary.clone())))?;
-        Ok(Some(summary))
+        })))
     }
 }
 
@@ -175,7 +242,7 @@ impl Stage for FidStage {
 mod tests {
     use super::*;
     use crate::runtime::accumulator::Snapshot;
-    use crate::runtime::batch::UnitId;
+    use crate::units::UnitId;
 
     /// Four 3-d feature rows per unit: unit k of `origin`, class 0, positions 4k..4k+3.
     fn batch(origin: Origin, units: std::ops::Range<u32>) -> FeatureBatch {

@@ -9,41 +9,109 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary, UnitId, UnitSpan};
+use super::{BuildContext, ComponentConfig};
+use crate::data::image_folder::{decode_rgb_planar, list_classes, list_images, FolderError};
+use crate::report::results::{BadFile, SourceResult};
+use crate::report::Summary;
+use crate::runtime::batch::{ImageBatch, Payload};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
-use crate::topology::config::ImageFolderConfig;
+use crate::topology::config::resolve;
+use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
+use crate::units::{cut_into_units, Origin, UnitId, UnitPlan, UnitSpan};
 
-const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum FolderError {
-    #[error("image folder \"{path}\": cannot list: {source}")]
-    List { path: PathBuf, source: std::io::Error },
-    #[error("image folder \"{0}\": class folder missing")]
-    MissingClass(PathBuf),
+fn default_unit_size() -> usize {
+    64
 }
 
-/// A file that could not be used, and why.
+/// `image_folder` source: an ImageFolder tree (`root/<class>/*.png|jpg|jpeg`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BadFile {
+#[serde(deny_unknown_fields)]
+pub struct ImageFolderConfig {
     pub path: PathBuf,
-    pub error: String,
-}
-
-/// What a source read: published for the report.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SourceResult {
     pub origin: Origin,
-    pub path: PathBuf,
-    /// Image files found, per class.
-    pub files: Vec<u64>,
-    /// Images decoded and sent, per class.
-    pub decoded: Vec<u64>,
-    pub unreadable: Vec<BadFile>,
-    /// Stopped early by a stop request.
-    pub stopped_early: bool,
+    /// Fail the run on the first unreadable image instead of counting and skipping it.
+    #[serde(default)]
+    pub strict: bool,
+    /// Images per work unit (the grain of exactly-once accounting).
+    #[serde(default = "default_unit_size")]
+    pub unit_size: usize,
+}
+
+impl ComponentConfig for ImageFolderConfig {
+    const SECTION: Section = Section::Sources;
+    const ACCEPTS: Option<DataKind> = None;
+    const PRODUCES: Option<DataKind> = Some(DataKind::Images);
+    const RESTARTABLE: bool = false;
+    const ACCUMULATES: bool = false;
+    const HOLDS_UNITS: bool = false;
+
+    fn source_origin(&self) -> Option<Origin> {
+        Some(self.origin)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.path = resolve(base, &self.path);
+    }
+
+    fn check(&self, checks: &mut Checks) {
+        if self.unit_size == 0 {
+            checks.error("unit_size must be at least 1 image, found 0");
+        }
+        if !self.path.is_dir() {
+            checks.error(format!("image folder \"{}\" does not exist or is not a directory", self.path.display()));
+        }
+    }
+
+    fn class_names(&self, checks: &mut Checks) -> Option<NamedClasses> {
+        if !self.path.is_dir() {
+            return None; // reported by `check`
+        }
+        match list_classes(&self.path) {
+            Err(e) => checks.error(e),
+            Ok(names) if names.is_empty() => checks
+                .error(format!("image folder \"{}\" has no class sub-folders; expected root/<class>/*.png|jpg|jpeg", self.path.display())),
+            Ok(names) => return Some(NamedClasses { names, folder: self.path.clone() }),
+        }
+        None
+    }
+
+    fn check_in_graph(&self, _facts: &GraphFacts, _checks: &mut Checks) {}
+
+    fn describe(&self) -> String {
+        let strict = if self.strict { " strict" } else { "" };
+        format!("path={} origin={} unit_size={}{strict}", self.path.display(), self.origin, self.unit_size)
+    }
+
+    fn plan(&self, classes: &[String]) -> Result<Option<UnitPlan>, String> {
+        let mut per_class = Vec::new();
+        for class in classes {
+            per_class.push(list_images(&self.path.join(class)).map_err(|e| e.to_string())?.len() as u64);
+        }
+        Ok(Some(UnitPlan { origin: self.origin, per_class, unit_size: self.unit_size }))
+    }
+
+    /// A fingerprint of the listing (relative names and sizes, in order: what decides the
+    /// units), without reading every image.
+    fn hashed_inputs(&self, classes: &[String]) -> Result<Vec<HashedInput>, String> {
+        let mut hasher = Sha256::new();
+        for class in classes {
+            for f in &list_images(&self.path.join(class)).map_err(|e| e.to_string())? {
+                let size = std::fs::metadata(f).map(|m| m.len()).map_err(|e| format!("\"{}\": {e}", f.display()))?;
+                hasher.update(f.strip_prefix(&self.path).unwrap_or(f).to_string_lossy().as_bytes());
+                hasher.update(size.to_le_bytes());
+            }
+        }
+        let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(vec![HashedInput::Digest { what: format!("listing of {}", self.path.display()), sha256 }])
+    }
+
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        let planned = cx.plan_of(self.origin).map(|p| p.per_class.clone()).ok_or("no unit plan for this source")?;
+        Ok(Box::new(ImageFolderStage { cfg: self.clone(), planned }))
+    }
 }
 
 /// Per unit read: images decoded, and the files that could not be. A source's checkpoint.
@@ -52,71 +120,10 @@ pub struct FolderRecord {
     pub units: BTreeMap<UnitId, (u64, Vec<BadFile>)>,
 }
 
-/// Class folder names under `root`, sorted. Hidden folders (`.name`) are not classes.
-pub fn list_classes(root: &Path) -> Result<Vec<String>, FolderError> {
-    let list_err = |source| FolderError::List { path: root.to_path_buf(), source };
-    let mut classes = Vec::new();
-    for entry in std::fs::read_dir(root).map_err(list_err)? {
-        let entry = entry.map_err(list_err)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.path().is_dir() && !name.starts_with('.') {
-            classes.push(name);
-        }
-    }
-    classes.sort();
-    Ok(classes)
-}
-
-/// Image files of one class folder, recursively, sorted by path.
-pub fn list_images(class_dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
-    let mut files = Vec::new();
-    let mut dirs = vec![class_dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let list_err = |source| FolderError::List { path: dir.clone(), source };
-        for entry in std::fs::read_dir(&dir).map_err(list_err)? {
-            let path = entry.map_err(list_err)?.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if has_image_extension(&path) {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-fn has_image_extension(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
-}
-
-/// Decodes one file to planar RGB (3 x H x W) and its size.
-pub fn decode_rgb_planar(path: &Path) -> Result<(usize, usize, Vec<u8>), String> {
-    let image = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?
-        .to_rgb8();
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    let mut planar = vec![0u8; 3 * h * w];
-    for (i, px) in image.pixels().enumerate() {
-        for c in 0..3 {
-            planar[c * h * w + i] = px.0[c];
-        }
-    }
-    Ok((h, w, planar))
-}
-
 pub struct ImageFolderStage {
     cfg: ImageFolderConfig,
-}
-
-impl ImageFolderStage {
-    pub fn new(cfg: ImageFolderConfig) -> Self {
-        ImageFolderStage { cfg }
-    }
+    /// Images per class when the run was planned; the listing must still give them.
+    planned: Vec<u64>,
 }
 
 impl Stage for ImageFolderStage {
@@ -132,17 +139,19 @@ impl Stage for ImageFolderStage {
             }
             per_class.push(list_images(&dir).map_err(StageError::failed)?);
         }
-        let planned: usize = per_class.iter().map(Vec::len).sum();
+        let found: Vec<u64> = per_class.iter().map(|f| f.len() as u64).collect();
+        if found != self.planned {
+            return Err(StageError::Failed(format!(
+                "image folder \"{}\" changed since the run was planned: {found:?} images per class, planned {:?}",
+                cfg.path.display(),
+                self.planned
+            )));
+        }
+        let planned: u64 = found.iter().sum();
         // Units a resumed run skips are done: progress counts this session's work.
-        let skipped: usize = per_class
-            .iter()
-            .enumerate()
-            .flat_map(|(class, files)| files.chunks(cfg.unit_size).enumerate().map(move |(index, chunk)| (class, index, chunk.len())))
-            .filter(|&(class, index, _)| ctx.skip.contains(&UnitId { origin, class: class as u32, index: index as u32 }))
-            .map(|(_, _, n)| n)
-            .sum();
-        ctx.control.add_planned((planned - skipped) as u64);
-        ctx.control.set_planned_per_class(origin, per_class.iter().map(|f| f.len() as u64).collect());
+        let skipped: u64 =
+            cut_into_units(&found, cfg.unit_size).filter(|slot| ctx.skip.contains(&slot.id(origin))).map(|slot| slot.len).sum();
+        ctx.control.add_planned(planned - skipped);
         metrics::gauge!(telemetry::RUN_IMAGES_PLANNED, "origin" => origin.as_str()).increment(planned as f64);
         // At 0 from the start, so the first corrupt file shows as an increase.
         metrics::counter!(telemetry::CORRUPT_INPUTS, "stage" => ctx.id.clone()).increment(0);
@@ -156,58 +165,59 @@ impl Stage for ImageFolderStage {
         let mut size: Option<(usize, usize)> = None;
 
         // 2. One unit per chunk of files; decode, check, send (blocking while downstream is full).
-        'classes: for (class, files) in per_class.iter().enumerate() {
-            for (index, chunk) in files.chunks(cfg.unit_size).enumerate() {
-                if ctx.control.stop_requested() {
-                    stopped_early = true;
-                    break 'classes;
-                }
-                let id = UnitId { origin, class: class as u32, index: index as u32 };
-                if ctx.skip.contains(&id) {
-                    continue;
-                }
-                let mut unreadable = Vec::new();
-                let batch = ctx.timed(|| -> Result<Option<ImageBatch>, StageError> {
-                    let mut pixels = Vec::new();
-                    for path in chunk {
-                        let decoded = decode_rgb_planar(path).and_then(|(h, w, px)| match size {
-                            Some((eh, ew)) if (eh, ew) != (h, w) => {
-                                Err(format!("image is {w}x{h}, expected {ew}x{eh} like the first image of this source"))
+        'units: for slot in cut_into_units(&self.planned, cfg.unit_size) {
+            if ctx.control.stop_requested() {
+                stopped_early = true;
+                break 'units;
+            }
+            let class = slot.class as usize;
+            let first = slot.first_position as usize;
+            let chunk = &per_class[class][first..first + slot.len as usize];
+            let id = slot.id(origin);
+            if ctx.skip.contains(&id) {
+                continue;
+            }
+            let mut unreadable = Vec::new();
+            let batch = ctx.timed(|| -> Result<Option<ImageBatch>, StageError> {
+                let mut pixels = Vec::new();
+                for path in chunk {
+                    let decoded = decode_rgb_planar(path).and_then(|(h, w, px)| match size {
+                        Some((eh, ew)) if (eh, ew) != (h, w) => {
+                            Err(format!("image is {w}x{h}, expected {ew}x{eh} like the first image of this source"))
+                        }
+                        _ => {
+                            size = Some((h, w));
+                            Ok(px)
+                        }
+                    });
+                    match decoded {
+                        Ok(px) => pixels.extend_from_slice(&px),
+                        Err(error) => {
+                            if cfg.strict {
+                                return Err(StageError::Failed(format!("image {}: {error}", path.display())));
                             }
-                            _ => {
-                                size = Some((h, w));
-                                Ok(px)
-                            }
-                        });
-                        match decoded {
-                            Ok(px) => pixels.extend_from_slice(&px),
-                            Err(error) => {
-                                if cfg.strict {
-                                    return Err(StageError::Failed(format!("image {}: {error}", path.display())));
-                                }
-                                tracing::warn!(stage = %ctx.id, path = %path.display(), "skipping unreadable image: {error}");
-                                metrics::counter!(telemetry::CORRUPT_INPUTS, "stage" => ctx.id.clone()).increment(1);
-                                ctx.count_error();
-                                unreadable.push(BadFile { path: path.clone(), error });
-                            }
+                            tracing::warn!(stage = %ctx.id, path = %path.display(), "skipping unreadable image: {error}");
+                            metrics::counter!(telemetry::CORRUPT_INPUTS, "stage" => ctx.id.clone()).increment(1);
+                            ctx.count_error();
+                            unreadable.push(BadFile { path: path.clone(), error });
                         }
                     }
-                    let Some((h, w)) = size else { return Ok(None) };
-                    let n = pixels.len() / (3 * h * w);
-                    if n == 0 {
-                        return Ok(None);
-                    }
-                    let span = UnitSpan { id, start: 0, len: n, first_position: (index * cfg.unit_size) as u64 };
-                    Ok(Some(ImageBatch::new(h, w, pixels, vec![class as u32; n], vec![span])))
-                })?;
-                let decoded = batch.as_ref().map_or(0, |b| b.len() as u64);
-                record.state.units.insert(id, (decoded, unreadable));
-                record.applied.insert(id);
-                ctx.checkpoint(&record)?;
-                ctx.fault("unit")?;
-                if let Some(batch) = batch {
-                    ctx.send(Payload::Images(Arc::new(batch)))?;
                 }
+                let Some((h, w)) = size else { return Ok(None) };
+                let n = pixels.len() / (3 * h * w);
+                if n == 0 {
+                    return Ok(None);
+                }
+                let span = UnitSpan { id, start: 0, len: n, first_position: slot.first_position };
+                Ok(Some(ImageBatch::new(h, w, pixels, vec![class as u32; n], vec![span])))
+            })?;
+            let decoded = batch.as_ref().map_or(0, |b| b.len() as u64);
+            record.state.units.insert(id, (decoded, unreadable));
+            record.applied.insert(id);
+            ctx.checkpoint(&record)?;
+            ctx.fault("unit")?;
+            if let Some(batch) = batch {
+                ctx.send(Payload::Images(Arc::new(batch)))?;
             }
         }
         let mut decoded = vec![0; per_class.len()];

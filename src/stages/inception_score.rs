@@ -1,17 +1,80 @@
 //! `inception_score` sink: Inception Score of the generated images ([`crate::metrics::inception_score`]),
-//! exactly once per unit. An image's split is its class-major position (class offset from the
-//! source's announced class sizes, plus its index in its class) modulo the number of splits, so
-//! the score does not depend on arrival order. Real images are ignored.
+//! exactly once per unit (through [`crate::runtime::sink`]). An image's split is its
+//! class-major position (class offset from the generated source's unit plan, plus its index in
+//! its class) modulo the number of splits, so the score does not depend on arrival order. Real
+//! images are ignored (but held, so a resumed run need not send them again).
 
-use std::sync::Arc;
+use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
+use super::{BuildContext, ComponentConfig};
 use crate::metrics::inception_score::{InceptionScore, InceptionScoreState};
+use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
-use crate::runtime::batch::{FeatureBatch, Origin, Payload, Summary, UnitSpan};
-use crate::runtime::checkpoint::CheckpointTimer;
+use crate::runtime::batch::FeatureBatch;
+use crate::runtime::sink::{SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
-use crate::topology::config::InceptionScoreConfig;
+use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
+use crate::units::{Origin, UnitPlan, UnitSpan};
+
+fn default_splits() -> usize {
+    10
+}
+
+/// `inception_score` sink: Inception Score of the generated images.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InceptionScoreConfig {
+    #[serde(default = "default_splits")]
+    pub splits: usize,
+}
+
+impl ComponentConfig for InceptionScoreConfig {
+    const SECTION: Section = Section::Sinks;
+    const ACCEPTS: Option<DataKind> = Some(DataKind::Features);
+    const PRODUCES: Option<DataKind> = Some(DataKind::Summaries);
+    const RESTARTABLE: bool = false;
+    const ACCUMULATES: bool = true;
+    const HOLDS_UNITS: bool = true;
+
+    fn source_origin(&self) -> Option<Origin> {
+        None
+    }
+
+    fn resolve_paths(&mut self, _base: &Path) {}
+
+    fn check(&self, checks: &mut Checks) {
+        if self.splits == 0 {
+            checks.error("splits must be at least 1, found 0");
+        }
+    }
+
+    fn class_names(&self, _checks: &mut Checks) -> Option<NamedClasses> {
+        None
+    }
+
+    fn check_in_graph(&self, _facts: &GraphFacts, _checks: &mut Checks) {}
+
+    fn describe(&self) -> String {
+        format!("splits={}", self.splits)
+    }
+
+    fn plan(&self, _classes: &[String]) -> Result<Option<UnitPlan>, String> {
+        Ok(None)
+    }
+
+    fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
+        Ok(Vec::new())
+    }
+
+    /// Class offsets come from the generated source's plan (none: no generated images).
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        let class_offsets = cx.plan_of(Origin::Generated).map(|p| p.class_offsets()).unwrap_or_default();
+        Ok(Box::new(SinkStage(IsMaths { splits: self.splits, class_offsets, last_nonfinite: 0 })))
+    }
+}
 
 /// IS state plus the class offsets that turn in-class positions into class-major ones.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -51,79 +114,57 @@ impl Accumulator for IsAccumulator {
     }
 }
 
-pub struct InceptionScoreStage {
-    cfg: InceptionScoreConfig,
+/// The inception_score sink's maths: how a fresh state is laid out, and the live gauge.
+pub struct IsMaths {
+    splits: usize,
+    class_offsets: Vec<u64>,
+    /// Non-finite images counted so far (the counter moves by what each batch adds).
+    last_nonfinite: u64,
 }
 
-impl InceptionScoreStage {
-    pub fn new(cfg: InceptionScoreConfig) -> Self {
-        InceptionScoreStage { cfg }
-    }
-}
+impl SinkMaths for IsMaths {
+    type Acc = IsAccumulator;
+    type Input = FeatureBatch;
 
-impl Stage for InceptionScoreStage {
-    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
+    fn fresh(&mut self, _ctx: &StageContext) -> Result<IsAccumulator, StageError> {
         let k = crate::models::inception::InceptionV3::LOGITS;
-        // Restored from a checkpoint, or created when the first generated images arrive.
-        let mut acc: Option<ExactlyOnce<IsAccumulator>> = ctx.restore::<IsAccumulator>()?.map(ExactlyOnce::restore);
-        let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
+        Ok(IsAccumulator { state: InceptionScoreState::new(self.splits, k), class_offsets: self.class_offsets.clone(), nonfinite: 0 })
+    }
+
+    fn start(&mut self, acc: &mut ExactlyOnce<IsAccumulator>, ctx: &StageContext) -> Result<(), StageError> {
         // At 0 from the start, so the first non-finite image shows as an increase (and alerts).
         metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
-        while let Some(payload) = ctx.recv() {
-            let Payload::Features(batch) = payload else {
-                return Err(StageError::Failed("received a non-feature payload; the topology check should have refused this edge".into()));
-            };
-            // Real units are applied too (they add nothing): holding them tells a restart that
-            // this stage has no use for them again. Those that come before the generated
-            // source has announced its plan are not held (a restart sends them again).
-            let only_real = batch.units.iter().all(|u| u.id.origin != Origin::Generated);
-            if only_real && acc.is_none() && ctx.control.planned_per_class(Origin::Generated).is_none() {
-                continue;
-            }
-            // The generated source announced its class sizes before sending anything.
-            let acc = match &mut acc {
-                Some(acc) => acc,
-                None => {
-                    let planned = ctx.control.planned_per_class(Origin::Generated).ok_or_else(|| {
-                        StageError::Failed("generated images arrived before their source announced its class sizes".into())
-                    })?;
-                    let class_offsets = planned.iter().scan(0u64, |sum, n| {
-                        let offset = *sum;
-                        *sum += n;
-                        Some(offset)
-                    });
-                    acc.insert(ExactlyOnce::new(IsAccumulator {
-                        state: InceptionScoreState::new(self.cfg.splits, k),
-                        class_offsets: class_offsets.collect(),
-                        nonfinite: 0,
-                    }))
-                }
-            };
-            let before = acc.inner().nonfinite;
-            ctx.timed(|| acc.apply(&batch, &batch.units));
-            ctx.fault("applied")?;
-            let bad = acc.inner().nonfinite - before;
-            if bad > 0 {
-                metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(bad);
-            }
-            if let Ok(score) = acc.inner().state.finish() {
-                metrics::gauge!(telemetry::INCEPTION_SCORE).set(score.mean);
-            }
-            if checkpoints.due() {
-                ctx.checkpoint(&acc.snapshot())?;
-            }
+        self.last_nonfinite = acc.inner().nonfinite;
+        Ok(())
+    }
+
+    fn check_batch(&self, acc: &ExactlyOnce<IsAccumulator>, batch: &FeatureBatch) -> Result<(), StageError> {
+        let k = acc.inner().state.classes;
+        if batch.units.iter().any(|u| u.id.origin == Origin::Generated) && batch.logit_dim != k {
+            return Err(StageError::Failed(format!("logits are {}-wide, expected {k}", batch.logit_dim)));
         }
-        if let Some(acc) = &acc {
-            ctx.checkpoint(&acc.snapshot())?;
+        Ok(())
+    }
+
+    fn after_batch(&mut self, acc: &mut ExactlyOnce<IsAccumulator>, ctx: &StageContext) -> Result<(), StageError> {
+        let bad = acc.inner().nonfinite - self.last_nonfinite;
+        self.last_nonfinite = acc.inner().nonfinite;
+        if bad > 0 {
+            metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(bad);
         }
-        if ctx.control.aborted() {
-            return Ok(None);
+        if let Ok(score) = acc.inner().state.finish() {
+            metrics::gauge!(telemetry::INCEPTION_SCORE).set(score.mean);
         }
-        let state = acc.map(|a| a.inner().state.clone()).unwrap_or_else(|| InceptionScoreState::new(self.cfg.splits, k));
-        let score: InceptionScore = state.finish().map_err(|e| StageError::Failed(format!("inception score: {e}")))?;
-        let summary = Summary::InceptionScore(score);
-        ctx.send(Payload::Summary(Arc::new(summary.clone())))?;
-        Ok(Some(summary))
+        Ok(())
+    }
+
+    fn drain(&mut self, _acc: &mut ExactlyOnce<IsAccumulator>, _ctx: &StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn finish(&mut self, acc: &ExactlyOnce<IsAccumulator>, _ctx: &StageContext) -> Result<Summary, StageError> {
+        let score: InceptionScore = acc.inner().state.finish().map_err(|e| StageError::Failed(format!("inception score: {e}")))?;
+        Ok(Summary::InceptionScore(score))
     }
 }
 
@@ -131,7 +172,7 @@ impl Stage for InceptionScoreStage {
 mod tests {
     use super::*;
     use crate::runtime::accumulator::Snapshot;
-    use crate::runtime::batch::UnitId;
+    use crate::units::UnitId;
 
     /// Units of 3 images of `class` with 4-way logits; unit `index` holds positions 3*index...
     fn batch(class: u32, units: std::ops::Range<u32>) -> FeatureBatch {

@@ -7,41 +7,133 @@
 //! and compares the same pairs whatever order batches arrive in.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::{BuildContext, ComponentConfig};
 use crate::metrics::diversity::{plan_pairs, Diversity, DiversityState};
+use crate::models::device::DeviceSpec;
 use crate::models::hub_cache;
 use crate::models::lpips::{Lpips, LpipsNet};
 use crate::models::weights::WeightMap;
-use crate::runtime::accumulator::Snapshot;
-use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary, UnitId};
-use crate::runtime::checkpoint::CheckpointTimer;
+use crate::report::results::LpipsResult;
+use crate::report::Summary;
+use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
+use crate::runtime::batch::ImageBatch;
+use crate::runtime::sink::{SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
-use crate::topology::config::LpipsDiversityConfig;
+use crate::topology::config::{from_str, resolve};
+use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
+use crate::units::{Origin, UnitPlan, UnitSpan};
 
 /// Pairs are scored in chunks of this many, one LPIPS forward each.
 const CHUNK: usize = 16;
 
-/// What the report shows.
+fn default_pairs() -> usize {
+    1000
+}
+
+/// `lpips_diversity` sink: mean LPIPS distance between pairs of generated images per class.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LpipsResult {
+#[serde(deny_unknown_fields)]
+pub struct LpipsDiversityConfig {
+    #[serde(deserialize_with = "from_str")]
     pub net: LpipsNet,
-    #[serde(flatten)]
-    pub diversity: Diversity,
-    /// Pairs asked for per class (fewer are used where a class has fewer distinct pairs).
-    pub pairs_requested: usize,
+    /// torchvision alexnet/vgg16 state_dict; when absent, its standard name in the torch hub cache.
+    pub backbone: Option<PathBuf>,
+    /// lpips v0.1 lin weights (`alex.pth` / `vgg.pth`); when absent, looked up the same way.
+    pub lin: Option<PathBuf>,
+    /// Pairs per class: all distinct pairs when a class has no more, else the disjoint pairs
+    /// (0,1), (2,3), ... of its deterministic order.
+    #[serde(default = "default_pairs")]
+    pub pairs: usize,
+    /// Where it runs (`cpu`, `cuda`, `cuda:N`); default: `--device`, else `[runtime] device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceSpec>,
 }
 
-pub struct LpipsDiversityStage {
-    cfg: LpipsDiversityConfig,
+impl LpipsDiversityConfig {
+    /// The two weight files, by key: each the one named, else its standard name in the torch
+    /// hub cache.
+    fn weight_files(&self) -> [(&'static str, Option<&Path>, &'static str, &'static str); 2] {
+        [
+            ("backbone", self.backbone.as_deref(), self.net.backbone_file(), "lpips backbone weights"),
+            ("lin", self.lin.as_deref(), self.net.lin_file(), "lpips lin weights"),
+        ]
+    }
+
+    fn locate(explicit: Option<&Path>, file: &str, what: &str, key: &str) -> Result<PathBuf, String> {
+        hub_cache::locate(explicit, file, what, &format!("`{key} = FILE`")).map_err(|e| e.to_string())
+    }
 }
 
-impl LpipsDiversityStage {
-    pub fn new(cfg: LpipsDiversityConfig) -> Self {
-        LpipsDiversityStage { cfg }
+impl ComponentConfig for LpipsDiversityConfig {
+    const SECTION: Section = Section::Sinks;
+    const ACCEPTS: Option<DataKind> = Some(DataKind::Images);
+    const PRODUCES: Option<DataKind> = Some(DataKind::Summaries);
+    const RESTARTABLE: bool = false;
+    const ACCUMULATES: bool = true;
+    const HOLDS_UNITS: bool = true;
+
+    fn source_origin(&self) -> Option<Origin> {
+        None
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.backbone.iter_mut().chain(self.lin.iter_mut()).for_each(|p| *p = resolve(base, p));
+    }
+
+    fn check(&self, checks: &mut Checks) {
+        if self.pairs == 0 {
+            checks.error("pairs must be at least 1 per class, found 0");
+        }
+        for (key, path, file, what) in self.weight_files() {
+            match path {
+                Some(p) if !p.is_file() => checks.error(format!("{key} file \"{}\" does not exist", p.display())),
+                Some(_) => {}
+                None => {
+                    if let Err(e) = Self::locate(None, file, what, key) {
+                        checks.error(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn class_names(&self, _checks: &mut Checks) -> Option<NamedClasses> {
+        None
+    }
+
+    fn check_in_graph(&self, _facts: &GraphFacts, _checks: &mut Checks) {}
+
+    fn describe(&self) -> String {
+        let device = self.device.map_or(String::new(), |d| format!(" device={d}"));
+        format!("net={} pairs={}{device}", self.net, self.pairs)
+    }
+
+    fn plan(&self, _classes: &[String]) -> Result<Option<UnitPlan>, String> {
+        Ok(None)
+    }
+
+    fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
+        self.weight_files()
+            .into_iter()
+            .map(|(key, path, file, what)| Ok(HashedInput::File { what: key.into(), path: Self::locate(path, file, what, key)? }))
+            .collect()
+    }
+
+    /// Loads the network; pairs are planned from the generated source's class sizes.
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        let [(_, backbone, file, what), (_, lin, lin_file, lin_what)] = self.weight_files();
+        let backbone = Self::locate(backbone, file, what, "backbone")?;
+        let lin = Self::locate(lin, lin_file, lin_what, "lin")?;
+        let device = cx.open_device(self.device)?;
+        let load = |path: &Path| WeightMap::load(path, &device).map_err(|e| e.to_string());
+        let lpips = Lpips::load(self.net, &load(&backbone)?, &load(&lin)?).map_err(|e| e.to_string())?;
+        let planned = cx.plan_of(Origin::Generated).map(|p| p.per_class.clone()).unwrap_or_else(|| vec![0; cx.classes.len()]);
+        Ok(Box::new(SinkStage(LpipsMaths { net: self.net, pairs: self.pairs, planned, lpips })))
     }
 }
 
@@ -66,13 +158,13 @@ impl ClassPlan {
     }
 }
 
-/// The tracking state: plans, held images, results.
-struct Tracker {
+/// The tracking state: plans, held images, results (the units applied are kept beside it by
+/// [`ExactlyOnce`]).
+pub struct Tracker {
     plans: Vec<Option<ClassPlan>>,
     held: HashMap<(usize, u64), Vec<u8>>,
     size: Option<(usize, usize)>,
     ready: Vec<(usize, u64, u64)>,
-    applied: BTreeSet<UnitId>,
     /// Pairs scored so far, (class, i, j): with `held`, what a checkpoint needs to rebuild the
     /// plans' progress.
     scored: Vec<(usize, u64, u64)>,
@@ -95,34 +187,15 @@ impl Tracker {
             held: HashMap::new(),
             size: None,
             ready: Vec::new(),
-            applied: BTreeSet::new(),
             scored: Vec::new(),
             state: DiversityState::new(classes),
         }
     }
 
-    fn snapshot(&self) -> Snapshot<LpipsState> {
-        let mut held: Vec<_> = self.held.iter().map(|(&(c, p), px)| (c, p, px.clone())).collect();
-        held.sort_by_key(|&(c, p, _)| (c, p));
-        let state = LpipsState { held, size: self.size, scored: self.scored.clone(), diversity: self.state.clone() };
-        Snapshot { state, applied: self.applied.clone() }
-    }
-
-    fn restore(&mut self, snapshot: Snapshot<LpipsState>) {
-        let s = snapshot.state;
-        self.held = s.held.into_iter().map(|(c, p, px)| ((c, p), px)).collect();
-        self.size = s.size;
-        self.scored = s.scored;
-        self.state = s.diversity;
-        self.applied = snapshot.applied;
-    }
-
-    /// Builds the pair plans from the class sizes the generated source announced; with a
-    /// restored state, replays the scored pairs and queues those whose images are both held.
+    /// Builds the pair plans from the generated source's class sizes; with a restored state,
+    /// replays the scored pairs and queues those whose images are both held.
     fn plan(&mut self, planned: &[u64], pairs: usize) {
-        for (c, &count) in planned.iter().enumerate().take(self.plans.len()) {
-            self.plans[c] = Some(ClassPlan::new(plan_pairs(count, pairs)));
-        }
+        self.plans = planned.iter().map(|&count| Some(ClassPlan::new(plan_pairs(count, pairs)))).collect();
         let scored: BTreeSet<(usize, u64, u64)> = self.scored.iter().copied().collect();
         for &(c, i, j) in &scored {
             self.release(c, i);
@@ -144,37 +217,6 @@ impl Tracker {
         self.scored.push((class, i, j));
         self.release(class, i);
         self.release(class, j);
-    }
-
-    /// Keeps the images of `batch` that belong to a pair; queues pairs whose both images are here.
-    fn take(&mut self, batch: &ImageBatch) -> Result<(), StageError> {
-        for span in &batch.units {
-            // Real units are held too (they add nothing), so a restart need not send them again.
-            if !self.applied.insert(span.id) || span.id.origin != Origin::Generated {
-                continue;
-            }
-            let class = span.id.class as usize;
-            let Some(plan) = self.plans.get(class).and_then(Option::as_ref) else {
-                return Err(StageError::Failed(format!("image of class {class} has no pair plan")));
-            };
-            if self.size.is_some_and(|s| s != (batch.height, batch.width)) {
-                return Err(StageError::Failed("generated images of different sizes cannot be compared".into()));
-            }
-            self.size = Some((batch.height, batch.width));
-            for i in span.start..span.start + span.len {
-                let pos = span.position_of(i);
-                let Some(pairs) = plan.by_position.get(&pos) else { continue };
-                self.held.insert((class, pos), batch.image(i).to_vec());
-                for &k in pairs {
-                    let (a, b) = plan.pairs[k];
-                    let partner = if a == pos { b } else { a };
-                    if self.held.contains_key(&(class, partner)) {
-                        self.ready.push((class, a, b));
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Scores queued pairs (all of them when `all`, else whole chunks only).
@@ -210,60 +252,105 @@ impl Tracker {
     }
 }
 
-fn locate(explicit: &Option<PathBuf>, file: &str, what: &str, key: &str) -> Result<PathBuf, StageError> {
-    hub_cache::locate(explicit.as_deref(), file, what, &format!("`{key} = FILE`")).map_err(StageError::failed)
-}
+impl Accumulator for Tracker {
+    type Input = ImageBatch;
+    type State = LpipsState;
 
-impl Stage for LpipsDiversityStage {
-    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
-        let cfg = self.cfg;
-        let backbone = locate(&cfg.backbone, cfg.net.backbone_file(), "lpips backbone weights", "backbone")?;
-        let lin = locate(&cfg.lin, cfg.net.lin_file(), "lpips lin weights", "lin")?;
-        let lpips = Lpips::load(
-            cfg.net,
-            &WeightMap::load(&backbone, &ctx.device).map_err(StageError::failed)?,
-            &WeightMap::load(&lin, &ctx.device).map_err(StageError::failed)?,
-        )
-        .map_err(StageError::failed)?;
-        tracing::info!(stage = %ctx.id, net = %cfg.net, "lpips loaded");
-
-        let mut t = Tracker::new(ctx.classes.len());
-        if let Some(snapshot) = ctx.restore::<LpipsState>()? {
-            t.restore(snapshot);
+    /// Keeps the images of the unit that belong to a pair; queues pairs whose both images are
+    /// here. Real units add nothing (they are held, so a restart need not send them again).
+    fn apply_unit(&mut self, batch: &ImageBatch, span: &UnitSpan) {
+        if span.id.origin != Origin::Generated {
+            return;
         }
-        let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
-        while let Some(payload) = ctx.recv() {
-            let Payload::Images(batch) = payload else {
-                return Err(StageError::Failed("received a non-image payload; the topology check should have refused this edge".into()));
-            };
-            // The source announced its class sizes before sending anything.
-            if t.plans.iter().all(Option::is_none) {
-                if let Some(planned) = ctx.control.planned_per_class(Origin::Generated) {
-                    t.plan(&planned, cfg.pairs);
+        let class = span.id.class as usize;
+        // `LpipsMaths::check_batch` made sure the class has a plan and the size is this one.
+        let Some(plan) = self.plans.get(class).and_then(Option::as_ref) else { return };
+        self.size = Some((batch.height, batch.width));
+        for i in span.start..span.start + span.len {
+            let pos = span.position_of(i);
+            let Some(pairs) = plan.by_position.get(&pos) else { continue };
+            self.held.insert((class, pos), batch.image(i).to_vec());
+            for &k in pairs {
+                let (a, b) = plan.pairs[k];
+                let partner = if a == pos { b } else { a };
+                if self.held.contains_key(&(class, partner)) {
+                    self.ready.push((class, a, b));
                 }
             }
-            ctx.timed(|| -> Result<(), StageError> {
-                t.take(&batch)?;
-                t.score(&lpips, false)
-            })?;
-            ctx.fault("applied")?;
-            publish_live(&t.state.finish(), &ctx.classes);
-            if checkpoints.due() {
-                ctx.checkpoint(&t.snapshot())?;
+        }
+    }
+
+    fn snapshot(&self) -> LpipsState {
+        let mut held: Vec<_> = self.held.iter().map(|(&(c, p), px)| (c, p, px.clone())).collect();
+        held.sort_by_key(|&(c, p, _)| (c, p));
+        LpipsState { held, size: self.size, scored: self.scored.clone(), diversity: self.state.clone() }
+    }
+
+    /// The plans are not part of the state: [`Tracker::plan`] rebuilds them.
+    fn restore(s: LpipsState) -> Self {
+        Tracker {
+            plans: Vec::new(),
+            held: s.held.into_iter().map(|(c, p, px)| ((c, p), px)).collect(),
+            size: s.size,
+            ready: Vec::new(),
+            scored: s.scored,
+            state: s.diversity,
+        }
+    }
+}
+
+/// The lpips_diversity sink's maths: the network and the pair plan's inputs.
+pub struct LpipsMaths {
+    net: LpipsNet,
+    pairs: usize,
+    /// Generated images per class (the generated source's plan).
+    planned: Vec<u64>,
+    lpips: Lpips,
+}
+
+impl SinkMaths for LpipsMaths {
+    type Acc = Tracker;
+    type Input = ImageBatch;
+
+    fn fresh(&mut self, _ctx: &StageContext) -> Result<Tracker, StageError> {
+        Ok(Tracker::new(self.planned.len()))
+    }
+
+    fn start(&mut self, acc: &mut ExactlyOnce<Tracker>, ctx: &StageContext) -> Result<(), StageError> {
+        acc.inner_mut().plan(&self.planned, self.pairs);
+        tracing::info!(stage = %ctx.id, net = %self.net, "lpips running");
+        Ok(())
+    }
+
+    fn check_batch(&self, acc: &ExactlyOnce<Tracker>, batch: &ImageBatch) -> Result<(), StageError> {
+        let t = acc.inner();
+        for span in batch.units.iter().filter(|s| s.id.origin == Origin::Generated) {
+            let class = span.id.class as usize;
+            if t.plans.get(class).and_then(Option::as_ref).is_none() {
+                return Err(StageError::Failed(format!("image of class {class} has no pair plan")));
+            }
+            if t.size.is_some_and(|s| s != (batch.height, batch.width)) {
+                return Err(StageError::Failed("generated images of different sizes cannot be compared".into()));
             }
         }
-        ctx.checkpoint(&t.snapshot())?;
-        if ctx.control.aborted() {
-            return Ok(None);
-        }
-        ctx.timed(|| t.score(&lpips, true))?;
-        ctx.checkpoint(&t.snapshot())?;
+        Ok(())
+    }
+
+    fn after_batch(&mut self, acc: &mut ExactlyOnce<Tracker>, ctx: &StageContext) -> Result<(), StageError> {
+        ctx.timed(|| acc.inner_mut().score(&self.lpips, false))?;
+        publish_live(&acc.inner().state.finish(), &ctx.classes);
+        Ok(())
+    }
+
+    fn drain(&mut self, acc: &mut ExactlyOnce<Tracker>, ctx: &StageContext) -> Result<(), StageError> {
+        ctx.timed(|| acc.inner_mut().score(&self.lpips, true))
+    }
+
+    fn finish(&mut self, acc: &ExactlyOnce<Tracker>, ctx: &StageContext) -> Result<Summary, StageError> {
         // The pairs scored at the end count too: the last live value equals the report's.
-        publish_live(&t.state.finish(), &ctx.classes);
-        let result = LpipsResult { net: cfg.net, diversity: t.state.finish(), pairs_requested: cfg.pairs };
-        let summary = Summary::Lpips(result);
-        ctx.send(Payload::Summary(std::sync::Arc::new(summary.clone())))?;
-        Ok(Some(summary))
+        let diversity = acc.inner().state.finish();
+        publish_live(&diversity, &ctx.classes);
+        Ok(Summary::Lpips(LpipsResult { net: self.net, diversity, pairs_requested: self.pairs }))
     }
 }
 
@@ -278,7 +365,7 @@ fn publish_live(diversity: &Diversity, classes: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::batch::UnitSpan;
+    use crate::units::UnitId;
 
     /// Unit `index` of class 0: 2 images (positions 2*index, 2*index+1) of 1x1 pixels.
     fn unit(index: u32) -> ImageBatch {
@@ -287,23 +374,28 @@ mod tests {
         ImageBatch::new(1, 1, vec![index as u8; 6], vec![0, 0], vec![span])
     }
 
-    fn tracker(images: u64, pairs: usize) -> Tracker {
-        let mut t = Tracker::new(1);
-        t.plan(&[images], pairs);
+    fn tracker(images: u64, pairs: usize) -> ExactlyOnce<Tracker> {
+        let mut t = ExactlyOnce::new(Tracker::new(1));
+        t.inner_mut().plan(&[images], pairs);
         t
+    }
+
+    /// Delivers one unit batch, as the sink driver does.
+    fn take(t: &mut ExactlyOnce<Tracker>, batch: &ImageBatch) {
+        t.apply(batch, &batch.units);
     }
 
     #[test]
     fn a_unit_delivered_twice_queues_its_pairs_once() {
         // 4 images, all 6 pairs: unit 1 completes 5 of them (1 was complete within unit 0).
         let mut t = tracker(4, 100);
-        t.take(&unit(0)).unwrap();
-        assert_eq!(t.ready, vec![(0, 0, 1)]);
-        t.take(&unit(0)).unwrap();
-        assert_eq!(t.ready.len(), 1);
-        t.take(&unit(1)).unwrap();
-        t.take(&unit(1)).unwrap();
-        let mut ready = t.ready.clone();
+        take(&mut t, &unit(0));
+        assert_eq!(t.inner().ready, vec![(0, 0, 1)]);
+        take(&mut t, &unit(0));
+        assert_eq!(t.inner().ready.len(), 1);
+        take(&mut t, &unit(1));
+        take(&mut t, &unit(1));
+        let mut ready = t.inner().ready.clone();
         ready.sort();
         assert_eq!(ready, vec![(0, 0, 1), (0, 0, 2), (0, 0, 3), (0, 1, 2), (0, 1, 3), (0, 2, 3)]);
     }
@@ -313,8 +405,9 @@ mod tests {
         // 8 images, 2 pairs asked (< 28 distinct): the disjoint pairs (0,1), (2,3).
         let mut t = tracker(8, 2);
         for u in 0..4 {
-            t.take(&unit(u)).unwrap();
+            take(&mut t, &unit(u));
         }
+        let t = t.inner_mut();
         let mut held: Vec<_> = t.held.keys().copied().collect();
         held.sort();
         assert_eq!(held, vec![(0, 0), (0, 1), (0, 2), (0, 3)]);
@@ -327,28 +420,30 @@ mod tests {
     #[test]
     fn a_restored_tracker_goes_on_as_the_uninterrupted_one() {
         // 6 images, all 15 pairs; pairs scored as they become ready, distance = i + j.
-        let score_all = |t: &mut Tracker| {
+        let score_all = |t: &mut ExactlyOnce<Tracker>| {
+            let t = t.inner_mut();
             for (c, i, j) in std::mem::take(&mut t.ready) {
                 t.finish_pair(c, i, j, (i + j) as f64);
             }
         };
         let mut straight = tracker(6, 100);
         for u in 0..3 {
-            straight.take(&unit(u)).unwrap();
+            take(&mut straight, &unit(u));
             score_all(&mut straight);
         }
         let mut first = tracker(6, 100);
-        first.take(&unit(0)).unwrap();
+        take(&mut first, &unit(0));
         score_all(&mut first);
-        first.take(&unit(1)).unwrap(); // its pairs are ready but not scored when the checkpoint is taken
+        take(&mut first, &unit(1)); // its pairs are ready but not scored when the checkpoint is taken
         let json = serde_json::to_string(&first.snapshot()).unwrap();
-        let mut resumed = Tracker::new(1);
-        resumed.restore(serde_json::from_str(&json).unwrap());
-        resumed.plan(&[6], 100);
-        resumed.take(&unit(1)).unwrap(); // redone: ignored
+        // Through the checkpoint's serialised form, as a restart would; the plan is rebuilt.
+        let mut resumed = ExactlyOnce::<Tracker>::restore(serde_json::from_str(&json).unwrap());
+        resumed.inner_mut().plan(&[6], 100);
+        take(&mut resumed, &unit(1)); // redone: ignored
         score_all(&mut resumed);
-        resumed.take(&unit(2)).unwrap();
+        take(&mut resumed, &unit(2));
         score_all(&mut resumed);
+        let (resumed, straight) = (resumed.inner(), straight.inner());
         assert_eq!(resumed.state.count, straight.state.count);
         assert_eq!(resumed.state.sum, straight.state.sum);
         assert!(resumed.held.is_empty() && straight.held.is_empty());

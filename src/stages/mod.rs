@@ -1,9 +1,17 @@
-//! One file per stage type; [`build`] turns a validated component into its running stage.
+//! One home per component type (DESIGN.md §6): each file (or folder) here holds a type's config
+//! struct, what it accepts and produces, its checks, the files it reads, how it describes
+//! itself, its build step and its run loop, all through one trait, [`Component`]. The
+//! registration list at the bottom of this file generates the closed topology enum
+//! ([`ComponentKind`], serde-checked, DESIGN.md §3), the type list and every dispatch: a type
+//! that is registered but lacks a piece does not compile.
+//!
+//! [`build`] is the step between validation and running (as Vector's topology builder): every
+//! component loads and checks its weights, files and devices, every error of every component is
+//! collected, and nothing runs unless all of them built.
 
 pub mod batcher;
 pub mod ddpm_sampler;
 pub mod fid;
-pub mod fid_stats;
 pub mod image_folder;
 pub mod inception;
 pub mod inception_score;
@@ -13,55 +21,203 @@ pub mod rca;
 pub mod report;
 pub mod save_images;
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::models::device::DeviceSpec;
 use crate::runtime::stage::{Restart, Stage};
 use crate::runtime::StageSpec;
-use crate::topology::{ComponentKind, Graph};
+use crate::topology::{Checks, ComponentType, DataKind, GraphFacts, HashedInput, NamedClasses, Section, TopologyError, TypeInfo};
+use crate::units::{Origin, UnitPlan};
 
-/// Whether a component's stage keeps a checkpoint of the units it holds: the accumulators,
-/// and `save_images` (so a resumed run knows which PNGs are written).
-pub fn holds_units(kind: &ComponentKind) -> bool {
-    accumulates(kind) || matches!(kind, ComponentKind::SaveImages(_))
+/// A validated topology of rcaflow's component types.
+pub type Graph = crate::topology::Graph<ComponentKind>;
+
+/// One declared component of rcaflow's types.
+pub type Component = crate::topology::Component<ComponentKind>;
+
+/// Everything a component type is, beside its config struct (which is `Self`). No method has
+/// a default: a new type must say each thing, or it does not compile.
+pub trait ComponentConfig: Clone + std::fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static {
+    const SECTION: Section;
+    const ACCEPTS: Option<DataKind>;
+    const PRODUCES: Option<DataKind>;
+    /// Stateless per batch: may be rebuilt after a failure (`restart = { max = N }`).
+    const RESTARTABLE: bool;
+    /// Folds units into results: what run progress counts.
+    const ACCUMULATES: bool;
+    /// Checkpoints the units it holds: a resumed source skips what every holder has.
+    const HOLDS_UNITS: bool;
+
+    /// The origin of the images a source emits (`None` for other components).
+    fn source_origin(&self) -> Option<Origin>;
+    /// Makes relative paths relative to `base` (the topology file's directory).
+    fn resolve_paths(&mut self, base: &Path);
+    /// Its own settings and the files it names, without loading them.
+    fn check(&self, checks: &mut Checks);
+    /// The class names it lists (image folders), problems going to `checks`.
+    fn class_names(&self, checks: &mut Checks) -> Option<NamedClasses>;
+    /// Checks that need the rest of the graph: the class list, real images upstream.
+    fn check_in_graph(&self, facts: &GraphFacts, checks: &mut Checks);
+    /// One line for `rcaflow validate`.
+    fn describe(&self) -> String;
+    /// How a source cuts its images into units (`None` for other components).
+    fn plan(&self, classes: &[String]) -> Result<Option<UnitPlan>, String>;
+    /// The files and listings its results depend on (hashed into the run manifest).
+    fn hashed_inputs(&self, classes: &[String]) -> Result<Vec<HashedInput>, String>;
+    /// Loads and checks what the stage needs (weights, files) and returns it ready to run.
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String>;
 }
 
-/// Whether a component folds units into results (what run progress counts).
-pub fn accumulates(kind: &ComponentKind) -> bool {
-    matches!(kind, ComponentKind::Rca(_) | ComponentKind::Fid(_) | ComponentKind::InceptionScore(_) | ComponentKind::LpipsDiversity(_))
+/// What a component's build may use besides its own config.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// Where the topology came from (a file path, or the command that built it).
+    pub label: String,
+    /// Class names in label order.
+    pub classes: Arc<Vec<String>>,
+    /// Where model stages run unless their component sets `device` (`--device`, else
+    /// `[runtime] device`).
+    pub device: DeviceSpec,
+    /// Each source's unit plan, by component id ([`crate::topology::Graph::plans`]).
+    pub plans: Arc<BTreeMap<String, UnitPlan>>,
 }
 
-/// The stages of a validated graph, in data-flow order.
-pub fn build(graph: &Graph) -> Vec<StageSpec> {
-    graph
-        .components
-        .iter()
-        .map(|c| {
-            let restart = (c.restart > 0).then(|| {
-                let (kind, label) = (c.kind.clone(), graph.label.clone());
-                Restart { max: c.restart, rebuild: Box::new(move || make(&kind, &label)) }
-            });
-            StageSpec {
-                id: c.id.clone(),
-                qualified: c.qualified(),
-                accumulates: accumulates(&c.kind),
-                stage: make(&c.kind, &graph.label),
-                restart,
-            }
+impl BuildContext {
+    /// Opens the device a model component runs on: its own `device`, else the default. Each
+    /// stage opens its own (on a GPU: its own stream).
+    pub fn open_device(&self, own: Option<DeviceSpec>) -> Result<candle_core::Device, String> {
+        let spec = own.unwrap_or(self.device);
+        spec.open().map_err(|e| match own {
+            Some(_) => format!("device: {e}"),
+            None => format!("default device (--device or [runtime] device): {e}"),
         })
-        .collect()
+    }
+
+    /// The plan of the source of `origin` images (validation allows one source per origin).
+    pub fn plan_of(&self, origin: Origin) -> Option<&UnitPlan> {
+        self.plans.values().find(|p| p.origin == origin)
+    }
 }
 
-/// A fresh stage for a component.
-fn make(kind: &ComponentKind, label: &str) -> Box<dyn Stage> {
-    match kind {
-        ComponentKind::ImageFolder(cfg) => Box::new(image_folder::ImageFolderStage::new(cfg.clone())),
-        ComponentKind::Batcher(cfg) => Box::new(batcher::BatcherStage::new(cfg.batch_size)),
-        ComponentKind::OracleClassifier(cfg) => Box::new(oracle::OracleStage::new(cfg.clone())),
-        ComponentKind::InceptionV3(cfg) => Box::new(inception::InceptionStage::new(cfg.clone())),
-        ComponentKind::Rca(cfg) => Box::new(rca::RcaStage::new(cfg.clone())),
-        ComponentKind::Fid(cfg) => Box::new(fid::FidStage::new(cfg.clone())),
-        ComponentKind::InceptionScore(cfg) => Box::new(inception_score::InceptionScoreStage::new(cfg.clone())),
-        ComponentKind::LpipsDiversity(cfg) => Box::new(lpips_diversity::LpipsDiversityStage::new(cfg.clone())),
-        ComponentKind::SaveImages(cfg) => Box::new(save_images::SaveImagesStage::new(cfg.clone())),
-        ComponentKind::DdpmSampler(cfg) => Box::new(ddpm_sampler::DdpmSamplerStage::new(cfg.clone())),
-        ComponentKind::Report(cfg) => Box::new(report::ReportStage::new(cfg.clone(), label.to_string())),
+/// Builds every stage of a validated graph, in data-flow order. Every component's build runs;
+/// their errors are returned together, each naming its component, as validation's are.
+pub fn build(graph: &Graph, cx: &BuildContext) -> Result<Vec<StageSpec>, TopologyError> {
+    let mut stages = Vec::new();
+    let mut errors = Vec::new();
+    for c in &graph.components {
+        let name = c.qualified();
+        match c.kind.build(cx) {
+            Ok(stage) => {
+                let restart = (c.restart > 0).then(|| {
+                    let (kind, cx) = (c.kind.clone(), cx.clone());
+                    Restart { max: c.restart, rebuild: Box::new(move || kind.build(&cx)) }
+                });
+                let accumulates = c.kind.info().accumulates;
+                stages.push(StageSpec { id: c.id.clone(), qualified: name, accumulates, stage, restart });
+            }
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(stages)
+    } else {
+        Err(TopologyError::Build { path: graph.label.clone(), errors })
+    }
+}
+
+/// Generates, from one list of `"type_name" => Variant(ConfigStruct)` lines, the closed
+/// topology enum and its [`ComponentType`] implementation (every dispatch), plus `build`.
+macro_rules! register_components {
+    ($($name:literal => $variant:ident($config:ty)),+ $(,)?) => {
+        /// Every component type rcaflow knows: the closed list a topology may use.
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum ComponentKind {
+            $(#[serde(rename = $name)] $variant($config),)+
+        }
+
+        impl ComponentType for ComponentKind {
+            const TYPES: &'static [TypeInfo] = &[$(TypeInfo {
+                name: $name,
+                section: <$config as ComponentConfig>::SECTION,
+                accepts: <$config as ComponentConfig>::ACCEPTS,
+                produces: <$config as ComponentConfig>::PRODUCES,
+                restartable: <$config as ComponentConfig>::RESTARTABLE,
+                accumulates: <$config as ComponentConfig>::ACCUMULATES,
+                holds_units: <$config as ComponentConfig>::HOLDS_UNITS,
+            },)+];
+
+            fn info(&self) -> &'static TypeInfo {
+                let name = match self { $(ComponentKind::$variant(_) => $name,)+ };
+                // Every variant's name is in TYPES by construction (same list).
+                Self::TYPES.iter().find(|t| t.name == name).unwrap_or(&Self::TYPES[0])
+            }
+            fn source_origin(&self) -> Option<Origin> {
+                match self { $(ComponentKind::$variant(c) => c.source_origin(),)+ }
+            }
+            fn resolve_paths(&mut self, base: &Path) {
+                match self { $(ComponentKind::$variant(c) => c.resolve_paths(base),)+ }
+            }
+            fn check(&self, checks: &mut Checks) {
+                match self { $(ComponentKind::$variant(c) => c.check(checks),)+ }
+            }
+            fn class_names(&self, checks: &mut Checks) -> Option<NamedClasses> {
+                match self { $(ComponentKind::$variant(c) => c.class_names(checks),)+ }
+            }
+            fn check_in_graph(&self, facts: &GraphFacts, checks: &mut Checks) {
+                match self { $(ComponentKind::$variant(c) => c.check_in_graph(facts, checks),)+ }
+            }
+            fn describe(&self) -> String {
+                match self { $(ComponentKind::$variant(c) => c.describe(),)+ }
+            }
+            fn plan(&self, classes: &[String]) -> Result<Option<UnitPlan>, String> {
+                match self { $(ComponentKind::$variant(c) => c.plan(classes),)+ }
+            }
+            fn hashed_inputs(&self, classes: &[String]) -> Result<Vec<HashedInput>, String> {
+                match self { $(ComponentKind::$variant(c) => c.hashed_inputs(classes),)+ }
+            }
+        }
+
+        impl ComponentKind {
+            /// The component's stage, built (weights loaded and checked).
+            pub fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+                match self { $(ComponentKind::$variant(c) => c.build(cx),)+ }
+            }
+        }
+    };
+}
+
+// The registration list: one line per component type, in the order `expected one of` lists them.
+register_components! {
+    "image_folder" => ImageFolder(image_folder::ImageFolderConfig),
+    "ddpm_sampler" => DdpmSampler(ddpm_sampler::DdpmSamplerConfig),
+    "batcher" => Batcher(batcher::BatcherConfig),
+    "oracle_classifier" => OracleClassifier(oracle::OracleClassifierConfig),
+    "inception_v3" => InceptionV3(inception::InceptionV3Config),
+    "rca" => Rca(rca::RcaConfig),
+    "fid" => Fid(fid::FidConfig),
+    "inception_score" => InceptionScore(inception_score::InceptionScoreConfig),
+    "lpips_diversity" => LpipsDiversity(lpips_diversity::LpipsDiversityConfig),
+    "save_images" => SaveImages(save_images::SaveImagesConfig),
+    "report" => Report(report::ReportConfig),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_type_has_one_entry_and_a_home_section() {
+        let names: std::collections::BTreeSet<&str> = ComponentKind::TYPES.iter().map(|t| t.name).collect();
+        assert_eq!(names.len(), ComponentKind::TYPES.len(), "type names are unique");
+        for t in ComponentKind::TYPES {
+            assert_eq!(t.section == Section::Sources, t.accepts.is_none(), "{}: sources and only sources take no input", t.name);
+            assert!(!(t.accumulates && !t.holds_units), "{}: an accumulator checkpoints what it holds", t.name);
+        }
     }
 }

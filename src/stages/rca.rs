@@ -1,79 +1,115 @@
 //! `rca` sink: folds the oracle's predictions into one confusion matrix per origin (exactly once
-//! per unit), keeps live accuracy and RCA gauges up to date, and at the end summarises both
-//! origins and their ratio (maths in [`crate::metrics::rca`], conventions in DESIGN.md §1).
-//! With a `baseline` file the real side comes from a previous `rcaflow baseline` run.
+//! per unit, through [`crate::runtime::sink`]), keeps live accuracy and RCA gauges up to date,
+//! and at the end summarises both origins and their ratio (maths in [`crate::metrics::rca`],
+//! conventions in DESIGN.md §1). With a `baseline` file the real side comes from a previous
+//! `rcaflow baseline` run.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::rca::{relative_accuracy, summarize, ClassificationSummary, Confusion, RcaSummary};
+use super::{BuildContext, ComponentConfig};
+use crate::metrics::rca::{relative_accuracy, summarize, ClassificationSummary, Confusion};
+use crate::report::baseline::Baseline;
+use crate::report::results::RcaResult;
+use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
-use crate::runtime::batch::{Origin, Payload, PredictionBatch, Summary, UnitSpan};
-use crate::runtime::checkpoint::CheckpointTimer;
+use crate::runtime::batch::PredictionBatch;
+use crate::runtime::sink::{SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
-use crate::topology::config::RcaConfig;
+use crate::topology::config::resolve;
+use crate::topology::{class_difference, Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
+use crate::units::{Origin, UnitPlan, UnitSpan};
 
-/// Schema tag of baseline files.
-pub const BASELINE_SCHEMA: &str = "rcaflow-baseline/1";
-
-/// The oracle's accuracy on real held-out images, as `rcaflow baseline` writes it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Baseline {
-    pub schema: String,
-    pub classes: Vec<String>,
-    /// How the oracle was configured (free-form, for the reader).
-    pub oracle: serde_json::Value,
-    /// Where the real images came from.
-    pub source: PathBuf,
-    pub real: ClassificationSummary,
+/// `rca` sink: confusion matrices per origin, accuracies and Relative Classification Accuracy.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RcaConfig {
+    /// A baseline written by `rcaflow baseline`, used instead of real images.
+    pub baseline: Option<PathBuf>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BaselineError {
-    #[error("baseline \"{path}\": cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("baseline \"{path}\": not a baseline file: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("baseline \"{path}\": schema \"{found}\", expected \"{BASELINE_SCHEMA}\"")]
-    Schema { path: PathBuf, found: String },
-    #[error("baseline \"{path}\": confusion matrix is not {n}x{n} for {n} classes")]
-    Shape { path: PathBuf, n: usize },
-}
+impl ComponentConfig for RcaConfig {
+    const SECTION: Section = Section::Sinks;
+    const ACCEPTS: Option<DataKind> = Some(DataKind::Predictions);
+    const PRODUCES: Option<DataKind> = Some(DataKind::Summaries);
+    const RESTARTABLE: bool = false;
+    const ACCUMULATES: bool = true;
+    const HOLDS_UNITS: bool = true;
 
-impl Baseline {
-    pub fn read(path: &Path) -> Result<Baseline, BaselineError> {
-        let text = std::fs::read_to_string(path).map_err(|source| BaselineError::Read { path: path.into(), source })?;
-        let b: Baseline = serde_json::from_str(&text).map_err(|e| BaselineError::Parse { path: path.into(), message: e.to_string() })?;
-        if b.schema != BASELINE_SCHEMA {
-            return Err(BaselineError::Schema { path: path.into(), found: b.schema });
-        }
-        b.confusion().map(|_| b.clone()).ok_or(BaselineError::Shape { path: path.into(), n: b.classes.len() })
+    fn source_origin(&self) -> Option<Origin> {
+        None
     }
 
-    /// The real confusion matrix, if its shape matches the class list.
-    pub fn confusion(&self) -> Option<Confusion> {
-        let n = self.classes.len();
-        let rows = &self.real.confusion;
-        if rows.len() != n || rows.iter().any(|r| r.len() != n) {
-            return None;
-        }
-        Confusion::from_counts(n, rows.concat()).ok()
+    fn resolve_paths(&mut self, base: &Path) {
+        self.baseline.iter_mut().for_each(|p| *p = resolve(base, p));
     }
-}
 
-/// What the rca sink hands to the report.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RcaResult {
-    pub real: ClassificationSummary,
-    pub generated: ClassificationSummary,
-    pub rca: RcaSummary,
-    /// "images" or the baseline file the real side came from.
-    pub real_source: String,
-    pub units_applied: usize,
-    pub duplicate_units_ignored: u64,
+    fn check(&self, checks: &mut Checks) {
+        if let Some(path) = self.baseline.as_ref().filter(|p| !p.is_file()) {
+            checks.error(format!("baseline file \"{}\" does not exist", path.display()));
+        }
+    }
+
+    fn class_names(&self, _checks: &mut Checks) -> Option<NamedClasses> {
+        None
+    }
+
+    /// Real accuracy needs real images upstream or a baseline standing for them (not both);
+    /// a baseline's classes must be the topology's.
+    fn check_in_graph(&self, facts: &GraphFacts, checks: &mut Checks) {
+        if let Some(classes) = facts.classes {
+            if let Some(path) = self.baseline.as_ref().filter(|p| p.is_file()) {
+                match Baseline::read(path) {
+                    Err(e) => checks.error(e),
+                    Ok(b) => {
+                        if let Some(diff) = class_difference(classes, &b.classes) {
+                            checks.error(format!("baseline \"{}\" classes disagree with the topology's: {diff}", path.display()));
+                        }
+                    }
+                }
+            }
+        }
+        match (facts.real_images_upstream, self.baseline.is_some()) {
+            (Some(false), false) => checks.error(
+                "no real images reach it and no `baseline` is set; expected an image_folder source with origin = \"real\" upstream, or baseline = FILE",
+            ),
+            (Some(true), true) => checks.error("both real images upstream and a `baseline` file; expected one of the two"),
+            _ => {}
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.baseline {
+            Some(b) => format!("baseline={}", b.display()),
+            None => "real accuracy from real images".to_string(),
+        }
+    }
+
+    fn plan(&self, _classes: &[String]) -> Result<Option<UnitPlan>, String> {
+        Ok(None)
+    }
+
+    fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
+        Ok(self.baseline.iter().map(|p| HashedInput::File { what: "baseline".into(), path: p.clone() }).collect())
+    }
+
+    /// Reads the baseline, if any: with one, the real side is fixed from the start.
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        let n = cx.classes.len();
+        let baseline = match &self.baseline {
+            Some(path) => {
+                let b = Baseline::read(path).map_err(|e| e.to_string())?;
+                let confusion =
+                    b.confusion().ok_or_else(|| format!("baseline \"{}\": confusion matrix does not match {n} classes", path.display()))?;
+                Some((path.clone(), summarize(&confusion)))
+            }
+            None => None,
+        };
+        Ok(Box::new(SinkStage(RcaMaths { classes: n, baseline, last: RcaState::new(n) })))
+    }
 }
 
 /// Confusion matrices of both origins: the state the rca sink accumulates.
@@ -114,58 +150,44 @@ impl Accumulator for RcaState {
     }
 }
 
-pub struct RcaStage {
-    cfg: RcaConfig,
+/// The rca sink's maths: the baseline's real side, and the state last published (the
+/// predictions counter moves by what the confusion matrices gained).
+pub struct RcaMaths {
+    classes: usize,
+    baseline: Option<(PathBuf, ClassificationSummary)>,
+    last: RcaState,
 }
 
-impl RcaStage {
-    pub fn new(cfg: RcaConfig) -> Self {
-        RcaStage { cfg }
+impl SinkMaths for RcaMaths {
+    type Acc = RcaState;
+    type Input = PredictionBatch;
+
+    fn fresh(&mut self, _ctx: &StageContext) -> Result<RcaState, StageError> {
+        Ok(RcaState::new(self.classes))
     }
-}
 
-impl Stage for RcaStage {
-    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
-        let n = ctx.classes.len();
-        let mut acc = match ctx.restore::<RcaState>()? {
-            Some(snapshot) => ExactlyOnce::restore(snapshot),
-            None => ExactlyOnce::new(RcaState::new(n)),
-        };
-        let mut timer = CheckpointTimer::new(ctx.checkpoint_interval);
-        // With a baseline, the real side is fixed from the start.
-        let baseline = match &self.cfg.baseline {
-            Some(path) => {
-                let b = Baseline::read(path).map_err(StageError::failed)?;
-                let confusion = b.confusion().ok_or_else(|| {
-                    StageError::Failed(format!("baseline \"{}\": confusion matrix does not match {n} classes", path.display()))
-                })?;
-                Some((path.clone(), summarize(&confusion)))
-            }
-            None => None,
-        };
-        while let Some(payload) = ctx.recv() {
-            let Payload::Predictions(batch) = payload else {
-                return Err(StageError::Failed(
-                    "received a non-prediction payload; the topology check should have refused this edge".into(),
-                ));
-            };
-            let before = acc.inner().clone();
-            ctx.timed(|| acc.apply(&batch, &batch.units));
-            ctx.fault("applied")?;
-            count_predictions(&before, acc.inner(), &ctx.classes);
-            publish_live(&result_of(&acc, &baseline), &ctx.classes);
-            if timer.due() {
-                ctx.checkpoint(&acc.snapshot())?;
-            }
-        }
-        // The final state is checkpointed even after a failure elsewhere: what was applied stays applied.
-        ctx.checkpoint(&acc.snapshot())?;
-        if ctx.control.aborted() {
-            return Ok(None);
-        }
-        let summary = Summary::Rca(Box::new(result_of(&acc, &baseline)));
-        ctx.send(Payload::Summary(Arc::new(summary.clone())))?;
-        Ok(Some(summary))
+    fn start(&mut self, acc: &mut ExactlyOnce<RcaState>, _ctx: &StageContext) -> Result<(), StageError> {
+        self.last = acc.inner().clone();
+        Ok(())
+    }
+
+    fn check_batch(&self, _acc: &ExactlyOnce<RcaState>, _batch: &PredictionBatch) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn after_batch(&mut self, acc: &mut ExactlyOnce<RcaState>, ctx: &StageContext) -> Result<(), StageError> {
+        count_predictions(&self.last, acc.inner(), &ctx.classes);
+        self.last = acc.inner().clone();
+        publish_live(&result_of(acc, &self.baseline), &ctx.classes);
+        Ok(())
+    }
+
+    fn drain(&mut self, _acc: &mut ExactlyOnce<RcaState>, _ctx: &StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn finish(&mut self, acc: &ExactlyOnce<RcaState>, _ctx: &StageContext) -> Result<Summary, StageError> {
+        Ok(Summary::Rca(Box::new(result_of(acc, &self.baseline))))
     }
 }
 

@@ -6,28 +6,79 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
+use super::{BuildContext, ComponentConfig};
+use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
+use crate::units::{Origin, UnitPlan};
+
 use crate::report::figures;
 use crate::report::json::{Report, RunStatus, StageTiming, Timing, SCHEMA_VERSION};
 use crate::report::markdown;
+use crate::report::results::SamplerResult;
+use crate::report::Summary;
 use crate::runtime::atomic_file::{commit, temporary_path, write_atomic};
-use crate::runtime::batch::{Payload, Summary};
+use crate::runtime::batch::Payload;
 use crate::runtime::stage::{Stage, StageContext, StageError};
-use crate::stages::ddpm_sampler::SamplerResult;
-use crate::topology::config::ReportConfig;
 
 /// Report files a run writes; removed before a run starts so none is left from an earlier one.
 pub const REPORT_FILES: [&str; 6] =
     ["report.json", "report.md", "confusion_real.png", "confusion_generated.png", "rca_per_class.png", "samples_grid.png"];
 
+fn default_true() -> bool {
+    true
+}
+
+/// `report` sink: writes report.json, report.md and figures into the run directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    #[serde(default = "default_true")]
+    pub figures: bool,
+}
+
+impl ComponentConfig for ReportConfig {
+    const SECTION: Section = Section::Sinks;
+    const ACCEPTS: Option<DataKind> = Some(DataKind::Summaries);
+    const PRODUCES: Option<DataKind> = None;
+    const RESTARTABLE: bool = false;
+    const ACCUMULATES: bool = false;
+    const HOLDS_UNITS: bool = false;
+
+    fn source_origin(&self) -> Option<Origin> {
+        None
+    }
+
+    fn resolve_paths(&mut self, _base: &Path) {}
+
+    fn check(&self, _checks: &mut Checks) {}
+
+    fn class_names(&self, _checks: &mut Checks) -> Option<NamedClasses> {
+        None
+    }
+
+    fn check_in_graph(&self, _facts: &GraphFacts, _checks: &mut Checks) {}
+
+    fn describe(&self) -> String {
+        format!("figures={}", self.figures)
+    }
+
+    fn plan(&self, _classes: &[String]) -> Result<Option<UnitPlan>, String> {
+        Ok(None)
+    }
+
+    fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
+        Ok(Vec::new())
+    }
+
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        Ok(Box::new(ReportStage { cfg: self.clone(), topology: cx.label.clone() }))
+    }
+}
+
 pub struct ReportStage {
     cfg: ReportConfig,
     topology: String,
-}
-
-impl ReportStage {
-    pub fn new(cfg: ReportConfig, topology: String) -> Self {
-        ReportStage { cfg, topology }
-    }
 }
 
 impl Stage for ReportStage {

@@ -9,50 +9,78 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
+use super::{BuildContext, ComponentConfig};
+use crate::topology::config::resolve;
+use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
+use crate::units::UnitPlan;
+
+use crate::data::image_folder::write_png;
+use crate::report::Summary;
 use crate::runtime::accumulator::Snapshot;
 use crate::runtime::atomic_file::remove_temporaries;
-use crate::runtime::batch::{ImageBatch, Origin, Payload, Summary};
+use crate::runtime::batch::{ImageBatch, Payload};
 use crate::runtime::checkpoint::CheckpointTimer;
 use crate::runtime::stage::{Stage, StageContext, StageError};
-use crate::topology::config::SaveImagesConfig;
+use crate::units::Origin;
+
+/// `save_images` sink: writes generated images as PNGs, `path/<class>/<position>.png`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveImagesConfig {
+    pub path: PathBuf,
+}
+
+impl ComponentConfig for SaveImagesConfig {
+    const SECTION: Section = Section::Sinks;
+    const ACCEPTS: Option<DataKind> = Some(DataKind::Images);
+    const PRODUCES: Option<DataKind> = None;
+    const RESTARTABLE: bool = false;
+    const ACCUMULATES: bool = false;
+    // So a resumed run knows which PNGs are written.
+    const HOLDS_UNITS: bool = true;
+
+    fn source_origin(&self) -> Option<Origin> {
+        None
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.path = resolve(base, &self.path);
+    }
+
+    fn check(&self, _checks: &mut Checks) {}
+
+    fn class_names(&self, _checks: &mut Checks) -> Option<NamedClasses> {
+        None
+    }
+
+    fn check_in_graph(&self, _facts: &GraphFacts, _checks: &mut Checks) {}
+
+    fn describe(&self) -> String {
+        format!("path={}", self.path.display())
+    }
+
+    fn plan(&self, _classes: &[String]) -> Result<Option<UnitPlan>, String> {
+        Ok(None)
+    }
+
+    fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
+        Ok(Vec::new())
+    }
+
+    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        Ok(Box::new(SaveImagesStage { cfg: self.clone() }))
+    }
+}
 
 pub struct SaveImagesStage {
     cfg: SaveImagesConfig,
 }
 
-impl SaveImagesStage {
-    pub fn new(cfg: SaveImagesConfig) -> Self {
-        SaveImagesStage { cfg }
-    }
-}
-
 /// The file of the image at `position` of `class`.
 pub fn image_path(root: &Path, class: &str, position: u64) -> PathBuf {
     root.join(class).join(format!("{position:06}.png"))
-}
-
-/// Encodes planar RGB (3 x H x W) as a PNG at `path`, through a temporary file.
-pub fn write_png(path: &Path, height: usize, width: usize, planar: &[u8]) -> Result<(), String> {
-    let plane = height * width;
-    let interleaved: Vec<u8> = (0..plane).flat_map(|i| [planar[i], planar[plane + i], planar[2 * plane + i]]).collect();
-    let tmp = crate::runtime::atomic_file::temporary_path(path);
-    let write = || -> Result<(), String> {
-        image::save_buffer_with_format(
-            &tmp,
-            &interleaved,
-            width as u32,
-            height as u32,
-            image::ExtendedColorType::Rgb8,
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| e.to_string())?;
-        // Durable before the checkpoint that says this unit is saved.
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 fn save_batch(root: &Path, classes: &[String], batch: &ImageBatch) -> Result<usize, StageError> {
@@ -123,7 +151,7 @@ impl Stage for SaveImagesStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::batch::{UnitId, UnitSpan};
+    use crate::units::{UnitId, UnitSpan};
 
     #[test]
     fn writes_generated_images_by_position_and_rewrites_them_identically() {
@@ -139,7 +167,7 @@ mod tests {
         assert_eq!(save_batch(tmp.path(), &classes, &batch).unwrap(), 1);
         let path = image_path(tmp.path(), "b", 4);
         assert!(path.ends_with("b/000004.png"));
-        let (h, w, planar) = crate::stages::image_folder::decode_rgb_planar(&path).unwrap();
+        let (h, w, planar) = crate::data::image_folder::decode_rgb_planar(&path).unwrap();
         assert_eq!((h, w), (2, 3));
         assert_eq!(planar, pixels[..18]);
         let first = std::fs::read(&path).unwrap();

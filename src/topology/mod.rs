@@ -1,15 +1,22 @@
 //! Topology files: parse (TOML) → validate (every error, named by component) → [`Graph`], the
-//! checked description the runtime builds a running dataflow from. Follows Vector's
-//! config → validated graph → running topology split.
+//! checked description the stages are built from (`crate::stages::build`, the third step:
+//! load every component's files, every error at once) and the runtime runs. Follows Vector's
+//! config → validated graph → built → running topology split. Written against
+//! [`ComponentType`], so it knows the component types only through the registry's enum.
 
+pub mod component;
 pub mod config;
 mod validate;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use config::{Component, ComponentKind, DataKind, Section};
-pub use validate::class_difference;
+use crate::units::UnitPlan;
+
+pub use component::{Checks, ComponentType, GraphFacts, HashedInput, NamedClasses, TypeInfo};
+pub use config::{Component, DataKind, Section};
+pub use validate::{class_difference, quoted};
 
 /// Why a topology cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -24,13 +31,16 @@ pub enum TopologyError {
     Syntax { path: String, message: String },
     #[error("topology {path}: {} error{}:\n{}", .errors.len(), if .errors.len() == 1 { "" } else { "s" }, .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
     Invalid { path: String, errors: Vec<String> },
+    /// Valid, but some components could not load what they need (weights, files, devices).
+    #[error("topology {path}: {} component{} failed to build:\n{}", .errors.len(), if .errors.len() == 1 { "" } else { "s" }, .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Build { path: String, errors: Vec<String> },
 }
 
 impl TopologyError {
     /// The individual messages (one for read and syntax errors).
     pub fn messages(&self) -> Vec<String> {
         match self {
-            TopologyError::Invalid { errors, .. } => errors.clone(),
+            TopologyError::Invalid { errors, .. } | TopologyError::Build { errors, .. } => errors.clone(),
             other => vec![other.to_string()],
         }
     }
@@ -52,28 +62,29 @@ impl Edge {
 }
 
 /// A validated topology: components in topological order, typed edges, and the class list.
+/// `K` is the closed enum of component types (`crate::stages::ComponentKind`).
 #[derive(Clone, Debug)]
-pub struct Graph {
+pub struct Graph<K> {
     /// Where it came from (a file path, or the command that built it).
     pub label: String,
     /// `[run] dir`, resolved against the topology file's directory.
     pub run_dir: Option<PathBuf>,
-    pub components: Vec<Component>,
+    pub components: Vec<Component<K>>,
     pub edges: Vec<Edge>,
     /// Class names in label order.
     pub classes: Vec<String>,
 }
 
-impl Graph {
+impl<K: ComponentType> Graph<K> {
     /// Reads and validates a topology file. Relative paths inside it are relative to its folder.
-    pub fn load(path: &Path) -> Result<Graph, TopologyError> {
+    pub fn load(path: &Path) -> Result<Graph<K>, TopologyError> {
         let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read { path: path.display().to_string(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Graph::parse(&text, base, &path.display().to_string())
     }
 
     /// Parses and validates topology text; `label` names it in messages.
-    pub fn parse(text: &str, base: &Path, label: &str) -> Result<Graph, TopologyError> {
+    pub fn parse(text: &str, base: &Path, label: &str) -> Result<Graph<K>, TopologyError> {
         let raw: config::RawTopology = toml::from_str(text).map_err(|e| TopologyError::Syntax {
             path: label.to_string(),
             message: match e.span() {
@@ -92,7 +103,7 @@ impl Graph {
         Ok(graph)
     }
 
-    pub fn component(&self, id: &str) -> Option<&Component> {
+    pub fn component(&self, id: &str) -> Option<&Component<K>> {
         self.components.iter().find(|c| c.id == id)
     }
 
@@ -103,9 +114,35 @@ impl Graph {
     pub fn outputs_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Edge> + 'a {
         self.edges.iter().filter(move |e| e.from == id)
     }
+
+    /// Each source's unit plan, by component id: computed once per run (it lists image folders)
+    /// and shared by the run manifest and the stages. Errors name the component.
+    pub fn plans(&self) -> Result<BTreeMap<String, UnitPlan>, String> {
+        let mut plans = BTreeMap::new();
+        for c in &self.components {
+            if let Some(plan) = c.kind.plan(&self.classes).map_err(|e| format!("{}: {e}", c.qualified()))? {
+                plans.insert(c.id.clone(), plan);
+            }
+        }
+        Ok(plans)
+    }
+
+    /// The ids of the components reachable from `id` along edges (not `id` itself).
+    pub fn downstream_of(&self, id: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![id.to_string()];
+        while let Some(id) = todo.pop() {
+            for e in self.outputs_of(&id) {
+                if seen.insert(e.to.clone()) {
+                    todo.push(e.to.clone());
+                }
+            }
+        }
+        seen
+    }
 }
 
-impl fmt::Display for Graph {
+impl<K: ComponentType> fmt::Display for Graph<K> {
     /// What `rcaflow validate` prints: components in data-flow order, then the edges.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -123,57 +160,19 @@ impl fmt::Display for Graph {
         writeln!(f, "components (data-flow order):")?;
         let width = self.components.iter().map(|c| c.qualified().len()).max().unwrap_or(0);
         for c in &self.components {
-            let io = match (c.kind.accepts(), c.kind.produces()) {
+            let info = c.kind.info();
+            let io = match (info.accepts, info.produces) {
                 (None, Some(out)) => format!("-> {out}"),
                 (Some(inp), Some(out)) => format!("{inp} -> {out}"),
                 (Some(inp), None) => format!("{inp} ->"),
                 (None, None) => String::new(),
             };
-            writeln!(f, "  {:width$}  {:18} {:26} {}", c.qualified(), c.kind.type_name(), io, describe(&c.kind))?;
+            writeln!(f, "  {:width$}  {:18} {:26} {}", c.qualified(), info.name, io, c.kind.describe())?;
         }
         writeln!(f, "edges:")?;
         for e in &self.edges {
             writeln!(f, "  {} -> {} (capacity {} batches)", e.from, e.to, e.capacity)?;
         }
         Ok(())
-    }
-}
-
-fn describe(kind: &ComponentKind) -> String {
-    match kind {
-        ComponentKind::ImageFolder(c) => {
-            format!("path={} origin={} unit_size={}{}", c.path.display(), c.origin, c.unit_size, if c.strict { " strict" } else { "" })
-        }
-        ComponentKind::DdpmSampler(c) => format!(
-            "unet={} scheduler={} steps={} eta={} per_class={} unit_size={} seed={} replicas={}",
-            c.unet.display(),
-            c.scheduler,
-            c.steps.map_or("default".into(), |s| s.to_string()),
-            c.eta,
-            c.per_class,
-            c.unit_size,
-            c.seed,
-            c.replicas
-        ),
-        ComponentKind::SaveImages(c) => format!("path={}", c.path.display()),
-        ComponentKind::Batcher(c) => format!("batch_size={}", c.batch_size),
-        ComponentKind::OracleClassifier(c) => {
-            format!("weights={} arch={} stem={} normalization={}", c.weights.display(), c.arch, c.stem, c.normalization)
-        }
-        ComponentKind::Rca(c) => match &c.baseline {
-            Some(b) => format!("baseline={}", b.display()),
-            None => "real accuracy from real images".to_string(),
-        },
-        ComponentKind::InceptionV3(c) => {
-            format!("weights={}", c.weights.as_ref().map_or("(torch hub cache)".into(), |p| p.display().to_string()))
-        }
-        ComponentKind::Fid(c) => format!(
-            "real statistics from {}, live every {}s",
-            c.reference.as_ref().map_or("real images".into(), |p| p.display().to_string()),
-            c.interval_secs
-        ),
-        ComponentKind::InceptionScore(c) => format!("splits={}", c.splits),
-        ComponentKind::LpipsDiversity(c) => format!("net={} pairs={}", c.net, c.pairs),
-        ComponentKind::Report(c) => format!("figures={}", c.figures),
     }
 }

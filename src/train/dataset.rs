@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::data::image_folder::{decode_rgb_planar, list_classes, list_images};
 use crate::data::rng::Rng;
-use crate::stages::image_folder::{decode_rgb_planar, list_classes, list_images};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {

@@ -7,7 +7,7 @@
 //!   restart with another graph or other model files is refused, naming what changed.
 //! - `run.lock`: the process id of the rcaflow using the directory; a second one is refused
 //!   while that process lives (a stale lock, left by a killed run, is taken over).
-//! - `state/<stage>.ckpt`: the stages' checkpoints ([`crate::runtime::checkpoint`]).
+//! - `state/<stage>.ckpt`: the stages' checkpoints ([`super::checkpoint`]).
 //!
 //! On a restart a source skips the units that every checkpointing stage downstream of it
 //! already holds; a unit held by some of them only is redone, and those that hold it ignore it.
@@ -19,14 +19,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::models::hub_cache;
-use crate::models::inception::PT_INCEPTION_FILE;
-use crate::runtime::atomic_file::{remove_temporaries, write_atomic};
-use crate::runtime::batch::{Origin, UnitId};
-use crate::runtime::checkpoint::{self, CheckpointError};
-use crate::stages::holds_units;
-use crate::stages::image_folder::list_images;
-use crate::topology::{ComponentKind, Graph};
+use super::atomic_file::{remove_temporaries, write_atomic};
+use super::checkpoint::{self, CheckpointError};
+use crate::topology::{ComponentType, Graph, HashedInput};
+use crate::units::{cut_into_units, Origin, UnitId, UnitPlan};
 
 pub const MANIFEST_FILE: &str = "run.json";
 pub const LOCK_FILE: &str = "run.lock";
@@ -34,7 +30,9 @@ pub const STATE_DIR: &str = "state";
 pub const SCHEMA: &str = "rcaflow-run/1";
 
 /// Fields that tune how a run goes, not what it computes: they may change between sessions.
-const TUNING_FIELDS: [&str; 2] = ["interval_secs", "replicas"];
+/// Where a model runs is one of them: a unit's noise comes from its seed alone on any device
+/// (its images agree across devices to float rounding).
+const TUNING_FIELDS: [&str; 3] = ["interval_secs", "replicas", "device"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
@@ -59,15 +57,7 @@ pub struct SourcePlan {
 impl SourcePlan {
     /// Every unit of the plan with its image count, class-major.
     pub fn units(&self) -> Vec<(UnitId, u64)> {
-        let size = self.unit_size.max(1) as u64;
-        let mut units = Vec::new();
-        for (class, &n) in self.per_class.iter().enumerate() {
-            for index in 0..n.div_ceil(size) {
-                let id = UnitId { origin: self.origin, class: class as u32, index: index as u32 };
-                units.push((id, size.min(n - index * size)));
-            }
-        }
-        units
+        cut_into_units(&self.per_class, self.unit_size).map(|slot| (slot.id(self.origin), slot.len)).collect()
     }
 }
 
@@ -97,8 +87,9 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// What `graph` would record (no sessions yet): hashes every model file it uses.
-    pub fn of(graph: &Graph) -> Result<Manifest, String> {
+    /// What `graph` would record (no sessions yet), with each source's `plans` (from
+    /// [`Graph::plans`]): hashes every model file it uses.
+    pub fn of<K: ComponentType>(graph: &Graph<K>, plans: &BTreeMap<String, UnitPlan>) -> Result<Manifest, String> {
         let mut components = BTreeMap::new();
         let mut files = BTreeMap::new();
         let mut sources = BTreeMap::new();
@@ -112,21 +103,20 @@ impl Manifest {
                 map.insert("inputs".into(), c.inputs.clone().into());
             }
             components.insert(name.clone(), config);
-            for (what, path) in model_files(&c.kind).map_err(|e| format!("{name}: {e}"))? {
-                files.insert(format!("{name} {what}"), sha256_file(&path).map_err(|e| format!("{name}: \"{}\": {e}", path.display()))?);
+            for input in c.kind.hashed_inputs(&graph.classes).map_err(|e| format!("{name}: {e}"))? {
+                let (what, hash) = match input {
+                    HashedInput::File { what, path } => {
+                        let hash = sha256_file(&path).map_err(|e| format!("{name}: \"{}\": {e}", path.display()))?;
+                        (what, hash)
+                    }
+                    HashedInput::Digest { what, sha256 } => (what, sha256),
+                };
+                files.insert(format!("{name} {what}"), hash);
             }
-            let holders = holders_downstream(graph, &c.id);
-            match &c.kind {
-                ComponentKind::ImageFolder(cfg) => {
-                    let (per_class, fingerprint) = folder_listing(&cfg.path, &graph.classes).map_err(|e| format!("{name}: {e}"))?;
-                    files.insert(format!("{name} listing of {}", cfg.path.display()), fingerprint);
-                    sources.insert(c.id.clone(), SourcePlan { origin: cfg.origin, per_class, unit_size: cfg.unit_size, holders });
-                }
-                ComponentKind::DdpmSampler(cfg) => {
-                    let per_class = vec![cfg.per_class; graph.classes.len()];
-                    sources.insert(c.id.clone(), SourcePlan { origin: Origin::Generated, per_class, unit_size: cfg.unit_size, holders });
-                }
-                _ => {}
+            if let Some(plan) = plans.get(&c.id) {
+                let holders = holders_downstream(graph, &c.id);
+                let UnitPlan { origin, per_class, unit_size } = plan.clone();
+                sources.insert(c.id.clone(), SourcePlan { origin, per_class, unit_size, holders });
             }
         }
         Ok(Manifest {
@@ -199,57 +189,9 @@ fn short(hash: &str) -> &str {
 }
 
 /// The ids of the checkpointing stages reachable from `source`.
-fn holders_downstream(graph: &Graph, source: &str) -> Vec<String> {
-    let mut seen = BTreeSet::new();
-    let mut todo = vec![source.to_string()];
-    while let Some(id) = todo.pop() {
-        for e in graph.outputs_of(&id) {
-            if seen.insert(e.to.clone()) {
-                todo.push(e.to.clone());
-            }
-        }
-    }
-    graph.components.iter().filter(|c| seen.contains(&c.id) && holds_units(&c.kind)).map(|c| c.id.clone()).collect()
-}
-
-/// The files a component's results depend on, by what they are.
-fn model_files(kind: &ComponentKind) -> Result<Vec<(String, PathBuf)>, String> {
-    let hub = |explicit: &Option<PathBuf>, file: &str, what: &str| {
-        hub_cache::locate(explicit.as_deref(), file, what, "").map_err(|e| e.to_string())
-    };
-    Ok(match kind {
-        ComponentKind::DdpmSampler(cfg) => ["config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", "classes.json"]
-            .iter()
-            .map(|f| (format!("unet {f}"), cfg.unet.join(f)))
-            .filter(|(_, p)| p.exists())
-            .collect(),
-        ComponentKind::OracleClassifier(cfg) => vec![("weights".into(), cfg.weights.clone())],
-        ComponentKind::InceptionV3(cfg) => vec![("weights".into(), hub(&cfg.weights, PT_INCEPTION_FILE, "inception weights")?)],
-        ComponentKind::LpipsDiversity(cfg) => vec![
-            ("backbone".into(), hub(&cfg.backbone, cfg.net.backbone_file(), "lpips backbone weights")?),
-            ("lin".into(), hub(&cfg.lin, cfg.net.lin_file(), "lpips lin weights")?),
-        ],
-        ComponentKind::Fid(cfg) => cfg.reference.iter().map(|p| ("reference".into(), p.clone())).collect(),
-        ComponentKind::Rca(cfg) => cfg.baseline.iter().map(|p| ("baseline".into(), p.clone())).collect(),
-        _ => Vec::new(),
-    })
-}
-
-/// Images per class of an image folder source, and a fingerprint of its listing (relative
-/// names and sizes, in order: what decides its units, without reading every image).
-fn folder_listing(root: &Path, classes: &[String]) -> Result<(Vec<u64>, String), String> {
-    let mut hasher = Sha256::new();
-    let mut per_class = Vec::new();
-    for class in classes {
-        let files = list_images(&root.join(class)).map_err(|e| e.to_string())?;
-        for f in &files {
-            let size = std::fs::metadata(f).map(|m| m.len()).map_err(|e| format!("\"{}\": {e}", f.display()))?;
-            hasher.update(f.strip_prefix(root).unwrap_or(f).to_string_lossy().as_bytes());
-            hasher.update(size.to_le_bytes());
-        }
-        per_class.push(files.len() as u64);
-    }
-    Ok((per_class, hex(&hasher.finalize())))
+fn holders_downstream<K: ComponentType>(graph: &Graph<K>, source: &str) -> Vec<String> {
+    let downstream = graph.downstream_of(source);
+    graph.components.iter().filter(|c| downstream.contains(&c.id) && c.kind.info().holds_units).map(|c| c.id.clone()).collect()
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {

@@ -1,0 +1,126 @@
+//! The results stages hand to the report, one type per kind of stage, and [`Summary`], the
+//! closed set of them that travels on the data plane's summary edges. They are what report.json
+//! is made of (README "Report schema"), so they live with the report; the runtime carries them
+//! without knowing what is inside.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::diversity::Diversity;
+use crate::metrics::inception_score::InceptionScore;
+use crate::metrics::rca::{ClassificationSummary, RcaSummary};
+use crate::models::lpips::LpipsNet;
+use crate::models::schedulers::SchedulerKind;
+use crate::units::Origin;
+
+/// A finished stage's result, handed downstream to the report and returned to the caller.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Summary {
+    // Boxed: summaries are few (one per stage per run) and the variants differ a lot in size.
+    Rca(Box<RcaResult>),
+    Source(SourceResult),
+    Sampler(Box<SamplerResult>),
+    Lpips(LpipsResult),
+    Fid(Box<FidResult>),
+    InceptionScore(InceptionScore),
+}
+
+/// What the rca sink hands to the report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RcaResult {
+    pub real: ClassificationSummary,
+    pub generated: ClassificationSummary,
+    pub rca: RcaSummary,
+    /// "images" or the baseline file the real side came from.
+    pub real_source: String,
+    pub units_applied: usize,
+    pub duplicate_units_ignored: u64,
+}
+
+/// A file that could not be used, and why.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BadFile {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+/// What a source read: published for the report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceResult {
+    pub origin: Origin,
+    pub path: PathBuf,
+    /// Image files found, per class.
+    pub files: Vec<u64>,
+    /// Images decoded and sent, per class.
+    pub decoded: Vec<u64>,
+    pub unreadable: Vec<BadFile>,
+    /// Stopped early by a stop request.
+    pub stopped_early: bool,
+}
+
+/// Samples per class kept for the report's grid.
+pub const GRID_COLUMNS: usize = 8;
+
+/// The first images of each class, for the report's sample grid (not in report.json).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SampleGrid {
+    pub height: usize,
+    pub width: usize,
+    /// Per class, planar RGB images by position (`None` until generated).
+    pub per_class: Vec<Vec<Option<Vec<u8>>>>,
+}
+
+/// What the sampler did: published for the report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SamplerResult {
+    pub unet: PathBuf,
+    pub scheduler: SchedulerKind,
+    pub steps: usize,
+    pub eta: f64,
+    pub seed: u64,
+    pub replicas: usize,
+    pub unit_size: usize,
+    pub planned: Vec<u64>,
+    pub generated: Vec<u64>,
+    pub units: usize,
+    /// Images with a NaN or infinite value before quantisation (sent as quantised, and counted).
+    pub nonfinite_images: u64,
+    /// From the first unit's start to the last unit's end.
+    pub generation_seconds: f64,
+    /// Time spent denoising, summed over replicas.
+    pub busy_seconds: f64,
+    pub images_per_second: Option<f64>,
+    /// Stopped by a stop request before the plan was done.
+    pub stopped_early: bool,
+    #[serde(skip)]
+    pub grid: SampleGrid,
+}
+
+/// What the report shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LpipsResult {
+    pub net: LpipsNet,
+    #[serde(flatten)]
+    pub diversity: Diversity,
+    /// Pairs asked for per class (fewer are used where a class has fewer distinct pairs).
+    pub pairs_requested: usize,
+}
+
+/// What the report shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FidResult {
+    /// The distance; `null` when a side has fewer than 2 images.
+    pub value: Option<f64>,
+    pub real_images: u64,
+    pub generated_images: u64,
+    /// The `.npz` the real statistics came from, if not from real images.
+    pub reference: Option<PathBuf>,
+    pub feature_dim: usize,
+    /// A side has no more images than feature dimensions: its covariance is singular and the
+    /// value is biased upwards (pytorch-fid computes it the same way; compare only like with like).
+    pub rank_deficient: bool,
+    /// Images whose features were not finite, left out.
+    pub nonfinite_images: u64,
+}

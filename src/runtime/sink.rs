@@ -1,0 +1,85 @@
+//! The one driver of accumulating sinks (DESIGN.md §2 "Exactly once"): restore the checkpoint
+//! or create a fresh state, receive, apply each unit exactly once, publish live values,
+//! checkpoint on the timer and at the end, honour aborts, and send the summary. A sink supplies
+//! only its state (an [`Accumulator`]) and its maths ([`SinkMaths`]); rca, fid,
+//! inception_score and lpips_diversity all run through [`SinkStage`].
+
+use std::sync::Arc;
+
+use super::accumulator::{Accumulator, ExactlyOnce};
+use super::batch::{Batch, Payload};
+use super::checkpoint::CheckpointTimer;
+use super::stage::{Stage, StageContext, StageError};
+use crate::report::Summary;
+
+/// A sink's own part: its state's birth, what it does after each batch and at the end.
+pub trait SinkMaths: Send + 'static {
+    /// The state folded exactly once per unit, and checkpointed with the applied unit ids.
+    type Acc: Accumulator<Input = Self::Input>;
+    /// The batch type on its inputs.
+    type Input: Batch;
+
+    /// The state of a run with no checkpoint.
+    fn fresh(&mut self, ctx: &StageContext) -> Result<Self::Acc, StageError>;
+
+    /// Once, before the first batch, with the fresh or restored state (initial gauges, plans
+    /// that a restored state needs rebuilt).
+    fn start(&mut self, acc: &mut ExactlyOnce<Self::Acc>, ctx: &StageContext) -> Result<(), StageError>;
+
+    /// Refuses a batch the state cannot take (features of another width, images of another
+    /// size), before any of it is applied.
+    fn check_batch(&self, acc: &ExactlyOnce<Self::Acc>, batch: &Self::Input) -> Result<(), StageError>;
+
+    /// After each batch is applied: work the batch made possible, live values.
+    fn after_batch(&mut self, acc: &mut ExactlyOnce<Self::Acc>, ctx: &StageContext) -> Result<(), StageError>;
+
+    /// When the inputs have closed on a run that did not fail, the work still left (LPIPS: the
+    /// pairs short of a full chunk), before the final checkpoint.
+    fn drain(&mut self, acc: &mut ExactlyOnce<Self::Acc>, ctx: &StageContext) -> Result<(), StageError>;
+
+    /// The summary of the final state (its live values published).
+    fn finish(&mut self, acc: &ExactlyOnce<Self::Acc>, ctx: &StageContext) -> Result<Summary, StageError>;
+}
+
+/// The stage of an accumulating sink.
+pub struct SinkStage<M>(pub M);
+
+impl<M: SinkMaths> Stage for SinkStage<M> {
+    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
+        let mut maths = self.0;
+        // 1. Restore or create.
+        let mut acc = match ctx.restore::<<M::Acc as Accumulator>::State>()? {
+            Some(snapshot) => ExactlyOnce::restore(snapshot),
+            None => ExactlyOnce::new(maths.fresh(ctx)?),
+        };
+        maths.start(&mut acc, ctx)?;
+        let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
+        // 2. Receive and apply each unit once; checkpoint on the timer.
+        while let Some(payload) = ctx.recv() {
+            let Some(batch) = M::Input::of(&payload) else {
+                return Err(StageError::Failed(format!(
+                    "received a non-{} payload; the topology check should have refused this edge",
+                    M::Input::NAME
+                )));
+            };
+            maths.check_batch(&acc, batch)?;
+            ctx.timed(|| acc.apply(batch, batch.units()));
+            ctx.fault("applied")?;
+            maths.after_batch(&mut acc, ctx)?;
+            if checkpoints.due() {
+                ctx.checkpoint(&acc.snapshot())?;
+            }
+        }
+        // 3. The final state is checkpointed even after a failure elsewhere: what was applied
+        // stays applied. A failed run sends no summary: partial numbers must not look final.
+        if ctx.control.aborted() {
+            ctx.checkpoint(&acc.snapshot())?;
+            return Ok(None);
+        }
+        maths.drain(&mut acc, ctx)?;
+        ctx.checkpoint(&acc.snapshot())?;
+        let summary = maths.finish(&acc, ctx)?;
+        ctx.send(Payload::Summary(Arc::new(summary.clone())))?;
+        Ok(Some(summary))
+    }
+}
