@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference outputs for the ResNet oracle (src/models/resnet.rs) from torchvision.
+"""Reference outputs for the ResNet oracle (src/models/resnet/) from torchvision.
 
 Run (any Python with torch, torchvision, numpy and safetensors; CI never runs this):
 

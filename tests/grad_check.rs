@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
-use rcaflow::models::resnet_train::{BatchNorm2d, BnMode};
+use rcaflow::models::resnet::{BatchNorm2d, BnMode};
 
 /// Deterministic pseudo-random values in [-1, 1].
 fn values(n: usize, seed: u64) -> Vec<f64> {
@@ -107,8 +107,8 @@ fn overlapping_max_pool_gradient() {
     // The imagenet stem's 3x3/2 max-pool (distinct values: no ties).
     let x =
         Tensor::from_vec((0..2 * 7 * 6).map(|i| ((i * 37) % 101) as f64 / 10.0).collect::<Vec<_>>(), (1, 2, 7, 6), &Device::Cpu).unwrap();
-    check("max pool 3x3/2", &x, |x| rcaflow::models::resnet_train::max_pool_3x3_s2_p1(x).unwrap());
-    let y = rcaflow::models::resnet_train::max_pool_3x3_s2_p1(&x).unwrap();
+    check("max pool 3x3/2", &x, |x| rcaflow::models::resnet::max_pool_3x3_s2_p1(x).unwrap());
+    let y = rcaflow::models::resnet::max_pool_3x3_s2_p1(&x).unwrap();
     assert_eq!(y.dims(), &[1, 2, 4, 3]);
 }
 

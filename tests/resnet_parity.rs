@@ -48,7 +48,7 @@ fn tensor_range(key: &str, shape: &[usize]) -> (f64, f64) {
     }
 }
 
-// ---- torchvision's state_dict layout, written out independently of src/models/resnet.rs ----
+// ---- torchvision's state_dict layout, written out independently of src/models/resnet/ ----
 
 /// (key, shape) of every float tensor of torchvision's resnet18/34 state_dict (plus the
 /// `num_batches_tracked` scalars, shape []), with the cifar stem's conv1 where asked.

@@ -1,5 +1,6 @@
-//! Eval-mode BatchNorm2d (torch.nn.BatchNorm2d in `eval()`), shared by the ResNet oracle and
-//! pytorch-fid's Inception, which differ only in eps (1e-5 and 1e-3).
+//! Eval-mode BatchNorm2d (torch.nn.BatchNorm2d in `eval()`), shared by the ResNet oracle (its
+//! eval mode, see `resnet::batch_norm`) and pytorch-fid's Inception, which differ only in eps
+//! (1e-5 and 1e-3).
 //!
 //! Precomputed as a per-channel affine map `y = x * scale + shift` with
 //! `scale = weight / sqrt(running_var + eps)` and `shift = bias - running_mean * scale`: the same
@@ -27,17 +28,20 @@ impl BatchNorm {
         if let Some(shape) = w.shape_of("num_batches_tracked") {
             w.get(&shape, "num_batches_tracked")?;
         }
-        let fold = || -> candle_core::Result<(Tensor, Tensor)> {
-            let scale = (weight / (var + eps)?.sqrt()?)?;
-            let shift = (bias - (mean * &scale)?)?;
-            Ok((scale.reshape((1, channels, 1, 1))?, shift.reshape((1, channels, 1, 1))?))
-        };
-        let (scale, shift) = fold().map_err(|e| WeightsError::Tensor {
+        Self::fold(&weight, &bias, &mean, &var, eps).map_err(|e| WeightsError::Tensor {
             path: w.path().to_path_buf(),
             name: w.prefix().to_string(),
             cause: e.to_string(),
-        })?;
-        Ok(Self { scale, shift })
+        })
+    }
+
+    /// The affine map of one set of statistics (`weight`, `bias`, `running_mean`,
+    /// `running_var`, each `[C]`), ready for `[N, C, H, W]` inputs.
+    pub(crate) fn fold(weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> candle_core::Result<Self> {
+        let channels = weight.dims1()?;
+        let scale = (weight / (var + eps)?.sqrt()?)?;
+        let shift = (bias - (mean * &scale)?)?;
+        Ok(Self { scale: scale.reshape((1, channels, 1, 1))?, shift: shift.reshape((1, channels, 1, 1))? })
     }
 }
 

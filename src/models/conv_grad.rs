@@ -82,6 +82,11 @@ pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, cfg: candle_nn::Conv2dCo
     Ok(Conv2d(candle_nn::conv2d(c_in, c_out, kernel, cfg, vb)?))
 }
 
+/// `candle_nn::conv2d_no_bias` returning a [`Conv2d`].
+pub fn conv2d_no_bias(c_in: usize, c_out: usize, kernel: usize, cfg: candle_nn::Conv2dConfig, vb: candle_nn::VarBuilder) -> Result<Conv2d> {
+    Ok(Conv2d(candle_nn::conv2d_no_bias(c_in, c_out, kernel, cfg, vb)?))
+}
+
 impl candle_core::Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.0.config();

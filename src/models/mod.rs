@@ -2,9 +2,9 @@
 //!
 //! - [`weights`]: `.safetensors` / torch `.pth` state_dicts into a `VarBuilder`-like map
 //!   (`legacy_pth`: the pre-1.6, non-zip `.pth` format).
-//! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem).
+//! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem), from a checkpoint for
+//!   inference or from a `VarMap` for training (BatchNorm in training mode).
 //! - [`conv_grad`]: stride-1 convolution with a fast CPU backward (for training).
-//! - [`resnet_train`]: the same ResNet built from a `VarMap`, BatchNorm in training mode.
 //! - [`preprocess`]: uint8 pixels to normalised network input.
 //! - [`hub_cache`]: where standard weight files are looked for when no path is given.
 //! - [`inception`]: pytorch-fid's InceptionV3 (FID variant): pool3 features and IS logits.
@@ -26,7 +26,6 @@ pub mod noise;
 pub mod oracle;
 pub mod preprocess;
 pub mod resnet;
-pub mod resnet_train;
 pub mod sampling;
 pub mod schedulers;
 pub mod unet;

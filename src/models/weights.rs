@@ -168,6 +168,12 @@ impl WeightMap {
         &self.path
     }
 
+    /// The device of the tensors: the one [`WeightMap::load`] put them on (for
+    /// [`WeightMap::from_tensors`], that of any one of them), CPU for an empty map.
+    pub fn device(&self) -> Device {
+        self.tensors.values().next().map_or(Device::Cpu, |t| t.device().clone())
+    }
+
     /// This view's key prefix, without the trailing dot ("" at the root).
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -11,15 +11,14 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 
 use super::dataset::Dataset;
 use super::optim::{AdamW, ParamsAdamW};
 use crate::data::rng::Rng;
 use crate::models::preprocess::Normalization;
-use crate::models::resnet::ResNetConfig;
-use crate::models::resnet_train::{cross_entropy, BnMode, TrainableResNet};
+use crate::models::resnet::{BnMode, ResNetConfig, TrainableResNet};
 use crate::models::weights::WeightMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +53,15 @@ pub struct EpochReport {
     pub eval_accuracy: Option<f64>,
     pub seconds: f64,
     pub images_per_second: f64,
+}
+
+/// Mean cross-entropy of `logits` `[N, K]` against `labels` `[N]` (u32), and the number of
+/// correct argmax predictions.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<(Tensor, usize)> {
+    let loss = candle_nn::loss::cross_entropy(logits, labels)?;
+    let pred = logits.argmax(D::Minus1)?;
+    let correct = pred.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+    Ok((loss, correct))
 }
 
 /// Accuracy of `net` (eval mode) on `data`.
