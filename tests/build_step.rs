@@ -96,7 +96,8 @@ fn every_build_error_is_reported_at_once_before_the_run_starts() {
 #[cfg(not(feature = "cuda"))]
 fn demo_on(dir: &Path, oracle_device: &str) -> PathBuf {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("topology/demo-rca.toml")).unwrap();
-    let text = text.replace("../models/demo", &demo().display().to_string()).replace("../runs/demo-rca", &dir.join("run").display().to_string());
+    let text =
+        text.replace("../models/demo", &demo().display().to_string()).replace("../runs/demo-rca", &dir.join("run").display().to_string());
     let text = text.replace("normalization = \"imagenet\"", &format!("normalization = \"imagenet\"\ndevice = \"{oracle_device}\""));
     let path = dir.join("topology.toml");
     std::fs::write(&path, text).unwrap();
@@ -108,7 +109,9 @@ fn demo_on(dir: &Path, oracle_device: &str) -> PathBuf {
 fn a_cpu_only_build_refuses_a_gpu_naming_the_component_or_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let topology = demo_on(dir.path(), "cuda:0");
-    let run = |extra: &[&str]| Command::new(env!("CARGO_BIN_EXE_rcaflow")).args(["run", "--topology"]).arg(&topology).args(extra).output().unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rcaflow")).args(["run", "--topology"]).arg(&topology).args(extra).output().unwrap()
+    };
 
     let out = run(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);

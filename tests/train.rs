@@ -9,13 +9,14 @@ use std::process::Command;
 use candle_core::{Device, Tensor};
 use rcaflow::data::synth::{generate, SynthConfig};
 use rcaflow::models::preprocess::Normalization;
-use rcaflow::models::resnet::{BnMode, ResNetArch, ResNetConfig, Stem, TrainableResNet};
+use rcaflow::models::resnet::{BnMode, ResNetArch, ResNetConfig, Stem};
 use rcaflow::models::schedulers::SchedulerConfig;
 use rcaflow::models::unet::{UNet2DConfig, UNet2DModel};
 use rcaflow::models::{Oracle, OracleConfig};
 use rcaflow::train::dataset::Dataset;
 use rcaflow::train::ddpm::{DdpmTrainConfig, DdpmTrainer, SCHEDULER_FILE};
 use rcaflow::train::oracle::{cross_entropy, train_oracle, OracleTrainConfig};
+use rcaflow::train::resnet::TrainableResNet;
 
 fn synth(dir: &Path, classes: usize, per_class: usize, size: usize) -> Dataset {
     generate(&SynthConfig { classes, per_class, size, similarity: 0.0, seed: 4 }, dir, || {}).unwrap();

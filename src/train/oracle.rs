@@ -18,8 +18,9 @@ use super::dataset::Dataset;
 use super::optim::{AdamW, ParamsAdamW};
 use crate::data::rng::Rng;
 use crate::models::preprocess::Normalization;
-use crate::models::resnet::{BnMode, ResNetConfig, TrainableResNet};
+use crate::models::resnet::{BnMode, ResNetConfig};
 use crate::models::weights::WeightMap;
+use crate::train::resnet::TrainableResNet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

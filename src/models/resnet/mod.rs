@@ -9,13 +9,12 @@
 //! - [`batch_norm`]: `nn.BatchNorm2d` in `train()` and `eval()` mode;
 //! - `pool`: the imagenet stem's `nn.MaxPool2d(3, 2, 1)`;
 //! - `checkpoint`: a torchvision state_dict as the `VarBuilder` the network is built from;
-//! - [`trainable`]: the network over a `VarMap`, seeded init and saving, for training.
 //!
 //! Tensor keys are exactly torchvision's state_dict names (`conv1.weight`, `bn1.running_mean`,
 //! `layer2.0.downsample.0.weight`, `fc.bias`, ...): the network is built from a candle-nn
 //! `VarBuilder` whose `pp(...)` prefixes mirror that key tree, so a model trained with
 //! torchvision loads unchanged ([`ResNet::load`]), and a network built over a `VarMap` for
-//! training saves a state_dict torchvision loads ([`TrainableResNet::save`]). Parity with
+//! training saves a state_dict torchvision loads (`crate::train::resnet::TrainableResNet::save`). Parity with
 //! torchvision (eval mode) is tested in tests/resnet_parity.rs (fixtures from
 //! scripts/make_resnet_fixtures.py); training in tests/train.rs and tests/grad_check.rs.
 //!
@@ -30,7 +29,6 @@
 
 pub mod batch_norm;
 pub mod config;
-pub mod trainable;
 
 mod block;
 mod checkpoint;
@@ -45,7 +43,6 @@ use crate::models::weights::{WeightMap, WeightsError};
 pub use batch_norm::{BatchNorm2d, BnMode};
 pub use config::{ResNetArch, ResNetConfig, ResNetParseError, Stem, TORCHVISION_WIDTH};
 pub use pool::max_pool_3x3_s2_p1;
-pub use trainable::TrainableResNet;
 
 use block::{conv, BasicBlock};
 use checkpoint::Checkpoint;
@@ -155,48 +152,5 @@ impl ResNet {
     /// 4. Classifier: logits `features W^T + b` from pooled features.
     pub fn head(&self, features: &Tensor) -> Result<Tensor> {
         self.fc.forward(features)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    use candle_core::DType;
-
-    /// A ResNet-18 state_dict (cifar stem, width 4) with all-`value` tensors.
-    fn state_dict(num_classes: usize, value: f32) -> HashMap<String, Tensor> {
-        let cfg = ResNetConfig { width: 4, ..ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, num_classes) };
-        let net = TrainableResNet::new(&cfg, 1, &Device::Cpu).unwrap();
-        let fill = |t: Tensor| if t.dtype().is_float() { t.ones_like().unwrap().affine(value as f64, 0.).unwrap() } else { t };
-        net.state_dict().unwrap().into_iter().map(|(k, t)| (k, fill(t))).collect()
-    }
-
-    #[test]
-    fn load_reports_the_weight_maps_errors() {
-        let cfg = ResNetConfig { width: 4, ..ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, 3) };
-        let mut sd = state_dict(3, 0.5);
-        assert!(ResNet::load(&WeightMap::from_tensors(sd.clone(), "mem"), &cfg).is_ok());
-        sd.remove("layer3.0.downsample.1.running_var");
-        let e = ResNet::load(&WeightMap::from_tensors(sd.clone(), "mem"), &cfg).unwrap_err();
-        assert_eq!(e.to_string(), "weights mem: tensor \"layer3.0.downsample.1.running_var\" is missing");
-        // Nested under a prefix: keys are named in full, leftovers outside it are not ours.
-        let mut nested: HashMap<String, Tensor> = state_dict(3, 0.5).into_iter().map(|(k, t)| (format!("model.{k}"), t)).collect();
-        nested.insert("epoch".into(), Tensor::new(3i64, &Device::Cpu).unwrap());
-        let w = WeightMap::from_tensors(nested, "mem");
-        assert_eq!(ResNet::width_of(&w.pp("model")), Some(4));
-        assert!(ResNet::load(&w.pp("model"), &cfg).is_ok());
-        let e = ResNet::load(&w.pp("model"), &ResNetConfig { num_classes: 2, ..cfg }).unwrap_err();
-        assert_eq!(e.to_string(), "weights mem: tensor \"model.fc.weight\" has shape [3, 32], expected [2, 32]");
-    }
-
-    #[test]
-    fn checkpoint_network_refuses_to_train() {
-        let cfg = ResNetConfig { width: 4, ..ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, 3) };
-        let net = ResNet::load(&WeightMap::from_tensors(state_dict(3, 0.5), "mem"), &cfg).unwrap();
-        let x = Tensor::zeros((2, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(net.forward(&x).unwrap().dims(), &[2, 3]);
-        assert!(net.forward_t(&x, BnMode::Train).is_err());
     }
 }

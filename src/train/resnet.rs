@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::{BnMode, ResNet, ResNetConfig};
+use super::init::{fan_out, init_varmap, Init};
+use crate::models::resnet::{BnMode, ResNet, ResNetConfig};
 use crate::models::weights::{WeightMap, WeightsError};
-use crate::train::init::{fan_out, init_varmap, Init};
 
 /// A trainable torchvision BasicBlock ResNet.
 pub struct TrainableResNet {
@@ -174,5 +174,51 @@ mod tests {
                 (ours.flatten_all().unwrap().to_vec1().unwrap(), theirs.flatten_all().unwrap().to_vec1().unwrap());
             assert_eq!(ours, theirs, "{stem}");
         }
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_loading_tests {
+    //! `ResNet::load` on state_dicts this network writes (here, beside it, so the model layer
+    //! imports nothing from training).
+    use super::*;
+    use crate::models::resnet::{ResNetArch, Stem};
+    use std::collections::HashMap;
+
+    use candle_core::DType;
+
+    /// A ResNet-18 state_dict (cifar stem, width 4) with all-`value` tensors.
+    fn state_dict(num_classes: usize, value: f32) -> HashMap<String, Tensor> {
+        let cfg = ResNetConfig { width: 4, ..ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, num_classes) };
+        let net = TrainableResNet::new(&cfg, 1, &Device::Cpu).unwrap();
+        let fill = |t: Tensor| if t.dtype().is_float() { t.ones_like().unwrap().affine(value as f64, 0.).unwrap() } else { t };
+        net.state_dict().unwrap().into_iter().map(|(k, t)| (k, fill(t))).collect()
+    }
+
+    #[test]
+    fn load_reports_the_weight_maps_errors() {
+        let cfg = ResNetConfig { width: 4, ..ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, 3) };
+        let mut sd = state_dict(3, 0.5);
+        assert!(ResNet::load(&WeightMap::from_tensors(sd.clone(), "mem"), &cfg).is_ok());
+        sd.remove("layer3.0.downsample.1.running_var");
+        let e = ResNet::load(&WeightMap::from_tensors(sd.clone(), "mem"), &cfg).unwrap_err();
+        assert_eq!(e.to_string(), "weights mem: tensor \"layer3.0.downsample.1.running_var\" is missing");
+        // Nested under a prefix: keys are named in full, leftovers outside it are not ours.
+        let mut nested: HashMap<String, Tensor> = state_dict(3, 0.5).into_iter().map(|(k, t)| (format!("model.{k}"), t)).collect();
+        nested.insert("epoch".into(), Tensor::new(3i64, &Device::Cpu).unwrap());
+        let w = WeightMap::from_tensors(nested, "mem");
+        assert_eq!(ResNet::width_of(&w.pp("model")), Some(4));
+        assert!(ResNet::load(&w.pp("model"), &cfg).is_ok());
+        let e = ResNet::load(&w.pp("model"), &ResNetConfig { num_classes: 2, ..cfg }).unwrap_err();
+        assert_eq!(e.to_string(), "weights mem: tensor \"model.fc.weight\" has shape [3, 32], expected [2, 32]");
+    }
+
+    #[test]
+    fn checkpoint_network_refuses_to_train() {
+        let cfg = ResNetConfig { width: 4, ..ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, 3) };
+        let net = ResNet::load(&WeightMap::from_tensors(state_dict(3, 0.5), "mem"), &cfg).unwrap();
+        let x = Tensor::zeros((2, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(net.forward(&x).unwrap().dims(), &[2, 3]);
+        assert!(net.forward_t(&x, BnMode::Train).is_err());
     }
 }
