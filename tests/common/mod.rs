@@ -6,7 +6,8 @@
 //! - [`color_set`]: the colour example set and its hand-made oracle (examples/common/color_set.rs);
 //! - [`topology`]: topology files built section by section, at any size;
 //! - [`tiny_run`]: the tiny sampler run with every evaluation stage (models, real images, topology);
-//! - [`bin`]: running the `rcaflow` binary.
+//! - [`bin`]: running the `rcaflow` binary;
+//! - [`stages`]: mock stages (sources, sinks, faulty and stuck stages) for `runtime::run`.
 
 // Each test file is its own crate and uses only part of this module: the rest would warn as
 // dead code in each of them.
@@ -17,5 +18,6 @@ pub mod bin;
 pub mod color_set;
 pub mod prng;
 pub mod random_weights;
+pub mod stages;
 pub mod tiny_run;
 pub mod topology;
