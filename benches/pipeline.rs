@@ -18,17 +18,16 @@
 //! `-- --per-class N --steps N` to change the size). Random weights: the figures measure speed,
 //! not quality.
 
-#[path = "../examples/common/color_set.rs"]
-mod color_set;
-#[path = "../tests/common/prng.rs"]
-mod prng;
-#[path = "../tests/common/random_weights.rs"]
-mod random_weights;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
+use common::bin::{rcaflow, Ran};
+use common::color_set;
+use common::tiny_run::{self, CLASSES};
+use common::topology::{Sampler, Topology};
 use serde_json::Value;
 
 struct Options {
@@ -60,122 +59,49 @@ fn options() -> Options {
     o
 }
 
-const CLASSES: usize = 3;
-
 /// The tiny model, weights and real images, in `root`.
 fn setup(root: &Path) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler/ddim_defaults");
-    #[derive(serde::Deserialize)]
-    struct Keys {
-        state_dict: Vec<(String, Vec<usize>)>,
-    }
-    let keys: Keys = serde_json::from_slice(&std::fs::read(fixture.join("run.json")).unwrap()).unwrap();
-    let unet = root.join("unet");
-    random_weights::unet_folder(&fixture, &keys.state_dict, &unet);
     // 32x32 (LPIPS' alexnet needs >= 31x31); no weight depends on the size.
-    let config = std::fs::read_to_string(unet.join("config.json")).unwrap();
-    std::fs::write(unet.join("config.json"), config.replace("\"sample_size\": 8", "\"sample_size\": 32")).unwrap();
-    let colors: Vec<[u8; 3]> = color_set::PALETTE[..CLASSES].iter().map(|(_, c)| *c).collect();
-    candle_core::safetensors::save(&color_set::color_oracle(&colors), root.join("oracle.safetensors")).unwrap();
-    random_weights::random_inception(&root.join("inception.safetensors"));
-    random_weights::random_lpips_weights(root);
-    for (name, color) in &color_set::PALETTE[..CLASSES] {
-        let dir = root.join("real").join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..16 {
-            color_set::write_png(&dir.join(format!("{i:03}.png")), 32, |_, _| *color);
-        }
-    }
+    tiny_run::write_networks(root);
+    tiny_run::write_oracle(root);
+    tiny_run::write_real(root, 16, 32);
     // save_images names class folders after the run's classes: the real set's.
 }
 
-fn sampler_section(o: &Options) -> String {
-    format!(
-        "[sources.sampler]\ntype = \"ddpm_sampler\"\nunet = \"unet\"\nscheduler = \"ddim\"\nsteps = {}\nper_class = {}\nunit_size = {}\nseed = 1\n",
-        o.steps, o.per_class, o.unit_size
+fn sampler(t: Topology, name: &str, o: &Options) -> Topology {
+    let size = Sampler { steps: o.steps as i64, per_class: o.per_class as i64, unit_size: o.unit_size as i64, seed: 1 };
+    t.sampler(name, "ddim", size)
+}
+
+/// The evaluation graph after a source named `generated`, with the real images.
+fn evaluation(t: Topology) -> Topology {
+    t.image_folder("real", "real").evaluation("generated", 16, 8).set("sinks.fid", "interval_secs", 1000).set(
+        "sinks.report",
+        "figures",
+        false,
     )
 }
 
-/// The evaluation graph after a source named `generated`.
-const EVALUATION: &str = r#"
-[sources.real]
-type = "image_folder"
-path = "real"
-origin = "real"
-
-[transforms.batches]
-type = "batcher"
-inputs = ["real", "generated"]
-batch_size = 16
-
-[transforms.oracle]
-type = "oracle_classifier"
-inputs = ["batches"]
-weights = "oracle.safetensors"
-arch = "resnet18"
-stem = "cifar"
-normalization = "minus-one-one"
-
-[transforms.inception]
-type = "inception_v3"
-inputs = ["batches"]
-weights = "inception.safetensors"
-
-[sinks.rca]
-type = "rca"
-inputs = ["oracle"]
-
-[sinks.fid]
-type = "fid"
-inputs = ["inception"]
-interval_secs = 1000
-
-[sinks.inception_score]
-type = "inception_score"
-inputs = ["inception"]
-splits = 2
-
-[sinks.lpips]
-type = "lpips_diversity"
-inputs = ["batches"]
-net = "alex"
-backbone = "alexnet.safetensors"
-lin = "alex-lin.safetensors"
-pairs = 8
-
-[sinks.report]
-type = "report"
-inputs = ["rca", "fid", "inception_score", "lpips"]
-figures = false
-"#;
-
 fn write_topologies(root: &Path, o: &Options) -> [PathBuf; 3] {
-    let generate = format!(
-        "[run]\ndir = \"run-generate\"\nclasses = {classes:?}\n{}\n[sinks.samples]\ntype = \"save_images\"\ninputs = [\"sampler\"]\npath = \"generated\"\n",
-        sampler_section(o),
-        classes = color_set::PALETTE[..CLASSES].iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
-    );
-    let evaluate = format!("[run]\ndir = \"run-evaluate\"\n[sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\n{EVALUATION}");
-    let pipelined =
-        format!("[run]\ndir = \"run-pipelined\"\n{}{EVALUATION}", sampler_section(o).replace("[sources.sampler]", "[sources.generated]"));
-    let paths = [root.join("generate.toml"), root.join("evaluate.toml"), root.join("pipelined.toml")];
-    for (path, text) in paths.iter().zip([generate, evaluate, pipelined]) {
-        std::fs::write(path, text).unwrap();
-    }
-    paths
+    let classes: Vec<&str> = color_set::PALETTE[..CLASSES].iter().map(|(n, _)| *n).collect();
+    let generate = sampler(Topology::new("run-generate").set("run", "classes", classes), "sampler", o)
+        .sink("samples", "save_images", &["sampler"])
+        .set("sinks.samples", "path", "generated");
+    let evaluate = evaluation(Topology::new("run-evaluate").image_folder("generated", "generated"));
+    let pipelined = evaluation(sampler(Topology::new("run-pipelined"), "generated", o));
+    [
+        generate.write(&root.join("generate.toml")),
+        evaluate.write(&root.join("evaluate.toml")),
+        pipelined.write(&root.join("pipelined.toml")),
+    ]
 }
 
 /// Runs a topology with the release binary; returns (wall seconds, report if any).
 fn run(topology: &Path, device: &str, report_dir: &Path) -> (f64, Option<Value>) {
     let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_rcaflow"))
-        .env_remove("RUST_LOG")
-        .args(["run", "--metrics-addr", "off", "--device", device, "--topology"])
-        .arg(topology)
-        .output()
-        .expect("start rcaflow");
+    let out = Ran::of(rcaflow().args(["run", "--metrics-addr", "off", "--device", device, "--topology"]).arg(topology));
     let wall = start.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}: {}", topology.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(out.success(), "{}: {}", topology.display(), out.stderr);
     let report = std::fs::read(report_dir.join("report.json")).ok().map(|b| serde_json::from_slice(&b).unwrap());
     (wall, report)
 }

@@ -8,21 +8,22 @@
 //! stage holds at most one batch outside the channels (the one it is working on, or the one it
 //! is blocked sending). Payloads are `Arc`s, so fan-out and channel moves never create batches.
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use common::stages::{built, edge, settings, spec, RecordingSink};
 use rcaflow::models::device::DeviceSpec;
 use rcaflow::report::Summary;
-use rcaflow::runtime::batch::{live_batches, reset_peak_live_batches, Payload};
+use rcaflow::runtime::batch::{live_batches, reset_peak_live_batches};
 use rcaflow::runtime::control::RunControl;
-use rcaflow::runtime::stage::{Stage, StageContext, StageError};
-use rcaflow::runtime::{run, RunSettings, ShutdownRequest, StageSpec};
+use rcaflow::runtime::{run, ShutdownRequest};
 use rcaflow::stages::batcher::BatcherConfig;
 use rcaflow::stages::image_folder::ImageFolderConfig;
 use rcaflow::stages::{BuildContext, ComponentConfig};
-use rcaflow::topology::Edge;
 use rcaflow::units::{Origin, UnitId};
 use tokio::sync::mpsc;
 
@@ -30,37 +31,6 @@ const CLASSES: [&str; 2] = ["cat", "dog"];
 const PER_CLASS: usize = 40;
 /// image_folder -> batcher -> slow sink.
 const STAGES: usize = 3;
-
-/// A sink that sleeps on every batch, recording the units and images it saw.
-struct SlowSink {
-    delay: Duration,
-    seen: Arc<Mutex<Seen>>,
-}
-
-#[derive(Default)]
-struct Seen {
-    images: usize,
-    batches: usize,
-    units: BTreeSet<UnitId>,
-}
-
-impl Stage for SlowSink {
-    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
-        while let Some(payload) = ctx.recv() {
-            let Payload::Images(batch) = payload else {
-                return Err(StageError::Failed("expected images".into()));
-            };
-            std::thread::sleep(self.delay);
-            let mut seen = self.seen.lock().unwrap();
-            seen.images += batch.len();
-            seen.batches += 1;
-            for span in &batch.units {
-                assert!(seen.units.insert(span.id), "unit {} delivered twice", span.id);
-            }
-        }
-        Ok(None)
-    }
-}
 
 fn write_folder(root: &Path) {
     for (c, class) in CLASSES.iter().enumerate() {
@@ -81,9 +51,11 @@ struct Measured {
 
 /// image_folder (unit_size) -> batcher (batch_size) -> slow sink, with the given capacities.
 async fn measure(root: &Path, run_dir: &Path, unit_size: usize, batch_size: usize, caps: (usize, usize)) -> Measured {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let classes: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
+    // A sink that sleeps on every batch, recording the units and images it saw (and holding no
+    // batch after its turn, so that it does not change how many are alive).
+    let (sink, seen) = RecordingSink::counting(Duration::from_millis(5));
     // The two real stages come out of their components' build step, as in a run.
+    let classes: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
     let source = ImageFolderConfig { path: root.to_path_buf(), origin: Origin::Real, strict: true, unit_size };
     let plan = source.plan(&classes).unwrap().unwrap();
     let cx = BuildContext {
@@ -93,39 +65,12 @@ async fn measure(root: &Path, run_dir: &Path, unit_size: usize, batch_size: usiz
         plans: Arc::new([("real".to_string(), plan)].into()),
     };
     let stages = vec![
-        StageSpec {
-            id: "real".into(),
-            qualified: "sources.real".into(),
-            accumulates: false,
-            stage: source.build(&cx).unwrap(),
-            restart: None,
-        },
-        StageSpec {
-            id: "batcher".into(),
-            qualified: "transforms.batcher".into(),
-            accumulates: false,
-            stage: BatcherConfig { batch_size }.build(&cx).unwrap(),
-            restart: None,
-        },
-        StageSpec {
-            id: "slow".into(),
-            qualified: "sinks.slow".into(),
-            accumulates: true,
-            stage: Box::new(SlowSink { delay: Duration::from_millis(5), seen: seen.clone() }),
-            restart: None,
-        },
+        built("sources", "real", false, source.build(&cx).unwrap()),
+        built("transforms", "batcher", false, BatcherConfig { batch_size }.build(&cx).unwrap()),
+        spec("sinks", "slow", true, sink),
     ];
-    let edges = [
-        Edge { from: "real".into(), to: "batcher".into(), capacity: caps.0 },
-        Edge { from: "batcher".into(), to: "slow".into(), capacity: caps.1 },
-    ];
-    let settings = RunSettings {
-        run_dir: run_dir.to_path_buf(),
-        classes: Arc::new(CLASSES.iter().map(|s| s.to_string()).collect()),
-        shutdown_deadline: Duration::from_secs(5),
-        checkpoint_interval: Duration::from_secs(3600),
-        skip: Default::default(),
-    };
+    let edges = [edge("real", "batcher", caps.0), edge("batcher", "slow", caps.1)];
+    let settings = settings(run_dir, &CLASSES, Duration::from_secs(5));
     let (_tx, rx) = mpsc::unbounded_channel::<ShutdownRequest>();
     assert_eq!(live_batches().0, 0, "batches left over from an earlier run");
     reset_peak_live_batches();
@@ -156,7 +101,7 @@ async fn measure(root: &Path, run_dir: &Path, unit_size: usize, batch_size: usiz
     eprintln!(
         "unit_size {unit_size}, batch_size {batch_size}, capacities {caps:?}: peak {peak} live batches, bound {bound}, \
          {} batches reached the sink",
-        seen.batches
+        seen.batch_count
     );
     Measured { peak, bound, sink_capacity: caps.1 }
 }

@@ -2,10 +2,12 @@
 //! needs before any stage starts, and every build error of every component comes back at once,
 //! named by component, as validation's do. Uses the committed demo models (models/demo).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
+use common::bin::rcaflow;
 
 fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo")
@@ -78,7 +80,7 @@ fn every_build_error_is_reported_at_once_before_the_run_starts() {
     let dir = tempfile::tempdir().unwrap();
     let (oracle, inception) = broken_weights(dir.path());
     let topology = topology(dir.path(), &oracle, &inception);
-    let out = Command::new(env!("CARGO_BIN_EXE_rcaflow")).args(["run", "--topology"]).arg(&topology).output().unwrap();
+    let out = rcaflow().args(["run", "--topology"]).arg(&topology).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "a run that cannot build fails like a bad topology; stderr:\n{stderr}");
     assert!(stderr.contains("2 components failed to build"), "both failures at once:\n{stderr}");
@@ -88,7 +90,7 @@ fn every_build_error_is_reported_at_once_before_the_run_starts() {
     // Nothing ran and nothing was written: the run directory was never made.
     assert!(!dir.path().join("run").exists(), "a failed build leaves no run directory");
     // `validate` loads no model, so the same file validates.
-    let validate = Command::new(env!("CARGO_BIN_EXE_rcaflow")).args(["validate", "--topology"]).arg(&topology).output().unwrap();
+    let validate = rcaflow().args(["validate", "--topology"]).arg(&topology).output().unwrap();
     assert!(validate.status.success(), "{}", String::from_utf8_lossy(&validate.stderr));
 }
 
@@ -109,9 +111,7 @@ fn demo_on(dir: &Path, oracle_device: &str) -> PathBuf {
 fn a_cpu_only_build_refuses_a_gpu_naming_the_component_or_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let topology = demo_on(dir.path(), "cuda:0");
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_rcaflow")).args(["run", "--topology"]).arg(&topology).args(extra).output().unwrap()
-    };
+    let run = |extra: &[&str]| rcaflow().args(["run", "--topology"]).arg(&topology).args(extra).output().unwrap();
 
     let out = run(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -132,7 +132,7 @@ fn a_cpu_only_build_refuses_a_gpu_naming_the_component_or_the_flag() {
 
     // A bad device string in the topology is a validation error naming the component.
     let bad = demo_on(dir.path(), "cuda:x");
-    let out = Command::new(env!("CARGO_BIN_EXE_rcaflow")).args(["validate", "--topology"]).arg(&bad).output().unwrap();
+    let out = rcaflow().args(["validate", "--topology"]).arg(&bad).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("transforms.oracle: device \"cuda:x\": expected"), "{stderr}");

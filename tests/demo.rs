@@ -2,9 +2,11 @@
 //! else, and it gives the figures the README states: the oracle well above chance on the real
 //! held-out images, and recognising most generated images.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::bin::{rcaflow, Ran};
 use serde_json::Value;
 
 #[test]
@@ -21,17 +23,8 @@ fn the_demo_runs_from_the_repository_alone_and_its_ddpm_keeps_identities_apart()
     let topology = tmp.path().join("demo-rca.toml");
     std::fs::write(&topology, text).unwrap();
     let run_dir = tmp.path().join("run");
-    let o = Command::new(env!("CARGO_BIN_EXE_rcaflow"))
-        .env_remove("RUST_LOG")
-        .arg("--config")
-        .arg(&settings)
-        .args(["run", "--topology"])
-        .arg(&topology)
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Ran::of(rcaflow().arg("--config").arg(&settings).args(["run", "--topology"]).arg(&topology).arg("--run-dir").arg(&run_dir));
+    assert!(o.success(), "{}", o.stderr);
     let r: Value = serde_json::from_slice(&std::fs::read(run_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(r["status"], "complete");
     assert_eq!(r["generation"]["sampler"]["generated"], serde_json::json!(vec![20; 10]));

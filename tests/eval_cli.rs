@@ -2,31 +2,22 @@
 //! contents, `baseline` reuse, bad inputs (corrupt images, bad weights, mismatched class
 //! folders), and a graceful stop on SIGINT with live metrics scraped while the run goes on.
 
-#[path = "../examples/common/color_set.rs"]
-mod color_set;
-#[path = "common/prng.rs"]
-mod prng;
-#[path = "common/random_weights.rs"]
-mod random_weights;
+mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use color_set::{color_oracle, write_png, PALETTE};
-use random_weights::{random_inception, random_lpips_weights};
+use common::bin::{rcaflow, Ran};
+use common::color_set::{self, color_oracle, write_png, PALETTE};
+use common::random_weights::{random_inception, random_lpips_weights};
+use common::topology::Topology;
 use serde_json::Value;
 
 const SIZE: u32 = 8;
-
-fn rcaflow() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcaflow"));
-    cmd.env_remove("RUST_LOG");
-    cmd
-}
 
 fn colors() -> Vec<[u8; 3]> {
     PALETTE.iter().map(|(_, c)| *c).collect()
@@ -79,21 +70,30 @@ fn oracle_flags(oracle: &Path) -> Vec<String> {
     .collect()
 }
 
-fn eval(real: &Path, generated: &Path, oracle: &Path, out: &Path) -> Output {
-    rcaflow()
-        .arg("eval")
-        .args(["--real", &real.display().to_string(), "--generated", &generated.display().to_string(), "--out", &out.display().to_string()])
-        .args(oracle_flags(oracle))
-        .output()
-        .unwrap()
+fn eval(real: &Path, generated: &Path, oracle: &Path, out: &Path) -> Ran {
+    eval_with(real, generated, oracle, out, &[])
+}
+
+/// `rcaflow eval` of these folders with the colour oracle, and `extra` flags.
+fn eval_with(real: &Path, generated: &Path, oracle: &Path, out: &Path, extra: &[&str]) -> Ran {
+    Ran::of(
+        rcaflow()
+            .arg("eval")
+            .args([
+                "--real",
+                &real.display().to_string(),
+                "--generated",
+                &generated.display().to_string(),
+                "--out",
+                &out.display().to_string(),
+            ])
+            .args(oracle_flags(oracle))
+            .args(extra),
+    )
 }
 
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn eval_reports_accuracies_rca_and_figures() {
     let (real, generated, oracle) = tiny_set(tmp.path());
     let out = tmp.path().join("out");
     let o = eval(&real, &generated, &oracle, &out);
-    assert!(o.status.success(), "eval failed: {}", stderr(&o));
+    assert!(o.success(), "eval failed: {}", o.stderr);
 
     let r = read_json(&out.join("report.json"));
     assert_eq!(r["schema_version"], 1);
@@ -146,14 +146,14 @@ fn eval_reports_accuracies_rca_and_figures() {
     let applied = rcaflow::runtime::checkpoint::read_applied(&out, "rca").unwrap();
     assert_eq!(applied.len(), 8);
     // `rcaflow status` reads the run directory: finished, every unit held.
-    let s = rcaflow().arg("status").arg(&out).output().unwrap();
-    let text = String::from_utf8_lossy(&s.stdout);
-    assert!(s.status.success() && text.contains("finished (report.json written)"), "{text}{}", stderr(&s));
+    let s = Ran::of(rcaflow().arg("status").arg(&out));
+    let text = &s.stdout;
+    assert!(s.success() && text.contains("finished (report.json written)"), "{text}{}", s.stderr);
     // 13 files listed (one of them unreadable: counted in the report, not as an image).
     assert!(text.contains("source generated (generated): 13/13 images, 4/4 units"), "{text}");
     // The topology eval built is kept, and is a valid topology for `rcaflow run`.
-    let v = rcaflow().args(["validate", "--topology"]).arg(out.join("topology.toml")).output().unwrap();
-    assert!(v.status.success(), "{}", stderr(&v));
+    let v = Ran::of(rcaflow().args(["validate", "--topology"]).arg(out.join("topology.toml")));
+    assert!(v.success(), "{}", v.stderr);
 
     // The same folder for another evaluation (the real images as the generated ones): refused,
     // and the folder's files stay as they were; --fresh starts over.
@@ -170,24 +170,11 @@ fn eval_reports_accuracies_rca_and_figures() {
     };
     let before = files(&out);
     let o = eval(&real, &real, &oracle, &out);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("holds a run of another topology or other files: sources.generated changed (path)"), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("holds a run of another topology or other files: sources.generated changed (path)"), "{}", o.stderr);
     assert!(files(&out) == before, "a refused eval changes nothing in its folder");
-    let o = rcaflow()
-        .arg("eval")
-        .args([
-            "--real",
-            &real.display().to_string(),
-            "--generated",
-            &real.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-            "--fresh",
-        ])
-        .args(oracle_flags(&oracle))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = eval_with(&real, &real, &oracle, &out, &["--fresh"]);
+    assert!(o.success(), "{}", o.stderr);
     assert_eq!(read_json(&out.join("report.json"))["generated"]["accuracy"], 1.0);
 }
 
@@ -196,52 +183,29 @@ fn baseline_file_replaces_real_images() {
     let tmp = tempfile::tempdir().unwrap();
     let (real, _generated, oracle) = tiny_set(tmp.path());
     let baseline = tmp.path().join("baseline.json");
-    let o = rcaflow()
-        .arg("baseline")
-        .args(["--real", &real.display().to_string(), "--out", &baseline.display().to_string()])
-        .args(oracle_flags(&oracle))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Ran::of(
+        rcaflow()
+            .arg("baseline")
+            .args(["--real", &real.display().to_string(), "--out", &baseline.display().to_string()])
+            .args(oracle_flags(&oracle)),
+    );
+    assert!(o.success(), "{}", o.stderr);
     let b = read_json(&baseline);
     assert_eq!(b["schema"], "rcaflow-baseline/1");
     assert_eq!(b["real"]["accuracy"], 1.0);
     assert_eq!(b["real"]["confusion"], serde_json::json!([[3, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]]));
 
-    let topology = tmp.path().join("with-baseline.toml");
-    std::fs::write(
-        &topology,
-        r#"
-[run]
-dir = "run"
-[sources.generated]
-type = "image_folder"
-path = "generated"
-origin = "generated"
-unit_size = 2
-[transforms.batches]
-type = "batcher"
-inputs = ["generated"]
-batch_size = 4
-[transforms.oracle]
-type = "oracle_classifier"
-inputs = ["batches"]
-weights = "oracle.safetensors"
-arch = "resnet18"
-stem = "cifar"
-normalization = "minus-one-one"
-[sinks.rca]
-type = "rca"
-inputs = ["oracle"]
-baseline = "baseline.json"
-[sinks.report]
-type = "report"
-inputs = ["rca"]
-"#,
-    )
-    .unwrap();
-    let o = rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let topology = Topology::new("run")
+        .image_folder("generated", "generated")
+        .set("sources.generated", "unit_size", 2)
+        .batcher(&["generated"], 4)
+        .oracle(&["batches"])
+        .sink("rca", "rca", &["oracle"])
+        .set("sinks.rca", "baseline", "baseline.json")
+        .sink("report", "report", &["rca"])
+        .write(&tmp.path().join("with-baseline.toml"));
+    let o = Ran::of(rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology));
+    assert!(o.success(), "{}", o.stderr);
     let r = read_json(&tmp.path().join("run").join("report.json"));
     assert!((r["rca"]["global"].as_f64().unwrap() - 10.0 / 12.0).abs() < 1e-12);
     assert!(r["real_source"].as_str().unwrap().starts_with("baseline "));
@@ -260,7 +224,7 @@ fn eval_with_weights(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> (i32, S
     let o = eval(&real, &generated, &oracle, &out);
     let has_report = out.join("report.json").exists() || out.join("report.md").exists();
     let kept = tmp.keep();
-    (o.status.code().unwrap_or(-1), stderr(&o), kept.join("bad-oracle.safetensors"), has_report)
+    (o.code().unwrap_or(-1), o.stderr, kept.join("bad-oracle.safetensors"), has_report)
 }
 
 #[test]
@@ -297,10 +261,10 @@ fn class_folder_missing_from_one_tree_is_refused_before_running() {
     std::fs::remove_dir_all(generated.join("crimson")).unwrap();
     let out = tmp.path().join("out");
     let o = eval(&real, &generated, &oracle, &out);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
     let want =
         format!("  - sources.generated: class folders of \"{}\" disagree with sources.real: missing [\"crimson\"]", generated.display());
-    assert!(stderr(&o).lines().any(|l| l == want), "expected {want:?} in:\n{}", stderr(&o));
+    assert!(o.stderr.lines().any(|l| l == want), "expected {want:?} in:\n{}", o.stderr);
     assert!(!out.join("report.json").exists());
 }
 
@@ -308,36 +272,33 @@ fn class_folder_missing_from_one_tree_is_refused_before_running() {
 fn strict_source_stops_at_the_corrupt_file() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, generated, _) = tiny_set(tmp.path());
-    let topology = tmp.path().join("strict.toml");
-    std::fs::write(
-        &topology,
-        "[run]\ndir = \"run\"\nclasses = [\"amber\", \"azure\", \"crimson\", \"emerald\"]\n\
-         [sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\nstrict = true\n\
-         [sinks.rca]\ntype = \"rca\"\ninputs = [\"oracle\"]\nbaseline = \"none.json\"\n",
-    )
-    .unwrap();
+    let topology = Topology::new("run")
+        .set("run", "classes", vec!["amber", "azure", "crimson", "emerald"])
+        .image_folder("generated", "generated")
+        .set("sources.generated", "strict", true)
+        .sink("rca", "rca", &["oracle"])
+        .set("sinks.rca", "baseline", "none.json")
+        .write(&tmp.path().join("strict.toml"));
     // The graph is incomplete on purpose first: validation lists every problem at once.
-    let o = rcaflow().args(["validate", "--topology"]).arg(&topology).output().unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    let err = stderr(&o);
+    let o = Ran::of(rcaflow().args(["validate", "--topology"]).arg(&topology));
+    assert_eq!(o.code(), Some(2));
+    let err = o.stderr;
     assert!(err.contains("sinks.rca: input \"oracle\" does not exist"), "{err}");
     assert!(err.contains("sinks.rca: baseline file"), "{err}");
     assert!(err.contains("sources.generated: its output (images) is not consumed"), "{err}");
 
-    std::fs::write(
-        &topology,
-        "[run]\ndir = \"run\"\n\
-         [sources.real]\ntype = \"image_folder\"\npath = \"real\"\norigin = \"real\"\n\
-         [sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\nstrict = true\n\
-         [transforms.oracle]\ntype = \"oracle_classifier\"\ninputs = [\"real\", \"generated\"]\nweights = \"oracle.safetensors\"\narch = \"resnet18\"\nstem = \"cifar\"\nnormalization = \"minus-one-one\"\n\
-         [sinks.rca]\ntype = \"rca\"\ninputs = [\"oracle\"]\n\
-         [sinks.report]\ntype = \"report\"\ninputs = [\"rca\"]\n",
-    )
-    .unwrap();
-    let o = rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology).output().unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    Topology::new("run")
+        .image_folder("real", "real")
+        .image_folder("generated", "generated")
+        .set("sources.generated", "strict", true)
+        .oracle(&["real", "generated"])
+        .sink("rca", "rca", &["oracle"])
+        .sink("report", "report", &["rca"])
+        .write(&topology);
+    let o = Ran::of(rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology));
+    assert_eq!(o.code(), Some(1), "{}", o.stderr);
     let corrupt = generated.join("azure").join("zzz-corrupt.png");
-    assert!(stderr(&o).contains(&format!("error: stage sources.generated failed: image {}: ", corrupt.display())), "{}", stderr(&o));
+    assert!(o.stderr.contains(&format!("error: stage sources.generated failed: image {}: ", corrupt.display())), "{}", o.stderr);
     assert!(!tmp.path().join("run").join("report.json").exists());
 }
 
@@ -359,18 +320,17 @@ fn sigint_drains_and_reports_interrupted_with_live_metrics() {
     color_set::make_example(root, 150, 32, 7);
     let out = root.join("out");
     // Small units and capacities, so what is in flight when the stop comes drains quickly.
-    let topology = root.join("slow.toml");
-    std::fs::write(
-        &topology,
-        "[run]\ndir = \"out\"\ndefault_capacity = 1\n\
-         [sources.real]\ntype = \"image_folder\"\npath = \"real\"\norigin = \"real\"\nunit_size = 4\n\
-         [sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\nunit_size = 4\n\
-         [transforms.batches]\ntype = \"batcher\"\ninputs = [\"real\", \"generated\"]\nbatch_size = 8\n\
-         [transforms.oracle]\ntype = \"oracle_classifier\"\ninputs = [\"batches\"]\nweights = \"oracle.safetensors\"\narch = \"resnet18\"\nstem = \"cifar\"\nnormalization = \"minus-one-one\"\n\
-         [sinks.rca]\ntype = \"rca\"\ninputs = [\"oracle\"]\n\
-         [sinks.report]\ntype = \"report\"\ninputs = [\"rca\"]\n",
-    )
-    .unwrap();
+    let topology = Topology::new("out")
+        .set("run", "default_capacity", 1)
+        .image_folder("real", "real")
+        .set("sources.real", "unit_size", 4)
+        .image_folder("generated", "generated")
+        .set("sources.generated", "unit_size", 4)
+        .batcher(&["real", "generated"], 8)
+        .oracle(&["batches"])
+        .sink("rca", "rca", &["oracle"])
+        .sink("report", "report", &["rca"])
+        .write(&root.join("slow.toml"));
     let mut child = rcaflow()
         .args(["run", "--topology", &topology.display().to_string()])
         .args(["--metrics-addr", "127.0.0.1:0"])
@@ -451,30 +411,11 @@ fn lpips_diversity_compares_the_planned_same_class_pairs() {
     color_set::make_example(root, 6, 32, 11);
     let (backbone, lin) = random_lpips_weights(root);
     let out = root.join("out");
-    let o = rcaflow()
-        .arg("eval")
-        .args([
-            "--real",
-            &root.join("real").display().to_string(),
-            "--generated",
-            &root.join("generated").display().to_string(),
-            "--out",
-            &out.display().to_string(),
-        ])
-        .args(oracle_flags(&root.join("oracle.safetensors")))
-        .args([
-            "--lpips-net",
-            "alex",
-            "--lpips-backbone",
-            &backbone.display().to_string(),
-            "--lpips-lin",
-            &lin.display().to_string(),
-            "--lpips-pairs",
-            "10",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (real, generated) = (root.join("real"), root.join("generated"));
+    let (backbone_flag, lin_flag) = (backbone.display().to_string(), lin.display().to_string());
+    let lpips_flags = ["--lpips-net", "alex", "--lpips-backbone", &backbone_flag, "--lpips-lin", &lin_flag, "--lpips-pairs", "10"];
+    let o = eval_with(&real, &generated, &root.join("oracle.safetensors"), &out, &lpips_flags);
+    assert!(o.success(), "{}", o.stderr);
     let r = read_json(&out.join("report.json"));
     let l = &r["lpips_diversity"];
     assert_eq!(l["net"], "alex");
@@ -505,9 +446,9 @@ fn lpips_diversity_compares_the_planned_same_class_pairs() {
     assert!(md.contains("## LPIPS diversity (alex)"), "{md}");
 }
 
-fn parse_fid(o: &Output) -> f64 {
-    assert!(o.status.success(), "{}", stderr(o));
-    let out = String::from_utf8_lossy(&o.stdout);
+fn parse_fid(o: &Ran) -> f64 {
+    assert!(o.success(), "{}", o.stderr);
+    let out = &o.stdout;
     out.lines().find_map(|l| l.strip_prefix("FID: ")).unwrap_or_else(|| panic!("no FID line in {out}")).trim().parse().unwrap()
 }
 
@@ -520,14 +461,9 @@ fn fid_and_inception_score_in_eval_agree_with_the_fid_commands() {
     random_inception(&inception);
     let (real, generated) = (root.join("real"), root.join("generated"));
     let out = root.join("out");
-    let o = rcaflow()
-        .arg("eval")
-        .args(["--real", &real.display().to_string(), "--generated", &generated.display().to_string(), "--out", &out.display().to_string()])
-        .args(oracle_flags(&root.join("oracle.safetensors")))
-        .args(["--inception", &inception.display().to_string(), "--is-splits", "2"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let inception_flags = ["--inception", &inception.display().to_string(), "--is-splits", "2"];
+    let o = eval_with(&real, &generated, &root.join("oracle.safetensors"), &out, &inception_flags);
+    assert!(o.success(), "{}", o.stderr);
     let r = read_json(&out.join("report.json"));
     let fid = &r["fid"];
     let value = fid["value"].as_f64().unwrap();
@@ -545,14 +481,14 @@ fn fid_and_inception_score_in_eval_agree_with_the_fid_commands() {
 
     // `rcaflow fid` on the same folders, and through saved statistics, gives the same distance.
     let inception_flag = ["--inception".to_string(), inception.display().to_string()];
-    let direct = parse_fid(&rcaflow().arg("fid").arg(&real).arg(&generated).args(&inception_flag).output().unwrap());
+    let direct = parse_fid(&Ran::of(rcaflow().arg("fid").arg(&real).arg(&generated).args(&inception_flag)));
     assert!((direct - value).abs() <= 1e-6 * value, "fid command {direct} vs eval {value}");
     let stats = root.join("real-stats.npz");
-    let o = rcaflow().arg("fid-stats").arg(&real).arg("--out").arg(&stats).args(&inception_flag).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let via_stats = parse_fid(&rcaflow().arg("fid").arg(&stats).arg(&generated).args(&inception_flag).output().unwrap());
+    let o = Ran::of(rcaflow().arg("fid-stats").arg(&real).arg("--out").arg(&stats).args(&inception_flag));
+    assert!(o.success(), "{}", o.stderr);
+    let via_stats = parse_fid(&Ran::of(rcaflow().arg("fid").arg(&stats).arg(&generated).args(&inception_flag)));
     assert!((via_stats - value).abs() <= 1e-6 * value, "via stats {via_stats} vs eval {value}");
-    let o = rcaflow().arg("fid").arg(&stats).arg(&stats).output().unwrap();
+    let o = Ran::of(rcaflow().arg("fid").arg(&stats).arg(&stats));
     let both_stats = parse_fid(&o);
     // 8 images in 2048 dimensions: singular covariances, so (as with pytorch-fid, which gives
     // -1.9e-4 for 8 such images with tr S = 182) the distance to itself is rounding noise
@@ -560,21 +496,19 @@ fn fid_and_inception_score_in_eval_agree_with_the_fid_commands() {
     let saved = rcaflow::data::fid_stats::FidStats::read(&stats).unwrap();
     let trace: f64 = (0..saved.dim()).map(|i| saved.sigma[i * saved.dim() + i]).sum();
     assert!(both_stats.abs() < 1e-5 * 2.0 * trace, "a distribution is at distance ~0 from itself: {both_stats} (tr S = {trace})");
-    assert!(stderr(&o).contains("note: the covariances are singular"), "{}", stderr(&o));
+    assert!(o.stderr.contains("note: the covariances are singular"), "{}", o.stderr);
 
     // A topology's fid sink can use the statistics instead of real images.
-    let topology = root.join("reference.toml");
-    std::fs::write(
-        &topology,
-        "[run]\ndir = \"ref-run\"\n\
-         [sources.generated]\ntype = \"image_folder\"\npath = \"generated\"\norigin = \"generated\"\n\
-         [transforms.inception]\ntype = \"inception_v3\"\ninputs = [\"generated\"]\nweights = \"inception.safetensors\"\n\
-         [sinks.fid]\ntype = \"fid\"\ninputs = [\"inception\"]\nreference = \"real-stats.npz\"\ninterval_secs = 0.001\n\
-         [sinks.report]\ntype = \"report\"\ninputs = [\"fid\"]\n",
-    )
-    .unwrap();
-    let o = rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let topology = Topology::new("ref-run")
+        .image_folder("generated", "generated")
+        .inception(&["generated"])
+        .sink("fid", "fid", &["inception"])
+        .set("sinks.fid", "reference", "real-stats.npz")
+        .set("sinks.fid", "interval_secs", 0.001)
+        .sink("report", "report", &["fid"])
+        .write(&root.join("reference.toml"));
+    let o = Ran::of(rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology));
+    assert!(o.success(), "{}", o.stderr);
     let r = read_json(&root.join("ref-run").join("report.json"));
     let with_reference = r["fid"]["value"].as_f64().unwrap();
     assert!((with_reference - value).abs() <= 1e-6 * value, "reference {with_reference} vs eval {value}");
@@ -584,7 +518,7 @@ fn fid_and_inception_score_in_eval_agree_with_the_fid_commands() {
     // Bad statistics files are named.
     let bogus = root.join("bogus.npz");
     std::fs::write(&bogus, b"not a zip").unwrap();
-    let o = rcaflow().arg("fid").arg(&bogus).arg(&stats).output().unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains(&format!("error: fid statistics \"{}\": cannot read", bogus.display())), "{}", stderr(&o));
+    let o = Ran::of(rcaflow().arg("fid").arg(&bogus).arg(&stats));
+    assert_eq!(o.code(), Some(2));
+    assert!(o.stderr.contains(&format!("error: fid statistics \"{}\": cannot read", bogus.display())), "{}", o.stderr);
 }

@@ -2,8 +2,7 @@
 //! (scripts/make_fid_fixtures.py → tests/fixtures/fid/reference.json). The features and logits
 //! are regenerated from the shared PRNG, so only the reference numbers are committed.
 
-#[path = "common/prng.rs"]
-mod prng;
+mod common;
 
 use rcaflow::metrics::fid::{frechet_distance, FidError, GaussianStats};
 use rcaflow::metrics::inception_score::{InceptionScoreError, InceptionScoreState};
@@ -20,8 +19,8 @@ fn features(set: &Value) -> (Vec<f32>, usize, usize) {
     let key = set[0].as_str().unwrap();
     let (n, d) = (set[1].as_u64().unwrap() as usize, set[2].as_u64().unwrap() as usize);
     let (scale, offset) = (set[3].as_f64().unwrap(), set[4].as_f64().unwrap());
-    let base: Vec<f64> = prng::uniform_f32(key, n * d, 0.0, 1.0).into_iter().map(f64::from).collect();
-    let mix: Vec<f64> = prng::uniform_f32(&format!("{key}/mix"), d * d, 0.0, 1.0 / d as f64).into_iter().map(f64::from).collect();
+    let base: Vec<f64> = common::prng::uniform_f32(key, n * d, 0.0, 1.0).into_iter().map(f64::from).collect();
+    let mix: Vec<f64> = common::prng::uniform_f32(&format!("{key}/mix"), d * d, 0.0, 1.0 / d as f64).into_iter().map(f64::from).collect();
     let mut x = vec![0f32; n * d];
     for i in 0..n {
         for j in 0..d {
@@ -165,7 +164,7 @@ fn inception_score_equals_the_reference_and_ignores_arrival_order() {
     let is = &r["inception_score"];
     let (n, k, splits) =
         (is["n"].as_u64().unwrap() as usize, is["classes"].as_u64().unwrap() as usize, is["splits"].as_u64().unwrap() as usize);
-    let logits = prng::uniform_f32(is["key"].as_str().unwrap(), n * k, is["lo"].as_f64().unwrap(), is["hi"].as_f64().unwrap());
+    let logits = common::prng::uniform_f32(is["key"].as_str().unwrap(), n * k, is["lo"].as_f64().unwrap(), is["hi"].as_f64().unwrap());
     let positions: Vec<u64> = (0..n as u64).collect();
     let mut forward = InceptionScoreState::new(splits, k);
     forward.add(&logits, n, &positions).unwrap();

@@ -8,6 +8,8 @@
 //! port of the scripts' one, with the per-tensor ranges of `tensor_range` below. The weights are
 //! written to a .safetensors file and loaded through `WeightMap::load` + `InceptionV3::load`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -16,9 +18,6 @@ use candle_core::{DType, Device, Tensor};
 use rcaflow::models::inception::{InceptionV3, PT_INCEPTION_FILE};
 use rcaflow::models::{WeightMap, WeightsError};
 use serde::Deserialize;
-
-#[path = "common/prng.rs"]
-mod prng;
 
 /// Max relative error (max |candle - reference| / max |reference|) of pool3 and of the logits.
 const TOLERANCE: f64 = 1e-4;
@@ -59,23 +58,7 @@ fn state_dict_keys() -> Vec<(String, Vec<usize>)> {
 
 /// The weights the script gave pytorch-fid (`zeros`: all-zero tensors, for the error tests).
 fn state_dict(zeros: bool) -> HashMap<String, Tensor> {
-    let dev = Device::Cpu;
-    state_dict_keys()
-        .into_iter()
-        .map(|(key, shape)| {
-            let t = if key.ends_with("num_batches_tracked") {
-                Tensor::new(0i64, &dev).unwrap()
-            } else if zeros {
-                Tensor::zeros(shape.as_slice(), DType::F32, &dev).unwrap()
-            } else {
-                let n = shape.iter().product();
-                let (lo, hi) = tensor_range(&key, &shape);
-                let values = prng::uniform_f32(&key, n, lo, hi);
-                Tensor::from_vec(values, shape.as_slice(), &dev).unwrap()
-            };
-            (key, t)
-        })
-        .collect()
+    common::random_weights::keyed_state_dict(&state_dict_keys(), "", tensor_range, zeros)
 }
 
 /// The network with the script's weights, loaded once from a .safetensors file and shared by
@@ -119,7 +102,7 @@ fn parity(case: &str) {
     let text = std::fs::read_to_string(fixture_dir().join(format!("{case}.json"))).unwrap();
     let fx: Fixture = serde_json::from_str(&text).unwrap();
     assert_eq!(fx.case, case);
-    let pixels = prng::images_u8(&fx.pixels_key, fx.n * 3 * fx.height * fx.width);
+    let pixels = common::prng::images_u8(&fx.pixels_key, fx.n * 3 * fx.height * fx.width);
     let sum: u64 = pixels.iter().map(|&p| u64::from(p)).sum();
     assert_eq!(sum, fx.pixels_sum, "{case}: regenerated pixels differ from the script's");
     let (pool3, logits) = network().features(&pixels, fx.n, fx.height, fx.width).unwrap();
@@ -169,7 +152,7 @@ fn parity_through_a_torch_pth() {
     let weights = WeightMap::load(Path::new(&path), &Device::Cpu).unwrap();
     let net = InceptionV3::load(&weights).unwrap();
     let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("odd45x71.json")).unwrap()).unwrap();
-    let pixels = prng::images_u8(&fx.pixels_key, fx.n * 3 * fx.height * fx.width);
+    let pixels = common::prng::images_u8(&fx.pixels_key, fx.n * 3 * fx.height * fx.width);
     let (pool3, logits) = net.features(&pixels, fx.n, fx.height, fx.width).unwrap();
     let (e_pool3, e_logits) = (rel_err(&pool3, &fx.pool3), rel_err(&logits, &fx.logits));
     println!("{path:?}: relative error pool3 {e_pool3:.3e}, logits {e_logits:.3e}");

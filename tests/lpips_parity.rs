@@ -10,6 +10,8 @@
 //! (the backbone one also holding a `classifier.*` tensor, which must be ignored) and loaded
 //! through `WeightMap::load` + `Lpips::load`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -17,9 +19,6 @@ use candle_core::{DType, Device, Tensor};
 use rcaflow::models::lpips::{Lpips, LpipsNet};
 use rcaflow::models::WeightMap;
 use serde::Deserialize;
-
-#[path = "common/prng.rs"]
-mod prng;
 
 /// Max abs error of a distance against the package's float64 reference.
 const TOLERANCE: f64 = 1e-5;
@@ -61,15 +60,7 @@ fn keys(net: LpipsNet) -> NetKeys {
 
 /// The PRNG tensors the script gave lpips for `keys` (keyed `"{net}/{key}"`).
 fn tensors(net: LpipsNet, keys: &[(String, Vec<usize>)]) -> HashMap<String, Tensor> {
-    keys.iter()
-        .map(|(key, shape)| {
-            let n = shape.iter().product();
-            let (lo, hi) = tensor_range(key, shape);
-            let v = prng::uniform_f32(&format!("{net}/{key}"), n, lo, hi);
-            let t = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap();
-            (key.clone(), t)
-        })
-        .collect()
+    common::random_weights::keyed_state_dict(keys, &format!("{net}/"), tensor_range, false)
 }
 
 /// Writes the backbone (plus a stand-in `classifier.1.weight`) and lin files into `dir`.

@@ -17,14 +17,7 @@
 //! then their absence fails (`.ci/run` installs Debian's `prometheus` package). A second test,
 //! which needs neither, checks that the README's metric table lists exactly those metrics.
 
-#[path = "../examples/common/color_set.rs"]
-mod color_set;
-#[path = "common/prng.rs"]
-mod prng;
-#[path = "common/random_weights.rs"]
-mod random_weights;
-#[path = "common/tiny_run.rs"]
-mod tiny_run;
+mod common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -33,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tiny_run;
+use common::topology::{Sampler, Topology};
 use serde_json::Value;
 
 /// rcaflow metrics the dashboard leaves out on purpose, and why.
@@ -245,82 +240,20 @@ fn check_dashboard_structure(d: &Value) {
 /// (fid, inception_score), and to lpips_diversity; enough images that the run spans several
 /// scrapes (Inception on the CPU sets the pace).
 fn write_run(root: &Path) -> PathBuf {
-    let palette = &color_set::PALETTE[..3];
-    for (name, color) in palette {
-        let dir = root.join("real").join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..2 {
-            color_set::write_png(&dir.join(format!("{i:03}.png")), 32, |_, _| *color);
-        }
-    }
+    tiny_run::write_real(root, 2, 32);
     std::fs::write(root.join("real").join("azure").join("zzz-corrupt.png"), b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
-    let colors: Vec<[u8; 3]> = palette.iter().map(|(_, c)| *c).collect();
-    candle_core::safetensors::save(&color_set::color_oracle(&colors), root.join("oracle.safetensors")).unwrap();
+    tiny_run::write_oracle(root);
     // tests/sampler.rs' 3-class UNet at 32x32, random Inception and LPIPS weights.
     tiny_run::write_networks(root);
-    let topology = root.join("live.toml");
-    std::fs::write(
-        &topology,
-        format!(
-            r#"
-[run]
-dir = "{RUN}"
-default_capacity = 2
-[sources.real]
-type = "image_folder"
-path = "real"
-origin = "real"
-unit_size = 2
-[sources.sampler]
-type = "ddpm_sampler"
-unet = "unet"
-scheduler = "ddpm"
-steps = 3
-per_class = 2
-unit_size = 1
-seed = 1
-[transforms.batches]
-type = "batcher"
-inputs = ["real", "sampler"]
-batch_size = 2
-[transforms.oracle]
-type = "oracle_classifier"
-inputs = ["batches"]
-weights = "oracle.safetensors"
-arch = "resnet18"
-stem = "cifar"
-normalization = "minus-one-one"
-[sinks.rca]
-type = "rca"
-inputs = ["oracle"]
-[transforms.inception]
-type = "inception_v3"
-inputs = ["batches"]
-weights = "inception.safetensors"
-[sinks.fid]
-type = "fid"
-inputs = ["inception"]
-interval_secs = 0.5
-[sinks.inception_score]
-type = "inception_score"
-inputs = ["inception"]
-splits = 2
-[sinks.lpips]
-type = "lpips_diversity"
-inputs = ["batches"]
-net = "alex"
-backbone = "alexnet.safetensors"
-lin = "alex-lin.safetensors"
-pairs = 2
-[sinks.report]
-type = "report"
-inputs = ["rca", "fid", "inception_score", "lpips"]
-figures = false
-"#
-        ),
-    )
-    .unwrap();
-    topology
+    Topology::new(RUN)
+        .set("run", "default_capacity", 2)
+        .image_folder("real", "real")
+        .set("sources.real", "unit_size", 2)
+        .sampler("sampler", "ddpm", Sampler { steps: 3, per_class: 2, unit_size: 1, seed: 1 })
+        .evaluation("sampler", 2, 2)
+        .set("sinks.fid", "interval_secs", 0.5)
+        .set("sinks.report", "figures", false)
+        .write(&root.join("live.toml"))
 }
 
 #[test]
@@ -429,8 +362,7 @@ fn dashboard_queries_and_alert_rules_work_against_a_real_prometheus_scraping_a_r
 
     let run_log = root.join("rcaflow.log");
     let mut run = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_rcaflow"))
-            .env_remove("RUST_LOG")
+        common::bin::rcaflow()
             .args(["run", "--metrics-addr", &metrics_addr, "--topology"])
             .arg(&topology)
             .stdout(Stdio::null())

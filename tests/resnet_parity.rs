@@ -6,10 +6,14 @@
 //! in tests/common/prng.rs is the bit-exact Rust port of the script's (keep them in sync). The test
 //! writes them to a .safetensors file and loads them through `Oracle::load`, the real path.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use common::prng::uniform_f32;
+use common::random_weights::keyed_state_dict;
 use rcaflow::models::{Normalization, Oracle, OracleConfig, ResNetArch, Stem, WeightMap};
 use serde::Deserialize;
 
@@ -21,11 +25,6 @@ fn fixture_dir() -> PathBuf {
 }
 
 // ---- the PRNG shared with scripts/make_resnet_fixtures.py (tests/common/prng.rs) ----
-
-#[path = "common/prng.rs"]
-mod prng;
-
-use prng::uniform_f32;
 
 /// Mirrors `tensor_range` in the script.
 fn tensor_range(key: &str, shape: &[usize]) -> (f64, f64) {
@@ -89,22 +88,7 @@ fn torchvision_keys(arch: ResNetArch, stem: Stem, num_classes: usize) -> Vec<(St
 
 /// The weights the script gave torchvision (`zeros`: all-zero tensors, for the error tests).
 fn state_dict(arch: ResNetArch, stem: Stem, num_classes: usize, zeros: bool) -> HashMap<String, Tensor> {
-    let dev = Device::Cpu;
-    torchvision_keys(arch, stem, num_classes)
-        .into_iter()
-        .map(|(key, shape)| {
-            let t = if key.ends_with("num_batches_tracked") {
-                Tensor::new(0i64, &dev).unwrap()
-            } else if zeros {
-                Tensor::zeros(shape.as_slice(), DType::F32, &dev).unwrap()
-            } else {
-                let n = shape.iter().product();
-                let (lo, hi) = tensor_range(&key, &shape);
-                Tensor::from_vec(uniform_f32(&key, n, lo, hi), shape.as_slice(), &dev).unwrap()
-            };
-            (key, t)
-        })
-        .collect()
+    keyed_state_dict(&torchvision_keys(arch, stem, num_classes), "", tensor_range, zeros)
 }
 
 fn save(dir: &Path, name: &str, tensors: &HashMap<String, Tensor>) -> PathBuf {

@@ -9,20 +9,15 @@
 //! test also kills the process with a real SIGKILL from outside. The run is the tiny sampler
 //! topology of tests/common/tiny_run.rs, checkpointing after every batch.
 
-#[path = "../examples/common/color_set.rs"]
-mod color_set;
-#[path = "common/prng.rs"]
-mod prng;
-#[path = "common/random_weights.rs"]
-mod random_weights;
-#[path = "common/tiny_run.rs"]
-mod tiny_run;
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::bin::Ran;
+use common::{color_set, tiny_run};
 use serde_json::Value;
 
 /// The issue's bound for the float metrics of a resumed run (their sums see units in another order).
@@ -34,22 +29,18 @@ fn rcaflow(root: &Path) -> Command {
         // Checkpoints after every batch, so a crash finds some stages ahead of others.
         std::fs::write(&config, "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n").unwrap();
     }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcaflow"));
-    cmd.env_remove("RUST_LOG").env_remove("RCAFLOW_FAULT").arg("--config").arg(config);
+    let mut cmd = common::bin::rcaflow();
+    cmd.arg("--config").arg(config);
     cmd
 }
 
-fn run(root: &Path, topology: &Path, fault: Option<&str>) -> Output {
+fn run(root: &Path, topology: &Path, fault: Option<&str>) -> Ran {
     let mut cmd = rcaflow(root);
     cmd.args(["run", "--topology"]).arg(topology);
     if let Some(f) = fault {
         cmd.env("RCAFLOW_FAULT", f);
     }
-    cmd.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    Ran::of(&mut cmd)
 }
 
 fn report(root: &Path, name: &str) -> Value {
@@ -64,9 +55,9 @@ fn straight() -> &'static (PathBuf, Value) {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("resume-straight");
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let topology = tiny_run::write_topology(&root, "straight", 1, "");
+        let topology = tiny_run::write_topology(&root, "straight", 1, None);
         let o = run(&root, &topology, None);
-        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(o.success(), "{}", o.stderr);
         let r = report(&root, "straight");
         assert_eq!(r["status"], "complete");
         (root, r)
@@ -120,8 +111,8 @@ fn sessions(root: &Path, name: &str) -> Vec<Value> {
     manifest["sessions"].as_array().unwrap().clone()
 }
 
-fn killed(o: &Output) -> bool {
-    o.status.code().is_none()
+fn killed(o: &Ran) -> bool {
+    o.code().is_none()
 }
 
 /// Crashes the run at `fault` (and at `second`, on the first restart), then runs it to the end.
@@ -129,18 +120,18 @@ fn crash_and_resume(name: &str, fault: &str, second: Option<&str>) {
     let _ = straight();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let topology = tiny_run::write_topology(root, name, 1, "");
+    let topology = tiny_run::write_topology(root, name, 1, None);
     let o = run(root, &topology, Some(fault));
-    assert!(killed(&o), "{fault}: the run should have died: {}", stderr(&o));
+    assert!(killed(&o), "{fault}: the run should have died: {}", o.stderr);
     assert!(!root.join(format!("run-{name}/report.json")).exists(), "a killed run writes no report");
     let mut runs = 1;
     if let Some(second) = second {
         let o = run(root, &topology, Some(second));
-        assert!(killed(&o), "{second}: the resumed run should have died: {}", stderr(&o));
+        assert!(killed(&o), "{second}: the resumed run should have died: {}", o.stderr);
         runs += 1;
     }
     let o = run(root, &topology, None);
-    assert!(o.status.success(), "{fault}: resume failed: {}", stderr(&o));
+    assert!(o.success(), "{fault}: resume failed: {}", o.stderr);
     let s = sessions(root, name);
     assert_eq!(s.len(), runs + 1, "one session per start: {s:?}");
     assert_eq!(s[0]["units_skipped"], 0);
@@ -174,7 +165,7 @@ fn sigkill_from_outside_resumes_to_the_same_report() {
     let _ = straight();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let topology = tiny_run::write_topology(root, "sigkill", 1, "");
+    let topology = tiny_run::write_topology(root, "sigkill", 1, None);
     let mut child = rcaflow(root)
         .args(["run", "--topology"])
         .arg(&topology)
@@ -190,18 +181,18 @@ fn sigkill_from_outside_resumes_to_the_same_report() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let status = rcaflow(root).arg("status").arg(root.join("run-sigkill")).output().unwrap();
-    let text = String::from_utf8_lossy(&status.stdout);
+    let status = Ran::of(rcaflow(root).arg("status").arg(root.join("run-sigkill")));
+    let text = &status.stdout;
     // The run may have been killed after it finished everything but the report, or before.
     if !root.join("run-sigkill/report.json").exists() {
-        assert!(text.contains("stopped (run the same command again to resume)"), "{text}{}", stderr(&status));
+        assert!(text.contains("stopped (run the same command again to resume)"), "{text}{}", status.stderr);
     }
     assert!(text.contains("source sampler (generated): ") && text.contains("/15 images"), "{text}");
     let o = run(root, &topology, None);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.success(), "{}", o.stderr);
     assert_equals_straight(root, "sigkill");
-    let status = rcaflow(root).arg("status").arg(root.join("run-sigkill")).output().unwrap();
-    let text = String::from_utf8_lossy(&status.stdout);
+    let status = Ran::of(rcaflow(root).arg("status").arg(root.join("run-sigkill")));
+    let text = &status.stdout;
     assert!(text.contains("finished") && text.contains("15/15 images, 9/9 units"), "{text}");
 }
 
@@ -210,24 +201,20 @@ fn a_panicking_stage_with_restart_completes_with_the_right_counts() {
     let _ = straight();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let topology = tiny_run::write_topology(root, "restart", 1, "restart = { max = 1 }");
+    let topology = tiny_run::write_topology(root, "restart", 1, Some(1));
     let o = run(root, &topology, Some("panic@oracle.batch:3"));
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("restarting it and redoing its batch in flight"), "{}", stderr(&o));
+    assert!(o.success(), "{}", o.stderr);
+    assert!(o.stderr.contains("restarting it and redoing its batch in flight"), "{}", o.stderr);
     assert_equals_straight(root, "restart");
 
     // Without `restart`, the run stops naming the stage; the state stays, and a resume completes.
-    let topology = tiny_run::write_topology(root, "norestart", 1, "");
+    let topology = tiny_run::write_topology(root, "norestart", 1, None);
     let o = run(root, &topology, Some("panic@oracle.batch:3"));
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("stage transforms.oracle failed: panicked: RCAFLOW_FAULT: injected panic at oracle.batch"),
-        "{}",
-        stderr(&o)
-    );
+    assert_eq!(o.code(), Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("stage transforms.oracle failed: panicked: RCAFLOW_FAULT: injected panic at oracle.batch"), "{}", o.stderr);
     assert!(root.join("run-norestart/state/rca.ckpt").exists());
     let o = run(root, &topology, None);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.success(), "{}", o.stderr);
     assert_equals_straight(root, "norestart");
 }
 
@@ -244,8 +231,8 @@ fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, u64)> {
     files.map(|p| (p.clone(), hash(std::fs::read(&p).unwrap()))).collect()
 }
 
-fn one_line_error(o: &Output) -> String {
-    let text = stderr(o);
+fn one_line_error(o: &Ran) -> String {
+    let text = &o.stderr;
     text.lines().find(|l| l.starts_with("error")).unwrap_or_else(|| panic!("no error line in {text}")).to_string()
 }
 
@@ -254,10 +241,10 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     let _ = straight();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let topology = tiny_run::write_topology(root, "bad", 1, "");
+    let topology = tiny_run::write_topology(root, "bad", 1, None);
     let dir = root.join("run-bad");
     let o = run(root, &topology, Some("abort@inception.batch:4"));
-    assert!(killed(&o), "{}", stderr(&o));
+    assert!(killed(&o), "{}", o.stderr);
 
     // 1. A tampered checkpoint: refused by its checksum, nothing written.
     let fid = dir.join("state/fid.ckpt");
@@ -267,8 +254,8 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     std::fs::write(&fid, &tampered).unwrap();
     let before = snapshot_dir(&dir);
     let o = run(root, &topology, None);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(one_line_error(&o).contains("fid.ckpt\": checksum mismatch: the file is truncated or was changed"), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(one_line_error(&o).contains("fid.ckpt\": checksum mismatch: the file is truncated or was changed"), "{}", o.stderr);
     assert_eq!(snapshot_dir(&dir), before, "a refused resume changes nothing");
     std::fs::write(&fid, &good).unwrap();
 
@@ -278,8 +265,8 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     std::fs::write(&other, text.replace("pairs = 4", "pairs = 6")).unwrap();
     let before = snapshot_dir(&dir);
     let o = run(root, &other, None);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(one_line_error(&o).contains("holds a run of another topology or other files: sinks.lpips changed (pairs)"), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(one_line_error(&o).contains("holds a run of another topology or other files: sinks.lpips changed (pairs)"), "{}", o.stderr);
     assert_eq!(snapshot_dir(&dir), before);
 
     // 3. Other model weights (same path, new content): refused naming the file.
@@ -288,8 +275,8 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     let colors: Vec<[u8; 3]> = color_set::PALETTE[1..4].iter().map(|(_, c)| *c).collect();
     candle_core::safetensors::save(&color_set::color_oracle(&colors), &oracle).unwrap();
     let o = run(root, &topology, None);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(one_line_error(&o).contains("transforms.oracle weights changed (sha256 "), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(one_line_error(&o).contains("transforms.oracle weights changed (sha256 "), "{}", o.stderr);
     assert_eq!(snapshot_dir(&dir), before);
     std::fs::write(&oracle, weights).unwrap();
 
@@ -300,8 +287,8 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     let o = run(root, &topology, None);
     holder.kill().unwrap();
     holder.wait().unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(one_line_error(&o).contains(&format!("in use by a running rcaflow (pid {}", holder.id())), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(one_line_error(&o).contains(&format!("in use by a running rcaflow (pid {}", holder.id())), "{}", o.stderr);
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     std::fs::write(dir.join("run.lock"), sleeper.id().to_string()).unwrap();
 
@@ -309,8 +296,8 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     // checkpoint stays valid and no temporary file is left.
     let held_before = rcaflow::runtime::checkpoint::read_applied(&dir, "rca").unwrap();
     let o = run(root, &topology, Some("enospc@checkpoint.rca.write:2"));
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("rca.ckpt\": cannot write: No space left on device"), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("rca.ckpt\": cannot write: No space left on device"), "{}", o.stderr);
     let held_after = rcaflow::runtime::checkpoint::read_applied(&dir, "rca").unwrap();
     assert!(held_after.is_superset(&held_before) && !held_after.is_empty());
     assert!(!tiny_run::walk(&dir.join("state")).iter().any(|p| p.to_string_lossy().contains(".tmp-")));
@@ -320,13 +307,13 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     let o = run(root, &topology, None);
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.success(), "{}", o.stderr);
     assert_equals_straight(root, "bad");
     assert!(sessions(root, "bad").len() >= 3);
     // A refused start keeps the finished run's report too.
     let before = snapshot_dir(&dir);
     let o = run(root, &other, None);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
     assert_eq!(snapshot_dir(&dir), before);
     assert!(dir.join("report.json").exists());
 }
@@ -335,13 +322,13 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
 fn weights_that_fail_to_load_mid_run_stop_it_naming_the_stage() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let topology = tiny_run::write_topology(root, "weights", 1, "");
+    let topology = tiny_run::write_topology(root, "weights", 1, None);
     // A truncated Inception file: the run starts, the stage fails loading it.
     let path = root.join("inception.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     let o = run(root, &topology, None);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(1), "{}", o.stderr);
     let line = one_line_error(&o);
     assert!(line.contains("stage transforms.inception failed") && line.contains("inception.safetensors"), "{line}");
     assert!(!root.join("run-weights/report.json").exists());
@@ -352,9 +339,9 @@ fn weights_that_fail_to_load_mid_run_stop_it_naming_the_stage() {
 #[test]
 fn status_of_a_directory_that_is_not_a_run_says_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = rcaflow(tmp.path()).arg("status").arg(tmp.path()).output().unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(one_line_error(&o).contains("no run.json (not a run directory, or never started)"), "{}", stderr(&o));
+    let o = Ran::of(rcaflow(tmp.path()).arg("status").arg(tmp.path()));
+    assert_eq!(o.code(), Some(2));
+    assert!(one_line_error(&o).contains("no run.json (not a run directory, or never started)"), "{}", o.stderr);
 }
 
 /// Starts the run, waits until the evaluation has checkpointed something, then sends `signals`
@@ -386,7 +373,7 @@ fn ctrl_c_once_drains_twice_stops_and_both_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     // Once: a graceful drain, an interrupted report, exit 130; then the resume completes it.
-    let topology = tiny_run::write_topology(root, "once", 1, "");
+    let topology = tiny_run::write_topology(root, "once", 1, None);
     let code = interrupt(root, &topology, "once", 1);
     if code == Some(130) {
         let r = report(root, "once");
@@ -395,13 +382,13 @@ fn ctrl_c_once_drains_twice_stops_and_both_resume() {
         assert_eq!(code, Some(0), "the run may only have finished before the signal came");
     }
     let o = run(root, &topology, None);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.success(), "{}", o.stderr);
     assert_equals_straight(root, "once");
     // Twice: an immediate stop (exit 130, no final checkpoints), still resumable.
-    let topology = tiny_run::write_topology(root, "twice", 1, "");
+    let topology = tiny_run::write_topology(root, "twice", 1, None);
     let code = interrupt(root, &topology, "twice", 2);
     assert!(matches!(code, Some(130) | Some(0)), "{code:?}");
     let o = run(root, &topology, None);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.success(), "{}", o.stderr);
     assert_equals_straight(root, "twice");
 }

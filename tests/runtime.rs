@@ -6,20 +6,20 @@
 //!
 //! Every run is wrapped in a timeout, so a hang fails the test instead of blocking CI.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcaflow::report::results::SourceResult;
+use common::stages::{edge, settings, spec, Fault, Faulty, Received, RecordingSink, Stuck, TinySource};
 use rcaflow::report::Summary;
 use rcaflow::runtime::accumulator::{ExactlyOnce, Snapshot};
-use rcaflow::runtime::batch::{ImageBatch, Payload, PredictionBatch};
+use rcaflow::runtime::batch::PredictionBatch;
 use rcaflow::runtime::checkpoint;
 use rcaflow::runtime::control::{RunControl, StageState};
-use rcaflow::runtime::stage::{Stage, StageContext, StageError};
-use rcaflow::runtime::{run, RunError, RunOutcome, RunSettings, ShutdownRequest, StageSpec};
+use rcaflow::runtime::{run, RunError, RunOutcome, ShutdownRequest, StageSpec};
 use rcaflow::stages::rca::RcaState;
 use rcaflow::topology::Edge;
 use rcaflow::units::{Origin, UnitId, UnitSpan};
@@ -29,152 +29,7 @@ use tokio::sync::mpsc;
 const HANG: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
-// Test stages
-
-/// One 1x1 image, one unit (`generated/0/index`).
-fn tiny_batch(index: u32) -> ImageBatch {
-    let span = UnitSpan { id: UnitId { origin: Origin::Generated, class: 0, index }, start: 0, len: 1, first_position: index as u64 };
-    ImageBatch::new(1, 1, vec![index as u8; 3], vec![0], vec![span])
-}
-
-/// A source of tiny batches: `limit` of them, or endless until a stop is requested.
-struct TinySource {
-    limit: Option<u32>,
-    sent: Arc<AtomicUsize>,
-}
-
-impl TinySource {
-    fn new(limit: Option<u32>) -> (Self, Arc<AtomicUsize>) {
-        let sent = Arc::new(AtomicUsize::new(0));
-        (TinySource { limit, sent: sent.clone() }, sent)
-    }
-}
-
-impl Stage for TinySource {
-    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
-        let mut index = 0;
-        while self.limit.is_none_or(|n| index < n) {
-            if ctx.control.stop_requested() {
-                break;
-            }
-            ctx.send(Payload::Images(Arc::new(tiny_batch(index))))?;
-            self.sent.fetch_add(1, Ordering::SeqCst);
-            index += 1;
-        }
-        Ok(None)
-    }
-}
-
-/// What a sink received, in order; it keeps the batches themselves (so fan-out can be checked
-/// to share them), which is fine for the few hundred 1x1 batches these tests make.
-type Received = Arc<Mutex<Vec<Arc<ImageBatch>>>>;
-
-/// A sink recording every batch; with `publish`, it behaves like an accumulator and hands a
-/// summary to the run at the end, unless the run was aborted.
-struct RecordingSink {
-    delay: Duration,
-    publish: bool,
-    received: Received,
-}
-
-impl RecordingSink {
-    fn new(delay: Duration, publish: bool) -> (Self, Received) {
-        let received = Received::default();
-        (RecordingSink { delay, publish, received: received.clone() }, received)
-    }
-}
-
-impl Stage for RecordingSink {
-    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
-        while let Some(payload) = ctx.recv() {
-            let Payload::Images(batch) = payload else {
-                return Err(StageError::Failed("expected images".into()));
-            };
-            std::thread::sleep(self.delay);
-            self.received.lock().unwrap().push(batch);
-        }
-        if !self.publish || ctx.control.aborted() {
-            return Ok(None);
-        }
-        let n = self.received.lock().unwrap().len() as u64;
-        Ok(Some(Summary::Source(SourceResult {
-            origin: Origin::Generated,
-            path: "memory".into(),
-            files: vec![n],
-            decoded: vec![n],
-            unreadable: Vec::new(),
-            stopped_early: false,
-        })))
-    }
-}
-
-/// How a [`Faulty`] stage goes wrong on its `at`-th batch.
-#[derive(Clone, Copy)]
-enum Fault {
-    Fail,
-    Panic,
-}
-
-/// A transform forwarding batches until its `at`-th one, which makes it fail or panic.
-struct Faulty {
-    at: usize,
-    fault: Fault,
-}
-
-impl Stage for Faulty {
-    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
-        let mut n = 0;
-        while let Some(payload) = ctx.recv() {
-            n += 1;
-            if n == self.at {
-                match self.fault {
-                    Fault::Fail => return Err(StageError::Failed(format!("injected failure at batch {n}"))),
-                    Fault::Panic => panic!("boom at batch {n}"),
-                }
-            }
-            ctx.send(payload)?;
-        }
-        Ok(None)
-    }
-}
-
-/// A stage that ignores stop requests and sleeps in a loop; it only ends when the run is
-/// aborted (after the deadline or a forced stop), or after `limit`, so its thread does not
-/// outlive the test process by much.
-struct Stuck {
-    limit: Duration,
-}
-
-impl Stage for Stuck {
-    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
-        let start = Instant::now();
-        while !ctx.control.aborted() && start.elapsed() < self.limit {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(None)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-
-fn spec(section: &str, id: &str, accumulates: bool, stage: impl Stage) -> StageSpec {
-    StageSpec { id: id.into(), qualified: format!("{section}.{id}"), accumulates, stage: Box::new(stage), restart: None }
-}
-
-fn edge(from: &str, to: &str, capacity: usize) -> Edge {
-    Edge { from: from.into(), to: to.into(), capacity }
-}
-
-fn settings(run_dir: &Path, shutdown_deadline: Duration) -> RunSettings {
-    RunSettings {
-        run_dir: run_dir.to_path_buf(),
-        classes: Arc::new(vec!["zero".to_string()]),
-        shutdown_deadline,
-        checkpoint_interval: Duration::from_secs(3600),
-        skip: Default::default(),
-    }
-}
+// Helpers (the test stages are in tests/common/stages.rs)
 
 /// Runs the stages, sending one shutdown request after each delay in `stops` (measured from
 /// the start); fails the test if the run takes longer than [`HANG`]. Returns the result, the
@@ -186,7 +41,7 @@ async fn run_with(
     stops: &[Duration],
 ) -> (Result<RunOutcome, RunError>, Duration, Arc<RunControl>) {
     let dir = tempfile::tempdir().unwrap();
-    let settings = settings(dir.path(), deadline);
+    let settings = settings(dir.path(), &["zero"], deadline);
     let control = RunControl::new();
     let (tx, rx) = mpsc::unbounded_channel();
     let stops = stops.to_vec();
@@ -209,7 +64,7 @@ async fn run_with(
 }
 
 fn indices(received: &Received) -> Vec<u32> {
-    received.lock().unwrap().iter().map(|b| b.units[0].id.index).collect()
+    received.lock().unwrap().batches.iter().map(|b| b.units[0].id.index).collect()
 }
 
 fn state_of(control: &RunControl, id: &str) -> StageState {
@@ -422,7 +277,7 @@ async fn fan_out_delivers_every_batch_to_every_consumer() {
     assert_eq!(indices(&slow_received), expected);
     let fast = fast_received.lock().unwrap();
     let slow = slow_received.lock().unwrap();
-    for (a, b) in fast.iter().zip(slow.iter()) {
+    for (a, b) in fast.batches.iter().zip(slow.batches.iter()) {
         assert!(Arc::ptr_eq(a, b), "fan-out copied a batch instead of sharing it");
     }
     assert!(outcome.summaries.contains_key("fast") && outcome.summaries.contains_key("slow"));

@@ -7,19 +7,13 @@
 //! labels and diffusers' final samples. The weights are drawn from the keyed PRNG shared with
 //! the script (tests/common/random_weights.rs).
 
-#[path = "../examples/common/color_set.rs"]
-mod color_set;
-#[path = "common/prng.rs"]
-mod prng;
-#[path = "common/random_weights.rs"]
-mod random_weights;
-#[path = "common/tiny_run.rs"]
-mod tiny_run;
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
+use common::bin::{rcaflow, Ran};
+use common::{random_weights, tiny_run};
 use rcaflow::models::sampling::UnitSampler;
 use rcaflow::models::schedulers::SchedulerKind;
 use rcaflow::runtime::plan::Plan;
@@ -55,16 +49,6 @@ fn unet_folder(case: &str, root: &Path) -> (PathBuf, RunFixture) {
     (dir, fx)
 }
 
-fn rcaflow() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcaflow"));
-    cmd.env_remove("RUST_LOG");
-    cmd
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn read_npy(path: &Path) -> Vec<f64> {
     Tensor::read_npy(path).unwrap().flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap()
 }
@@ -78,16 +62,16 @@ fn ddim_run_matches_diffusers(case: &str) {
     Tensor::from_vec(x_t, fx.x_t_shape.as_slice(), &Device::Cpu).unwrap().write_npy(&noise).unwrap();
     let out = tmp.path().join("samples.npy");
     let labels = fx.labels.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let o = rcaflow()
-        .args(["sample", "--scheduler", "ddim", "--steps", &fx.steps.to_string(), "--labels", &labels, "--device", "cpu", "--unet"])
-        .arg(&unet)
-        .arg("--noise")
-        .arg(&noise)
-        .arg("--out-npy")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Ran::of(
+        rcaflow()
+            .args(["sample", "--scheduler", "ddim", "--steps", &fx.steps.to_string(), "--labels", &labels, "--device", "cpu", "--unet"])
+            .arg(&unet)
+            .arg("--noise")
+            .arg(&noise)
+            .arg("--out-npy")
+            .arg(&out),
+    );
+    assert!(o.success(), "{}", o.stderr);
     let ours = read_npy(&out);
     assert_eq!(ours.len(), fx.output.len());
     let err = ours.iter().zip(&fx.output).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
@@ -146,17 +130,17 @@ fn sample_writes_image_folders_of_the_chosen_classes() {
     let (unet, _) = unet_folder("ddim_defaults", tmp.path());
     let out = tmp.path().join("out");
     let run = |out: &Path, extra: &[&str]| {
-        rcaflow()
-            .args(["sample", "--scheduler", "ddim", "--steps", "2", "--device", "cpu", "--unit-size", "2", "--unet"])
-            .arg(&unet)
-            .arg("--out")
-            .arg(out)
-            .args(extra)
-            .output()
-            .unwrap()
+        Ran::of(
+            rcaflow()
+                .args(["sample", "--scheduler", "ddim", "--steps", "2", "--device", "cpu", "--unit-size", "2", "--unet"])
+                .arg(&unet)
+                .arg("--out")
+                .arg(out)
+                .args(extra),
+        )
     };
     let o = run(&out, &["--classes", "0,2", "--per-class", "3", "--seed", "5"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.success(), "{}", o.stderr);
     let listing = |dir: &Path| -> Vec<String> {
         let mut files: Vec<String> = tiny_run::walk(dir).iter().map(|p| p.strip_prefix(dir).unwrap().display().to_string()).collect();
         files.sort();
@@ -170,18 +154,18 @@ fn sample_writes_image_folders_of_the_chosen_classes() {
     // Class names from the folder's classes.json; the same seed gives the same files.
     std::fs::write(unet.join("classes.json"), r#"["ant", "bee", "cat"]"#).unwrap();
     let named = tmp.path().join("named");
-    assert!(run(&named, &["--classes", "cat", "--per-class", "3", "--seed", "5"]).status.success());
+    assert!(run(&named, &["--classes", "cat", "--per-class", "3", "--seed", "5"]).success());
     assert_eq!(std::fs::read(named.join("cat/000002.png")).unwrap(), std::fs::read(out.join("class_02/000002.png")).unwrap());
 
     // Bad requests are named.
     let o = run(&named, &["--classes", "dog", "--per-class", "1"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--classes: \"dog\" is neither a label below 3 nor a class name (ant, bee, cat)"), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(2));
+    assert!(o.stderr.contains("--classes: \"dog\" is neither a label below 3 nor a class name (ant, bee, cat)"), "{}", o.stderr);
     let noise = tmp.path().join("bad.npy");
     Tensor::zeros((2, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap().write_npy(&noise).unwrap();
     let o = run(&named, &["--labels", "0,1", "--noise", noise.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("shape [2, 3, 4, 4], expected [2, 3, 8, 8]"), "{}", stderr(&o));
+    assert_eq!(o.code(), Some(2));
+    assert!(o.stderr.contains("shape [2, 3, 4, 4], expected [2, 3, 8, 8]"), "{}", o.stderr);
 }
 
 #[test]
@@ -190,9 +174,9 @@ fn run_scores_sampled_images_in_every_stage_and_replicas_change_nothing() {
     let root = tmp.path();
     let mut reports = Vec::new();
     for replicas in [1, 2] {
-        let topology = tiny_run::write_topology(root, &replicas.to_string(), replicas, "");
-        let o = rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology).output().unwrap();
-        assert!(o.status.success(), "{replicas} replicas: {}", stderr(&o));
+        let topology = tiny_run::write_topology(root, &replicas.to_string(), replicas, None);
+        let o = Ran::of(rcaflow().args(["run", "--metrics-addr", "off", "--topology"]).arg(&topology));
+        assert!(o.success(), "{replicas} replicas: {}", o.stderr);
         let report: Value = serde_json::from_slice(&std::fs::read(root.join(format!("run-{replicas}/report.json"))).unwrap()).unwrap();
         reports.push(report);
     }

@@ -5,11 +5,13 @@
 //! `rcaflow validate` prints it (exit 0) or lists every error (exit 2) without loading a model:
 //! the fixture weights file data/oracle.pth is empty, so any attempt to load it would fail.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
+use common::bin::{rcaflow, Ran};
 use rcaflow::stages::{ComponentKind, Graph};
 use rcaflow::topology::{ComponentType, Edge, Section};
 
@@ -440,8 +442,8 @@ fn good_file_loads_in_data_flow_order() {
 
 // ---- the command line ----
 
-fn validate_cli(topology: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rcaflow")).env_remove("RUST_LOG").args(["validate", "--topology"]).arg(topology).output().unwrap()
+fn validate_cli(topology: &Path) -> Ran {
+    Ran::of(rcaflow().args(["validate", "--topology"]).arg(topology))
 }
 
 #[test]
@@ -449,8 +451,7 @@ fn cli_validate_prints_the_graph() {
     // data/oracle.pth is empty: had validate loaded the model, it would have failed.
     assert_eq!(std::fs::metadata(fixture("data/oracle.pth")).unwrap().len(), 0);
     let out = validate_cli(&fixture("good.toml"));
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let (stdout, stderr) = (out.stdout, out.stderr);
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], format!("topology {}: 6 components, 5 edges, 3 classes", fixture("good.toml").display()));
@@ -481,8 +482,7 @@ fn cli_validate_prints_the_graph() {
 fn cli_validate_lists_every_error_and_exits_2() {
     let path = fixture("many-problems.toml");
     let out = validate_cli(&path);
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let (stdout, stderr) = (out.stdout, out.stderr);
     assert_eq!(out.status.code(), Some(2), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(stdout, "");
     let errors = many_problems();
@@ -500,7 +500,7 @@ fn cli_validate_does_not_load_the_oracle() {
     let out = validate_cli(&path);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
-        String::from_utf8(out.stderr).unwrap(),
+        out.stderr,
         format!("error: topology {}: 1 error:\n  - transforms.oracle: capacity must be at least 1 batch, found 0\n", path.display())
     );
 }

@@ -3,10 +3,12 @@
 //! into the evaluation side (the oracle stage's `Oracle`, `UNet2DModel::load`, the scheduler
 //! config reader, `rcaflow baseline`'s file).
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
+use common::bin::{rcaflow, Ran};
 use rcaflow::data::synth::{generate, SynthConfig};
 use rcaflow::models::preprocess::Normalization;
 use rcaflow::models::resnet::{BnMode, ResNetArch, ResNetConfig, Stem};
@@ -209,9 +211,9 @@ fn resumed_checkpoint_takes_the_same_next_step_and_loads_in_the_evaluation_side(
 fn cli_synth_prep_train_oracle_writes_weights_and_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_rcaflow")).env_remove("RUST_LOG").args(args).current_dir(dir.path()).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let out = Ran::of(rcaflow().args(args).current_dir(dir.path()));
+        assert!(out.success(), "{args:?}: {}", out.stderr);
+        out.stdout
     };
     run(&["synth", "--out", "raw", "--classes", "2", "--per-class", "5", "--size", "32", "--seed", "2"]);
     run(&["prep", "--input", "raw", "--out", "data", "--size", "32", "--eval-fraction", "0.4"]);
@@ -238,41 +240,36 @@ fn cli_synth_prep_train_oracle_writes_weights_and_baseline() {
     assert_eq!(b.classes, vec!["id_00", "id_01"]);
     assert_eq!(b.real.total, 4);
     // Bad input: one line naming the flag.
-    let out = Command::new(env!("CARGO_BIN_EXE_rcaflow"))
-        .args(["train", "oracle", "--data", "nowhere", "--arch", "resnet18", "--stem", "cifar", "--out", "x.safetensors"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
-        "error: --data nowhere: no train/ folder (expected the layout `rcaflow prep` writes)"
+    let out = Ran::of(
+        rcaflow()
+            .args(["train", "oracle", "--data", "nowhere", "--arch", "resnet18", "--stem", "cifar", "--out", "x.safetensors"])
+            .current_dir(dir.path()),
     );
+    assert_eq!(out.code(), Some(2));
+    assert_eq!(out.stderr.trim(), "error: --data nowhere: no train/ folder (expected the layout `rcaflow prep` writes)");
 }
 
 #[test]
 fn cli_train_ddpm_checkpoints_resumes_and_draws_its_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let rcaflow = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_rcaflow")).env_remove("RUST_LOG").args(args).current_dir(dir.path()).output().unwrap()
-    };
+    let rcaflow = |args: &[&str]| Ran::of(rcaflow().args(args).current_dir(dir.path()));
     let ok = |args: &[&str]| {
         let out = rcaflow(args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        assert!(out.success(), "{args:?}: {}", out.stderr);
+        out.stdout
     };
     ok(&["synth", "--out", "data/train", "--classes", "2", "--per-class", "3", "--size", "8"]);
     std::fs::write(dir.path().join("unet.json"), tiny_unet(2).to_json_string()).unwrap();
     let common = ["train", "ddpm", "--data", "data", "--out", "m", "--batch-size", "2", "--checkpoint-every", "1", "--metrics-addr", "off"];
     let err = rcaflow(&[&common[..], &["--steps", "2"]].concat());
-    assert_eq!(err.status.code(), Some(2));
-    assert_eq!(String::from_utf8_lossy(&err.stderr).trim(), "error: --unet-config UNET_CONFIG.json is required (unless --resume)");
+    assert_eq!(err.code(), Some(2));
+    assert_eq!(err.stderr.trim(), "error: --unet-config UNET_CONFIG.json is required (unless --resume)");
     let err = rcaflow(&[&common[..], &["--steps", "2", "--resume"]].concat());
-    assert!(String::from_utf8_lossy(&err.stderr).contains("--resume: no checkpoint in"), "{}", String::from_utf8_lossy(&err.stderr));
+    assert!(err.stderr.contains("--resume: no checkpoint in"), "{}", err.stderr);
     let s = ok(&[&common[..], &["--steps", "2", "--unet-config", "unet.json"]].concat());
     assert!(s.contains("step       2  mean loss"), "{s}");
     let again = rcaflow(&[&common[..], &["--steps", "2", "--unet-config", "unet.json"]].concat());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("holds checkpoints already; add --resume"));
+    assert!(again.stderr.contains("holds checkpoints already; add --resume"));
     ok(&[&common[..], &["--steps", "3", "--resume"]].concat());
     let m = dir.path().join("m");
     let ckpts: Vec<String> =

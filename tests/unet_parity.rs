@@ -8,6 +8,8 @@
 //! The test writes a real diffusers folder (config.json + diffusion_pytorch_model.safetensors)
 //! to a temporary directory and loads it through `UNet2DModel::load`, the path users take.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -18,11 +20,6 @@ use serde::Deserialize;
 
 /// Max abs error over max abs reference value.
 const TOLERANCE: f64 = 1e-4;
-
-#[path = "common/prng.rs"]
-mod prng;
-#[path = "common/random_weights.rs"]
-mod random_weights;
 
 fn fixture_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet").join(case)
@@ -51,7 +48,7 @@ fn fixture(case: &str) -> Fixture {
 
 /// The weights the script gave diffusers.
 fn state_dict(fx: &Fixture) -> HashMap<String, Tensor> {
-    random_weights::unet_state_dict(&fx.state_dict)
+    common::random_weights::unet_state_dict(&fx.state_dict)
 }
 
 /// A diffusers model folder in a fresh temporary directory.

@@ -9,8 +9,7 @@
 //! u_i       = (z_i >> 11) * 2**-53                               (f64 in [0, 1))
 //! ```
 //!
-//! Included with `#[path = "common/prng.rs"] mod prng;` by each test that needs it.
-#![allow(dead_code)] // each test uses part of it
+//! `common::prng` (tests/common/mod.rs).
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 

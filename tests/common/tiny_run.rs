@@ -1,14 +1,17 @@
 //! A tiny sampler run with every evaluation stage, for the end-to-end tests (tests/sampler.rs,
-//! tests/resume.rs; tests/prometheus_live.rs takes its networks): a 3-class colour set as the real side, the colour oracle, a random-weight
-//! UNet (the `ddim_defaults` sampler fixture at 32x32), random Inception and LPIPS weights.
-//! The includer declares `mod color_set`, `mod prng` and `mod random_weights`.
-#![allow(dead_code)]
+//! tests/resume.rs; tests/prometheus_live.rs and benches/pipeline.rs take its pieces at other
+//! sizes): a 3-class colour set as the real side, the colour oracle, a random-weight UNet (the
+//! `ddim_defaults` sampler fixture at 32x32), random Inception and LPIPS weights.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::topology::{Sampler, Topology};
 use super::{color_set, random_weights};
+
+/// How many classes the tiny runs have (the UNet fixture's).
+pub const CLASSES: usize = 3;
 
 /// Writes the models and the real images under `root` (once; later calls reuse them).
 pub fn write_models(root: &Path) {
@@ -16,14 +19,25 @@ pub fn write_models(root: &Path) {
         return;
     }
     write_networks(root);
-    let colors: Vec<[u8; 3]> = color_set::PALETTE[..3].iter().map(|(_, c)| *c).collect();
-    for (name, color) in &color_set::PALETTE[..3] {
+    write_real(root, 4, 8);
+    write_oracle(root);
+}
+
+/// `root/real/<class>/<i>.png`: `per_class` uniform `size` x `size` images in each of the
+/// [`CLASSES`] first palette colours.
+pub fn write_real(root: &Path, per_class: usize, size: u32) {
+    for (name, color) in &color_set::PALETTE[..CLASSES] {
         let dir = root.join("real").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..4 {
-            color_set::write_png(&dir.join(format!("{i:03}.png")), 8, |_, _| *color);
+        for i in 0..per_class {
+            color_set::write_png(&dir.join(format!("{i:03}.png")), size, |_, _| *color);
         }
     }
+}
+
+/// `root/oracle.safetensors`: the colour oracle of the [`CLASSES`] first palette colours.
+pub fn write_oracle(root: &Path) {
+    let colors: Vec<[u8; 3]> = color_set::PALETTE[..CLASSES].iter().map(|(_, c)| *c).collect();
     candle_core::safetensors::save(&color_set::color_oracle(&colors), root.join("oracle.safetensors")).unwrap();
 }
 
@@ -46,87 +60,28 @@ pub fn write_networks(root: &Path) {
     random_weights::random_lpips_weights(root);
 }
 
-/// Writes `root/<name>.toml`: run directory `run-<name>`, samples in `samples-<name>`;
-/// `oracle_extra` is appended to the oracle's table (`restart = { max = 1 }`, say).
-pub fn write_topology(root: &Path, name: &str, replicas: usize, oracle_extra: &str) -> PathBuf {
+/// Writes the models (see [`write_models`]) and `root/<name>.toml`: run directory
+/// `run-<name>`, 5 images a class from 3 DDPM steps in units of 2 (`replicas` sampler
+/// replicas), batches of 4, 4 LPIPS pairs, samples saved in `samples-<name>`; with
+/// `restart_max`, the oracle is restarted that many times at most.
+pub fn write_topology(root: &Path, name: &str, replicas: i64, restart_max: Option<i64>) -> PathBuf {
     write_models(root);
-    let path = root.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"[run]
-dir = "run-{name}"
-default_capacity = 2
-
-[sources.real]
-type = "image_folder"
-path = "real"
-origin = "real"
-unit_size = 2
-
-[sources.sampler]
-type = "ddpm_sampler"
-unet = "unet"
-scheduler = "ddpm"
-steps = 3
-per_class = 5
-unit_size = 2
-seed = 3
-replicas = {replicas}
-
-[transforms.batches]
-type = "batcher"
-inputs = ["real", "sampler"]
-batch_size = 4
-
-[transforms.oracle]
-type = "oracle_classifier"
-inputs = ["batches"]
-weights = "oracle.safetensors"
-arch = "resnet18"
-stem = "cifar"
-normalization = "minus-one-one"
-{oracle_extra}
-
-[transforms.inception]
-type = "inception_v3"
-inputs = ["batches"]
-weights = "inception.safetensors"
-
-[sinks.rca]
-type = "rca"
-inputs = ["oracle"]
-
-[sinks.fid]
-type = "fid"
-inputs = ["inception"]
-
-[sinks.inception_score]
-type = "inception_score"
-inputs = ["inception"]
-splits = 2
-
-[sinks.lpips]
-type = "lpips_diversity"
-inputs = ["batches"]
-net = "alex"
-backbone = "alexnet.safetensors"
-lin = "alex-lin.safetensors"
-pairs = 4
-
-[sinks.samples]
-type = "save_images"
-inputs = ["sampler"]
-path = "samples-{name}"
-
-[sinks.report]
-type = "report"
-inputs = ["rca", "fid", "inception_score", "lpips"]
-"#
-        ),
-    )
-    .unwrap();
-    path
+    let size = Sampler { steps: 3, per_class: 5, unit_size: 2, seed: 3 };
+    let mut t = Topology::new(&format!("run-{name}"))
+        .set("run", "default_capacity", 2)
+        .image_folder("real", "real")
+        .set("sources.real", "unit_size", 2)
+        .sampler("sampler", "ddpm", size)
+        .set("sources.sampler", "replicas", replicas)
+        .evaluation("sampler", 4, 4)
+        .sink("samples", "save_images", &["sampler"])
+        .set("sinks.samples", "path", format!("samples-{name}"));
+    if let Some(max) = restart_max {
+        let mut restart = toml::Table::new();
+        restart.insert("max".into(), max.into());
+        t = t.set("transforms.oracle", "restart", restart);
+    }
+    t.write(&root.join(format!("{name}.toml")))
 }
 
 /// The report less what legitimately varies between runs: timings, paths, replica count.

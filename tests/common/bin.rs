@@ -1,0 +1,49 @@
+//! Running the `rcaflow` binary (the one cargo built for this package's tests and benches).
+
+use std::process::{Command, ExitStatus};
+
+/// `rcaflow`, ready for arguments: without `RUST_LOG` (a log level from the caller's shell would
+/// change what the binary writes to stderr) and without `RCAFLOW_FAULT` (faults are injected
+/// only where a test sets one). Spawn it, or finish it with [`Ran::of`].
+pub fn rcaflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcaflow"));
+    cmd.env_remove("RUST_LOG").env_remove("RCAFLOW_FAULT");
+    cmd
+}
+
+/// What a finished command gave: its exit status, its stdout and its stderr (text: rcaflow writes
+/// UTF-8 only, and anything else fails the test).
+#[derive(Debug)]
+pub struct Ran {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Runs `cmd` to its end, its output captured.
+    pub fn of(cmd: &mut Command) -> Ran {
+        let o = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let text =
+            |bytes: Vec<u8>, stream: &str| String::from_utf8(bytes).unwrap_or_else(|e| panic!("{cmd:?} wrote non-UTF-8 to {stream}: {e}"));
+        Ran { status: o.status, stdout: text(o.stdout, "stdout"), stderr: text(o.stderr, "stderr") }
+    }
+
+    /// The exit code; `None` when a signal ended the process.
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+/// `rcaflow` with `args`, run to its end.
+pub fn run<I, S>(args: I) -> Ran
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Ran::of(rcaflow().args(args))
+}

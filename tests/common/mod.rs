@@ -1,0 +1,23 @@
+//! What the integration tests (and benches/pipeline.rs) share: `mod common;` in a test file,
+//! `#[path = "../tests/common/mod.rs"] mod common;` in a bench, then `common::...`.
+//!
+//! - [`prng`]: the keyed PRNG of the fixture scripts (bit-exact port);
+//! - [`random_weights`]: random-weight Inception, LPIPS and UNet files from that PRNG;
+//! - [`color_set`]: the colour example set and its hand-made oracle (examples/common/color_set.rs);
+//! - [`topology`]: topology files built section by section, at any size;
+//! - [`tiny_run`]: the tiny sampler run with every evaluation stage (models, real images, topology);
+//! - [`bin`]: running the `rcaflow` binary;
+//! - [`stages`]: mock stages (sources, sinks, faulty and stuck stages) for `runtime::run`.
+
+// Each test file is its own crate and uses only part of this module: the rest would warn as
+// dead code in each of them.
+#![allow(dead_code)]
+
+pub mod bin;
+#[path = "../../examples/common/color_set.rs"]
+pub mod color_set;
+pub mod prng;
+pub mod random_weights;
+pub mod stages;
+pub mod tiny_run;
+pub mod topology;
