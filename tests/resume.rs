@@ -319,21 +319,20 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
 }
 
 #[test]
-fn weights_that_fail_to_load_mid_run_stop_it_naming_the_stage() {
+fn weights_that_fail_to_load_stop_the_run_in_its_build_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let topology = tiny_run::write_topology(root, "weights", 1, None);
-    // A truncated Inception file: the run starts, the stage fails loading it.
+    // A truncated Inception file: the build step fails loading it, as a bad topology fails.
     let path = root.join("inception.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     let o = run(root, &topology, None);
-    assert_eq!(o.code(), Some(1), "{}", o.stderr);
-    let line = one_line_error(&o);
-    assert!(line.contains("stage transforms.inception failed") && line.contains("inception.safetensors"), "{line}");
-    assert!(!root.join("run-weights/report.json").exists());
-    // The stages that ran kept what they applied.
-    assert!(root.join("run-weights/run.json").exists());
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    let line = o.stderr.lines().find(|l| l.contains("- transforms.inception:")).unwrap_or_else(|| panic!("stage named:\n{}", o.stderr));
+    assert!(line.contains("inception.safetensors"), "{line}");
+    // No stage ran: the run directory was not even made.
+    assert!(!root.join("run-weights").exists());
 }
 
 #[test]

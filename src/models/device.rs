@@ -22,7 +22,7 @@ pub enum DeviceError {
     #[error("device \"{0}\": expected \"cpu\", \"cuda\" or \"cuda:N\" (N the index of a GPU)")]
     Syntax(String),
     #[error(
-        "device \"{0}\": this rcaflow is a CPU-only build; for GPUs build it with `scripts/cuda-toolkit.sh` then `cargo build --release --features cuda` (README \"GPUs\")"
+        "device \"{0}\": this rcaflow is a CPU-only build; a GPU needs one built with `cargo build --release --features cuda` (README \"GPUs\")"
     )]
     NotBuilt(DeviceSpec),
     #[error("device \"{device}\": cannot open it: {cause}")]
