@@ -5,20 +5,23 @@
 //!   units, unit seeds and the rule that cuts a class into units.
 //! - [`topology`]: the topology file (TOML) → a validated [`topology::Graph`]; every error names
 //!   its component.
+//! - [`stages`]: one home per component type (its config, checks, files, build step and run
+//!   loop) and the registration list that generates the closed topology enum; [`stages::build`]
+//!   loads every component's weights and files before the run, every error at once.
 //! - [`runtime`]: the running dataflow: one ractor actor per stage, each owning the thread that
 //!   does its work; bounded crossbeam channels between stages (backpressure); exactly-once
-//!   accumulation by unit id; binary checkpoints; fault injection; graceful shutdown with a
-//!   deadline.
-//! - [`stages`]: one file per stage type (sources, batcher, oracle, inception, the metric sinks,
-//!   save_images, report).
+//!   accumulation by unit id and the one driver of accumulating sinks; binary checkpoints and
+//!   the run directory; fault injection; graceful shutdown with a deadline.
 //! - [`models`]: candle models loaded from the weight files users already have (ResNet oracle,
-//!   InceptionV3, LPIPS, the diffusers UNet and its schedulers).
+//!   InceptionV3, LPIPS, the diffusers UNet and its schedulers), and device strings.
 //! - [`metrics`]: pure maths (confusion matrices, RCA, Wilson intervals), tested without threads.
-//! - [`data`]: datasets: the synthetic identity set (`synth`) and raw photo preparation (`prep`).
-//! - [`report`]: `report.json`, `report.md` and PNG figures.
+//! - [`data`]: image folders (list, decode, write PNG), `.npz` statistics, the synthetic
+//!   identity set (`synth`) and raw photo preparation (`prep`).
+//! - [`report`]: the result types stages hand to it, `report.json`, `report.md`, PNG figures
+//!   and baseline files.
 //! - [`telemetry`]: every Prometheus metric name, and the exporter.
 //! - [`settings`]: deployment settings (config/rcaflow.toml).
-//! - [`train`]: training the oracle and the DDPM (AdamW, EMA, checkpoints).
+//! - [`train`]: training the oracle and the DDPM (AdamW, EMA, checkpoints, the trainable ResNet).
 //! - [`cli`]: the subcommands.
 pub mod cli;
 pub mod data;

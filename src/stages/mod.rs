@@ -130,6 +130,19 @@ pub fn build(graph: &Graph, cx: &BuildContext) -> Result<Vec<StageSpec>, Topolog
     }
 }
 
+/// The [`TypeInfo`] of the config type `C` registered as `name`.
+const fn type_info<C: ComponentConfig>(name: &'static str) -> TypeInfo {
+    TypeInfo {
+        name,
+        section: C::SECTION,
+        accepts: C::ACCEPTS,
+        produces: C::PRODUCES,
+        restartable: C::RESTARTABLE,
+        accumulates: C::ACCUMULATES,
+        holds_units: C::HOLDS_UNITS,
+    }
+}
+
 /// Generates, from one list of `"type_name" => Variant(ConfigStruct)` lines, the closed
 /// topology enum and its [`ComponentType`] implementation (every dispatch), plus `build`.
 macro_rules! register_components {
@@ -142,20 +155,15 @@ macro_rules! register_components {
         }
 
         impl ComponentType for ComponentKind {
-            const TYPES: &'static [TypeInfo] = &[$(TypeInfo {
-                name: $name,
-                section: <$config as ComponentConfig>::SECTION,
-                accepts: <$config as ComponentConfig>::ACCEPTS,
-                produces: <$config as ComponentConfig>::PRODUCES,
-                restartable: <$config as ComponentConfig>::RESTARTABLE,
-                accumulates: <$config as ComponentConfig>::ACCUMULATES,
-                holds_units: <$config as ComponentConfig>::HOLDS_UNITS,
-            },)+];
+            const TYPES: &'static [TypeInfo] = &[$(type_info::<$config>($name),)+];
 
             fn info(&self) -> &'static TypeInfo {
-                let name = match self { $(ComponentKind::$variant(_) => $name,)+ };
-                // Every variant's name is in TYPES by construction (same list).
-                Self::TYPES.iter().find(|t| t.name == name).unwrap_or(&Self::TYPES[0])
+                match self {
+                    $(ComponentKind::$variant(_) => {
+                        const INFO: TypeInfo = type_info::<$config>($name);
+                        &INFO
+                    })+
+                }
             }
             fn source_origin(&self) -> Option<Origin> {
                 match self { $(ComponentKind::$variant(c) => c.source_origin(),)+ }
