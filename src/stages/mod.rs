@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::models::device::DeviceSpec;
 use crate::runtime::stage::{Restart, Stage};
 use crate::runtime::StageSpec;
+use crate::topology::config::one_line;
 use crate::topology::{Checks, ComponentType, DataKind, GraphFacts, HashedInput, NamedClasses, Section, TopologyError, TypeInfo};
 use crate::units::{Origin, UnitPlan};
 
@@ -120,7 +121,8 @@ pub fn build(graph: &Graph, cx: &BuildContext) -> Result<Vec<StageSpec>, Topolog
                 let accumulates = c.kind.info().accumulates;
                 stages.push(StageSpec { id: c.id.clone(), qualified: name, accumulates, stage, restart });
             }
-            Err(e) => errors.push(format!("{name}: {e}")),
+            // One line each, whatever the loader's message looked like.
+            Err(e) => errors.push(format!("{name}: {}", one_line(&e))),
         }
     }
     if errors.is_empty() {

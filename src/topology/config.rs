@@ -208,7 +208,7 @@ fn parse_restart<K: ComponentType>(name: &str, value: Option<toml::Value>, kind:
 }
 
 /// serde/toml messages sometimes span lines; a config error is one line.
-pub(crate) fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
