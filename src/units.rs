@@ -122,11 +122,6 @@ pub struct UnitPlan {
 }
 
 impl UnitPlan {
-    /// Every unit of the plan with its image count, class-major.
-    pub fn units(&self) -> impl Iterator<Item = (UnitId, u64)> + '_ {
-        cut_into_units(&self.per_class, self.unit_size).map(|slot| (slot.id(self.origin), slot.len))
-    }
-
     /// Where each class starts in the class-major order of all the plan's images.
     pub fn class_offsets(&self) -> Vec<u64> {
         self.per_class

@@ -11,6 +11,7 @@ use super::batch::{Batch, Payload};
 use super::checkpoint::CheckpointTimer;
 use super::stage::{Stage, StageContext, StageError};
 use crate::report::Summary;
+use crate::telemetry;
 
 /// A sink's own part: its state's birth, what it does after each batch and at the end.
 pub trait SinkMaths: Send + 'static {
@@ -81,5 +82,31 @@ impl<M: SinkMaths> Stage for SinkStage<M> {
         let summary = maths.finish(&acc, ctx)?;
         ctx.send(Payload::Summary(Arc::new(summary.clone())))?;
         Ok(Some(summary))
+    }
+}
+
+/// The non-finite-images counter of a sink whose state counts the images it left out: it
+/// moves by what each batch added to that count, so a restored count is not counted again.
+#[derive(Debug, Default)]
+pub struct NonfiniteCounter {
+    counted: u64,
+}
+
+impl NonfiniteCounter {
+    /// Starts from the state's count. The series exists at 0 from the start, so the first
+    /// non-finite image shows as an increase (and alerts).
+    pub fn start(&mut self, ctx: &StageContext, total: u64) {
+        metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
+        self.counted = total;
+    }
+
+    /// Adds what the state's count gained since the last call; returns it.
+    pub fn advance(&mut self, ctx: &StageContext, total: u64) -> u64 {
+        let new = total - self.counted;
+        self.counted = total;
+        if new > 0 {
+            metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(new);
+        }
+        new
     }
 }

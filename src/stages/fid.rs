@@ -20,7 +20,7 @@ use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
 use crate::runtime::batch::FeatureBatch;
 use crate::runtime::checkpoint::CheckpointTimer;
-use crate::runtime::sink::{SinkMaths, SinkStage};
+use crate::runtime::sink::{NonfiniteCounter, SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
 use crate::topology::config::resolve;
@@ -116,7 +116,12 @@ impl ComponentConfig for FidConfig {
             None => None,
         };
         let live = CheckpointTimer::new(Duration::from_secs_f64(self.interval_secs));
-        Ok(Box::new(SinkStage(FidMaths { reference_file: self.reference.clone(), reference, live, last_nonfinite: 0 })))
+        Ok(Box::new(SinkStage(FidMaths {
+            reference_file: self.reference.clone(),
+            reference,
+            live,
+            nonfinite: NonfiniteCounter::default(),
+        })))
     }
 }
 
@@ -174,8 +179,7 @@ pub struct FidMaths {
     reference_file: Option<PathBuf>,
     reference: Option<FidStats>,
     live: CheckpointTimer,
-    /// Non-finite images counted so far (the counter moves by what each batch adds).
-    last_nonfinite: u64,
+    nonfinite: NonfiniteCounter,
 }
 
 impl SinkMaths for FidMaths {
@@ -187,9 +191,7 @@ impl SinkMaths for FidMaths {
     }
 
     fn start(&mut self, acc: &mut ExactlyOnce<FidState>, ctx: &StageContext) -> Result<(), StageError> {
-        // At 0 from the start, so the first non-finite image shows as an increase (and alerts).
-        metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
-        self.last_nonfinite = acc.inner().nonfinite;
+        self.nonfinite.start(ctx, acc.inner().nonfinite);
         Ok(())
     }
 
@@ -201,11 +203,9 @@ impl SinkMaths for FidMaths {
     }
 
     fn after_batch(&mut self, acc: &mut ExactlyOnce<FidState>, ctx: &StageContext) -> Result<(), StageError> {
-        let bad = acc.inner().nonfinite - self.last_nonfinite;
-        self.last_nonfinite = acc.inner().nonfinite;
+        let bad = self.nonfinite.advance(ctx, acc.inner().nonfinite);
         if bad > 0 {
             tracing::warn!(stage = %ctx.id, images = bad, "non-finite inception features left out of FID");
-            metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(bad);
         }
         if self.live.due() {
             if let Some(fid) = ctx.timed(|| compute(acc.inner(), &self.reference))? {

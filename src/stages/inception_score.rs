@@ -13,7 +13,7 @@ use crate::metrics::inception_score::{InceptionScore, InceptionScoreState};
 use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
 use crate::runtime::batch::FeatureBatch;
-use crate::runtime::sink::{SinkMaths, SinkStage};
+use crate::runtime::sink::{NonfiniteCounter, SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
 use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
@@ -72,7 +72,7 @@ impl ComponentConfig for InceptionScoreConfig {
     /// Class offsets come from the generated source's plan (none: no generated images).
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
         let class_offsets = cx.plan_of(Origin::Generated).map(|p| p.class_offsets()).unwrap_or_default();
-        Ok(Box::new(SinkStage(IsMaths { splits: self.splits, class_offsets, last_nonfinite: 0 })))
+        Ok(Box::new(SinkStage(IsMaths { splits: self.splits, class_offsets, nonfinite: NonfiniteCounter::default() })))
     }
 }
 
@@ -118,8 +118,7 @@ impl Accumulator for IsAccumulator {
 pub struct IsMaths {
     splits: usize,
     class_offsets: Vec<u64>,
-    /// Non-finite images counted so far (the counter moves by what each batch adds).
-    last_nonfinite: u64,
+    nonfinite: NonfiniteCounter,
 }
 
 impl SinkMaths for IsMaths {
@@ -132,9 +131,7 @@ impl SinkMaths for IsMaths {
     }
 
     fn start(&mut self, acc: &mut ExactlyOnce<IsAccumulator>, ctx: &StageContext) -> Result<(), StageError> {
-        // At 0 from the start, so the first non-finite image shows as an increase (and alerts).
-        metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(0);
-        self.last_nonfinite = acc.inner().nonfinite;
+        self.nonfinite.start(ctx, acc.inner().nonfinite);
         Ok(())
     }
 
@@ -147,11 +144,7 @@ impl SinkMaths for IsMaths {
     }
 
     fn after_batch(&mut self, acc: &mut ExactlyOnce<IsAccumulator>, ctx: &StageContext) -> Result<(), StageError> {
-        let bad = acc.inner().nonfinite - self.last_nonfinite;
-        self.last_nonfinite = acc.inner().nonfinite;
-        if bad > 0 {
-            metrics::counter!(telemetry::NONFINITE_IMAGES, "stage" => ctx.id.clone()).increment(bad);
-        }
+        self.nonfinite.advance(ctx, acc.inner().nonfinite);
         if let Ok(score) = acc.inner().state.finish() {
             metrics::gauge!(telemetry::INCEPTION_SCORE).set(score.mean);
         }

@@ -294,6 +294,6 @@ pub fn class_difference(expected: &[String], found: &[String]) -> Option<String>
 }
 
 /// Items as `"a", "b"`, for messages.
-pub fn quoted(items: &[String]) -> String {
+fn quoted(items: &[String]) -> String {
     items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }

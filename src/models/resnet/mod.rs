@@ -14,7 +14,7 @@
 //! `layer2.0.downsample.0.weight`, `fc.bias`, ...): the network is built from a candle-nn
 //! `VarBuilder` whose `pp(...)` prefixes mirror that key tree, so a model trained with
 //! torchvision loads unchanged ([`ResNet::load`]), and a network built over a `VarMap` for
-//! training saves a state_dict torchvision loads (`crate::train::resnet::TrainableResNet::save`). Parity with
+//! training saves a state_dict torchvision loads (the trainer's `TrainableResNet::save`, in the training layer). Parity with
 //! torchvision (eval mode) is tested in tests/resnet_parity.rs (fixtures from
 //! scripts/make_resnet_fixtures.py); training in tests/train.rs and tests/grad_check.rs.
 //!
