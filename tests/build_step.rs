@@ -94,16 +94,44 @@ fn every_build_error_is_reported_at_once_before_the_run_starts() {
     assert!(validate.status.success(), "{}", String::from_utf8_lossy(&validate.stderr));
 }
 
-/// The demo-rca topology with the oracle placed on a GPU (`device = "cuda:0"`).
-#[cfg(not(feature = "cuda"))]
-fn demo_on(dir: &Path, oracle_device: &str) -> PathBuf {
+/// The demo-rca topology under `dir`, with `edit` applied to its text.
+fn demo_rca(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("topology/demo-rca.toml")).unwrap();
     let text =
         text.replace("../models/demo", &demo().display().to_string()).replace("../runs/demo-rca", &dir.join("run").display().to_string());
-    let text = text.replace("normalization = \"imagenet\"", &format!("normalization = \"imagenet\"\ndevice = \"{oracle_device}\""));
     let path = dir.join("topology.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, edit(text)).unwrap();
     path
+}
+
+/// The demo-rca topology with the oracle placed on a GPU (`device = "cuda:0"`).
+#[cfg(not(feature = "cuda"))]
+fn demo_on(dir: &Path, oracle_device: &str) -> PathBuf {
+    demo_rca(dir, |text| text.replace("normalization = \"imagenet\"", &format!("normalization = \"imagenet\"\ndevice = \"{oracle_device}\"")))
+}
+
+/// A sampler's `dtype` is checked against its device in the build: bf16 has no CPU kernels, so
+/// a CPU run refuses it naming the component; a bad string is a validation error.
+#[test]
+fn a_sampler_dtype_the_device_cannot_run_fails_the_build_naming_the_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_dtype = |dtype: &str| {
+        let dtype = dtype.to_string();
+        demo_rca(dir.path(), move |text| text.replace("seed = 0", &format!("seed = 0\ndtype = \"{dtype}\"")))
+    };
+    let topology = with_dtype("bf16");
+    let out = rcaflow().args(["run", "--device", "cpu", "--topology"]).arg(&topology).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line = stderr.lines().find(|l| l.contains("- sources.sampler:")).unwrap_or_else(|| panic!("component named:\n{stderr}"));
+    assert!(line.contains("dtype \"bf16\" on device \"cpu\""), "{line}");
+    assert!(!dir.path().join("run").exists());
+
+    let topology = with_dtype("float16");
+    let out = rcaflow().args(["validate", "--topology"]).arg(&topology).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("sources.sampler") && stderr.contains("dtype \"float16\": expected \"f32\", \"bf16\" or \"f16\""), "{stderr}");
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -23,6 +23,12 @@ use serde_json::Value;
 /// The bound for a whole DDIM run against diffusers.
 const RUN_TOLERANCE: f64 = 1e-3;
 
+/// An f16 UNet against diffusers' f32 one: f16 keeps 11 bits of mantissa (5e-4 relative) per
+/// operation, and ten DDIM steps of the random-weight fixture compound it to 6.8e-2 (measured;
+/// about 9 uint8 levels). A wrong half-precision path (unconverted weights, a lost timestep
+/// embedding) is off by the samples' own scale, about 1.
+const F16_RUN_TOLERANCE: f64 = 0.1;
+
 #[derive(Deserialize)]
 struct RunFixture {
     state_dict: Vec<(String, Vec<usize>)>,
@@ -55,6 +61,12 @@ fn read_npy(path: &Path) -> Vec<f64> {
 
 /// `rcaflow sample --noise --labels --out-npy` against diffusers' DDIM (eta = 0) loop.
 fn ddim_run_matches_diffusers(case: &str) {
+    let err = ddim_run_error(case, &["--device", "cpu"]);
+    assert!(err <= RUN_TOLERANCE, "{case}: max abs error {err} > {RUN_TOLERANCE}");
+}
+
+/// The largest difference between `rcaflow sample ARGS` and diffusers' f32 samples.
+fn ddim_run_error(case: &str, args: &[&str]) -> f64 {
     let tmp = tempfile::tempdir().unwrap();
     let (unet, fx) = unet_folder(case, tmp.path());
     let x_t: Vec<f32> = fx.x_t.iter().map(|&v| v as f32).collect();
@@ -64,7 +76,9 @@ fn ddim_run_matches_diffusers(case: &str) {
     let labels = fx.labels.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let o = Ran::of(
         rcaflow()
-            .args(["sample", "--scheduler", "ddim", "--steps", &fx.steps.to_string(), "--labels", &labels, "--device", "cpu", "--unet"])
+            .args(["sample", "--scheduler", "ddim", "--steps", &fx.steps.to_string(), "--labels", &labels])
+            .args(args)
+            .arg("--unet")
             .arg(&unet)
             .arg("--noise")
             .arg(&noise)
@@ -75,8 +89,8 @@ fn ddim_run_matches_diffusers(case: &str) {
     let ours = read_npy(&out);
     assert_eq!(ours.len(), fx.output.len());
     let err = ours.iter().zip(&fx.output).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    println!("{case}: {} steps, max abs error against diffusers {err:.2e}", fx.steps);
-    assert!(err <= RUN_TOLERANCE, "{case}: max abs error {err} > {RUN_TOLERANCE}");
+    println!("{case} {args:?}: {} steps, max abs error against diffusers {err:.2e}", fx.steps);
+    err
 }
 
 #[test]
@@ -87,6 +101,24 @@ fn ddim_run_with_scheduler_defaults_equals_diffusers() {
 #[test]
 fn ddim_run_with_the_folders_scheduler_config_equals_diffusers() {
     ddim_run_matches_diffusers("ddim_folder_config");
+}
+
+/// Half precision runs the same loop with the UNet's rounding alone changed: f16 (which candle's
+/// CPU backend has) stays near diffusers' f32 samples; bf16, which it lacks, is refused before
+/// any work, naming the flag.
+#[test]
+fn half_precision_follows_f32_and_bf16_is_refused_on_the_cpu() {
+    let err = ddim_run_error("ddim_defaults", &["--device", "cpu", "--dtype", "f16"]);
+    assert!(err > 0.0 && err <= F16_RUN_TOLERANCE, "f16: max abs error {err}, expected (0, {F16_RUN_TOLERANCE}]");
+    let tmp = tempfile::tempdir().unwrap();
+    let (unet, _) = unet_folder("ddim_defaults", tmp.path());
+    let o = Ran::of(rcaflow().args(["sample", "--classes", "0", "--per-class", "1", "--dtype", "bf16", "--device", "cpu", "--unet"]).arg(&unet).arg("--out").arg(tmp.path().join("out")));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("--dtype: dtype \"bf16\" on device \"cpu\""), "{}", o.stderr);
+    assert!(!tmp.path().join("out").exists(), "nothing written");
+    let o = Ran::of(rcaflow().args(["sample", "--classes", "0", "--per-class", "1", "--dtype", "half", "--unet"]).arg(&unet).arg("--out").arg(tmp.path().join("out")));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("--dtype: dtype \"half\": expected \"f32\", \"bf16\" or \"f16\""), "{}", o.stderr);
 }
 
 #[test]

@@ -17,6 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::CliError;
 use crate::data::image_folder::write_png;
 use crate::models::sampling::{quantize_rgb, UnitSampler, CLASS_NAMES_FILE};
+use crate::models::device::DeviceSpec;
+use crate::models::precision::Precision;
 use crate::models::schedulers::SchedulerKind;
 use crate::runtime::plan::Plan;
 use crate::settings::{open_device, Settings};
@@ -64,6 +66,9 @@ pub struct SampleArgs {
     /// Where the model runs (overrides the config file).
     #[arg(long)]
     pub device: Option<String>,
+    /// The UNet's precision: f32, or bf16 / f16 on a GPU.
+    #[arg(long, value_name = "f32|bf16|f16", default_value = "f32")]
+    pub dtype: String,
 }
 
 /// Class names for folder names: the model folder's classes.json, else `class_00`, ... (padded
@@ -122,9 +127,13 @@ pub fn sample(args: SampleArgs, settings: Settings) -> Result<(), CliError> {
     if args.unit_size == 0 {
         return Err(CliError::Input("--unit-size must be at least 1".into()));
     }
-    let device = open_device(args.device.as_deref().unwrap_or(&settings.runtime.device))?;
-    let sampler =
-        UnitSampler::load(&args.unet, args.scheduler, args.steps, args.eta, &device).map_err(|e| CliError::Input(e.to_string()))?;
+    let device_name = args.device.as_deref().unwrap_or(&settings.runtime.device);
+    let precision: Precision = args.dtype.parse().map_err(|e| CliError::Input(format!("--dtype: {e}")))?;
+    let spec: DeviceSpec = device_name.parse().map_err(|e| CliError::Input(format!("--device: {e}")))?;
+    precision.check_on(spec).map_err(|e| CliError::Input(format!("--dtype: {e}")))?;
+    let device = open_device(device_name)?;
+    let sampler = UnitSampler::load_as(&args.unet, args.scheduler, args.steps, args.eta, &device, precision)
+        .map_err(|e| CliError::Input(e.to_string()))?;
     let classes = sampler.num_classes().ok_or_else(|| {
         CliError::Input(format!(
             "unet \"{}\": not class-conditional (num_class_embeds is null); expected a class-conditional model",

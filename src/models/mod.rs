@@ -10,6 +10,8 @@
 //! - [`inception`]: pytorch-fid's InceptionV3 (FID variant): pool3 features and IS logits.
 //! - [`lpips`]: LPIPS v0.1 (alexnet / vgg16 backbones with the package's lin layers).
 //! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
+//! - [`device`]: device strings (`cpu`, `cuda`, `cuda:N`) and opening a device on a stream of
+//!   its own; [`precision`]: a model's dtype (`f32`, `bf16`, `f16`) and where it can run.
 //! - [`unet`]: diffusers' `UNet2DModel` (the class-conditional DDPM denoiser), from a diffusers
 //!   model folder or a `VarBuilder`.
 //! - [`schedulers`]: diffusers' DDPM and DDIM step maths on the host.
@@ -24,6 +26,7 @@ mod legacy_pth;
 pub mod lpips;
 pub mod noise;
 pub mod oracle;
+pub mod precision;
 pub mod preprocess;
 pub mod resnet;
 pub mod sampling;

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::precision::Precision;
 use super::noise::{standard_normal, step_stream, INITIAL_STREAM};
 use super::schedulers::{Ddim, Ddpm, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use super::unet::{UNet2DModel, UnetError};
@@ -54,7 +55,19 @@ impl UnitSampler {
     /// `scheduler_config.json` when it has one, else diffusers' defaults for `kind`; `steps`
     /// defaults to every training timestep for DDPM and 50 for DDIM, `eta` is DDIM's.
     pub fn load(folder: &Path, kind: SchedulerKind, steps: Option<usize>, eta: f64, device: &Device) -> Result<Self, SamplingError> {
-        let unet = UNet2DModel::load(folder, device)?;
+        Self::load_as(folder, kind, steps, eta, device, Precision::F32)
+    }
+
+    /// [`Self::load`] with the UNet in `precision`; the scheduler step stays f32 on the host.
+    pub fn load_as(
+        folder: &Path,
+        kind: SchedulerKind,
+        steps: Option<usize>,
+        eta: f64,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self, SamplingError> {
+        let unet = UNet2DModel::load_as(folder, device, precision.dtype())?;
         let model_err = |detail: String| SamplingError::Model { folder: folder.display().to_string(), detail };
         let config = unet.config();
         if config.out_channels != config.in_channels {

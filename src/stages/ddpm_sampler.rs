@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
 use crate::models::device::DeviceSpec;
+use crate::models::precision::Precision;
 use crate::models::sampling::{quantize_rgb, UnitSampler};
 use crate::models::schedulers::SchedulerKind;
 use crate::models::unet::{UNet2DConfig, CONFIG_FILE as UNET_CONFIG_FILE, WEIGHTS_FILE as UNET_WEIGHTS_FILE};
@@ -73,6 +74,10 @@ pub struct DdpmSamplerConfig {
     /// Where it runs (`cpu`, `cuda`, `cuda:N`); default: `--device`, else `[runtime] device`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceSpec>,
+    /// The UNet's precision (`f32`; `bf16` or `f16` on a GPU). Unlike the device, it changes the
+    /// images, so it is part of what the run computes (run.json records it when not f32).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub dtype: Precision,
 }
 
 /// The files of a model folder the images depend on (those present).
@@ -153,7 +158,7 @@ impl ComponentConfig for DdpmSamplerConfig {
 
     fn describe(&self) -> String {
         format!(
-            "unet={} scheduler={} steps={} eta={} per_class={} unit_size={} seed={} replicas={}{}",
+            "unet={} scheduler={} steps={} eta={} per_class={} unit_size={} seed={} replicas={}{}{}",
             self.unet.display(),
             self.scheduler,
             self.steps.map_or("default".into(), |s| s.to_string()),
@@ -162,7 +167,8 @@ impl ComponentConfig for DdpmSamplerConfig {
             self.unit_size,
             self.seed,
             self.replicas,
-            self.device.map_or(String::new(), |d| format!(" device={d}"))
+            self.device.map_or(String::new(), |d| format!(" device={d}")),
+            if self.dtype.is_f32() { String::new() } else { format!(" dtype={}", self.dtype) }
         )
     }
 
@@ -180,11 +186,12 @@ impl ComponentConfig for DdpmSamplerConfig {
 
     /// Loads one model per replica, so a bad folder fails before anything runs.
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+        self.dtype.check_on(cx.device_of(self.device)).map_err(|e| e.to_string())?;
         // Each replica on a device (stream) of its own.
         let samplers: Vec<UnitSampler> = (0..self.replicas.max(1))
             .map(|_| {
                 let device = cx.open_device(self.device)?;
-                UnitSampler::load(&self.unet, self.scheduler, self.steps, self.eta, &device).map_err(|e| e.to_string())
+                UnitSampler::load_as(&self.unet, self.scheduler, self.steps, self.eta, &device, self.dtype).map_err(|e| e.to_string())
             })
             .collect::<Result<_, String>>()?;
         if samplers[0].num_classes() != Some(cx.classes.len()) {

@@ -92,11 +92,15 @@ impl BuildContext {
     /// Opens the device a model component runs on: its own `device`, else the default. Each
     /// stage opens its own (on a GPU: its own stream).
     pub fn open_device(&self, own: Option<DeviceSpec>) -> Result<candle_core::Device, String> {
-        let spec = own.unwrap_or(self.device);
-        spec.open().map_err(|e| match own {
+        self.device_of(own).open().map_err(|e| match own {
             Some(_) => format!("device: {e}"),
             None => format!("default device (--device or [runtime] device): {e}"),
         })
+    }
+
+    /// Where a component with device option `own` runs.
+    pub fn device_of(&self, own: Option<DeviceSpec>) -> DeviceSpec {
+        own.unwrap_or(self.device)
     }
 
     /// The plan of the source of `origin` images (validation allows one source per origin).

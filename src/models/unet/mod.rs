@@ -199,6 +199,12 @@ impl UNet2DModel {
     /// `device`. Every error names the file; weight errors name the tensor key; a checkpoint
     /// with tensors the config does not use is rejected.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, UnetError> {
+        Self::load_as(dir, device, DType::F32)
+    }
+
+    /// [`Self::load`] with the weights (and so the activations) in `dtype`, as diffusers'
+    /// `UNet2DModel.from_pretrained(dir).to(dtype)`: the file's tensors are converted once.
+    pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Self, UnetError> {
         let config_path = dir.join(CONFIG_FILE);
         let text =
             std::fs::read_to_string(&config_path).map_err(|e| UnetError::ReadConfig { path: config_path.clone(), cause: e.to_string() })?;
@@ -212,7 +218,7 @@ impl UNet2DModel {
         let safetensors = dir.join(WEIGHTS_FILE);
         let bin = dir.join(WEIGHTS_FILE_BIN);
         let path = if !safetensors.exists() && bin.exists() { bin } else { safetensors };
-        let ckpt = Checkpoint::open(&path, DType::F32, device).map_err(|cause| UnetError::ReadWeights { path: path.clone(), cause })?;
+        let ckpt = Checkpoint::open(&path, dtype, device).map_err(|cause| UnetError::ReadWeights { path: path.clone(), cause })?;
         let model = match Self::new(&config, ckpt.var_builder()) {
             Ok(model) => model,
             Err(e) => {
