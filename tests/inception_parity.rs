@@ -65,13 +65,16 @@ fn state_dict(zeros: bool) -> HashMap<String, Tensor> {
 /// the parity tests (drawing 24M values in a debug build is the slow part).
 fn network() -> &'static InceptionV3 {
     static NET: OnceLock<InceptionV3> = OnceLock::new();
-    NET.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pt_inception.safetensors");
-        candle_core::safetensors::save(&state_dict(false), &path).unwrap();
-        let weights = WeightMap::load(&path, &Device::Cpu).unwrap();
-        InceptionV3::load(&weights).unwrap()
-    })
+    NET.get_or_init(|| network_on(&Device::Cpu))
+}
+
+/// The script's network, loaded from a file onto `dev`.
+fn network_on(dev: &Device) -> InceptionV3 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pt_inception.safetensors");
+    candle_core::safetensors::save(&state_dict(false), &path).unwrap();
+    let weights = WeightMap::load(&path, dev).unwrap();
+    InceptionV3::load(&weights).unwrap()
 }
 
 // ---- parity ----
@@ -98,14 +101,15 @@ fn rel_err(got: &[f32], want: &[Vec<f64>]) -> f64 {
     diff / want.iter().map(|w| w.abs()).fold(0.0, f64::max)
 }
 
-fn parity(case: &str) {
+/// `net` (on any device) against pytorch-fid's pool3 and logits, within [`TOLERANCE`].
+fn parity(case: &str, net: &InceptionV3) {
     let text = std::fs::read_to_string(fixture_dir().join(format!("{case}.json"))).unwrap();
     let fx: Fixture = serde_json::from_str(&text).unwrap();
     assert_eq!(fx.case, case);
     let pixels = common::prng::images_u8(&fx.pixels_key, fx.n * 3 * fx.height * fx.width);
     let sum: u64 = pixels.iter().map(|&p| u64::from(p)).sum();
     assert_eq!(sum, fx.pixels_sum, "{case}: regenerated pixels differ from the script's");
-    let (pool3, logits) = network().features(&pixels, fx.n, fx.height, fx.width).unwrap();
+    let (pool3, logits) = net.features(&pixels, fx.n, fx.height, fx.width).unwrap();
     assert_eq!(pool3.len(), fx.n * InceptionV3::FEATURES);
     assert_eq!(logits.len(), fx.n * InceptionV3::LOGITS);
     let (e_pool3, e_logits) = (rel_err(&pool3, &fx.pool3), rel_err(&logits, &fx.logits));
@@ -122,7 +126,7 @@ fn parity(case: &str) {
 
 #[test]
 fn parity_upsampled_32x32_batch_of_two() {
-    parity("up32");
+    parity("up32", network());
     // A degenerate network (dead activations) would pass trivially: the two images must get
     // clearly different features.
     let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("up32.json")).unwrap()).unwrap();
@@ -133,12 +137,21 @@ fn parity_upsampled_32x32_batch_of_two() {
 
 #[test]
 fn parity_native_299_no_resize() {
-    parity("native299");
+    parity("native299", network());
 }
 
 #[test]
 fn parity_odd_size_45x71() {
-    parity("odd45x71");
+    parity("odd45x71", network());
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs a CUDA build and a GPU (scripts/gpu_check.sh)")]
+fn parity_on_cuda() {
+    let net = network_on(&common::gpu::cuda());
+    for case in ["up32", "native299", "odd45x71"] {
+        parity(case, &net);
+    }
 }
 
 /// The same weights saved by torch itself (`torch.save(model.state_dict())`: an OrderedDict in a

@@ -75,18 +75,25 @@ fn write_files(dir: &Path, net: LpipsNet, backbone: &HashMap<String, Tensor>, li
 }
 
 fn load_files(net: LpipsNet, bb: &Path, ln: &Path) -> Result<Lpips, String> {
-    let dev = Device::Cpu;
-    let backbone = WeightMap::load(bb, &dev).map_err(|e| e.to_string())?;
-    let lin = WeightMap::load(ln, &dev).map_err(|e| e.to_string())?;
+    load_files_on(net, bb, ln, &Device::Cpu)
+}
+
+fn load_files_on(net: LpipsNet, bb: &Path, ln: &Path, dev: &Device) -> Result<Lpips, String> {
+    let backbone = WeightMap::load(bb, dev).map_err(|e| e.to_string())?;
+    let lin = WeightMap::load(ln, dev).map_err(|e| e.to_string())?;
     Lpips::load(net, &backbone, &lin).map_err(|e| e.to_string())
 }
 
 /// The model with the script's weights, loaded from files the way users load theirs.
 fn model(net: LpipsNet) -> Lpips {
+    model_on(net, &Device::Cpu)
+}
+
+fn model_on(net: LpipsNet, dev: &Device) -> Lpips {
     let k = keys(net);
     let dir = tempfile::tempdir().unwrap();
     let (bb, ln) = write_files(dir.path(), net, &tensors(net, &k.backbone), &tensors(net, &k.lin));
-    let m = load_files(net, &bb, &ln).unwrap();
+    let m = load_files_on(net, &bb, &ln, dev).unwrap();
     assert_eq!(m.net(), net);
     m
 }
@@ -119,8 +126,9 @@ fn case(name: &str) -> Case {
 
 const CASES: [&str; 3] = ["size32", "size64", "odd31x45"];
 
-fn parity(net: LpipsNet) {
-    let m = model(net);
+/// The model on `dev` against lpips' distances, within [`TOLERANCE`] on any device.
+fn parity(net: LpipsNet, dev: &Device) {
+    let m = model_on(net, dev);
     let mut max_err = 0f64;
     for name in CASES {
         let c = case(name);
@@ -155,12 +163,20 @@ fn parity(net: LpipsNet) {
 
 #[test]
 fn parity_alex() {
-    parity(LpipsNet::Alex);
+    parity(LpipsNet::Alex, &Device::Cpu);
 }
 
 #[test]
 fn parity_vgg() {
-    parity(LpipsNet::Vgg);
+    parity(LpipsNet::Vgg, &Device::Cpu);
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs a CUDA build and a GPU (scripts/gpu_check.sh)")]
+fn parity_on_cuda() {
+    let gpu = common::gpu::cuda();
+    parity(LpipsNet::Alex, &gpu);
+    parity(LpipsNet::Vgg, &gpu);
 }
 
 #[test]

@@ -114,14 +114,15 @@ struct Fixture {
     torch_f32_max_abs_diff: f64,
 }
 
-fn parity(case: &str) {
+/// The oracle on `dev` against torchvision's logits, within [`TOLERANCE`] on any device.
+fn parity(case: &str, dev: &Device) {
     let text = std::fs::read_to_string(fixture_dir().join(format!("{case}.json"))).unwrap();
     let fx: Fixture = serde_json::from_str(&text).unwrap();
     assert_eq!(fx.case, case);
     let dir = tempfile::tempdir().unwrap();
     let path = save(dir.path(), "oracle.safetensors", &state_dict(fx.arch, fx.stem, fx.num_classes, false));
     let cfg = OracleConfig { arch: fx.arch, stem: fx.stem, norm: fx.norm, num_classes: fx.num_classes };
-    let oracle = Oracle::load(&path, &cfg, &Device::Cpu).unwrap();
+    let oracle = Oracle::load(&path, &cfg, dev).unwrap();
     assert_eq!(oracle.num_classes(), fx.num_classes);
     let got = oracle.logits(&fx.pixels, fx.n, fx.height, fx.width).unwrap();
     assert_eq!(got.len(), fx.n * fx.num_classes);
@@ -132,7 +133,7 @@ fn parity(case: &str) {
         }
     }
     println!(
-        "{case}: max abs logit error vs torchvision (f64) {max_err:.3e} \
+        "{case} on {dev:?}: max abs logit error vs torchvision (f64) {max_err:.3e} \
          (torchvision f32 itself: {:.3e})",
         fx.torch_f32_max_abs_diff
     );
@@ -145,22 +146,31 @@ fn parity(case: &str) {
 
 #[test]
 fn parity_resnet18_cifar() {
-    parity("resnet18_cifar");
+    parity("resnet18_cifar", &Device::Cpu);
 }
 
 #[test]
 fn parity_resnet18_imagenet() {
-    parity("resnet18_imagenet");
+    parity("resnet18_imagenet", &Device::Cpu);
 }
 
 #[test]
 fn parity_resnet34_cifar() {
-    parity("resnet34_cifar");
+    parity("resnet34_cifar", &Device::Cpu);
 }
 
 #[test]
 fn parity_resnet34_imagenet() {
-    parity("resnet34_imagenet");
+    parity("resnet34_imagenet", &Device::Cpu);
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs a CUDA build and a GPU (scripts/gpu_check.sh)")]
+fn parity_on_cuda() {
+    let gpu = common::gpu::cuda();
+    for case in ["resnet18_cifar", "resnet18_imagenet", "resnet34_cifar", "resnet34_imagenet"] {
+        parity(case, &gpu);
+    }
 }
 
 // ---- file formats ----

@@ -67,6 +67,20 @@ fn ddim_run_matches_diffusers(case: &str) {
 
 /// The largest difference between `rcaflow sample ARGS` and diffusers' f32 samples.
 fn ddim_run_error(case: &str, args: &[&str]) -> f64 {
+    let fx = fixture(case);
+    let ours = ddim_samples(case, args);
+    assert_eq!(ours.len(), fx.output.len());
+    let err = max_abs_diff(&ours, &fx.output);
+    println!("{case} {args:?}: {} steps, max abs error against diffusers {err:.2e}", fx.steps);
+    err
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+}
+
+/// The final samples of `rcaflow sample ARGS` from the case's x_T and labels.
+fn ddim_samples(case: &str, args: &[&str]) -> Vec<f64> {
     let tmp = tempfile::tempdir().unwrap();
     let (unet, fx) = unet_folder(case, tmp.path());
     let x_t: Vec<f32> = fx.x_t.iter().map(|&v| v as f32).collect();
@@ -86,11 +100,41 @@ fn ddim_run_error(case: &str, args: &[&str]) -> f64 {
             .arg(&out),
     );
     assert!(o.success(), "{}", o.stderr);
-    let ours = read_npy(&out);
-    assert_eq!(ours.len(), fx.output.len());
-    let err = ours.iter().zip(&fx.output).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    println!("{case} {args:?}: {} steps, max abs error against diffusers {err:.2e}", fx.steps);
-    err
+    read_npy(&out)
+}
+
+/// A whole DDIM run on GPU 0 equals the CPU's, f32 and the same host noise on both.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs a CUDA build and a GPU (scripts/gpu_check.sh)")]
+fn ddim_run_on_cuda_equals_the_cpu_run() {
+    common::gpu::cuda();
+    for case in ["ddim_defaults", "ddim_folder_config"] {
+        let (cpu, gpu) = (ddim_samples(case, &["--device", "cpu"]), ddim_samples(case, &["--device", "cuda"]));
+        let err = max_abs_diff(&cpu, &gpu);
+        println!("{case}: max abs difference cuda vs cpu {err:.2e}");
+        assert!(err <= RUN_TOLERANCE, "{case}: cuda vs cpu {err} > {RUN_TOLERANCE}");
+    }
+}
+
+/// The pipelined tiny run (sampler and every evaluator on GPU 0, each on a stream of its own)
+/// gives the CPU's report: counts exactly, floats within 1e-6 relative.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs a CUDA build and a GPU (scripts/gpu_check.sh)")]
+fn pipelined_run_on_cuda_gives_the_cpu_report() {
+    common::gpu::cuda();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut reports = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let topology = tiny_run::write_topology(root, device, 1, None);
+        let o = Ran::of(rcaflow().args(["run", "--metrics-addr", "off", "--device", device, "--topology"]).arg(&topology));
+        assert!(o.success(), "{device}: {}", o.stderr);
+        let report: Value = serde_json::from_slice(&std::fs::read(root.join(format!("run-{device}/report.json"))).unwrap()).unwrap();
+        reports.push(tiny_run::comparable(report));
+    }
+    assert_eq!(reports[1]["status"], "complete");
+    let differences = tiny_run::differences(&reports[0], &reports[1], 1e-6);
+    assert!(differences.is_empty(), "cuda and cpu reports differ:\n{}", differences.join("\n"));
 }
 
 #[test]

@@ -21,6 +21,10 @@ use serde::Deserialize;
 /// Max abs error over max abs reference value.
 const TOLERANCE: f64 = 1e-4;
 
+/// bf16 and f16 UNets (on a GPU) against diffusers' f64 output: 8 and 11 bits of mantissa, 4e-3
+/// and 5e-4 per operation, through a few dozen layers.
+const HALF_TOLERANCE: [f64; 2] = [5e-2, 1e-2];
+
 fn fixture_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet").join(case)
 }
@@ -63,23 +67,22 @@ fn fixture_config(case: &str) -> String {
     std::fs::read_to_string(fixture_dir(case).join(CONFIG_FILE)).unwrap()
 }
 
-fn inputs(fx: &Fixture) -> (Tensor, Tensor, Option<Tensor>) {
-    let dev = Device::Cpu;
+fn inputs(fx: &Fixture, dev: &Device) -> (Tensor, Tensor, Option<Tensor>) {
     let sample: Vec<f32> = fx.sample.iter().map(|&v| v as f32).collect();
-    let sample = Tensor::from_vec(sample, fx.sample_shape.as_slice(), &dev).unwrap();
+    let sample = Tensor::from_vec(sample, fx.sample_shape.as_slice(), dev).unwrap();
     // Integer timesteps as the schedulers give them (int64), fractional ones as float32.
     let timesteps = if fx.timesteps.iter().all(|v| v.is_i64()) {
-        Tensor::new(fx.timesteps.iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>(), &dev).unwrap()
+        Tensor::new(fx.timesteps.iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>(), dev).unwrap()
     } else {
-        Tensor::new(fx.timesteps.iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<_>>(), &dev).unwrap()
+        Tensor::new(fx.timesteps.iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<_>>(), dev).unwrap()
     };
     let n = fx.sample_shape[0];
     let labels = fx.class_labels.as_ref().map(|values| match fx.class_labels_dtype.as_deref() {
-        Some("int64") => Tensor::new(values.iter().map(|&v| v as i64).collect::<Vec<_>>(), &dev).unwrap(),
+        Some("int64") => Tensor::new(values.iter().map(|&v| v as i64).collect::<Vec<_>>(), dev).unwrap(),
         Some("float32") => {
             let v: Vec<f32> = values.iter().map(|&v| v as f32).collect();
             let d = v.len() / n;
-            Tensor::from_vec(v, (n, d), &dev).unwrap()
+            Tensor::from_vec(v, (n, d), dev).unwrap()
         }
         other => panic!("labels dtype {other:?}"),
     });
@@ -111,7 +114,8 @@ fn with_deprecated_attention_names(sd: HashMap<String, Tensor>) -> HashMap<Strin
         .collect()
 }
 
-fn parity(case: &str, deprecated_names: bool) {
+/// The model on `dev` against diffusers' output, within [`TOLERANCE`] on any device.
+fn parity(case: &str, deprecated_names: bool, dev: &Device) {
     let fx = fixture(case);
     let mut sd = state_dict(&fx);
     if deprecated_names {
@@ -119,13 +123,13 @@ fn parity(case: &str, deprecated_names: bool) {
         assert!(sd.keys().any(|k| k.ends_with(".proj_attn.weight")), "{case} has no attention to rename");
     }
     let dir = write_folder(&fixture_config(case), &sd);
-    let model = UNet2DModel::load(dir.path(), &Device::Cpu).unwrap();
-    let (sample, timesteps, labels) = inputs(&fx);
+    let model = UNet2DModel::load(dir.path(), dev).unwrap();
+    let (sample, timesteps, labels) = inputs(&fx, dev);
     let out = model.forward(&sample, &timesteps, labels.as_ref()).unwrap();
     assert_eq!(out.dims(), fx.output_shape.as_slice());
     let got = values(&out);
     let err = rel_err(&got, &fx.output);
-    println!("{case}: relative error vs diffusers (f64) {err:.3e} (diffusers' own f32: {:.3e})", fx.torch_f32_rel_err);
+    println!("{case} on {dev:?}: relative error vs diffusers (f64) {err:.3e} (diffusers' own f32: {:.3e})", fx.torch_f32_rel_err);
     assert!(err <= TOLERANCE, "{case}: relative error {err:e} > {TOLERANCE:e}");
     // A degenerate network would pass trivially: the samples must get clearly different outputs.
     let per = got.len() / fx.output_shape[0];
@@ -135,22 +139,43 @@ fn parity(case: &str, deprecated_names: bool) {
 
 #[test]
 fn parity_class_attn() {
-    parity("class_attn", false);
+    parity("class_attn", false, &Device::Cpu);
 }
 
 #[test]
 fn parity_deep_timestep_class_with_deprecated_attention_names() {
-    parity("deep_timestep_class", true);
+    parity("deep_timestep_class", true, &Device::Cpu);
 }
 
 #[test]
 fn parity_scale_shift_resnet() {
-    parity("scale_shift_resnet", false);
+    parity("scale_shift_resnet", false, &Device::Cpu);
 }
 
 #[test]
 fn parity_unconditional_no_mid() {
-    parity("unconditional_no_mid", false);
+    parity("unconditional_no_mid", false, &Device::Cpu);
+}
+
+/// Every case on GPU 0, within the same limit.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs a CUDA build and a GPU (scripts/gpu_check.sh)")]
+fn parity_on_cuda() {
+    let gpu = common::gpu::cuda();
+    for (case, deprecated) in [("class_attn", false), ("deep_timestep_class", true), ("scale_shift_resnet", false), ("unconditional_no_mid", false)] {
+        parity(case, deprecated, &gpu);
+    }
+    // Half precision on the GPU: the same network, its rounding alone changed.
+    let fx = fixture("class_attn");
+    let dir = write_folder(&fixture_config("class_attn"), &state_dict(&fx));
+    let (sample, timesteps, labels) = inputs(&fx, &gpu);
+    for (dtype, limit) in [(DType::BF16, HALF_TOLERANCE[0]), (DType::F16, HALF_TOLERANCE[1])] {
+        let model = UNet2DModel::load_as(dir.path(), &gpu, dtype).unwrap();
+        let out = model.forward(&sample, &timesteps, labels.as_ref()).unwrap();
+        let err = rel_err(&values(&out), &fx.output);
+        println!("class_attn {dtype:?} on {gpu:?}: relative error vs diffusers (f64) {err:.3e}");
+        assert!(err <= limit, "{dtype:?}: relative error {err:e} > {limit:e}");
+    }
 }
 
 #[test]
@@ -159,7 +184,7 @@ fn class_labels_change_the_output() {
     let dir = write_folder(&fixture_config("class_attn"), &state_dict(&fx));
     let model = UNet2DModel::load(dir.path(), &Device::Cpu).unwrap();
     assert!(model.is_class_conditional());
-    let (sample, timesteps, labels) = inputs(&fx);
+    let (sample, timesteps, labels) = inputs(&fx, &Device::Cpu);
     let a = values(&model.forward(&sample, &timesteps, labels.as_ref()).unwrap());
     let other = Tensor::new(&[0i64, 1, 2], &Device::Cpu).unwrap();
     let b = values(&model.forward(&sample, &timesteps, Some(&other)).unwrap());

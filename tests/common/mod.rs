@@ -7,6 +7,7 @@
 //! - [`topology`]: topology files built section by section, at any size;
 //! - [`tiny_run`]: the tiny sampler run with every evaluation stage (models, real images, topology);
 //! - [`bin`]: running the `rcaflow` binary;
+//! - [`gpu`]: the GPU the CUDA variants of the tests run on;
 //! - [`stages`]: mock stages (sources, sinks, faulty and stuck stages) for `runtime::run`.
 
 // Each test file is its own crate and uses only part of this module: the rest would warn as
@@ -14,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod gpu;
 #[path = "../../examples/common/color_set.rs"]
 pub mod color_set;
 pub mod prng;

@@ -99,6 +99,45 @@ pub fn comparable(mut report: Value) -> Value {
     report
 }
 
+/// The differences between two [`comparable`] reports beyond what a change of device allows:
+/// integers (counts, confusion matrices) and strings exactly, floats within `rel` relative
+/// (1e-12 absolute near zero). Each entry names the JSON path.
+pub fn differences(a: &Value, b: &Value, rel: f64) -> Vec<String> {
+    fn walk_pair(path: &str, a: &Value, b: &Value, rel: f64, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    match (x.get(key), y.get(key)) {
+                        (Some(u), Some(v)) => walk_pair(&format!("{path}.{key}"), u, v, rel, out),
+                        _ => out.push(format!("{path}.{key}: only in one report")),
+                    }
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+                for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                    walk_pair(&format!("{path}[{i}]"), u, v, rel, out);
+                }
+            }
+            (Value::Number(x), Value::Number(y)) if !(x.is_f64() || y.is_f64()) => {
+                if x != y {
+                    out.push(format!("{path}: {x} != {y}"));
+                }
+            }
+            (Value::Number(x), Value::Number(y)) => {
+                let (u, v) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                if (u - v).abs() > rel * u.abs().max(v.abs()) + 1e-12 {
+                    out.push(format!("{path}: {u} vs {v} (relative {:.2e})", (u - v).abs() / u.abs().max(v.abs())));
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} != {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk_pair("report", a, b, rel, &mut out);
+    out
+}
+
 /// Every file under `dir`, recursively.
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
