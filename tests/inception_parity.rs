@@ -25,7 +25,7 @@ const TOLERANCE: f64 = 1e-4;
 const CONV_GAIN: f64 = std::f64::consts::SQRT_2;
 
 fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inception")
+    common::repo().join("tests/fixtures/inception")
 }
 
 /// Mirrors `tensor_range` in scripts/make_inception_fixtures.py.
@@ -252,7 +252,7 @@ fn legacy_pt_inception_file_is_read() {
     // refuses its first mismatching tensor, naming the file).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(PT_INCEPTION_FILE);
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resnet");
+    let fixtures = common::repo().join("tests/fixtures/resnet");
     std::fs::copy(fixtures.join("tiny_state_dict_legacy.pth"), &path).unwrap();
     let legacy = WeightMap::load(&path, &Device::Cpu).unwrap();
     let st = WeightMap::load(&fixtures.join("tiny_state_dict.safetensors"), &Device::Cpu).unwrap();

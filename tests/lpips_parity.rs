@@ -28,7 +28,7 @@ const CONV_GAIN: f64 = std::f64::consts::SQRT_2;
 const LIN_MAX: f64 = 0.5;
 
 fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lpips")
+    common::repo().join("tests/fixtures/lpips")
 }
 
 /// Mirrors `tensor_range` in scripts/make_lpips_fixtures.py.

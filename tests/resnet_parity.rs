@@ -21,7 +21,7 @@ use serde::Deserialize;
 const TOLERANCE: f64 = 1e-4;
 
 fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resnet")
+    common::repo().join("tests/fixtures/resnet")
 }
 
 // ---- the PRNG shared with scripts/make_resnet_fixtures.py (tests/common/prng.rs) ----

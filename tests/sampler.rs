@@ -40,7 +40,7 @@ struct RunFixture {
 }
 
 fn fixture_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler").join(case)
+    common::repo().join("tests/fixtures/sampler").join(case)
 }
 
 fn fixture(case: &str) -> RunFixture {

@@ -26,7 +26,7 @@ const TOLERANCE: f64 = 1e-4;
 const HALF_TOLERANCE: [f64; 2] = [5e-2, 1e-2];
 
 fn fixture_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet").join(case)
+    common::repo().join("tests/fixtures/unet").join(case)
 }
 
 #[derive(Deserialize)]

@@ -4,9 +4,11 @@ use std::process::{Command, ExitStatus};
 
 /// `rcaflow`, ready for arguments: without `RUST_LOG` (a log level from the caller's shell would
 /// change what the binary writes to stderr) and without `RCAFLOW_FAULT` (faults are injected
-/// only where a test sets one). Spawn it, or finish it with [`Ran::of`].
+/// only where a test sets one). Spawn it, or finish it with [`Ran::of`]. `RCAFLOW_TEST_BIN`
+/// names another build of it (scripts/gpu_check.sh runs test executables built elsewhere).
 pub fn rcaflow() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcaflow"));
+    let bin = std::env::var_os("RCAFLOW_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_rcaflow").into());
+    let mut cmd = Command::new(bin);
     cmd.env_remove("RUST_LOG").env_remove("RCAFLOW_FAULT");
     cmd
 }

@@ -23,3 +23,10 @@ pub mod random_weights;
 pub mod stages;
 pub mod tiny_run;
 pub mod topology;
+
+/// The repository root the fixtures are read from: `RCAFLOW_TEST_REPO` when set (test
+/// executables built on one machine and run from another checkout, as scripts/gpu_check.sh
+/// does), else the one they were built in.
+pub fn repo() -> std::path::PathBuf {
+    std::env::var_os("RCAFLOW_TEST_REPO").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}

@@ -110,7 +110,7 @@ pub fn random_inception(path: &Path) {
     struct Keys {
         keys: Vec<(String, Vec<usize>)>,
     }
-    let listing = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inception/state_dict_keys.json");
+    let listing = super::repo().join("tests/fixtures/inception/state_dict_keys.json");
     let keys: Keys = serde_json::from_slice(&std::fs::read(listing).unwrap()).unwrap();
     // Keyed, so every test that makes this file gets the same network.
     let range = |key: &str, shape: &[usize]| {

@@ -44,7 +44,7 @@ pub fn write_oracle(root: &Path) {
 /// The random-weight networks: the 3-class UNet folder `root/unet` (the sampler fixture at
 /// 32x32), `inception.safetensors`, `alexnet.safetensors` and `alex-lin.safetensors`.
 pub fn write_networks(root: &Path) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler/ddim_defaults");
+    let fixture = super::repo().join("tests/fixtures/sampler/ddim_defaults");
     #[derive(serde::Deserialize)]
     struct Keys {
         state_dict: Vec<(String, Vec<usize>)>,
