@@ -7,7 +7,7 @@
 #   eval "$(scripts/cuda-toolkit.sh --env)"  # PATH, CUDA_ROOT, CUDA_PATH, CUDA_COMPUTE_CAP
 #   cargo build --release --features cuda
 #
-# Compile pieces: nvcc, the runtime headers, CCCL (`nv/target`), crt, nvvm. Link pieces: cuBLAS,
+# Compile pieces: nvcc, the runtime headers, CCCL (`nv/target`), crt, nvvm. Link pieces: cudart, cuBLAS,
 # cuBLASLt, cuRAND and NVRTC, with the unversioned `libX.so` names the linker looks for, and a
 # stub libcuda.so (the driver library is not on PyPI: it comes with the NVIDIA driver). The stub
 # defines every driver entry point cudarc declares and does nothing; it only satisfies the
@@ -39,7 +39,7 @@ if [ "$HAVE" != full ] && [ "$HAVE" != "$SET" ]; then
 fi
 
 if [ "${1:-}" != "--compile-only" ]; then
-    for lib in cublas cublasLt curand nvrtc; do
+    for lib in cudart cublas cublasLt curand nvrtc; do
         real=$(ls "$CUDA/lib/lib$lib.so."* | sort | head -n 1)
         ln -sf "$(basename "$real")" "$CUDA/lib/lib$lib.so"
     done

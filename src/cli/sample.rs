@@ -21,7 +21,7 @@ use crate::models::device::DeviceSpec;
 use crate::models::precision::Precision;
 use crate::models::schedulers::SchedulerKind;
 use crate::runtime::plan::Plan;
-use crate::settings::{open_device, Settings};
+use crate::settings::Settings;
 use crate::stages::save_images::image_path;
 use crate::units::unit_seed;
 
@@ -131,7 +131,7 @@ pub fn sample(args: SampleArgs, settings: Settings) -> Result<(), CliError> {
     let precision: Precision = args.dtype.parse().map_err(|e| CliError::Input(format!("--dtype: {e}")))?;
     let spec: DeviceSpec = device_name.parse().map_err(|e| CliError::Input(format!("--device: {e}")))?;
     precision.check_on(spec).map_err(|e| CliError::Input(format!("--dtype: {e}")))?;
-    let device = open_device(device_name)?;
+    let device = spec.open().map_err(|e| CliError::Input(format!("--device: {e}")))?;
     let sampler = UnitSampler::load_as(&args.unet, args.scheduler, args.steps, args.eta, &device, precision)
         .map_err(|e| CliError::Input(e.to_string()))?;
     let classes = sampler.num_classes().ok_or_else(|| {

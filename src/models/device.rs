@@ -89,7 +89,8 @@ impl DeviceSpec {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
-    Device::new_cuda_with_stream(ordinal).map_err(|e| e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+    // candle appends a backtrace after the first line of some errors: keep the driver's words.
+    Device::new_cuda_with_stream(ordinal).map_err(|e| e.to_string().lines().next().unwrap_or_default().trim().to_string())
 }
 
 #[cfg(not(feature = "cuda"))]
