@@ -7,13 +7,16 @@
 //! - [`topology`]: topology files built section by section, at any size;
 //! - [`tiny_run`]: the tiny sampler run with every evaluation stage (models, real images, topology);
 //! - [`bin`]: running the `rcaflow` binary;
-//! - [`stages`]: mock stages (sources, sinks, faulty and stuck stages) for `runtime::run`.
+//! - [`stages`]: mock stages (sources, sinks, faulty and stuck stages) for `runtime::run`;
+//! - [`pickle`]: hand-made torch checkpoints (a small pickle writer, legacy and zip containers);
+//! - [`zip_bytes`]: zips with lying headers, `.npy` bytes, crafted PNG headers.
 
 // Each test file is its own crate and uses only part of this module: the rest would warn as
 // dead code in each of them.
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod pickle;
 #[path = "../../examples/common/color_set.rs"]
 pub mod color_set;
 pub mod prng;
@@ -21,3 +24,4 @@ pub mod random_weights;
 pub mod stages;
 pub mod tiny_run;
 pub mod topology;
+pub mod zip_bytes;
