@@ -144,7 +144,8 @@ fn legacy_huge_declared_sizes_are_refused_before_allocating() {
     assert!(e.contains("tensor \"w\": copying its 274877906944 strided elements would take the strided copies of this file past"), "{e}");
     // A contiguous tensor larger than its storage.
     let path = write(dir.path(), "past_end.pth", &legacy_file(&one_tensor(1, &[1 << 38], &[1], true), &["0"], &[(1, &one)]));
-    assert!(load_err(&path).contains("tensor \"w\": size [274877906944], stride [1] and offset 0 reach past the end of its storage of 1 float32 elements"));
+    assert!(load_err(&path)
+        .contains("tensor \"w\": size [274877906944], stride [1] and offset 0 reach past the end of its storage of 1 float32 elements"));
     // A storage declaring a terabyte that the file does not hold.
     let n = 1i64 << 38;
     let path = write(dir.path(), "huge_storage.pth", &legacy_file(&one_tensor(n, &[n], &[1], true), &["0"], &[(n, &one)]));
@@ -158,7 +159,8 @@ fn legacy_aliased_storages_are_shared_not_copied() {
     let dir = tempfile::tempdir().unwrap();
     let numel = 1 << 20;
     let data: Vec<f32> = (0..numel).map(|i| i as f32).collect();
-    let path = write(dir.path(), "aliases.pth", &legacy_file(&aliases(400, numel as i64, true), &["0"], &[(numel as i64, &f32_bytes(&data))]));
+    let path =
+        write(dir.path(), "aliases.pth", &legacy_file(&aliases(400, numel as i64, true), &["0"], &[(numel as i64, &f32_bytes(&data))]));
     let w = WeightMap::load(&path, &Device::Cpu).unwrap();
     assert_eq!(w.keys().len(), 400);
     let t = w.get(&[numel], "alias399").unwrap();
@@ -216,7 +218,10 @@ fn zip_checkpoints_hostile_pickles_and_members_are_refused() {
     assert!(e.contains("more container items than a file of its size can hold"), "{e}");
     // The pickle declares 10 floats; the member holds 8 bytes.
     let e = load_err(&write(dir.path(), "short.pth", &zip_file(&one_tensor(10, &[10], &[1], false), &[("0", &[0u8; 8])], false)));
-    assert!(e.contains("storage \"0\" is 10 float32 elements (40 bytes) in the pickle but its member archive/data/0 declares 8 bytes"), "{e}");
+    assert!(
+        e.contains("storage \"0\" is 10 float32 elements (40 bytes) in the pickle but its member archive/data/0 declares 8 bytes"),
+        "{e}"
+    );
     // A storage the archive lacks.
     let e = load_err(&write(dir.path(), "nostorage.pth", &zip_file(&one_tensor(1, &[1], &[1], false), &[], false)));
     assert!(e.contains("storage \"0\" has no member archive/data/0 in the archive"), "{e}");
@@ -277,7 +282,10 @@ fn npz_members_that_lie_or_do_not_fit_are_refused_by_name() {
     let e = FidStats::read(&path).unwrap_err().to_string();
     // Caught while inflating, by the capped reader (one byte past the declared size) or by the
     // zip reader's own check of the declared size: an error either way, never the arrays.
-    let ours = format!("fid statistics \"{}\": member \"sigma.npy\" inflates to more bytes, not the {declared} its header declares", path.display());
+    let ours = format!(
+        "fid statistics \"{}\": member \"sigma.npy\" inflates to more bytes, not the {declared} its header declares",
+        path.display()
+    );
     let zips = format!("fid statistics \"{}\": member \"sigma.npy\": File is larger than its declared uncompressed size", path.display());
     assert!(e == ours || e == zips, "{e}");
     // A member declaring 4 GB from a few bytes: refused before inflating.
@@ -291,7 +299,13 @@ fn npz_members_that_lie_or_do_not_fit_are_refused_by_name() {
     // A header declaring more data than its member holds.
     let path = write(dir.path(), "short.npz", &stats_npz(&[1.0, 2.0, 3.0], &sigma, &[]));
     let e = FidStats::read(&path).unwrap_err().to_string();
-    assert_eq!(e, format!("fid statistics \"{}\": \"sigma\": member sigma.npy declares 160 bytes, but its header's shape [3, 3] needs 200", path.display()));
+    assert_eq!(
+        e,
+        format!(
+            "fid statistics \"{}\": \"sigma\": member sigma.npy declares 160 bytes, but its header's shape [3, 3] needs 200",
+            path.display()
+        )
+    );
     let mu3 = npy(&[3], &[1.0, 2.0, 3.0]);
     let path = write(dir.path(), "shape.npz", &zip_of(&[("mu.npy", &mu3, true), ("sigma.npy", &npy(&[2, 2], &sigma), true)]));
     let e = FidStats::read(&path).unwrap_err().to_string();

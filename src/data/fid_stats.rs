@@ -141,7 +141,7 @@ fn parse_npy_header(b: &[u8]) -> Result<NpyHeader, String> {
         return Err("not a .npy array (bad magic)".into());
     }
     let (text_at, text_len) = match b[6] {
-        1 => (10, u16::from_le_bytes([b[8], b[9]]) as usize),
+        1 => (10usize, u16::from_le_bytes([b[8], b[9]]) as usize),
         2 | 3 if b.len() >= 12 => (12, u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize),
         v => return Err(format!(".npy version {v} is not supported")),
     };

@@ -339,11 +339,9 @@ impl Roots {
                 self.items_left = left;
                 Ok(())
             }
-            None => Err(
-                "the pickle creates or copies more container items than a file of its size can \
+            None => Err("the pickle creates or copies more container items than a file of its size can \
                  hold (memo references repeated to multiply it?)"
-                    .to_string(),
-            ),
+                .to_string()),
         }
     }
 }
@@ -961,7 +959,8 @@ impl<'d> TensorBuilder<'d> {
 
     fn tensor(&mut self, t: &TensorRef) -> Result<Tensor, String> {
         let s = &t.storage;
-        let root: &[u8] = self.data.get(&s.key).ok_or_else(|| format!("its storage \"{}\" has no data in the file; corrupt file?", s.key))?;
+        let root: &[u8] =
+            self.data.get(&s.key).ok_or_else(|| format!("its storage \"{}\" has no data in the file; corrupt file?", s.key))?;
         // Byte range of the storage (view) the tensor indexes into.
         let (view_start, view_end) = match s.view {
             None => (0, root.len()),
@@ -981,7 +980,8 @@ impl<'d> TensorBuilder<'d> {
         if numel == 0 {
             return Tensor::zeros(t.size.as_slice(), dtype, self.device).map_err(|e| e.to_string());
         }
-        let last = t.size.iter().zip(&t.stride).try_fold(t.offset, |acc, (&d, &st)| (d - 1).checked_mul(st).and_then(|x| acc.checked_add(x)));
+        let last =
+            t.size.iter().zip(&t.stride).try_fold(t.offset, |acc, (&d, &st)| (d - 1).checked_mul(st).and_then(|x| acc.checked_add(x)));
         if !matches!(last, Some(l) if l < storage_len) {
             return Err(format!(
                 "size {:?}, stride {:?} and offset {} reach past the end of its storage of {} \

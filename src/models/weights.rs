@@ -1,7 +1,7 @@
 //! Weight files users already have, loaded whole into memory: `.safetensors`, and PyTorch
-//! state_dicts saved with `torch.save(model.state_dict(), f)`, in the zip format (torch >= 1.6)
-//! or the legacy one before it (pytorch-fid's and lpips' released weights; read by the private
-//! `legacy_pth` module).
+//! state_dicts saved with `torch.save(model.state_dict(), f)`, in the zip format (torch >= 1.6,
+//! the private `zip_pth` module) or the legacy one before it (pytorch-fid's and lpips' released
+//! weights; `legacy_pth`), both through the bounded unpickler of `torch_pickle`.
 //!
 //! [`WeightMap`] is modelled on candle-nn's `VarBuilder`: `pp("layer1")` returns a cheap view
 //! whose lookups are prefixed with `layer1.`, so model code mirrors the checkpoint's key tree,

@@ -16,9 +16,9 @@
 #![allow(dead_code)]
 
 pub mod bin;
-pub mod pickle;
 #[path = "../../examples/common/color_set.rs"]
 pub mod color_set;
+pub mod pickle;
 pub mod prng;
 pub mod random_weights;
 pub mod stages;
