@@ -378,3 +378,43 @@ fn a_symlink_loop_in_an_image_folder_ends_the_walk() {
     sorted.sort();
     assert_eq!(sorted, ["a.png", "b.png"], "each image once: {files:?}");
 }
+
+#[test]
+fn the_image_size_limit_is_a_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let class = dir.path().join("raw/alice");
+    std::fs::create_dir_all(&class).unwrap();
+    for i in 0..3u8 {
+        image::save_buffer(class.join(format!("small{i}.png")), &[i; 12], 2, 2, image::ExtendedColorType::Rgb8).unwrap();
+    }
+    image::save_buffer(class.join("big.png"), &[0; 48], 4, 4, image::ExtendedColorType::Rgb8).unwrap();
+    let config = write(dir.path(), "rcaflow.toml", b"[images]\nmax_width = 3\nmax_height = 3\n");
+    let (raw, out) = (dir.path().join("raw"), dir.path().join("out"));
+    let ran = common::bin::run([
+        "--config",
+        config.to_str().unwrap(),
+        "prep",
+        "--input",
+        raw.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "8",
+        "--eval-fraction",
+        "0.5",
+    ]);
+    assert!(ran.success(), "{ran:?}");
+    let big = class.join("big.png");
+    let expected = format!(
+        "prep: skipping unreadable image \"{}\": image is 4x4 pixels, larger than the 3x3 limit (images.max_width and images.max_height in the config file)",
+        big.display()
+    );
+    assert!(ran.stderr.lines().any(|l| l == expected), "{}", ran.stderr);
+    // A limit of 0 is refused with the settings, before anything runs.
+    let zero = write(dir.path(), "zero.toml", b"[images]\nmax_alloc_mib = 0\n");
+    let ran =
+        common::bin::run(["--config", zero.to_str().unwrap(), "prep", "--input", raw.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(ran.code(), Some(2), "{ran:?}");
+    assert!(one_error_line(&ran)
+        .contains("images.max_width, images.max_height and images.max_alloc_mib must be positive, found 8192, 8192 and 0"));
+}
