@@ -996,7 +996,7 @@ impl<'d> TensorBuilder<'d> {
         if is_row_major(&t.size, &t.stride) {
             // Elements [start, start + numel) of the root, read as `t.ty`.
             let start_byte = view_start + t.offset * es;
-            if start_byte % es == 0 && root.len() % es == 0 {
+            if start_byte.is_multiple_of(es) && root.len().is_multiple_of(es) {
                 let whole = self.shared_storage(&s.key, t.ty, root)?;
                 return whole.narrow(0, start_byte / es, numel).and_then(|v| v.reshape(t.size.as_slice())).map_err(|e| e.to_string());
             }
