@@ -51,6 +51,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub log: LogSettings,
     pub runtime: RuntimeSettings,
+    /// How large an input image may be (checked from its header before decoding).
+    pub images: crate::data::image_folder::ImageLimits,
 }
 
 impl Default for MetricsSettings {
@@ -91,6 +93,13 @@ impl Settings {
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("{name} must be a positive number of seconds, found {v}"));
             }
+        }
+        let i = &self.images;
+        if i.max_width == 0 || i.max_height == 0 || i.max_alloc_mib == 0 {
+            return Err(format!(
+                "images.max_width, images.max_height and images.max_alloc_mib must be positive, found {}, {} and {}",
+                i.max_width, i.max_height, i.max_alloc_mib
+            ));
         }
         Ok(())
     }

@@ -130,6 +130,8 @@ pub fn load_settings(config: &Option<PathBuf>, log_level: &Option<String>) -> Re
     if let Some(level) = log_level {
         settings.log.level = level.clone();
     }
+    // Images are decoded in many places (stages, trainers, prep, fid): one process-wide limit.
+    crate::data::image_folder::set_image_limits(settings.images);
     Ok(settings)
 }
 

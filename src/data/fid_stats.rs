@@ -1,10 +1,16 @@
 //! FID reference statistics files in pytorch-fid's format: an `.npz` holding `mu` (d) and
 //! `sigma` (d x d), float64 (what `pytorch_fid --save-stats` writes with
 //! `np.savez_compressed`, and what `rcaflow fid-stats` writes, uncompressed).
+//!
+//! Reading follows numpy's `.npy` format (numpy/lib/format.py, versions 1 to 3) for the two
+//! arrays only, through the bounded zip reader of `models::zip_member`: a statistics file from
+//! elsewhere cannot make rcaflow inflate more than the two arrays its headers declare.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
+
+use crate::models::zip_member::BoundedZip;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatsFileError {
@@ -29,27 +35,17 @@ impl FidStats {
         self.mu.len()
     }
 
+    /// Reads `mu` and `sigma` from an `.npz`, and nothing else: each array's `.npy` header is
+    /// read first and its shape and dtype checked, then the member's declared size must be
+    /// exactly what that shape needs before it is inflated (through a capped reader); other
+    /// members are never inflated.
     pub fn read(path: &Path) -> Result<FidStats, StatsFileError> {
         let invalid = |message: String| StatsFileError::Invalid { path: path.to_path_buf(), message };
-        let arrays = Tensor::read_npz(path).map_err(|e| StatsFileError::Read { path: path.to_path_buf(), cause: e.to_string() })?;
-        let get = |name: &str| {
-            arrays
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t)
-                .ok_or_else(|| invalid(format!("no array \"{name}\"; expected \"mu\" and \"sigma\" (pytorch-fid's format)")))
-        };
-        let (mu, sigma) = (get("mu")?, get("sigma")?);
-        let d = match mu.dims() {
-            [d] => *d,
-            other => return Err(invalid(format!("\"mu\" has shape {other:?}, expected [d]"))),
-        };
-        if sigma.dims() != [d, d] {
-            return Err(invalid(format!("\"sigma\" has shape {:?}, expected [{d}, {d}] to match \"mu\"", sigma.dims())));
-        }
-        let to_vec = |t: &Tensor| t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
-        let stats =
-            FidStats { mu: to_vec(mu).map_err(|e| invalid(e.to_string()))?, sigma: to_vec(sigma).map_err(|e| invalid(e.to_string()))? };
+        let mut zip = BoundedZip::open(path).map_err(|cause| StatsFileError::Read { path: path.to_path_buf(), cause })?;
+        let mu = read_npy(&mut zip, "mu", None).map_err(invalid)?;
+        let d = mu.shape[0];
+        let sigma = read_npy(&mut zip, "sigma", Some(d)).map_err(invalid)?;
+        let stats = FidStats { mu: mu.values, sigma: sigma.values };
         if stats.mu.iter().chain(&stats.sigma).any(|v| !v.is_finite()) {
             return Err(invalid("contains NaN or infinite values".into()));
         }
@@ -68,6 +64,116 @@ impl FidStats {
         Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], &tmp).map_err(|e| err(e.to_string()))?;
         crate::runtime::atomic_file::commit(&tmp, path).map_err(|e| err(e.to_string()))
     }
+}
+
+/// The largest feature dimension accepted (pytorch-fid's largest is 2048); sigma is d x d
+/// float64, so this bounds it at 2 GiB before the file's own size does.
+const MAX_DIM: usize = 16384;
+
+/// How much of a member is read to find its `.npy` header (numpy pads headers to 64 bytes; a
+/// version 2 header may be longer, never this long for a 1-d or 2-d array).
+const MAX_HEADER: u64 = 64 << 10;
+
+/// One array of the file, as float64 in row-major order.
+struct Npy {
+    shape: Vec<usize>,
+    values: Vec<f64>,
+}
+
+/// The header fields that matter: element type, order and shape.
+#[derive(Debug, PartialEq)]
+struct NpyHeader {
+    /// Bytes of the header, magic included (where the data starts).
+    len: usize,
+    /// 4 or 8 (little-endian float).
+    item: usize,
+    fortran_order: bool,
+    shape: Vec<usize>,
+}
+
+/// `name.npy`: `mu` (d) when `d` is None, else `sigma` (d x d).
+fn read_npy(zip: &mut BoundedZip, name: &str, d: Option<usize>) -> Result<Npy, String> {
+    let member = format!("{name}.npy");
+    if zip.member(&member)?.is_none() {
+        return Err(format!("no array \"{name}\"; expected \"mu\" and \"sigma\" (pytorch-fid's format)"));
+    }
+    let head = zip.read_prefix(&member, MAX_HEADER, u64::MAX)?;
+    let h = parse_npy_header(&head).map_err(|e| format!("\"{name}\": {e}"))?;
+    let shape_ok = match d {
+        None => h.shape.len() == 1 && h.shape[0] >= 1 && h.shape[0] <= MAX_DIM,
+        Some(d) => h.shape == [d, d],
+    };
+    if !shape_ok {
+        return Err(match d {
+            None => format!("\"mu\" has shape {:?}, expected [d] with 1 <= d <= {MAX_DIM}", h.shape),
+            Some(d) => format!("\"sigma\" has shape {:?}, expected [{d}, {d}] to match \"mu\"", h.shape),
+        });
+    }
+    let count: usize = h.shape.iter().product();
+    let size = (h.len + count * h.item) as u64;
+    let m = zip.member(&member)?.ok_or_else(|| format!("member {member} vanished"))?;
+    if m.size != size {
+        return Err(format!("\"{name}\": member {member} declares {} bytes, but its header's shape {:?} needs {size}", m.size, h.shape));
+    }
+    let bytes = zip.read(&member, size)?;
+    let data = &bytes[h.len..];
+    let mut values: Vec<f64> = match h.item {
+        8 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
+        _ => data.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap_or([0; 4])))).collect(),
+    };
+    if h.fortran_order && h.shape.len() == 2 {
+        let n = h.shape[0];
+        let mut t = vec![0.0; values.len()];
+        for i in 0..n {
+            for j in 0..n {
+                t[i * n + j] = values[j * n + i];
+            }
+        }
+        values = t;
+    }
+    Ok(Npy { shape: h.shape, values })
+}
+
+/// Parses a `.npy` header: `\x93NUMPY`, version, header length, then a Python dict literal
+/// such as `{'descr': '<f8', 'fortran_order': False, 'shape': (4,), }`.
+fn parse_npy_header(b: &[u8]) -> Result<NpyHeader, String> {
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        return Err("not a .npy array (bad magic)".into());
+    }
+    let (text_at, text_len) = match b[6] {
+        1 => (10usize, u16::from_le_bytes([b[8], b[9]]) as usize),
+        2 | 3 if b.len() >= 12 => (12, u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize),
+        v => return Err(format!(".npy version {v} is not supported")),
+    };
+    let end = text_at.checked_add(text_len).filter(|&e| e <= b.len()).ok_or("the .npy header is truncated or too long")?;
+    let text = std::str::from_utf8(&b[text_at..end]).map_err(|_| "the .npy header is not text")?;
+    let field = |key: &str| -> Result<&str, String> {
+        let at = text.find(&format!("'{key}':")).ok_or_else(|| format!("the .npy header has no '{key}'"))?;
+        Ok(text[at + key.len() + 3..].trim_start())
+    };
+    let descr = field("descr")?;
+    let item = if descr.starts_with("'<f8'") {
+        8
+    } else if descr.starts_with("'<f4'") {
+        4
+    } else {
+        let shown: String = descr.chars().take(12).collect();
+        return Err(format!("dtype {shown}... is not little-endian float64 or float32"));
+    };
+    let fortran_order = match field("fortran_order")? {
+        f if f.starts_with("True") => true,
+        f if f.starts_with("False") => false,
+        _ => return Err("the .npy header's 'fortran_order' is neither True nor False".into()),
+    };
+    let shape_text = field("shape")?;
+    let close = shape_text.find(')').filter(|_| shape_text.starts_with('(')).ok_or("the .npy header's 'shape' is not a tuple")?;
+    let shape = shape_text[1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| format!("the .npy header's shape has {s:?}, not a size")))
+        .collect::<Result<Vec<usize>, String>>()?;
+    Ok(NpyHeader { len: end, item, fortran_order, shape })
 }
 
 #[cfg(test)]

@@ -277,7 +277,7 @@ pub fn prepare(
         for f in class_files {
             let rel = relative(input, f);
             done += 1;
-            match image::open(f) {
+            match crate::data::image_folder::open_image(f) {
                 Ok(img) => {
                     let img = img.to_rgb8();
                     let (w, h) = img.dimensions();

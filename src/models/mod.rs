@@ -1,7 +1,9 @@
 //! Candle models, each loading the weight files users already have by explicit path.
 //!
 //! - [`weights`]: `.safetensors` / torch `.pth` state_dicts into a `VarBuilder`-like map
-//!   (`legacy_pth`: the pre-1.6, non-zip `.pth` format).
+//!   (`torch_pickle`: the bounded unpickler both torch formats share; `zip_pth`: the zip
+//!   format; `legacy_pth`: the pre-1.6, non-zip `.pth` format).
+//! - [`zip_member`]: bounded reads of zip members (zip `.pth`, `.npz`).
 //! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem), from a checkpoint for
 //!   inference or from a `VarMap` for training (BatchNorm in training mode).
 //! - [`conv_grad`]: stride-1 convolution with a fast CPU backward (for training).
@@ -31,8 +33,11 @@ pub mod preprocess;
 pub mod resnet;
 pub mod sampling;
 pub mod schedulers;
+mod torch_pickle;
 pub mod unet;
 pub mod weights;
+pub mod zip_member;
+mod zip_pth;
 
 pub use oracle::{Oracle, OracleConfig};
 pub use preprocess::Normalization;

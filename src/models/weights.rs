@@ -1,7 +1,7 @@
 //! Weight files users already have, loaded whole into memory: `.safetensors`, and PyTorch
-//! state_dicts saved with `torch.save(model.state_dict(), f)`, in the zip format (torch >= 1.6)
-//! or the legacy one before it (pytorch-fid's and lpips' released weights; read by the private
-//! `legacy_pth` module).
+//! state_dicts saved with `torch.save(model.state_dict(), f)`, in the zip format (torch >= 1.6,
+//! the private `zip_pth` module) or the legacy one before it (pytorch-fid's and lpips' released
+//! weights; `legacy_pth`), both through the bounded unpickler of `torch_pickle`.
 //!
 //! [`WeightMap`] is modelled on candle-nn's `VarBuilder`: `pp("layer1")` returns a cheap view
 //! whose lookups are prefixed with `layer1.`, so model code mirrors the checkpoint's key tree,
@@ -76,32 +76,9 @@ impl WeightMap {
         let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
         let raw: Vec<(String, Tensor)> = match ext.as_deref() {
             Some("safetensors") => candle_core::safetensors::load(path, device).map_err(|e| read_err(e.to_string()))?.into_iter().collect(),
-            Some("pth") | Some("pt") => {
-                // candle's pickle reader only understands the zip container: sniff the format.
-                let mut head = [0u8; 512];
-                let n = File::open(path).and_then(|mut f| read_prefix(&mut f, &mut head)).map_err(|e| read_err(e.to_string()))?;
-                let head = &head[..n];
-                let legacy_err = |cause: String| WeightsError::LegacyPth { path: path.to_path_buf(), cause };
-                if head.starts_with(&ZIP_MAGIC) {
-                    read_pth(path).map_err(read_err)?
-                } else if head.first() == Some(&PICKLE_PROTO) {
-                    let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
-                    super::legacy_pth::read_legacy(&bytes).map_err(legacy_err)?
-                } else if head.get(257..262) == Some(b"ustar") {
-                    return Err(legacy_err(
-                        "tar-format checkpoint (torch < 0.1.10) is not supported; re-save it \
-                         with a newer torch"
-                            .to_string(),
-                    ));
-                } else {
-                    let first: Vec<String> = head.iter().take(4).map(|b| format!("{b:02x}")).collect();
-                    return Err(read_err(format!(
-                        "not a torch checkpoint: expected a zip archive (torch >= 1.6) or a \
-                         pickle stream (legacy format), found first bytes [{}]",
-                        first.join(" ")
-                    )));
-                }
-            }
+            // Floats come out as f32 and already on `device`, each storage converted and moved
+            // once, so that tensors sharing a storage keep sharing it (see `torch_pickle`).
+            Some("pth") | Some("pt") => read_torch(path, device, true)?,
             _ => return Err(WeightsError::Extension { path: path.to_path_buf() }),
         };
         let mut tensors = HashMap::with_capacity(raw.len());
@@ -217,25 +194,31 @@ fn read_prefix(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// All tensors of a zip-format torch checkpoint. candle's reader returns only the tensors at the
-/// top level of the pickled dict (and silently skips ones it cannot decode), so an empty result
-/// means "not a state_dict": try the usual nesting keys, then say what was expected.
-fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
-    let top = candle_core::pickle::read_all(path).map_err(|e| e.to_string())?;
-    if !top.is_empty() {
-        return Ok(top);
+/// Every tensor of the torch checkpoint at `path` (zip or legacy format, told apart by their
+/// first bytes), in file order, on `device`; floating-point tensors as f32 when `float_to_f32`,
+/// otherwise in their stored dtype. The state_dict may be nested under one of
+/// [`NESTED_STATE_DICT_KEYS`].
+pub(crate) fn read_torch(path: &Path, device: &Device, float_to_f32: bool) -> Result<Vec<(String, Tensor)>, WeightsError> {
+    let read_err = |cause: String| WeightsError::Read { path: path.to_path_buf(), cause };
+    let legacy_err = |cause: String| WeightsError::LegacyPth { path: path.to_path_buf(), cause };
+    let mut head = [0u8; 512];
+    let n = File::open(path).and_then(|mut f| read_prefix(&mut f, &mut head)).map_err(|e| read_err(e.to_string()))?;
+    let head = &head[..n];
+    if head.starts_with(&ZIP_MAGIC) {
+        super::zip_pth::read_zip(path, device, float_to_f32).map_err(|cause| read_err(format!("zip torch checkpoint: {cause}")))
+    } else if head.first() == Some(&PICKLE_PROTO) {
+        let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
+        super::legacy_pth::read_legacy(&bytes, device, float_to_f32).map_err(legacy_err)
+    } else if head.get(257..262) == Some(b"ustar") {
+        Err(legacy_err("tar-format checkpoint (torch < 0.1.10) is not supported; re-save it with a newer torch".to_string()))
+    } else {
+        let first: Vec<String> = head.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        Err(read_err(format!(
+            "not a torch checkpoint: expected a zip archive (torch >= 1.6) or a pickle stream \
+             (legacy format), found first bytes [{}]",
+            first.join(" ")
+        )))
     }
-    for key in NESTED_STATE_DICT_KEYS {
-        // An error here only means the key is absent: keep looking.
-        if let Ok(nested) = candle_core::pickle::read_all_with_key(path, Some(key)) {
-            if !nested.is_empty() {
-                return Ok(nested);
-            }
-        }
-    }
-    Err("no tensors found; expected a state_dict saved with \
-         torch.save(model.state_dict(), path)"
-        .to_string())
 }
 
 /// f16/bf16/f64 become f32 (the models compute in f32); integer tensors are kept as they are.

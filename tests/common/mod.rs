@@ -8,7 +8,9 @@
 //! - [`tiny_run`]: the tiny sampler run with every evaluation stage (models, real images, topology);
 //! - [`bin`]: running the `rcaflow` binary;
 //! - [`gpu`]: the GPU the CUDA variants of the tests run on;
-//! - [`stages`]: mock stages (sources, sinks, faulty and stuck stages) for `runtime::run`.
+//! - [`stages`]: mock stages (sources, sinks, faulty and stuck stages) for `runtime::run`;
+//! - [`pickle`]: hand-made torch checkpoints (a small pickle writer, legacy and zip containers);
+//! - [`zip_bytes`]: zips with lying headers, `.npy` bytes, crafted PNG headers.
 
 // Each test file is its own crate and uses only part of this module: the rest would warn as
 // dead code in each of them.
@@ -18,11 +20,13 @@ pub mod bin;
 pub mod gpu;
 #[path = "../../examples/common/color_set.rs"]
 pub mod color_set;
+pub mod pickle;
 pub mod prng;
 pub mod random_weights;
 pub mod stages;
 pub mod tiny_run;
 pub mod topology;
+pub mod zip_bytes;
 
 /// The repository root the fixtures are read from: `RCAFLOW_TEST_REPO` when set (test
 /// executables built on one machine and run from another checkout, as scripts/gpu_check.sh

@@ -101,8 +101,13 @@ impl Checkpoint {
                 candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| e.to_string())?.into_iter().collect()
             }
             _ => {
-                std::fs::metadata(path).map_err(|e| e.to_string())?;
-                candle_core::pickle::read_all(path).map_err(|e| e.to_string())?
+                // Stored dtypes kept: the VarBuilder serves them as `dtype`. The caller names
+                // the file, so only the cause is returned.
+                crate::models::weights::read_torch(path, &Device::Cpu, false).map_err(|e| match e {
+                    crate::models::WeightsError::Read { cause, .. } => cause,
+                    crate::models::WeightsError::LegacyPth { cause, .. } => format!("legacy (pre-zip) torch checkpoint: {cause}"),
+                    other => other.to_string(),
+                })?
             }
         };
         let tensors = rename_deprecated_attention_keys(raw.into_iter().collect());
