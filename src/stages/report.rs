@@ -87,6 +87,8 @@ impl Stage for ReportStage {
         let mut lpips = None;
         let mut fid = None;
         let mut inception_score = None;
+        let mut kid = None;
+        let mut precision_recall = None;
         while let Some(payload) = ctx.recv() {
             let Payload::Summary(summary) = payload else {
                 return Err(StageError::Failed("received a non-summary payload; the topology check should have refused this edge".into()));
@@ -97,6 +99,8 @@ impl Stage for ReportStage {
                 Summary::Lpips(r) => (lpips.replace(r.clone()).is_some(), "lpips_diversity"),
                 Summary::Fid(r) => (fid.replace((**r).clone()).is_some(), "fid"),
                 Summary::InceptionScore(r) => (inception_score.replace(r.clone()).is_some(), "inception_score"),
+                Summary::Kid(r) => (kid.replace((**r).clone()).is_some(), "kid"),
+                Summary::PrecisionRecall(r) => (precision_recall.replace((**r).clone()).is_some(), "precision_recall"),
                 Summary::Source(_) | Summary::Sampler(_) => (false, "source"),
             };
             if slot_taken {
@@ -152,6 +156,8 @@ impl Stage for ReportStage {
             real_source: rca.as_ref().map(|r| r.real_source.clone()),
             fid,
             inception_score,
+            kid,
+            precision_recall,
             lpips_diversity: lpips,
             inputs,
             timing: Timing {
