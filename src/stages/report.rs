@@ -229,5 +229,10 @@ fn write_figures(dir: &Path, r: &Report) -> Result<BTreeMap<String, PathBuf>, St
             draw("rca_per_class", "rca_per_class.png", &|p| figures::rca_bars(p, &r.classes, &rca.per_class, rca.global))?;
         }
     }
+    if let Some(per_class) = r.fid.as_ref().and_then(|f| f.per_class.as_ref()) {
+        let flags = r.fid.as_ref().and_then(|f| f.per_class_rank_deficient.clone()).unwrap_or_else(|| vec![false; per_class.len()]);
+        let rca = r.rca.as_ref().filter(|_| r.generated.as_ref().is_some_and(|g| g.total > 0)).map(|rca| rca.per_class.as_slice());
+        draw("fid_rca_per_class", "fid_rca_per_class.png", &|p| figures::fid_rca_bars(p, &r.classes, per_class, &flags, rca))?;
+    }
     Ok(out)
 }
