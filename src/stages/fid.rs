@@ -233,6 +233,12 @@ impl SinkMaths for FidMaths {
             )));
         }
         self.nonfinite.start(ctx, acc.inner().nonfinite);
+        // Per-class series exist from the start, NaN (no evidence) until the end.
+        if self.per_class.is_some() {
+            for class in ctx.classes.iter() {
+                metrics::gauge!(telemetry::CLASS_FID, "class" => class.clone()).set(f64::NAN);
+            }
+        }
         Ok(())
     }
 

@@ -150,6 +150,13 @@ impl SinkMaths for KidMaths {
             return Err(StageError::Failed(format!("checkpoint holds {}-dimensional features, expected {DIM}", acc.inner().dim)));
         }
         self.nonfinite.start(ctx, acc.inner().nonfinite);
+        // The series exist from the start, NaN (no evidence) until the value is computed.
+        metrics::gauge!(telemetry::KID).set(f64::NAN);
+        if self.cfg.per_class {
+            for class in ctx.classes.iter() {
+                metrics::gauge!(telemetry::CLASS_KID, "class" => class.clone()).set(f64::NAN);
+            }
+        }
         Ok(())
     }
 

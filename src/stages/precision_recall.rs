@@ -131,6 +131,10 @@ impl SinkMaths for PrecisionRecallMaths {
             return Err(StageError::Failed(format!("checkpoint holds {}-dimensional features, expected {DIM}", acc.inner().dim)));
         }
         self.nonfinite.start(ctx, acc.inner().nonfinite);
+        // The series exist from the start, NaN (no evidence) until the values are computed.
+        for name in [telemetry::PRECISION, telemetry::RECALL, telemetry::DENSITY, telemetry::COVERAGE] {
+            metrics::gauge!(name).set(f64::NAN);
+        }
         Ok(())
     }
 
