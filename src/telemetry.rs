@@ -146,7 +146,11 @@ fn describe_all() {
     describe_gauge!(PRECISION, Unit::Percent, "k-NN precision: share of generated images inside the real manifold (0-1).");
     describe_gauge!(RECALL, Unit::Percent, "k-NN recall: share of real images inside the generated manifold (0-1).");
     describe_gauge!(DENSITY, "Density (Naeem et al. 2020): mean real-neighbourhood count of generated images over k.");
-    describe_gauge!(COVERAGE, Unit::Percent, "Coverage (Naeem et al. 2020): share of real images with a generated image in their k-NN ball (0-1).");
+    describe_gauge!(
+        COVERAGE,
+        Unit::Percent,
+        "Coverage (Naeem et al. 2020): share of real images with a generated image in their k-NN ball (0-1)."
+    );
     describe_gauge!(INCEPTION_SCORE, "Live Inception Score of the generated images (mean over splits).");
     describe_counter!(
         NONFINITE_IMAGES,

@@ -31,8 +31,7 @@ fn setup(root: &Path, name: &str) -> PathBuf {
                 }
             }
         }
-        std::fs::write(root.join("settings.toml"), "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n")
-            .unwrap();
+        std::fs::write(root.join("settings.toml"), "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n").unwrap();
     }
     Topology::new(&format!("run-{name}"))
         .set("run", "default_capacity", 2)
@@ -146,7 +145,9 @@ fn kid_and_precision_recall_without_real_images_are_refused_by_name() {
         .write(&root.join("t.toml"));
     let o = common::bin::run(["validate", "--topology", topology.to_str().unwrap()]);
     assert_eq!(o.code(), Some(2), "{}", o.stderr);
-    for needle in ["sinks.kid", "sinks.prc", "no real images reach it", "subsets must be at least 1, found 0", "k must be at least 1, found 0"] {
+    for needle in
+        ["sinks.kid", "sinks.prc", "no real images reach it", "subsets must be at least 1, found 0", "k must be at least 1, found 0"]
+    {
         assert!(o.stderr.contains(needle), "{needle}: {}", o.stderr);
     }
 }

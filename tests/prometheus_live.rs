@@ -32,7 +32,10 @@ use serde_json::Value;
 
 /// rcaflow metrics the dashboard leaves out on purpose, and why.
 const NOT_SHOWN: &[(&str, &str)] = &[
-    ("rcaflow_stage_batches_total", "the same count as rcaflow_stage_batch_duration_seconds_count, which the latency panel's histogram carries"),
+    (
+        "rcaflow_stage_batches_total",
+        "the same count as rcaflow_stage_batch_duration_seconds_count, which the latency panel's histogram carries",
+    ),
     ("rcaflow_class_fid", "set once, when the fid sink's inputs close (NaN before): report.json and its figure show it"),
     ("rcaflow_kid", "set once, when the kid sink's inputs close (NaN before): report.json shows it"),
     ("rcaflow_class_kid", "set once, when the kid sink's inputs close (NaN before): report.json shows it"),

@@ -575,9 +575,16 @@ pub fn fid_rca_bars(
     let fid: Vec<Option<f64>> = fid.iter().map(clean).collect();
     let rca: Option<Vec<Option<f64>>> = rca.map(|r| r.iter().map(clean).collect());
     let none = vec![false; n];
-    let mut panels = vec![BarPanel { title: "per-class FID (lower is better)", values: &fid, flagged: rank_deficient, color: BAR, reference: None }];
+    let mut panels =
+        vec![BarPanel { title: "per-class FID (lower is better)", values: &fid, flagged: rank_deficient, color: BAR, reference: None }];
     if let Some(r) = &rca {
-        panels.push(BarPanel { title: "class RCA (1.0 = parity with real)", values: r, flagged: &none, color: GLOBAL, reference: Some(1.0) });
+        panels.push(BarPanel {
+            title: "class RCA (1.0 = parity with real)",
+            values: r,
+            flagged: &none,
+            color: GLOBAL,
+            reference: Some(1.0),
+        });
     }
     let title = "Per-class FID and class RCA";
     let labels: Vec<String> = classes.iter().map(|c| abbreviate(c)).collect();

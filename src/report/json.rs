@@ -10,8 +10,8 @@ use crate::metrics::inception_score::InceptionScore;
 use crate::metrics::rca::{ClassificationSummary, RcaSummary};
 use crate::report::results::FidResult;
 use crate::report::results::KidResult;
-use crate::report::results::PrecisionRecallResult;
 use crate::report::results::LpipsResult;
+use crate::report::results::PrecisionRecallResult;
 use crate::report::results::SamplerResult;
 use crate::report::results::SourceResult;
 

@@ -288,9 +288,8 @@ impl SinkMaths for FidMaths {
             None => None,
         };
         let per_class_mean = per_class.as_ref().and_then(|v| super::kid::mean_of(v.iter().copied()));
-        let per_class_rank_deficient = self.per_class.map(|_| {
-            state.per_class.iter().map(|c| c.generated.count <= DIM as u64 || c.real.count <= DIM as u64).collect()
-        });
+        let per_class_rank_deficient =
+            self.per_class.map(|_| state.per_class.iter().map(|c| c.generated.count <= DIM as u64 || c.real.count <= DIM as u64).collect());
         Ok(Summary::Fid(Box::new(FidResult {
             value,
             real_images,
@@ -410,7 +409,14 @@ mod tests {
         assert_eq!(acc.inner().generated.count, 20);
         // The class FID is the frechet distance of those moments (tests/fid_maths.rs holds
         // frechet_distance to pytorch-fid's calculate_frechet_distance).
-        let want = frechet_distance(&pc[1].real.mean(), &pc[1].real.covariance().unwrap(), &pc[1].generated.mean(), &pc[1].generated.covariance().unwrap()).unwrap().fid;
+        let want = frechet_distance(
+            &pc[1].real.mean(),
+            &pc[1].real.covariance().unwrap(),
+            &pc[1].generated.mean(),
+            &pc[1].generated.covariance().unwrap(),
+        )
+        .unwrap()
+        .fid;
         assert_eq!(class_fid(&pc[1]).unwrap(), Some(want));
         assert_eq!(class_fid(&ClassMoments { real: GaussianStats::new(3), generated: pc[0].generated.clone() }).unwrap(), None);
     }

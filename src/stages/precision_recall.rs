@@ -83,7 +83,11 @@ impl ComponentConfig for PrecisionRecallConfig {
     }
 
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
-        Ok(Box::new(SinkStage(PrecisionRecallMaths { cfg: self.clone(), classes: cx.classes.len(), nonfinite: NonfiniteCounter::default() })))
+        Ok(Box::new(SinkStage(PrecisionRecallMaths {
+            cfg: self.clone(),
+            classes: cx.classes.len(),
+            nonfinite: NonfiniteCounter::default(),
+        })))
     }
 }
 
