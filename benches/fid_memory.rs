@@ -45,7 +45,12 @@ fn batch(origin: Origin, first: u32, state: &mut u64) -> FeatureBatch {
 
 fn main() {
     let start = std::time::Instant::now();
-    let mut acc = ExactlyOnce::new(FidState { real: GaussianStats::new(DIM), generated: GaussianStats::new(DIM), nonfinite: 0 });
+    let mut acc = ExactlyOnce::new(FidState {
+        real: GaussianStats::new(DIM),
+        generated: GaussianStats::new(DIM),
+        nonfinite: 0,
+        per_class: Vec::new(),
+    });
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut baseline = None;
     println!("{:>8} {:>12} {:>14} {:>10}", "images", "rss (MiB)", "live FID", "secs");

@@ -41,6 +41,20 @@ pub const PREDICTIONS: &str = "rcaflow_predictions_total";
 /// Live FID (recomputed every `interval_secs` of the fid sink).
 pub const FID: &str = "rcaflow_fid";
 /// Live Inception Score (mean over splits).
+/// FID of one class's generated images against its real images (fid `per_class`), at the end.
+pub const CLASS_FID: &str = "rcaflow_class_fid";
+/// Kernel Inception Distance (mean over subsets), when the kid sink's inputs close.
+pub const KID: &str = "rcaflow_kid";
+/// KID of one class (kid `per_class`), at the end.
+pub const CLASS_KID: &str = "rcaflow_class_kid";
+/// k-NN precision of the generated images (precision_recall sink), at the end.
+pub const PRECISION: &str = "rcaflow_precision_ratio";
+/// k-NN recall of the real images by the generated ones, at the end.
+pub const RECALL: &str = "rcaflow_recall_ratio";
+/// Density (Naeem et al. 2020), at the end.
+pub const DENSITY: &str = "rcaflow_density";
+/// Coverage (Naeem et al. 2020), at the end.
+pub const COVERAGE: &str = "rcaflow_coverage_ratio";
 pub const INCEPTION_SCORE: &str = "rcaflow_inception_score";
 /// Images with NaN or infinite values: samples a sampler generated, or features and logits left
 /// out of a metric. Labels: stage.
@@ -126,6 +140,17 @@ fn describe_all() {
         "Oracle predictions folded into results, by origin, true (intended) class and predicted class."
     );
     describe_gauge!(FID, "Live Frechet Inception Distance, generated vs real.");
+    describe_gauge!(CLASS_FID, "FID of a class's generated images against its real images.");
+    describe_gauge!(KID, "Kernel Inception Distance, generated vs real (mean over subsets).");
+    describe_gauge!(CLASS_KID, "KID of a class's generated images against its real images.");
+    describe_gauge!(PRECISION, Unit::Percent, "k-NN precision: share of generated images inside the real manifold (0-1).");
+    describe_gauge!(RECALL, Unit::Percent, "k-NN recall: share of real images inside the generated manifold (0-1).");
+    describe_gauge!(DENSITY, "Density (Naeem et al. 2020): mean real-neighbourhood count of generated images over k.");
+    describe_gauge!(
+        COVERAGE,
+        Unit::Percent,
+        "Coverage (Naeem et al. 2020): share of real images with a generated image in their k-NN ball (0-1)."
+    );
     describe_gauge!(INCEPTION_SCORE, "Live Inception Score of the generated images (mean over splits).");
     describe_counter!(
         NONFINITE_IMAGES,

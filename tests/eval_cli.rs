@@ -126,7 +126,7 @@ fn eval_reports_accuracies_rca_and_figures() {
     assert!((r["generated"]["precision"][0].as_f64().unwrap() - 0.6).abs() < 1e-12);
     assert!((r["generated"]["f1"][3].as_f64().unwrap() - 0.5).abs() < 1e-12);
     // Metrics of later issues are present and null.
-    for key in ["fid", "inception_score", "lpips_diversity"] {
+    for key in ["fid", "inception_score", "lpips_diversity", "kid", "precision_recall"] {
         assert!(r.get(key).is_some_and(Value::is_null), "{key} should be null");
     }
     // The corrupt file is reported by path.
@@ -461,10 +461,21 @@ fn fid_and_inception_score_in_eval_agree_with_the_fid_commands() {
     random_inception(&inception);
     let (real, generated) = (root.join("real"), root.join("generated"));
     let out = root.join("out");
-    let inception_flags = ["--inception", &inception.display().to_string(), "--is-splits", "2"];
+    let inception_flags =
+        ["--inception", &inception.display().to_string(), "--is-splits", "2", "--kid", "--precision-recall", "--per-class"];
     let o = eval_with(&real, &generated, &root.join("oracle.safetensors"), &out, &inception_flags);
     assert!(o.success(), "{}", o.stderr);
     let r = read_json(&out.join("report.json"));
+    // --kid, --precision-recall, --per-class: 2 images per class per side, 8 in all.
+    let (kid, prc) = (&r["kid"], &r["precision_recall"]);
+    assert!(kid["mean"].is_f64() && kid["subset_size"] == 8, "{kid}");
+    assert_eq!(kid["per_class"].as_array().map(Vec::len), Some(4), "{kid}");
+    assert!(prc["precision"].is_f64() && prc["real_images"] == 8 && prc["k"] == 3, "{prc}");
+    // A class of 2 images per side cannot have 3-NN radii.
+    assert!(prc["per_class"].as_array().unwrap().iter().all(Value::is_null), "{prc}");
+    let per_class = r["fid"]["per_class"].as_array().unwrap();
+    assert!(per_class.len() == 4 && per_class.iter().all(Value::is_f64), "{}", r["fid"]);
+    assert!(out.join(r["figures"]["fid_rca_per_class"].as_str().unwrap()).is_file(), "{}", r["figures"]);
     let fid = &r["fid"];
     let value = fid["value"].as_f64().unwrap();
     assert!(value.is_finite() && value > 0.0, "{fid}");

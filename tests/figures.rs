@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rcaflow::report::figures::{confusion_heatmap, loss_curve, rca_bars, sample_grid, ClassSamples};
+use rcaflow::report::figures::{confusion_heatmap, fid_rca_bars, loss_curve, rca_bars, sample_grid, ClassSamples};
 
 fn out_dir(tmp: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
     match std::env::var_os("RCAFLOW_FIGURE_DIR") {
@@ -99,6 +99,24 @@ fn rca_bars_render_for_2_and_10_classes() -> anyhow::Result<()> {
         sizes.push(w);
     }
     assert!(sizes[1] > sizes[0], "{sizes:?}");
+    Ok(())
+}
+
+#[test]
+fn fid_beside_rca_renders_with_and_without_rca_and_refuses_mismatched_lengths() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = out_dir(&tmp)?;
+    let fid = [Some(41.2), Some(187.0), None, Some(8.4), Some(95.5), Some(63.0), Some(120.3), Some(12.9), Some(77.7), Some(55.0)];
+    let rca = [Some(0.95), Some(0.41), Some(1.02), None, Some(0.8), Some(0.7), Some(0.55), Some(1.1), Some(0.66), Some(0.9)];
+    let flags = [false, true, false, false, false, false, true, false, false, false];
+    let both = dir.join("fid_rca_10.png");
+    fid_rca_bars(&both, &classes(10), &fid, &flags, Some(&rca))?;
+    let alone = dir.join("fid_rca_3.png");
+    fid_rca_bars(&alone, &classes(3), &fid[..3], &[false; 3], None)?;
+    let ((wb, hb), (wa, ha)) = (check_png(&both)?, check_png(&alone)?);
+    assert!(hb > ha && wb > wa, "{wb}x{hb} vs {wa}x{ha}");
+    let e = fid_rca_bars(&dir.join("bad.png"), &classes(3), &fid[..2], &[false; 3], None).unwrap_err().to_string();
+    assert!(e.contains("bad.png") && e.contains("3 classes"), "{e}");
     Ok(())
 }
 

@@ -31,10 +31,19 @@ use common::topology::{Sampler, Topology};
 use serde_json::Value;
 
 /// rcaflow metrics the dashboard leaves out on purpose, and why.
-const NOT_SHOWN: &[(&str, &str)] = &[(
-    "rcaflow_stage_batches_total",
-    "the same count as rcaflow_stage_batch_duration_seconds_count, which the latency panel's histogram carries",
-)];
+const NOT_SHOWN: &[(&str, &str)] = &[
+    (
+        "rcaflow_stage_batches_total",
+        "the same count as rcaflow_stage_batch_duration_seconds_count, which the latency panel's histogram carries",
+    ),
+    ("rcaflow_class_fid", "set once, when the fid sink's inputs close (NaN before): report.json and its figure show it"),
+    ("rcaflow_kid", "set once, when the kid sink's inputs close (NaN before): report.json shows it"),
+    ("rcaflow_class_kid", "set once, when the kid sink's inputs close (NaN before): report.json shows it"),
+    ("rcaflow_precision_ratio", "set once, when the precision_recall sink's inputs close (NaN before): report.json shows it"),
+    ("rcaflow_recall_ratio", "set once, when the precision_recall sink's inputs close (NaN before): report.json shows it"),
+    ("rcaflow_density", "set once, when the precision_recall sink's inputs close (NaN before): report.json shows it"),
+    ("rcaflow_coverage_ratio", "set once, when the precision_recall sink's inputs close (NaN before): report.json shows it"),
+];
 
 /// Prefix of the metrics `rcaflow train` exports while it trains: not part of a run, so neither
 /// on the run dashboard nor in a run's scrape (the README lists them with the others).
@@ -252,6 +261,11 @@ fn write_run(root: &Path) -> PathBuf {
         .sampler("sampler", "ddpm", Sampler { steps: 3, per_class: 2, unit_size: 1, seed: 1 })
         .evaluation("sampler", 2, 2)
         .set("sinks.fid", "interval_secs", 0.5)
+        .set("sinks.fid", "per_class", true)
+        .sink("kid", "kid", &["inception"])
+        .set("sinks.kid", "per_class", true)
+        .sink("prc", "precision_recall", &["inception"])
+        .set("sinks.report", "inputs", vec!["rca", "fid", "inception_score", "lpips", "kid", "prc"])
         .set("sinks.report", "figures", false)
         .write(&root.join("live.toml"))
 }

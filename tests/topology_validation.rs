@@ -300,11 +300,11 @@ fn oracle_classes_disagree_with_folders() {
 
 /// Every component type, in the order messages list them.
 const KNOWN_TYPES: &str =
-    "image_folder, ddpm_sampler, batcher, oracle_classifier, inception_v3, rca, fid, inception_score, lpips_diversity, save_images, report";
+    "image_folder, ddpm_sampler, batcher, oracle_classifier, inception_v3, rca, fid, inception_score, kid, precision_recall, lpips_diversity, save_images, report";
 
 #[test]
 fn unknown_component_type() {
-    assert_errors("unknown-type.toml", &[&format!("sinks.kid: unknown type \"kid\"; expected one of {KNOWN_TYPES}")]);
+    assert_errors("unknown-type.toml", &[&format!("sinks.fvd: unknown type \"fvd\"; expected one of {KNOWN_TYPES}")]);
 }
 
 #[test]

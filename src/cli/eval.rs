@@ -41,6 +41,15 @@ pub struct VisualArgs {
     /// Without a value: that file in the torch hub cache.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
     pub inception: Option<PathBuf>,
+    /// Adds KID (torch-fidelity conventions: 100 subsets of 1000, seed 0); needs --inception.
+    #[arg(long, requires = "inception")]
+    pub kid: bool,
+    /// Adds k-NN precision, recall, density and coverage (k = 3); needs --inception.
+    #[arg(long, requires = "inception")]
+    pub precision_recall: bool,
+    /// FID (and KID, precision/recall when asked for) also per class; needs --inception.
+    #[arg(long, requires = "inception")]
+    pub per_class: bool,
     /// Inception Score splits.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub is_splits: usize,
@@ -137,7 +146,17 @@ fn eval_topology(args: &EvalArgs) -> Result<(Graph, String), CliError> {
             t.push(("weights", path_value(&absolute(weights)?)));
         }
         insert(&mut top, "transforms", "inception", table(&t));
-        insert(&mut top, "sinks", "fid", table(&[("type", "fid".into()), ("inputs", inputs(&["inception"]))]));
+        let per_class = ("per_class", Value::Boolean(v.per_class));
+        insert(&mut top, "sinks", "fid", table(&[("type", "fid".into()), ("inputs", inputs(&["inception"])), per_class.clone()]));
+        if v.kid {
+            insert(&mut top, "sinks", "kid", table(&[("type", "kid".into()), ("inputs", inputs(&["inception"])), per_class.clone()]));
+            report_inputs.push("kid");
+        }
+        if v.precision_recall {
+            let t = table(&[("type", "precision_recall".into()), ("inputs", inputs(&["inception"])), per_class.clone()]);
+            insert(&mut top, "sinks", "precision_recall", t);
+            report_inputs.push("precision_recall");
+        }
         insert(
             &mut top,
             "sinks",

@@ -2,4 +2,6 @@
 pub mod diversity;
 pub mod fid;
 pub mod inception_score;
+pub mod kid;
+pub mod prc;
 pub mod rca;

@@ -540,6 +540,168 @@ pub fn rca_bars(path: &Path, classes: &[String], per_class: &[Option<f64>], glob
     })
 }
 
+/// One panel of [`fid_rca_bars`]: a bar per class (`None` drawn as "n/a"), its y axis from 0.
+struct BarPanel<'a> {
+    title: &'a str,
+    values: &'a [Option<f64>],
+    /// Bars drawn in [`MUTED`] with a "*" after their value (rank-deficient FID).
+    flagged: &'a [bool],
+    color: RGBColor,
+    /// A solid reference line (RCA parity at 1.0).
+    reference: Option<f64>,
+}
+
+/// Per-class FID beside class RCA, one panel above the other on the same class axis: the
+/// trade-off between visual quality and identity consistency at a glance. Without RCA values,
+/// the FID panel alone. Rank-deficient classes (a side with no more images than feature
+/// dimensions) are drawn grey with a "*".
+pub fn fid_rca_bars(
+    path: &Path,
+    classes: &[String],
+    fid: &[Option<f64>],
+    rank_deficient: &[bool],
+    rca: Option<&[Option<f64>]>,
+) -> Result<(), FigureError> {
+    let pen = Pen::new(path)?;
+    let n = classes.len();
+    let input = |detail: String| FigureError::Input { path: path.to_path_buf(), detail };
+    if n == 0 {
+        return Err(input("no classes to draw".into()));
+    }
+    if fid.len() != n || rank_deficient.len() != n || rca.is_some_and(|r| r.len() != n) {
+        return Err(input(format!("per-class values do not match the {n} classes")));
+    }
+    let clean = |v: &Option<f64>| v.filter(|x| x.is_finite() && *x >= 0.0);
+    let fid: Vec<Option<f64>> = fid.iter().map(clean).collect();
+    let rca: Option<Vec<Option<f64>>> = rca.map(|r| r.iter().map(clean).collect());
+    let none = vec![false; n];
+    let mut panels =
+        vec![BarPanel { title: "per-class FID (lower is better)", values: &fid, flagged: rank_deficient, color: BAR, reference: None }];
+    if let Some(r) = &rca {
+        panels.push(BarPanel {
+            title: "class RCA (1.0 = parity with real)",
+            values: r,
+            flagged: &none,
+            color: GLOBAL,
+            reference: Some(1.0),
+        });
+    }
+    let title = "Per-class FID and class RCA";
+    let labels: Vec<String> = classes.iter().map(|c| abbreviate(c)).collect();
+    let (title_size, axis_size, tick_size, note_size) = (20.0, 16.0, 14.0, 13.0);
+    let (pad, gap) = (16u32, 8u32);
+    let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+    let plot_w = ((640 / n32).clamp(48, 110).saturating_mul(n32)).max(400);
+    let slot = plot_w / n32;
+    let plot_h = 240u32;
+    let title_h = pen.measure(title_size, title).1;
+    let axis_h = pen.measure(axis_size, "Ag").1;
+    let tick_h = pen.measure(tick_size, "Ag").1;
+    let value_h = pen.measure(note_size, "0").1;
+    let label_w = pen.widest(tick_size, &labels);
+    let x_rotated = label_w + 6 > slot;
+    let x_label_h = if x_rotated { label_w } else { tick_h };
+    // Each panel: its ticks and labels.
+    let scales: Vec<(f64, Vec<f64>, Vec<String>)> = panels
+        .iter()
+        .map(|p| {
+            let max_v = p.values.iter().flatten().copied().chain(p.reference).fold(0.0f64, f64::max).max(1e-9);
+            let step = nice_step(max_v * 1.1, 4.0);
+            let y_max = ((max_v * 1.1) / step).ceil() * step;
+            let ticks: Vec<f64> = (0..).map(|k| k as f64 * step).take_while(|t| *t <= y_max + step * 1e-9).collect();
+            let decimals = (0..=3)
+                .find(|d| {
+                    let scaled = step * 10f64.powi(*d);
+                    (scaled - scaled.round()).abs() < 1e-6
+                })
+                .unwrap_or(3) as usize;
+            let tick_labels = ticks.iter().map(|t| format!("{t:.decimals$}")).collect();
+            (y_max, ticks, tick_labels)
+        })
+        .collect();
+    let y_tick_w = scales.iter().map(|(_, _, l)| pen.widest(tick_size, l)).max().unwrap_or(0);
+    let left = pad + y_tick_w + gap;
+    let panel_h = axis_h + gap + value_h + gap + plot_h + gap;
+    let top = pad + title_h + gap;
+    let bottom = x_label_h + gap + axis_h + pad;
+    let footnote = "* rank-deficient: a side of the class has no more images than feature dimensions";
+    let foot_h = if rank_deficient.iter().any(|&b| b) { pen.measure(note_size, footnote).1 + gap } else { 0 };
+    let width = (left + plot_w + pad).max(pen.measure(title_size, title).0 + 2 * pad).max(pen.measure(note_size, footnote).0 + 2 * pad);
+    let height = top + panel_h * panels.len() as u32 + bottom + foot_h;
+    render(path, (width, height), |area| {
+        pen.text(area, title, ((width / 2) as i32, (pad + title_h / 2) as i32), title_size, INK, HPos::Center, false)?;
+        let px = left as i32;
+        let (pw, ph) = (plot_w as i32, plot_h as i32);
+        let mut py_last = 0;
+        for (k, (panel, (y_max, ticks, tick_labels))) in panels.iter().zip(&scales).enumerate() {
+            let panel_top = (top + panel_h * k as u32) as i32;
+            pen.text(area, panel.title, (px, panel_top + (axis_h / 2) as i32), axis_size, INK, HPos::Left, false)?;
+            let py = panel_top + (axis_h + gap + value_h + gap) as i32;
+            py_last = py;
+            let y_of = |v: f64| py + ph - ((v / y_max) * ph as f64).round() as i32;
+            for (t, l) in ticks.iter().zip(tick_labels) {
+                let y = y_of(*t);
+                line(area, (px, y), (px + pw, y), GRID, 1)?;
+                pen.text(area, l, (px - gap as i32, y), tick_size, INK, HPos::Right, false)?;
+            }
+            let bar_w = (slot as f64 * 0.62).round().min(72.0) as i32;
+            for (c, v) in panel.values.iter().enumerate() {
+                let cx = px + c as i32 * slot as i32 + slot as i32 / 2;
+                match v {
+                    Some(v) => {
+                        let color = if panel.flagged[c] { MUTED } else { panel.color };
+                        rect(area, (cx - bar_w / 2, y_of(*v)), (cx + bar_w / 2, py + ph), color, true)?;
+                    }
+                    None => pen.text(area, "n/a", (cx, py + ph - (gap + value_h / 2) as i32), note_size, MUTED, HPos::Center, false)?,
+                }
+            }
+            if let Some(r) = panel.reference {
+                line(area, (px, y_of(r)), (px + pw, y_of(r)), PARITY, 2)?;
+            }
+            // Values last, on a white box, so the reference line cannot hide one.
+            for (c, v) in panel.values.iter().enumerate() {
+                if let Some(v) = v {
+                    let cx = px + c as i32 * slot as i32 + slot as i32 / 2;
+                    let cy = y_of(*v) - (gap + value_h / 2) as i32;
+                    let label = format!("{}{}", format_value(*v), if panel.flagged[c] { "*" } else { "" });
+                    let (half_w, half_h) = ((pen.measure(note_size, &label).0 / 2 + 3) as i32, (value_h / 2 + 1) as i32);
+                    rect(area, (cx - half_w, cy - half_h), (cx + half_w, cy + half_h), WHITE, true)?;
+                    pen.text(area, &label, (cx, cy), note_size, INK, HPos::Center, false)?;
+                }
+            }
+            line(area, (px, py), (px, py + ph), MUTED, 1)?;
+            line(area, (px, py + ph), (px + pw, py + ph), MUTED, 1)?;
+        }
+        let below = py_last + ph + gap as i32;
+        for (c, label) in labels.iter().enumerate() {
+            let cx = px + c as i32 * slot as i32 + slot as i32 / 2;
+            if x_rotated {
+                pen.text(area, label, (cx, below), tick_size, INK, HPos::Right, true)?;
+            } else {
+                pen.text(area, label, (cx, below + (tick_h / 2) as i32), tick_size, INK, HPos::Center, false)?;
+            }
+        }
+        let x_title_y = below + (x_label_h + gap + axis_h / 2) as i32;
+        pen.text(area, "class", (px + pw / 2, x_title_y), axis_size, INK, HPos::Center, false)?;
+        if foot_h > 0 {
+            let y = x_title_y + (axis_h / 2 + gap + foot_h / 2) as i32;
+            pen.text(area, footnote, ((width / 2) as i32, y), note_size, MUTED, HPos::Center, false)?;
+        }
+        Ok(())
+    })
+}
+
+/// A bar's value: 3 significant digits, whatever its size (FID runs to hundreds, RCA near 1).
+fn format_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// Samples of one class for [`sample_grid`]: planar RGB images (3 x H x W each), in position order.
 pub struct ClassSamples<'a> {
     pub class: &'a str,

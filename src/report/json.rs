@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::inception_score::InceptionScore;
 use crate::metrics::rca::{ClassificationSummary, RcaSummary};
 use crate::report::results::FidResult;
+use crate::report::results::KidResult;
 use crate::report::results::LpipsResult;
+use crate::report::results::PrecisionRecallResult;
 use crate::report::results::SamplerResult;
 use crate::report::results::SourceResult;
 
@@ -65,6 +67,12 @@ pub struct Report {
     pub fid: Option<FidResult>,
     /// Inception Score of the generated images (`null` without an inception_score sink).
     pub inception_score: Option<InceptionScore>,
+    /// Kernel Inception Distance (`null` without a kid sink).
+    #[serde(default)]
+    pub kid: Option<KidResult>,
+    /// k-NN precision, recall, density and coverage (`null` without a precision_recall sink).
+    #[serde(default)]
+    pub precision_recall: Option<PrecisionRecallResult>,
     /// Mean LPIPS distance between same-class generated pairs (`null` without that stage).
     pub lpips_diversity: Option<LpipsResult>,
     /// What each image source read, by component id.

@@ -13,6 +13,68 @@ fn ci(v: &Option<Interval>) -> String {
     v.as_ref().map_or("n/a".to_string(), |i| format!("[{:.4}, {:.4}]", i.low, i.high))
 }
 
+/// The per-class table of FID, KID and precision/recall (columns of the sinks that ran with
+/// `per_class`), beside class RCA when the rca sink ran.
+fn per_class_quality(md: &mut String, r: &Report) {
+    let fid = r.fid.as_ref().and_then(|f| f.per_class.as_ref());
+    let rank_deficient = r.fid.as_ref().and_then(|f| f.per_class_rank_deficient.as_ref());
+    let kid = r.kid.as_ref().and_then(|k| k.per_class.as_ref());
+    let prc = r.precision_recall.as_ref().and_then(|p| p.per_class.as_ref());
+    if fid.is_none() && kid.is_none() && prc.is_none() {
+        return;
+    }
+    let _ = writeln!(md, "### Per class (generated class c against real class c)\n");
+    let mut header = vec!["class"];
+    if r.rca.is_some() {
+        header.push("class RCA");
+    }
+    if fid.is_some() {
+        header.push("per-class FID");
+    }
+    if kid.is_some() {
+        header.extend(["KID", "KID std"]);
+    }
+    if prc.is_some() {
+        header.extend(["precision", "recall", "density", "coverage"]);
+    }
+    let _ = writeln!(md, "| {} |", header.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(header.len() - 1));
+    for (c, class) in r.classes.iter().enumerate() {
+        let mut cells = vec![class.clone()];
+        if let Some(rca) = &r.rca {
+            cells.push(num(rca.per_class.get(c).copied().flatten()));
+        }
+        if let Some(f) = fid {
+            let flag = rank_deficient.and_then(|v| v.get(c)).copied().unwrap_or(false);
+            cells.push(format!("{}{}", num(f.get(c).copied().flatten()), if flag { " (rank-deficient)" } else { "" }));
+        }
+        if let Some(k) = kid {
+            let v = k.get(c).copied().flatten();
+            cells.extend([num(v.map(|v| v.mean)), num(v.map(|v| v.std))]);
+        }
+        if let Some(p) = prc {
+            let v = p.get(c).copied().flatten();
+            cells.extend([num(v.map(|v| v.precision)), num(v.map(|v| v.recall)), num(v.map(|v| v.density)), num(v.map(|v| v.coverage))]);
+        }
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+    let means: Vec<String> = [
+        ("per-class FID", r.fid.as_ref().and_then(|f| f.per_class_mean)),
+        ("per-class KID", r.kid.as_ref().and_then(|k| k.per_class_mean)),
+    ]
+    .iter()
+    .filter(|(_, v)| v.is_some())
+    .map(|(name, v)| format!("mean {name} = {}", num(*v)))
+    .collect();
+    if !means.is_empty() {
+        let _ = writeln!(md, "\n{}.", means.join("; "));
+    }
+    let _ = writeln!(
+        md,
+        "\nn/a where a class has too few images on a side (FID, KID: 2; precision/recall: k + 1). Rank-deficient: a side of the class has no more images than feature dimensions (2048), so its FID is biased upwards; compare like with like.\n"
+    );
+}
+
 /// Renders the report as Markdown.
 pub fn render(r: &Report) -> String {
     let mut md = String::new();
@@ -97,7 +159,7 @@ pub fn render(r: &Report) -> String {
         }
         let _ = writeln!(md);
     }
-    if r.fid.is_some() || r.inception_score.is_some() {
+    if r.fid.is_some() || r.inception_score.is_some() || r.kid.is_some() || r.precision_recall.is_some() {
         let _ = writeln!(md, "## Visual quality\n");
         if let Some(f) = &r.fid {
             let against = f
@@ -121,7 +183,37 @@ pub fn render(r: &Report) -> String {
             let _ =
                 writeln!(md, "- **Inception Score = {:.4} ± {:.4}** ({} splits, {} generated images)", s.mean, s.std, s.splits, s.images);
         }
+        if let Some(k) = &r.kid {
+            let _ = writeln!(
+                md,
+                "- **KID = {} ± {}** ({} subsets of {} per side, seed {}; {} generated against {} real images; torch-fidelity conventions)",
+                num(k.mean),
+                num(k.std),
+                k.subsets,
+                k.subset_size,
+                k.seed,
+                k.generated_images,
+                k.real_images
+            );
+            if let Some(note) = &k.note {
+                let _ = writeln!(md, "  - note: {note}");
+            }
+        }
+        if let Some(p) = &r.precision_recall {
+            let _ = writeln!(
+                md,
+                "- **precision = {}, recall = {}**, density = {}, coverage = {} (k = {}; {} generated against {} real images)",
+                num(p.precision),
+                num(p.recall),
+                num(p.density),
+                num(p.coverage),
+                p.k,
+                p.generated_images,
+                p.real_images
+            );
+        }
         let _ = writeln!(md);
+        per_class_quality(&mut md, r);
     }
 
     if !r.inputs.is_empty() {

@@ -25,6 +25,8 @@ pub enum Summary {
     Lpips(LpipsResult),
     Fid(Box<FidResult>),
     InceptionScore(InceptionScore),
+    Kid(Box<KidResult>),
+    PrecisionRecall(Box<PrecisionRecallResult>),
 }
 
 /// What the rca sink hands to the report.
@@ -122,5 +124,68 @@ pub struct FidResult {
     /// value is biased upwards (pytorch-fid computes it the same way; compare only like with like).
     pub rank_deficient: bool,
     /// Images whose features were not finite, left out.
+    pub nonfinite_images: u64,
+    /// With `per_class`: the FID of each class's generated images against its real images
+    /// (`null` where a side has fewer than 2 images); `null` without `per_class`.
+    pub per_class: Option<Vec<Option<f64>>>,
+    /// Mean of the per-class values that exist.
+    pub per_class_mean: Option<f64>,
+    /// With `per_class`: whether a class's side has no more images than feature dimensions.
+    pub per_class_rank_deficient: Option<Vec<bool>>,
+}
+
+/// KID mean and standard deviation over subsets (one class, or all images).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeanStd {
+    pub mean: f64,
+    pub std: f64,
+}
+
+/// What the kid sink hands to the report (torch-fidelity 0.4 conventions, src/metrics/kid.rs).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KidResult {
+    /// `null` when a side has fewer than 2 images.
+    pub mean: Option<f64>,
+    pub std: Option<f64>,
+    pub subsets: usize,
+    /// The subset size used: the requested one, clipped to the smaller side.
+    pub subset_size: usize,
+    pub subset_size_requested: usize,
+    pub seed: u64,
+    /// Why `subset_size` differs from the requested one, when it does.
+    pub note: Option<String>,
+    pub real_images: u64,
+    pub generated_images: u64,
+    /// With `per_class`: KID of each class's generated images against its real images (subset
+    /// size clipped per class; `null` where a side has fewer than 2); `null` without it.
+    pub per_class: Option<Vec<Option<MeanStd>>>,
+    pub per_class_mean: Option<f64>,
+    pub nonfinite_images: u64,
+}
+
+/// Precision, recall, density and coverage of one comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrdcValues {
+    pub precision: f64,
+    pub recall: f64,
+    pub density: f64,
+    pub coverage: f64,
+}
+
+/// What the precision_recall sink hands to the report (torch-fidelity `prc` and prdc,
+/// src/metrics/prc.rs).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrecisionRecallResult {
+    /// `null` (all four) when a side has no more than `k` images.
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub density: Option<f64>,
+    pub coverage: Option<f64>,
+    pub k: usize,
+    pub real_images: u64,
+    pub generated_images: u64,
+    /// With `per_class`: the four figures of each class's generated images against its real
+    /// images (`null` where a side has no more than `k`); `null` without it.
+    pub per_class: Option<Vec<Option<PrdcValues>>>,
     pub nonfinite_images: u64,
 }

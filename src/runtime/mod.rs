@@ -11,6 +11,7 @@ pub mod channels;
 pub mod checkpoint;
 pub mod control;
 pub mod fault;
+pub mod feature_store;
 pub mod plan;
 pub mod run_dir;
 pub mod sink;

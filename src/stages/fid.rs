@@ -41,6 +41,10 @@ pub struct FidConfig {
     /// Seconds between live recomputations (each costs a 2048x2048 matrix square root).
     #[serde(default = "default_fid_interval")]
     pub interval_secs: f64,
+    /// Also FID per class: class c's generated images against class c's real images (two
+    /// more 2048x2048 moment sums per class: 64 MB each in memory and in the checkpoint).
+    #[serde(default)]
+    pub per_class: bool,
 }
 
 impl ComponentConfig for FidConfig {
@@ -81,13 +85,17 @@ impl ComponentConfig for FidConfig {
             (Some(true), true) => checks.error("both real images upstream and a `reference` file; expected one of the two"),
             _ => {}
         }
+        if self.per_class && self.reference.is_some() {
+            checks.error("per_class needs real images of each class upstream; a `reference` file holds only global statistics");
+        }
     }
 
     fn describe(&self) -> String {
         format!(
-            "real statistics from {}, live every {}s",
+            "real statistics from {}, live every {}s{}",
             self.reference.as_ref().map_or("real images".into(), |p| p.display().to_string()),
-            self.interval_secs
+            self.interval_secs,
+            if self.per_class { ", per class" } else { "" }
         )
     }
 
@@ -100,7 +108,7 @@ impl ComponentConfig for FidConfig {
     }
 
     /// Reads the reference statistics, if any, and checks their width.
-    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
         let reference = match &self.reference {
             Some(path) => {
                 let stats = FidStats::read(path).map_err(|e| e.to_string())?;
@@ -121,16 +129,26 @@ impl ComponentConfig for FidConfig {
             reference,
             live,
             nonfinite: NonfiniteCounter::default(),
+            per_class: self.per_class.then_some(cx.classes.len()),
         })))
     }
 }
 
-/// Moments per origin.
+/// Moments per origin (and per class, with `per_class`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FidState {
     pub real: GaussianStats,
     pub generated: GaussianStats,
     pub nonfinite: u64,
+    /// One entry per class with `per_class`, else empty.
+    pub per_class: Vec<ClassMoments>,
+}
+
+/// The moments of one class's real and generated images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassMoments {
+    pub real: GaussianStats,
+    pub generated: GaussianStats,
 }
 
 impl Accumulator for FidState {
@@ -143,11 +161,15 @@ impl Accumulator for FidState {
         // Keep finite rows only: one bad image must not poison the moments or drop its unit.
         let finite: Vec<f32> = rows.chunks(d).filter(|r| r.iter().all(|v| v.is_finite())).flatten().copied().collect();
         self.nonfinite += (span.len - finite.len() / d) as u64;
-        let stats = match span.id.origin {
-            Origin::Real => &mut self.real,
-            Origin::Generated => &mut self.generated,
+        let n = finite.len() / d;
+        let (global, class) = match span.id.origin {
+            Origin::Real => (&mut self.real, self.per_class.get_mut(span.id.class as usize).map(|c| &mut c.real)),
+            Origin::Generated => (&mut self.generated, self.per_class.get_mut(span.id.class as usize).map(|c| &mut c.generated)),
         };
-        stats.add_batch(&finite, finite.len() / d).expect("rows are finite and d wide");
+        global.add_batch(&finite, n).expect("rows are finite and d wide");
+        if let Some(class) = class {
+            class.add_batch(&finite, n).expect("rows are finite and d wide");
+        }
     }
 
     fn snapshot(&self) -> FidState {
@@ -160,6 +182,14 @@ impl Accumulator for FidState {
 }
 
 const DIM: usize = crate::models::inception::InceptionV3::FEATURES;
+
+/// The FID of one class (`None` where a side has fewer than 2 images).
+fn class_fid(c: &ClassMoments) -> Result<Option<f64>, StageError> {
+    let (Some(real_cov), Some(gen_cov)) = (c.real.covariance(), c.generated.covariance()) else { return Ok(None) };
+    frechet_distance(&c.real.mean(), &real_cov, &c.generated.mean(), &gen_cov)
+        .map(|r| Some(r.fid))
+        .map_err(|e| StageError::Failed(format!("frechet distance: {e}")))
+}
 
 fn compute(state: &FidState, reference: &Option<FidStats>) -> Result<Option<f64>, StageError> {
     let gen = &state.generated;
@@ -180,6 +210,8 @@ pub struct FidMaths {
     reference: Option<FidStats>,
     live: CheckpointTimer,
     nonfinite: NonfiniteCounter,
+    /// The class count, with `per_class`.
+    per_class: Option<usize>,
 }
 
 impl SinkMaths for FidMaths {
@@ -187,11 +219,26 @@ impl SinkMaths for FidMaths {
     type Input = FeatureBatch;
 
     fn fresh(&mut self, _ctx: &StageContext) -> Result<FidState, StageError> {
-        Ok(FidState { real: GaussianStats::new(DIM), generated: GaussianStats::new(DIM), nonfinite: 0 })
+        let classes = self.per_class.unwrap_or(0);
+        let per_class = (0..classes).map(|_| ClassMoments { real: GaussianStats::new(DIM), generated: GaussianStats::new(DIM) }).collect();
+        Ok(FidState { real: GaussianStats::new(DIM), generated: GaussianStats::new(DIM), nonfinite: 0, per_class })
     }
 
     fn start(&mut self, acc: &mut ExactlyOnce<FidState>, ctx: &StageContext) -> Result<(), StageError> {
+        let held = acc.inner().per_class.len();
+        if held != self.per_class.unwrap_or(0) {
+            return Err(StageError::Failed(format!(
+                "checkpoint holds moments of {held} classes, the topology asks for {} (per_class changed?)",
+                self.per_class.unwrap_or(0)
+            )));
+        }
         self.nonfinite.start(ctx, acc.inner().nonfinite);
+        // Per-class series exist from the start, NaN (no evidence) until the end.
+        if self.per_class.is_some() {
+            for class in ctx.classes.iter() {
+                metrics::gauge!(telemetry::CLASS_FID, "class" => class.clone()).set(f64::NAN);
+            }
+        }
         Ok(())
     }
 
@@ -226,6 +273,23 @@ impl SinkMaths for FidMaths {
             metrics::gauge!(telemetry::FID).set(fid);
         }
         let real_images = self.reference.as_ref().map_or(state.real.count, |_| 0);
+        let per_class = match self.per_class {
+            Some(_) => {
+                let mut values = Vec::with_capacity(state.per_class.len());
+                for (c, moments) in state.per_class.iter().enumerate() {
+                    let v = ctx.timed(|| class_fid(moments))?;
+                    if let Some(v) = v {
+                        metrics::gauge!(telemetry::CLASS_FID, "class" => ctx.classes[c].clone()).set(v);
+                    }
+                    values.push(v);
+                }
+                Some(values)
+            }
+            None => None,
+        };
+        let per_class_mean = per_class.as_ref().and_then(|v| super::kid::mean_of(v.iter().copied()));
+        let per_class_rank_deficient =
+            self.per_class.map(|_| state.per_class.iter().map(|c| c.generated.count <= DIM as u64 || c.real.count <= DIM as u64).collect());
         Ok(Summary::Fid(Box::new(FidResult {
             value,
             real_images,
@@ -234,6 +298,9 @@ impl SinkMaths for FidMaths {
             feature_dim: DIM,
             rank_deficient: state.generated.count <= DIM as u64 || (self.reference.is_none() && real_images <= DIM as u64),
             nonfinite_images: state.nonfinite,
+            per_class,
+            per_class_mean,
+            per_class_rank_deficient,
         })))
     }
 }
@@ -260,7 +327,7 @@ mod tests {
     }
 
     fn fresh() -> ExactlyOnce<FidState> {
-        ExactlyOnce::new(FidState { real: GaussianStats::new(3), generated: GaussianStats::new(3), nonfinite: 0 })
+        ExactlyOnce::new(FidState { real: GaussianStats::new(3), generated: GaussianStats::new(3), nonfinite: 0, per_class: Vec::new() })
     }
 
     #[test]
@@ -301,5 +368,56 @@ mod tests {
         assert_eq!(acc.inner().nonfinite, 2);
         assert_eq!(acc.inner().generated.count, 6);
         assert!(acc.inner().generated.sum.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn per_class_moments_are_each_class_alone() {
+        // Units of class 0 and class 1 on both sides, interleaved.
+        let with_class = |mut b: FeatureBatch, class: u32| {
+            b.units.iter_mut().for_each(|s| s.id.class = class);
+            b
+        };
+        let batches = [
+            with_class(batch(Origin::Generated, 0..2), 0),
+            with_class(batch(Origin::Real, 0..3), 1),
+            with_class(batch(Origin::Generated, 2..5), 1),
+            with_class(batch(Origin::Real, 3..4), 0),
+        ];
+        let class = || ClassMoments { real: GaussianStats::new(3), generated: GaussianStats::new(3) };
+        let mut acc = ExactlyOnce::new(FidState {
+            real: GaussianStats::new(3),
+            generated: GaussianStats::new(3),
+            nonfinite: 0,
+            per_class: vec![class(), class()],
+        });
+        for b in &batches {
+            acc.apply(b, &b.units);
+        }
+        // The class's units alone, one unit at a time as the accumulator folds them.
+        let alone = |b: &FeatureBatch| {
+            let mut s = GaussianStats::new(3);
+            for unit in b.features.chunks(4 * 3) {
+                s.add_batch(unit, 4).unwrap();
+            }
+            s
+        };
+        let pc = &acc.inner().per_class;
+        assert_eq!(pc[0].generated, alone(&batches[0]));
+        assert_eq!(pc[1].real, alone(&batches[1]));
+        assert_eq!(pc[1].generated, alone(&batches[2]));
+        assert_eq!(pc[0].real, alone(&batches[3]));
+        assert_eq!(acc.inner().generated.count, 20);
+        // The class FID is the frechet distance of those moments (tests/fid_maths.rs holds
+        // frechet_distance to pytorch-fid's calculate_frechet_distance).
+        let want = frechet_distance(
+            &pc[1].real.mean(),
+            &pc[1].real.covariance().unwrap(),
+            &pc[1].generated.mean(),
+            &pc[1].generated.covariance().unwrap(),
+        )
+        .unwrap()
+        .fid;
+        assert_eq!(class_fid(&pc[1]).unwrap(), Some(want));
+        assert_eq!(class_fid(&ClassMoments { real: GaussianStats::new(3), generated: pc[0].generated.clone() }).unwrap(), None);
     }
 }

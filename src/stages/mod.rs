@@ -15,8 +15,10 @@ pub mod fid;
 pub mod image_folder;
 pub mod inception;
 pub mod inception_score;
+pub mod kid;
 pub mod lpips_diversity;
 pub mod oracle;
+pub mod precision_recall;
 pub mod rca;
 pub mod report;
 pub mod save_images;
@@ -216,6 +218,8 @@ register_components! {
     "rca" => Rca(rca::RcaConfig),
     "fid" => Fid(fid::FidConfig),
     "inception_score" => InceptionScore(inception_score::InceptionScoreConfig),
+    "kid" => Kid(kid::KidConfig),
+    "precision_recall" => PrecisionRecall(precision_recall::PrecisionRecallConfig),
     "lpips_diversity" => LpipsDiversity(lpips_diversity::LpipsDiversityConfig),
     "save_images" => SaveImages(save_images::SaveImagesConfig),
     "report" => Report(report::ReportConfig),

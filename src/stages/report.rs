@@ -87,6 +87,8 @@ impl Stage for ReportStage {
         let mut lpips = None;
         let mut fid = None;
         let mut inception_score = None;
+        let mut kid = None;
+        let mut precision_recall = None;
         while let Some(payload) = ctx.recv() {
             let Payload::Summary(summary) = payload else {
                 return Err(StageError::Failed("received a non-summary payload; the topology check should have refused this edge".into()));
@@ -97,6 +99,8 @@ impl Stage for ReportStage {
                 Summary::Lpips(r) => (lpips.replace(r.clone()).is_some(), "lpips_diversity"),
                 Summary::Fid(r) => (fid.replace((**r).clone()).is_some(), "fid"),
                 Summary::InceptionScore(r) => (inception_score.replace(r.clone()).is_some(), "inception_score"),
+                Summary::Kid(r) => (kid.replace((**r).clone()).is_some(), "kid"),
+                Summary::PrecisionRecall(r) => (precision_recall.replace((**r).clone()).is_some(), "precision_recall"),
                 Summary::Source(_) | Summary::Sampler(_) => (false, "source"),
             };
             if slot_taken {
@@ -152,6 +156,8 @@ impl Stage for ReportStage {
             real_source: rca.as_ref().map(|r| r.real_source.clone()),
             fid,
             inception_score,
+            kid,
+            precision_recall,
             lpips_diversity: lpips,
             inputs,
             timing: Timing {
@@ -222,6 +228,11 @@ fn write_figures(dir: &Path, r: &Report) -> Result<BTreeMap<String, PathBuf>, St
         if r.generated.as_ref().is_some_and(|g| g.total > 0) {
             draw("rca_per_class", "rca_per_class.png", &|p| figures::rca_bars(p, &r.classes, &rca.per_class, rca.global))?;
         }
+    }
+    if let Some(per_class) = r.fid.as_ref().and_then(|f| f.per_class.as_ref()) {
+        let flags = r.fid.as_ref().and_then(|f| f.per_class_rank_deficient.clone()).unwrap_or_else(|| vec![false; per_class.len()]);
+        let rca = r.rca.as_ref().filter(|_| r.generated.as_ref().is_some_and(|g| g.total > 0)).map(|rca| rca.per_class.as_slice());
+        draw("fid_rca_per_class", "fid_rca_per_class.png", &|p| figures::fid_rca_bars(p, &r.classes, per_class, &flags, rca))?;
     }
     Ok(out)
 }

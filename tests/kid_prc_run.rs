@@ -1,0 +1,153 @@
+//! The kid and precision_recall sinks and the fid sink's per_class in a run: two image folders
+//! (real and generated, noisy colour images) → batcher → random-weight Inception → fid
+//! (per_class), kid (per_class), precision_recall (per_class) → report. report.json carries
+//! the fields the README documents, and a run killed after the kid sink applied a batch (before
+//! its checkpoint) and resumed gives the same numbers as one never interrupted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::bin::Ran;
+use common::color_set::{identity_image, SplitMix, PALETTE};
+use common::topology::Topology;
+use serde_json::Value;
+
+const CLASSES: usize = 2;
+const REAL: usize = 4;
+const GENERATED: usize = 5;
+
+/// Real and generated folders, the Inception weights and the topology `root/<name>.toml`.
+fn setup(root: &Path, name: &str) -> PathBuf {
+    if !root.join("inception.safetensors").exists() {
+        common::random_weights::random_inception(&root.join("inception.safetensors"));
+        let mut rng = SplitMix(11);
+        for (origin, n) in [("real", REAL), ("generated", GENERATED)] {
+            for (class, color) in &PALETTE[..CLASSES] {
+                let dir = root.join(origin).join(class);
+                std::fs::create_dir_all(&dir).unwrap();
+                for i in 0..n {
+                    identity_image(&dir.join(format!("{i:03}.png")), 16, *color, &mut rng);
+                }
+            }
+        }
+        std::fs::write(root.join("settings.toml"), "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n").unwrap();
+    }
+    Topology::new(&format!("run-{name}"))
+        .set("run", "default_capacity", 2)
+        .image_folder("real", "real")
+        .set("sources.real", "unit_size", 2)
+        .image_folder("generated", "generated")
+        .set("sources.generated", "unit_size", 2)
+        .batcher(&["real", "generated"], 3)
+        .inception(&["batches"])
+        .sink("fid", "fid", &["inception"])
+        .set("sinks.fid", "per_class", true)
+        .sink("kid", "kid", &["inception"])
+        .set("sinks.kid", "subsets", 20)
+        .set("sinks.kid", "per_class", true)
+        .sink("prc", "precision_recall", &["inception"])
+        .set("sinks.prc", "per_class", true)
+        .sink("report", "report", &["fid", "kid", "prc"])
+        .write(&root.join(format!("{name}.toml")))
+}
+
+fn run(root: &Path, topology: &Path, fault: Option<&str>) -> Ran {
+    let mut cmd = common::bin::rcaflow();
+    cmd.arg("--config").arg(root.join("settings.toml")).args(["run", "--topology"]).arg(topology);
+    if let Some(f) = fault {
+        cmd.env("RCAFLOW_FAULT", f);
+    }
+    Ran::of(&mut cmd)
+}
+
+fn report(root: &Path, name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(root.join(format!("run-{name}/report.json"))).unwrap()).unwrap()
+}
+
+fn unit_interval(v: &Value) -> bool {
+    v.as_f64().is_some_and(|x| (0.0..=1.0).contains(&x))
+}
+
+#[test]
+fn kid_and_precision_recall_reach_the_report_and_survive_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+
+    let straight = setup(root, "straight");
+    let o = run(root, &straight, None);
+    assert!(o.success(), "{}", o.stderr);
+    let r = report(root, "straight");
+
+    let kid = &r["kid"];
+    assert!(kid["mean"].is_f64() && kid["std"].is_f64(), "{kid}");
+    assert_eq!((kid["subsets"].as_u64(), kid["subset_size"].as_u64()), (Some(20), Some((REAL * CLASSES) as u64)));
+    assert_eq!(kid["subset_size_requested"], 1000);
+    assert!(kid["note"].as_str().unwrap().contains("clipped to 8"), "{kid}");
+    assert_eq!((kid["real_images"].as_u64(), kid["generated_images"].as_u64()), (Some(8), Some(10)));
+    let per_class = kid["per_class"].as_array().unwrap();
+    assert_eq!(per_class.len(), CLASSES);
+    assert!(per_class.iter().all(|c| c["mean"].is_f64() && c["std"].is_f64()), "{kid}");
+
+    let prc = &r["precision_recall"];
+    for key in ["precision", "recall", "coverage"] {
+        assert!(unit_interval(&prc[key]), "{key}: {prc}");
+    }
+    assert!(prc["density"].as_f64().is_some_and(|d| d >= 0.0), "{prc}");
+    assert_eq!((prc["k"].as_u64(), prc["real_images"].as_u64(), prc["generated_images"].as_u64()), (Some(3), Some(8), Some(10)));
+    let per_class = prc["per_class"].as_array().unwrap();
+    assert_eq!(per_class.len(), CLASSES);
+    assert!(per_class.iter().all(|c| unit_interval(&c["precision"]) && unit_interval(&c["recall"])), "{prc}");
+    // Counts over 10 and 8 images: the values are k / n exactly.
+    let scaled = |v: &Value, n: f64| v.as_f64().unwrap() * n;
+    assert!((scaled(&prc["precision"], 10.0) - scaled(&prc["precision"], 10.0).round()).abs() < 1e-9);
+
+    let fid = &r["fid"];
+    let classes = fid["per_class"].as_array().unwrap();
+    assert_eq!(classes.len(), CLASSES);
+    assert!(classes.iter().all(Value::is_f64), "{fid}");
+    let mean = classes.iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / CLASSES as f64;
+    assert!((fid["per_class_mean"].as_f64().unwrap() - mean).abs() <= 1e-12 * mean.abs());
+    assert_eq!(fid["per_class_rank_deficient"], serde_json::json!([true, true]));
+    let md = std::fs::read_to_string(root.join("run-straight/report.md")).unwrap();
+    assert!(md.contains("KID") && md.contains("precision") && md.contains("per-class FID"), "{md}");
+
+    // Killed after kid applied its second batch, before that batch's checkpoint; then resumed.
+    let resumed = setup(root, "resumed");
+    let o = run(root, &resumed, Some("abort@kid.applied:2"));
+    assert!(o.code().is_none(), "the run should have died: {}", o.stderr);
+    let o = run(root, &resumed, None);
+    assert!(o.success(), "resume failed: {}", o.stderr);
+    let again = report(root, "resumed");
+    // The features are the same whatever order units arrived in: the same numbers, bit for bit.
+    assert_eq!(again["kid"], r["kid"]);
+    assert_eq!(again["precision_recall"], r["precision_recall"]);
+    for (a, b) in again["fid"]["per_class"].as_array().unwrap().iter().zip(classes) {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-9 * b.abs(), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn kid_and_precision_recall_without_real_images_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(root.join("generated/a")).unwrap();
+    common::color_set::write_png(&root.join("generated/a/0.png"), 8, |_, _| [1, 2, 3]);
+    common::random_weights::random_inception(&root.join("inception.safetensors"));
+    let topology = Topology::new("run")
+        .image_folder("generated", "generated")
+        .inception(&["generated"])
+        .sink("kid", "kid", &["inception"])
+        .set("sinks.kid", "subsets", 0)
+        .sink("prc", "precision_recall", &["inception"])
+        .set("sinks.prc", "k", 0)
+        .write(&root.join("t.toml"));
+    let o = common::bin::run(["validate", "--topology", topology.to_str().unwrap()]);
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    for needle in
+        ["sinks.kid", "sinks.prc", "no real images reach it", "subsets must be at least 1, found 0", "k must be at least 1, found 0"]
+    {
+        assert!(o.stderr.contains(needle), "{needle}: {}", o.stderr);
+    }
+}
