@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use rcaflow::models::unet::{CONFIG_FILE, WEIGHTS_FILE};
