@@ -4,7 +4,7 @@
 //! allows it; bad inputs are refused with one line and leave the run directory as it was;
 //! `rcaflow status` reads where a run stands.
 //!
-//! Faults come from `RCAFLOW_FAULT` (src/runtime/fault.rs): `abort` ends the process at once,
+//! Faults come from `RCAFLOW_FAULT` (src/fault.rs): `abort` ends the process at once,
 //! with no unwinding, no flushing and no final checkpoint, as SIGKILL or a power cut would; one
 //! test also kills the process with a real SIGKILL from outside. The run is the tiny sampler
 //! topology of tests/common/tiny_run.rs, checkpointing after every batch.
@@ -137,7 +137,7 @@ fn crash_and_resume(name: &str, fault: &str, second: Option<&str>) {
     assert_eq!(s[0]["units_skipped"], 0);
     assert_equals_straight(root, name);
     // Nothing half-written is left behind.
-    let leftovers: Vec<_> = tiny_run::walk(root).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> = tiny_run::walk(root).into_iter().filter(|p| p.to_string_lossy().contains(rcaflow::files::atomic::TEMP_MARK)).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -300,7 +300,7 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     assert!(o.stderr.contains("rca.ckpt\": cannot write: No space left on device"), "{}", o.stderr);
     let held_after = rcaflow::runtime::checkpoint::read_applied(&dir, "rca").unwrap();
     assert!(held_after.is_superset(&held_before) && !held_after.is_empty());
-    assert!(!tiny_run::walk(&dir.join("state")).iter().any(|p| p.to_string_lossy().contains(".tmp-")));
+    assert!(!tiny_run::walk(&dir.join("state")).iter().any(|p| p.to_string_lossy().contains(rcaflow::files::atomic::TEMP_MARK)));
 
     // After all that (the lock held by `sleep` is taken over), the run still resumes to the
     // uninterrupted report.

@@ -10,7 +10,6 @@ use super::eval::{absolute, build_graph, oracle_topology};
 use super::{apply_overrides, execute, CliError, OracleArgs};
 use crate::report::baseline::{Baseline, BASELINE_SCHEMA};
 use crate::report::Summary;
-use crate::runtime::atomic_file::write_atomic;
 use crate::settings::Settings;
 
 #[derive(Debug, Args)]
@@ -53,7 +52,7 @@ pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliErr
         real: result.real.clone(),
     };
     let json = serde_json::to_vec_pretty(&baseline).map_err(|e| CliError::Output(e.to_string()))?;
-    write_atomic(&out, &json).map_err(|e| CliError::Output(format!("baseline \"{}\": cannot write: {e}", out.display())))?;
+    crate::files::atomic::write(&out, &json, "json.write").map_err(|e| CliError::Output(format!("baseline \"{}\": cannot write: {e}", out.display())))?;
     println!(
         "baseline: {} (real accuracy {} on {} images)",
         out.display(),

@@ -199,12 +199,20 @@ pub fn sample(args: SampleArgs, settings: Settings) -> Result<(), CliError> {
 
     if let Some(path) = &args.out_npy {
         let n = finals.len() / per_image;
-        let t =
-            candle_core::Tensor::from_vec(finals, (n, c, h, w), &candle_core::Device::Cpu).map_err(|e| CliError::Output(e.to_string()))?;
-        t.write_npy(path).map_err(|e| CliError::Output(format!("samples \"{}\": cannot write: {e}", path.display())))?;
+        let write_err = |e: String| CliError::Output(format!("samples \"{}\": cannot write: {e}", path.display()));
+        let bytes = crate::data::npy::encode_npy(&finals, &[n, c, h, w]).map_err(write_err)?;
+        crate::files::atomic::write(path, &bytes, "npy.write").map_err(|e| write_err(e.to_string()))?;
         println!("{n} samples written to {}", path.display());
     }
     if let Some(out) = &args.out {
+        // The renames of the PNGs, durable before this command says they are written.
+        for name in &names {
+            let dir = out.join(name);
+            if dir.is_dir() {
+                crate::files::atomic::sync_dir(&dir)
+                    .map_err(|e| CliError::Output(format!("output folder \"{}\": cannot sync: {e}", dir.display())))?;
+            }
+        }
         println!("images written to {} ({} with {} steps)", out.display(), args.scheduler, sampler.steps());
     }
     Ok(())

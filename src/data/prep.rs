@@ -331,14 +331,14 @@ pub fn prepare(
             std::fs::create_dir_all(&dir).map_err(|e| write_err(&dir, e.to_string()))?;
             let name = format!("{index:06}.png");
             let path = dir.join(&name);
-            small.save(&path).map_err(|e| write_err(&path, e.to_string()))?;
+            crate::files::png::write_rgb8(&path, &small).map_err(|e| write_err(&path, e))?;
             manifest.images.push(PrepEntry { output: format!("{split}/{class}/{name}"), source: rel, crop: sq });
         }
         manifest.counts.insert(class.clone(), counts);
     }
     let path = out.join("manifest.json");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| write_err(&path, e.to_string()))?;
-    crate::runtime::atomic_file::write_atomic(&path, &json).map_err(|e| write_err(&path, e.to_string()))?;
+    crate::files::atomic::write(&path, &json, "json.write").map_err(|e| write_err(&path, e.to_string()))?;
     Ok(manifest)
 }
 

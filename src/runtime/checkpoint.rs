@@ -23,8 +23,6 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::accumulator::Snapshot;
-use super::atomic_file::write_atomic_with;
-use super::fault;
 use crate::units::UnitId;
 
 const MAGIC: &[u8; 8] = b"RCFCKPT1";
@@ -71,7 +69,7 @@ pub fn write<S: Serialize>(run_dir: &Path, stage: &str, snapshot: &Snapshot<S>) 
     let err = |source| CheckpointError::Write { path: path.clone(), source };
     std::fs::create_dir_all(path.parent().unwrap_or(run_dir)).map_err(err)?;
     let bytes = encode(stage, snapshot).map_err(|e| err(std::io::Error::other(e)))?;
-    write_atomic_with(&path, &bytes, || fault::at(&format!("checkpoint.{stage}.write"))).map_err(err)
+    crate::files::atomic::write(&path, &bytes, &format!("checkpoint.{stage}.write")).map_err(err)
 }
 
 /// The parts of a verified checkpoint file: its header and its state bytes.

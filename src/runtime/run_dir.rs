@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::atomic_file::{remove_temporaries, write_atomic};
+use crate::files::atomic::{self, remove_temporaries};
 use super::checkpoint::{self, CheckpointError};
 use crate::topology::{ComponentType, Graph, HashedInput};
 use crate::units::{cut_into_units, Origin, UnitId, UnitPlan};
@@ -150,7 +150,7 @@ impl Manifest {
 
     pub fn write(&self, dir: &Path) -> Result<(), RunDirError> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| RunDirError::Io { dir: dir.into(), message: e.to_string() })?;
-        write_atomic(&dir.join(MANIFEST_FILE), &bytes)
+        atomic::write(&dir.join(MANIFEST_FILE), &bytes, "manifest.write")
             .map_err(|e| RunDirError::Io { dir: dir.into(), message: format!("cannot write {MANIFEST_FILE}: {e}") })
     }
 
@@ -261,7 +261,7 @@ pub fn lock(dir: &Path) -> Result<(), RunDirError> {
             return Err(RunDirError::Refused { dir: dir.into(), message: format!("in use by a running rcaflow (pid {pid}, {LOCK_FILE})") });
         }
     }
-    write_atomic(&path, std::process::id().to_string().as_bytes())
+    atomic::write(&path, std::process::id().to_string().as_bytes(), "lock.write")
         .map_err(|e| RunDirError::Io { dir: dir.into(), message: format!("cannot write {LOCK_FILE}: {e}") })
 }
 
@@ -291,6 +291,7 @@ fn rcaflow_alive(pid: u32) -> bool {
 /// the process died: never valid, and named by that process's pid, so nothing else removes them).
 pub fn remove_stale_temporaries(dir: &Path) -> Result<(), RunDirError> {
     remove_temporaries(&dir.join(STATE_DIR))
+        .map(|_| ())
         .map_err(|e| RunDirError::Io { dir: dir.into(), message: format!("cannot remove stale temporary files in {STATE_DIR}/: {e}") })
 }
 
