@@ -4,6 +4,7 @@
 //! - [`files`] and [`fault`]: bottom modules every writing layer uses: the one atomic writer
 //!   (exclusive temporaries, every I/O error surfaced), class-name checks, PNG encoding in
 //!   memory; and the fault points the crash tests break things at.
+//! - [`limits`]: range checks for durations, batch and unit sizes (one place for the bounds).
 //! - [`units`]: the bottom vocabulary every layer shares: origins, unit ids and spans, work
 //!   units, unit seeds and the rule that cuts a class into units.
 //! - [`topology`]: the topology file (TOML) → a validated [`topology::Graph`]; every error names
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod data;
 pub mod fault;
 pub mod files;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod report;

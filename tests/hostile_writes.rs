@@ -150,4 +150,162 @@ fn a_full_disk_in_sample_and_fid_stats_is_an_error_naming_the_file() {
     assert!(o.success(), "{}", o.stderr);
     let back = rcaflow::data::fid_stats::FidStats::read(&stats).unwrap();
     assert_eq!(back.dim(), 2048);
+
+    // A model folder whose classes.json names a class "../../escape": refused before anything is
+    // generated, naming the file and the name.
+    let unet = root.join("unet");
+    let classes_json = unet.join("classes.json");
+    std::fs::write(&classes_json, r#"["red", "../../escape", "blue"]"#).unwrap();
+    let o = sample(None);
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    let line = error_line(&o);
+    assert!(
+        line.contains(&format!("class names \"{}\": class name \"../../escape\": contains a path separator", classes_json.display())),
+        "{line}"
+    );
+    assert!(!out.join("../../escape").exists() && !root.join("escape").exists());
+    std::fs::remove_file(&classes_json).unwrap();
+
+    // A config.json asking for 100000x100000 samples: refused, not a 120 GB allocation.
+    let config = unet.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"sample_size\": 32", "\"sample_size\": 100000")).unwrap();
+    let o = sample(None);
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    let line = error_line(&o);
+    assert!(line.contains("sample_size") && line.contains("100000") && line.contains("sides must be between 1 and 4096 pixels"), "{line}");
+    std::fs::write(&config, text).unwrap();
+}
+
+/// Starts `rcaflow run` held at `wait@POINT` until `release` exists; waits until it holds the
+/// run lock of `dir`.
+fn start_held(root: &Path, topology: &Path, point: &str, release: &Path, dir: &Path) -> std::process::Child {
+    let child = rcaflow(root)
+        .args(["run", "--topology"])
+        .arg(topology)
+        .env("RCAFLOW_FAULT", format!("wait@{point}"))
+        .env("RCAFLOW_FAULT_RELEASE", release)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.join("run.lock");
+    let started = std::time::Instant::now();
+    let mine = format!("pid {}\n", child.id());
+    while !std::fs::read_to_string(&lock).is_ok_and(|t| t.starts_with(&mine)) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(300), "the first run never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn one_run_per_directory_and_a_killed_runs_directory_is_reusable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let topology = tiny_run::write_topology(root, "locked", 1, None);
+    let dir = root.join("run-locked");
+    let release = root.join("go");
+    let mut first = start_held(root, &topology, "sampler.unit:2", &release, &dir);
+
+    // A second run on the same directory is refused, naming the holder; nothing ran.
+    let o = run(root, &topology, None);
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    let line = error_line(&o);
+    assert!(line.contains(&format!("\"{}\": in use by another rcaflow run (pid {}, started ", dir.display(), first.id())), "{line}");
+    assert!(line.ends_with("UTC, holds run.lock); wait for it to end, or use another --run-dir"), "{line}");
+    let status = Ran::of(rcaflow(root).arg("status").arg(&dir));
+    assert!(status.stdout.contains(&format!("running (pid {}, started ", first.id())), "{}{}", status.stdout, status.stderr);
+
+    // The first run, let go, finishes unharmed.
+    std::fs::write(&release, b"").unwrap();
+    assert!(first.wait().unwrap().success());
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["status"], "complete");
+    assert_eq!(report["generated"]["total"], 15);
+    assert_eq!(pngs(&root.join("samples-locked")).len(), 15);
+
+    // A run killed (SIGKILL) while it holds the lock: the kernel released it, a new run goes on.
+    std::fs::remove_file(&release).unwrap();
+    let topology = tiny_run::write_topology(root, "killed", 1, None);
+    let dir = root.join("run-killed");
+    let mut doomed = start_held(root, &topology, "sampler.unit:1", &release, &dir);
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let o = run(root, &topology, None);
+    assert!(o.success(), "{}", o.stderr);
+    assert!(dir.join("report.json").exists());
+}
+
+/// `rcaflow validate` of `text` written as `root/<name>.toml`.
+fn validate(root: &Path, name: &str, text: &str) -> Ran {
+    let path = root.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    Ran::of(rcaflow(root).args(["validate", "--topology"]).arg(&path))
+}
+
+#[test]
+fn class_names_that_are_not_one_folder_name_are_refused_wherever_they_come_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for bad in ["../../x", "a/b", "..", ".hidden", "", "tab\tname"] {
+        let text = format!(
+            "[run]\ndir = \"run\"\nclasses = [\"a\", {bad:?}]\n[sources.s]\ntype = \"ddpm_sampler\"\nunet = \"u\"\nper_class = 1\n[sinks.out]\ntype = \"save_images\"\ninputs = [\"s\"]\npath = \"out\"\n"
+        );
+        let o = validate(root, "classes", &text);
+        assert_eq!(o.code(), Some(2), "{bad:?}: {}", o.stderr);
+        let shown: String = bad.escape_debug().collect();
+        let line = o.stderr.lines().find(|l| l.contains("run.classes: class name")).unwrap_or_else(|| panic!("{bad:?}: {}", o.stderr));
+        assert!(line.contains(&format!("class name \"{shown}\": ")) && line.contains("expected one folder name"), "{line}");
+    }
+    // A class folder whose name is not a harmless folder name (a control character).
+    let real = root.join("real");
+    std::fs::create_dir_all(real.join("alice")).unwrap();
+    std::fs::create_dir_all(real.join("bad\nname")).unwrap();
+    let text = "[run]\ndir = \"run\"\n[sources.real]\ntype = \"image_folder\"\npath = \"real\"\norigin = \"real\"\n[sinks.out]\ntype = \"save_images\"\ninputs = [\"real\"]\npath = \"out\"\n";
+    let o = validate(root, "folders", text);
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("sources.real: class folder of \"") && o.stderr.contains("class name \"bad\\nname\": contains a control character"), "{}", o.stderr);
+    assert!(!root.join("run").exists() && !root.join("out").exists(), "nothing ran");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_path_through_a_symlink_and_up_is_the_folder_the_file_system_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // current -> runs/7; current/../real is runs/real, not ./real (a decoy).
+    std::fs::create_dir_all(root.join("runs/7")).unwrap();
+    std::fs::create_dir_all(root.join("runs/real/alice")).unwrap();
+    std::fs::create_dir_all(root.join("real/decoy")).unwrap();
+    std::os::unix::fs::symlink("runs/7", root.join("current")).unwrap();
+    let resolved = rcaflow::topology::config::resolve(root, Path::new("current/../real"));
+    assert_eq!(resolved, root.join("runs/real").canonicalize().unwrap());
+    // Without a symlink the text is folded as before (messages keep relative paths).
+    assert_eq!(rcaflow::topology::config::resolve(Path::new("topology"), Path::new("../example/real")), PathBuf::from("example/real"));
+}
+
+#[test]
+fn durations_and_sizes_out_of_range_are_refused_with_exit_2_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(root.join("real/alice")).unwrap();
+    let text = "[run]\ndir = \"run\"\n[sources.real]\ntype = \"image_folder\"\npath = \"real\"\norigin = \"real\"\nunit_size = 100000000\n[transforms.batches]\ntype = \"batcher\"\ninputs = [\"real\"]\nbatch_size = 100000000\n[transforms.inception]\ntype = \"inception\"\ninputs = [\"batches\"]\nweights = \"missing.safetensors\"\n[sinks.fid]\ntype = \"fid\"\ninputs = [\"inception\"]\nreference = \"missing.npz\"\ninterval_secs = 1e300\n";
+    let o = validate(root, "ranges", text);
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    for expected in [
+        "sinks.fid: interval_secs must be a positive number of seconds up to 2592000 (30 days), found 1e300",
+        "sources.real: unit_size must be at most 4096 images, found 100000000",
+        "transforms.batches: batch_size must be at most 4096 images, found 100000000",
+    ] {
+        assert!(o.stderr.contains(expected), "{expected}\n{}", o.stderr);
+    }
+    let settings = root.join("huge.toml");
+    std::fs::write(&settings, "[runtime]\nshutdown_deadline_secs = 1e300\n").unwrap();
+    let o = Ran::of(common::bin::rcaflow().arg("--config").arg(&settings).args(["validate", "--topology"]).arg(root.join("ranges.toml")));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(error_line(&o).contains("runtime.shutdown_deadline_secs must be a positive number of seconds up to 2592000 (30 days), found 1e300"), "{}", o.stderr);
+    let o = common::bin::run(["fid-stats", "real", "--out", "x.npz", "--batch-size", "0"]);
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("the batch size must be at least 1 image, found 0"), "{}", o.stderr);
 }

@@ -78,6 +78,9 @@ fn class_names(unet: &Path, count: usize) -> Result<Vec<String>, CliError> {
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| CliError::Input(format!("class names \"{}\": {e}; expected a JSON list of {count} names", file.display())))?;
+    if let Err(e) = crate::files::name::check_class_names(&names) {
+        return Err(CliError::Input(format!("class names \"{}\": {e}", file.display())));
+    }
     if names.len() != count {
         return Err(CliError::Input(format!("class names \"{}\": {} names, the model has {count} classes", file.display(), names.len())));
     }
@@ -119,9 +122,7 @@ pub fn sample(args: SampleArgs, settings: Settings) -> Result<(), CliError> {
     if args.out.is_none() && args.out_npy.is_none() {
         return Err(CliError::Input("nothing to write: give --out DIR (PNGs) and/or --out-npy FILE.npy".into()));
     }
-    if args.unit_size == 0 {
-        return Err(CliError::Input("--unit-size must be at least 1".into()));
-    }
+    crate::limits::count("--unit-size", args.unit_size, crate::limits::MAX_UNIT_SIZE, "image").map_err(CliError::Input)?;
     let device = open_device(args.device.as_deref().unwrap_or(&settings.runtime.device))?;
     let sampler =
         UnitSampler::load(&args.unet, args.scheduler, args.steps, args.eta, &device).map_err(|e| CliError::Input(e.to_string()))?;

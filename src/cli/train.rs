@@ -48,7 +48,7 @@ pub struct DdpmTrainArgs {
     /// Total optimisation steps (a resumed run continues up to this count).
     #[arg(long, default_value_t = 10_000)]
     pub steps: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::batch_size)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
@@ -117,7 +117,7 @@ pub struct OracleTrainArgs {
     /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::batch_size)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -243,6 +243,9 @@ pub fn prepare(
         }
     }
     let classes = list_classes(input).map_err(|e| PrepError::Input(e.to_string()))?;
+    if let Err(e) = crate::files::name::check_class_names(&classes) {
+        return Err(PrepError::Input(format!("input \"{}\": class folder: {e}", input.display())));
+    }
     if classes.is_empty() {
         return Err(PrepError::Input(format!("input \"{}\": no class folders (expected RAW_DIR/<class>/*.png|jpg)", input.display())));
     }
