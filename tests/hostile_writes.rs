@@ -309,3 +309,39 @@ fn durations_and_sizes_out_of_range_are_refused_with_exit_2_not_a_panic() {
     assert_eq!(o.code(), Some(2), "{}", o.stderr);
     assert!(o.stderr.contains("the batch size must be at least 1 image, found 0"), "{}", o.stderr);
 }
+
+#[test]
+fn a_full_disk_while_saving_a_training_checkpoint_keeps_the_previous_one_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cmd = |args: &[&str], fault: Option<&str>| {
+        let mut c = common::bin::rcaflow();
+        c.args(args).current_dir(root);
+        if let Some(f) = fault {
+            c.env("RCAFLOW_FAULT", f);
+        }
+        Ran::of(&mut c)
+    };
+    let o = cmd(&["synth", "--out", "data/train", "--classes", "2", "--per-class", "2", "--size", "8"], None);
+    assert!(o.success(), "{}", o.stderr);
+    let unet = r#"{"block_out_channels": [8, 16], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1, "norm_num_groups": 4,
+        "attention_head_dim": 8, "num_class_embeds": 2}"#;
+    std::fs::write(root.join("unet.json"), unet).unwrap();
+    let train = ["train", "ddpm", "--data", "data", "--out", "m", "--batch-size", "2", "--checkpoint-every", "1", "--metrics-addr", "off"];
+    // Each checkpoint writes two weight files (EMA weights, training state): the 3rd write is the
+    // second checkpoint's first.
+    let o = cmd(&[&train[..], &["--steps", "2", "--unet-config", "unet.json"]].concat(), Some("enospc@weights.write:3"));
+    assert_eq!(o.code(), Some(1), "{}", o.stderr);
+    let line = error_line(&o);
+    assert!(line.contains("diffusion_pytorch_model.safetensors") && line.contains("No space left on device"), "{line}");
+    let checkpoints = root.join("m/checkpoints");
+    let names: Vec<String> =
+        std::fs::read_dir(&checkpoints).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["step-00000001"], "the first checkpoint stays, no half or temporary folder: {names:?}");
+    let o = cmd(&[&train[..], &["--steps", "2", "--resume"]].concat(), None);
+    assert!(o.success(), "{}", o.stderr);
+    for file in ["training_state.json", "training_state.safetensors", "diffusion_pytorch_model.safetensors"] {
+        assert!(std::fs::metadata(checkpoints.join("step-00000002").join(file)).unwrap().len() > 0, "{file}");
+    }
+}

@@ -373,9 +373,10 @@ fn ddpm(args: DdpmTrainArgs, mut settings: Settings) -> Result<(), CliError> {
         if step % args.checkpoint_every == 0 || step == args.steps {
             let dir = ckpt_root.join(format!("step-{step:08}"));
             trainer.save_checkpoint(&dir).map_err(output)?;
-            // Keep the two newest checkpoints.
+            // Keep the two newest checkpoints; only folders this trainer names are removed.
+            let ours = |p: &Path| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"));
             let mut all: Vec<PathBuf> = std::fs::read_dir(&ckpt_root)
-                .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+                .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| ours(p)).collect())
                 .unwrap_or_default();
             all.sort();
             for old in all.iter().rev().skip(2) {
