@@ -144,7 +144,13 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[runtime]\nshutdown_deadline_secs = 0\n").unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
-        assert_eq!(err, format!("config {}: runtime.shutdown_deadline_secs must be a positive number of seconds up to 2592000 (30 days), found 0", path.display()));
+        assert_eq!(
+            err,
+            format!(
+                "config {}: runtime.shutdown_deadline_secs must be a positive number of seconds up to 2592000 (30 days), found 0",
+                path.display()
+            )
+        );
         std::fs::write(&path, "[metrics]\nlisten = \"nowhere\"\n").unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
         assert_eq!(

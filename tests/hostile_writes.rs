@@ -265,7 +265,12 @@ fn class_names_that_are_not_one_folder_name_are_refused_wherever_they_come_from(
     let text = "[run]\ndir = \"run\"\n[sources.real]\ntype = \"image_folder\"\npath = \"real\"\norigin = \"real\"\n[sinks.out]\ntype = \"save_images\"\ninputs = [\"real\"]\npath = \"out\"\n";
     let o = validate(root, "folders", text);
     assert_eq!(o.code(), Some(2), "{}", o.stderr);
-    assert!(o.stderr.contains("sources.real: class folder of \"") && o.stderr.contains("class name \"bad\\nname\": contains a control character"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("sources.real: class folder of \"")
+            && o.stderr.contains("class name \"bad\\nname\": contains a control character"),
+        "{}",
+        o.stderr
+    );
     assert!(!root.join("run").exists() && !root.join("out").exists(), "nothing ran");
 }
 
@@ -304,7 +309,11 @@ fn durations_and_sizes_out_of_range_are_refused_with_exit_2_not_a_panic() {
     std::fs::write(&settings, "[runtime]\nshutdown_deadline_secs = 1e300\n").unwrap();
     let o = Ran::of(common::bin::rcaflow().arg("--config").arg(&settings).args(["validate", "--topology"]).arg(root.join("ranges.toml")));
     assert_eq!(o.code(), Some(2), "{}", o.stderr);
-    assert!(error_line(&o).contains("runtime.shutdown_deadline_secs must be a positive number of seconds up to 2592000 (30 days), found 1e300"), "{}", o.stderr);
+    assert!(
+        error_line(&o).contains("runtime.shutdown_deadline_secs must be a positive number of seconds up to 2592000 (30 days), found 1e300"),
+        "{}",
+        o.stderr
+    );
     let o = common::bin::run(["fid-stats", "real", "--out", "x.npz", "--batch-size", "0"]);
     assert_eq!(o.code(), Some(2), "{}", o.stderr);
     assert!(o.stderr.contains("the batch size must be at least 1 image, found 0"), "{}", o.stderr);

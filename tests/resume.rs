@@ -137,7 +137,8 @@ fn crash_and_resume(name: &str, fault: &str, second: Option<&str>) {
     assert_eq!(s[0]["units_skipped"], 0);
     assert_equals_straight(root, name);
     // Nothing half-written is left behind.
-    let leftovers: Vec<_> = tiny_run::walk(root).into_iter().filter(|p| p.to_string_lossy().contains(rcaflow::files::atomic::TEMP_MARK)).collect();
+    let leftovers: Vec<_> =
+        tiny_run::walk(root).into_iter().filter(|p| p.to_string_lossy().contains(rcaflow::files::atomic::TEMP_MARK)).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 

@@ -54,7 +54,8 @@ pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliErr
         real: result.real.clone(),
     };
     let json = serde_json::to_vec_pretty(&baseline).map_err(|e| CliError::Output(e.to_string()))?;
-    crate::files::atomic::write(&out, &json, "json.write").map_err(|e| CliError::Output(format!("baseline \"{}\": cannot write: {e}", out.display())))?;
+    crate::files::atomic::write(&out, &json, "json.write")
+        .map_err(|e| CliError::Output(format!("baseline \"{}\": cannot write: {e}", out.display())))?;
     println!(
         "baseline: {} (real accuracy {} on {} images)",
         out.display(),

@@ -297,7 +297,8 @@ fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
 fn write_loss_curve(out: &Path, losses: &[(usize, f64)]) -> Result<(), CliError> {
     let csv: String = std::iter::once("step,loss\n".to_string()).chain(losses.iter().map(|(s, l)| format!("{s},{l}\n"))).collect();
     let path = out.join("loss.csv");
-    crate::files::atomic::write(&path, csv.as_bytes(), "csv.write").map_err(|e| CliError::Output(format!("\"{}\": cannot write: {e}", path.display())))?;
+    crate::files::atomic::write(&path, csv.as_bytes(), "csv.write")
+        .map_err(|e| CliError::Output(format!("\"{}\": cannot write: {e}", path.display())))?;
     if !losses.is_empty() {
         loss_curve(&out.join("loss.png"), "DDPM training loss", "MSE (epsilon)", losses, (losses.len() / 50).max(1))
             .map_err(|e| CliError::Output(e.to_string()))?;

@@ -54,9 +54,8 @@ pub fn parent_of(path: &Path) -> &Path {
 
 fn write_file(path: &Path, bytes: &[u8], point: &str, durable_dir: bool) -> io::Result<()> {
     let dir = parent_of(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name (ends in \"..\" or is a root)"))?;
+    let name =
+        path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name (ends in \"..\" or is a root)"))?;
     let mut tmp = temporary_in(dir, &name.to_string_lossy())?;
     // Errors from here on drop `tmp`, which removes the temporary.
     tmp.write_all(bytes)?;

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::files::atomic::{self, remove_temporaries};
 use super::checkpoint::{self, CheckpointError};
+use crate::files::atomic::{self, remove_temporaries};
 use crate::topology::{ComponentType, Graph, HashedInput};
 use crate::units::{cut_into_units, Origin, UnitId, UnitPlan};
 
@@ -278,13 +278,8 @@ pub fn lock(dir: &Path) -> Result<RunLock, RunDirError> {
     use std::io::{Seek, Write};
     let path = dir.join(LOCK_FILE);
     let io = |what: &str, e: std::io::Error| RunDirError::Io { dir: dir.into(), message: format!("cannot {what} {LOCK_FILE}: {e}") };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io("open", e))?;
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| io("open", e))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {

@@ -178,7 +178,8 @@ impl Stage for ReportStage {
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
-    crate::files::atomic::write(path, bytes, "report.write").map_err(|e| StageError::Failed(format!("report file \"{}\": cannot write: {e}", path.display())))
+    crate::files::atomic::write(path, bytes, "report.write")
+        .map_err(|e| StageError::Failed(format!("report file \"{}\": cannot write: {e}", path.display())))
 }
 
 /// Draws each figure (written through the atomic writer by [`figures`]).

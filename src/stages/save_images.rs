@@ -17,9 +17,9 @@ use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, S
 use crate::units::UnitPlan;
 
 use crate::data::image_folder::write_png;
+use crate::files::atomic::{remove_temporaries, sync_dir};
 use crate::report::Summary;
 use crate::runtime::accumulator::Snapshot;
-use crate::files::atomic::{remove_temporaries, sync_dir};
 use crate::runtime::batch::{ImageBatch, Payload};
 use crate::runtime::checkpoint::CheckpointTimer;
 use crate::runtime::stage::{Stage, StageContext, StageError};
