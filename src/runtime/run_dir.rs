@@ -278,6 +278,13 @@ pub fn lock(dir: &Path) -> Result<RunLock, RunDirError> {
     use std::io::{Seek, Write};
     let path = dir.join(LOCK_FILE);
     let io = |what: &str, e: std::io::Error| RunDirError::Io { dir: dir.into(), message: format!("cannot {what} {LOCK_FILE}: {e}") };
+    // The file is rewritten below: never through a symlink planted in its place.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file()) {
+        return Err(RunDirError::Refused {
+            dir: dir.into(),
+            message: format!("{LOCK_FILE} is not a regular file (a symlink?); remove it"),
+        });
+    }
     let mut file =
         std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| io("open", e))?;
     match file.try_lock() {
@@ -370,6 +377,18 @@ mod lock_tests {
         drop(first);
         assert_eq!(lock_holder(dir.path()), None);
         let _again = lock(dir.path()).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("notes.txt");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(LOCK_FILE)).unwrap();
+        let e = lock(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("run.lock is not a regular file"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]
