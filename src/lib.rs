@@ -1,6 +1,10 @@
 //! rcaflow: streaming evaluation of class-conditional image generators.
 //!
 //! A tour of the modules, in the order a run goes through them:
+//! - [`files`] and [`fault`]: bottom modules every writing layer uses: the one atomic writer
+//!   (exclusive temporaries, every I/O error surfaced), class-name checks, PNG encoding in
+//!   memory; and the fault points the crash tests break things at.
+//! - [`limits`]: range checks for durations, batch and unit sizes (one place for the bounds).
 //! - [`units`]: the bottom vocabulary every layer shares: origins, unit ids and spans, work
 //!   units, unit seeds and the rule that cuts a class into units.
 //! - [`topology`]: the topology file (TOML) → a validated [`topology::Graph`]; every error names
@@ -11,7 +15,7 @@
 //! - [`runtime`]: the running dataflow: one ractor actor per stage, each owning the thread that
 //!   does its work; bounded crossbeam channels between stages (backpressure); exactly-once
 //!   accumulation by unit id and the one driver of accumulating sinks; binary checkpoints and
-//!   the run directory; fault injection; graceful shutdown with a deadline.
+//!   the run directory and its lock; graceful shutdown with a deadline.
 //! - [`models`]: candle models loaded from the weight files users already have (ResNet oracle,
 //!   InceptionV3, LPIPS, the diffusers UNet and its schedulers), and device strings.
 //! - [`metrics`]: pure maths (confusion matrices, RCA, Wilson intervals), tested without threads.
@@ -25,6 +29,9 @@
 //! - [`cli`]: the subcommands.
 pub mod cli;
 pub mod data;
+pub mod fault;
+pub mod files;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod report;

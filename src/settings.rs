@@ -90,9 +90,7 @@ impl Settings {
             ("runtime.checkpoint_interval_secs", self.runtime.checkpoint_interval_secs),
             ("runtime.shutdown_deadline_secs", self.runtime.shutdown_deadline_secs),
         ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(format!("{name} must be a positive number of seconds, found {v}"));
-            }
+            crate::limits::seconds(name, v)?;
         }
         let i = &self.images;
         if i.max_width == 0 || i.max_height == 0 || i.max_alloc_mib == 0 {
@@ -113,11 +111,13 @@ impl Settings {
     }
 
     pub fn shutdown_deadline(&self) -> Duration {
-        Duration::from_secs_f64(self.runtime.shutdown_deadline_secs)
+        // Checked when the settings were loaded; the default stands in should a caller have
+        // built settings by hand with a value out of range.
+        crate::limits::seconds("", self.runtime.shutdown_deadline_secs).unwrap_or(Duration::from_secs(30))
     }
 
     pub fn checkpoint_interval(&self) -> Duration {
-        Duration::from_secs_f64(self.runtime.checkpoint_interval_secs)
+        crate::limits::seconds("", self.runtime.checkpoint_interval_secs).unwrap_or(Duration::from_secs(30))
     }
 
     /// The default device of model stages (`--device`, else `[runtime] device`).
@@ -153,7 +153,13 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[runtime]\nshutdown_deadline_secs = 0\n").unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
-        assert_eq!(err, format!("config {}: runtime.shutdown_deadline_secs must be a positive number of seconds, found 0", path.display()));
+        assert_eq!(
+            err,
+            format!(
+                "config {}: runtime.shutdown_deadline_secs must be a positive number of seconds up to 2592000 (30 days), found 0",
+                path.display()
+            )
+        );
         std::fs::write(&path, "[metrics]\nlisten = \"nowhere\"\n").unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
         assert_eq!(

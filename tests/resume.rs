@@ -4,7 +4,7 @@
 //! allows it; bad inputs are refused with one line and leave the run directory as it was;
 //! `rcaflow status` reads where a run stands.
 //!
-//! Faults come from `RCAFLOW_FAULT` (src/runtime/fault.rs): `abort` ends the process at once,
+//! Faults come from `RCAFLOW_FAULT` (src/fault.rs): `abort` ends the process at once,
 //! with no unwinding, no flushing and no final checkpoint, as SIGKILL or a power cut would; one
 //! test also kills the process with a real SIGKILL from outside. The run is the tiny sampler
 //! topology of tests/common/tiny_run.rs, checkpointing after every batch.
@@ -137,7 +137,8 @@ fn crash_and_resume(name: &str, fault: &str, second: Option<&str>) {
     assert_eq!(s[0]["units_skipped"], 0);
     assert_equals_straight(root, name);
     // Nothing half-written is left behind.
-    let leftovers: Vec<_> = tiny_run::walk(root).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> =
+        tiny_run::walk(root).into_iter().filter(|p| p.to_string_lossy().contains(rcaflow::files::atomic::TEMP_MARK)).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -226,7 +227,7 @@ fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, u64)> {
         bytes.hash(&mut h);
         h.finish()
     };
-    // run.lock aside: a refused start still takes over a stale lock (and gives it back).
+    // run.lock aside: the holder's pid and start time are rewritten by each start.
     let files = tiny_run::walk(dir).into_iter().filter(|p| !p.ends_with("run.lock"));
     files.map(|p| (p.clone(), hash(std::fs::read(&p).unwrap()))).collect()
 }
@@ -280,15 +281,20 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     assert_eq!(snapshot_dir(&dir), before);
     std::fs::write(&oracle, weights).unwrap();
 
-    // 4. The directory in use by a live rcaflow (a process named so stands in for it); a lock
-    // whose process is gone, or is another program, is taken over.
-    let mut holder = Command::new("sh").args(["-c", "sleep 60", "rcaflow-lock-holder"]).spawn().unwrap();
-    std::fs::write(dir.join("run.lock"), holder.id().to_string()).unwrap();
+    // 4. The directory's OS lock held by another process (this test stands in for it): refused
+    // with the holder's pid and start time; a pid of a live process in an unlocked run.lock (a
+    // lock file of an older rcaflow) blocks nothing.
+    let held = std::fs::OpenOptions::new().write(true).open(dir.join("run.lock")).unwrap();
+    held.try_lock().unwrap();
+    std::fs::write(dir.join("run.lock"), "pid 4242\nstarted_unix 1767225600\n").unwrap();
     let o = run(root, &topology, None);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
     assert_eq!(o.code(), Some(2), "{}", o.stderr);
-    assert!(one_line_error(&o).contains(&format!("in use by a running rcaflow (pid {}", holder.id())), "{}", o.stderr);
+    assert!(
+        one_line_error(&o).contains("in use by another rcaflow run (pid 4242, started 2026-01-01 00:00:00 UTC, holds run.lock)"),
+        "{}",
+        o.stderr
+    );
+    drop(held);
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     std::fs::write(dir.join("run.lock"), sleeper.id().to_string()).unwrap();
 
@@ -300,9 +306,9 @@ fn bad_inputs_are_refused_and_leave_the_run_directory_intact() {
     assert!(o.stderr.contains("rca.ckpt\": cannot write: No space left on device"), "{}", o.stderr);
     let held_after = rcaflow::runtime::checkpoint::read_applied(&dir, "rca").unwrap();
     assert!(held_after.is_superset(&held_before) && !held_after.is_empty());
-    assert!(!tiny_run::walk(&dir.join("state")).iter().any(|p| p.to_string_lossy().contains(".tmp-")));
+    assert!(!tiny_run::walk(&dir.join("state")).iter().any(|p| p.to_string_lossy().contains(rcaflow::files::atomic::TEMP_MARK)));
 
-    // After all that (the lock held by `sleep` is taken over), the run still resumes to the
+    // After all that (the old-style pid of `sleep` in run.lock blocks nothing), the run still resumes to the
     // uninterrupted report.
     let o = run(root, &topology, None);
     sleeper.kill().unwrap();

@@ -178,7 +178,7 @@ fn visual_metric_sinks_check_their_options() {
         "visual-metric-options.toml",
         &[
             r#"sinks.lpips: unknown lpips net "squeeze": expected "alex" or "vgg""#,
-            "sinks.fid: interval_secs must be a positive number of seconds, found 0",
+            "sinks.fid: interval_secs must be a positive number of seconds up to 2592000 (30 days), found 0",
             &format!(r#"sinks.fid_ref: reference statistics file "{missing}" does not exist"#),
             "sinks.is: splits must be at least 1, found 0",
             r#"sinks.fid: no real images reach it and no `reference` is set; expected an image_folder source with origin = "real" upstream, or reference = FILE"#,

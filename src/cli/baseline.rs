@@ -10,7 +10,6 @@ use super::eval::{absolute, build_graph, oracle_topology};
 use super::{apply_overrides, execute, CliError, OracleArgs};
 use crate::report::baseline::{Baseline, BASELINE_SCHEMA};
 use crate::report::Summary;
-use crate::runtime::atomic_file::write_atomic;
 use crate::settings::Settings;
 
 #[derive(Debug, Args)]
@@ -30,10 +29,12 @@ pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliErr
     let (graph, _) = build_graph(&oracle_topology(&[("real", &args.real)], &args.oracle)?, "rcaflow baseline")?;
     let out = absolute(&args.out)?;
     // The run's own files (checkpoints) go to a scratch folder, not next to the baseline file.
-    let scratch = std::env::temp_dir().join(format!("rcaflow-baseline-{}", std::process::id()));
-    let outcome = execute::execute(&graph, &scratch, &settings, true);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let outcome = outcome?;
+    // Made by the tempfile crate (exclusive, unpredictable name, owner-only), removed on return.
+    let scratch = tempfile::Builder::new()
+        .prefix("rcaflow-baseline-")
+        .tempdir()
+        .map_err(|e| CliError::Output(format!("cannot create a scratch folder in {}: {e}", std::env::temp_dir().display())))?;
+    let outcome = execute::execute(&graph, scratch.path(), &settings, true)?;
     if outcome.interrupted {
         return Err(CliError::Interrupted(format!("no baseline written to {}", out.display())));
     }
@@ -53,7 +54,8 @@ pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliErr
         real: result.real.clone(),
     };
     let json = serde_json::to_vec_pretty(&baseline).map_err(|e| CliError::Output(e.to_string()))?;
-    write_atomic(&out, &json).map_err(|e| CliError::Output(format!("baseline \"{}\": cannot write: {e}", out.display())))?;
+    crate::files::atomic::write(&out, &json, "json.write")
+        .map_err(|e| CliError::Output(format!("baseline \"{}\": cannot write: {e}", out.display())))?;
     println!(
         "baseline: {} (real accuracy {} on {} images)",
         out.display(),

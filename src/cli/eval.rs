@@ -9,7 +9,6 @@ use toml::{Table, Value};
 
 use super::{apply_overrides, execute, CliError, OracleArgs};
 use crate::models::lpips::LpipsNet;
-use crate::runtime::atomic_file::write_atomic;
 use crate::settings::Settings;
 use crate::stages::Graph;
 
@@ -199,7 +198,7 @@ pub fn eval(args: EvalArgs, mut settings: Settings) -> Result<(), CliError> {
     // Written once the run went ahead: a refused one (the folder holds another evaluation)
     // leaves the folder's files as they were.
     let header = "# Topology built by `rcaflow eval`; repeat the run with `rcaflow run --topology topology.toml --run-dir .`\n";
-    write_atomic(&out.join("topology.toml"), format!("{header}{text}").as_bytes())
+    crate::files::atomic::write(&out.join("topology.toml"), format!("{header}{text}").as_bytes(), "topology.write")
         .map_err(|e| CliError::Output(format!("output folder \"{}\": cannot write topology.toml: {e}", out.display())))?;
     execute::finish(&outcome, &out)
 }

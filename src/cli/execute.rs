@@ -34,16 +34,15 @@ pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings, fresh: bool) 
     let stages = stages::build(graph, &cx)?;
     std::fs::create_dir_all(run_dir)
         .map_err(|e| CliError::Output(format!("run directory \"{}\": cannot create: {e}", run_dir.display())))?;
-    run_dir::lock(run_dir).map_err(|e| CliError::Input(e.to_string()))?;
-    let result = (|| {
+    // Held until this function returns; the kernel releases it if the process dies first.
+    let _lock = run_dir::lock(run_dir).map_err(|e| CliError::Input(e.to_string()))?;
+    (|| {
         // A refused start (another graph, a bad checkpoint) must leave the directory as it was,
         // the old report included: it is removed only once this run is going ahead.
         let skip = resume_point(graph, &cx.plans, run_dir, fresh)?;
         remove_old_report(run_dir)?;
         execute_locked(graph, stages, &cx, run_dir, settings, skip)
-    })();
-    run_dir::unlock(run_dir);
-    result
+    })()
 }
 
 /// Records this session in `run.json` and says which units each source may skip.
@@ -92,6 +91,7 @@ fn resume_point(
         pid: std::process::id(),
         units_skipped: point.skipped(),
         units_redone: point.redone,
+        rcaflow_version: Some(env!("CARGO_PKG_VERSION").to_string()),
     };
     if !now.sessions.is_empty() {
         tracing::info!(

@@ -24,7 +24,7 @@ pub struct InceptionArgs {
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
     /// Images per Inception batch.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::batch_size)]
     pub batch_size: usize,
     /// Where the model runs (overrides the config file).
     #[arg(long)]

@@ -80,7 +80,7 @@ pub struct OracleArgs {
     #[arg(long, value_name = "NORM")]
     pub oracle_norm: Normalization,
     /// Images per oracle batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = batch_size)]
     pub batch_size: usize,
     /// Where models run (overrides the config file).
     #[arg(long)]
@@ -88,6 +88,12 @@ pub struct OracleArgs {
     /// Prometheus listen address (HOST:PORT, port 0 for any free port, or "off").
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+}
+
+/// `--batch-size`: images per model batch, 1 to [`crate::limits::MAX_BATCH_SIZE`].
+pub(crate) fn batch_size(text: &str) -> Result<usize, String> {
+    let n: usize = text.trim().parse().map_err(|_| format!("\"{text}\" is not a whole number of images"))?;
+    crate::limits::count("the batch size", n, crate::limits::MAX_BATCH_SIZE, "image")
 }
 
 /// Why a command failed; each maps to an exit code.

@@ -83,6 +83,9 @@ fn class_names(unet: &Path, count: usize) -> Result<Vec<String>, CliError> {
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| CliError::Input(format!("class names \"{}\": {e}; expected a JSON list of {count} names", file.display())))?;
+    if let Err(e) = crate::files::name::check_class_names(&names) {
+        return Err(CliError::Input(format!("class names \"{}\": {e}", file.display())));
+    }
     if names.len() != count {
         return Err(CliError::Input(format!("class names \"{}\": {} names, the model has {count} classes", file.display(), names.len())));
     }
@@ -124,9 +127,7 @@ pub fn sample(args: SampleArgs, settings: Settings) -> Result<(), CliError> {
     if args.out.is_none() && args.out_npy.is_none() {
         return Err(CliError::Input("nothing to write: give --out DIR (PNGs) and/or --out-npy FILE.npy".into()));
     }
-    if args.unit_size == 0 {
-        return Err(CliError::Input("--unit-size must be at least 1".into()));
-    }
+    crate::limits::count("--unit-size", args.unit_size, crate::limits::MAX_UNIT_SIZE, "image").map_err(CliError::Input)?;
     let device_name = args.device.as_deref().unwrap_or(&settings.runtime.device);
     let precision: Precision = args.dtype.parse().map_err(|e| CliError::Input(format!("--dtype: {e}")))?;
     let spec: DeviceSpec = device_name.parse().map_err(|e| CliError::Input(format!("--device: {e}")))?;
@@ -208,12 +209,20 @@ pub fn sample(args: SampleArgs, settings: Settings) -> Result<(), CliError> {
 
     if let Some(path) = &args.out_npy {
         let n = finals.len() / per_image;
-        let t =
-            candle_core::Tensor::from_vec(finals, (n, c, h, w), &candle_core::Device::Cpu).map_err(|e| CliError::Output(e.to_string()))?;
-        t.write_npy(path).map_err(|e| CliError::Output(format!("samples \"{}\": cannot write: {e}", path.display())))?;
+        let write_err = |e: String| CliError::Output(format!("samples \"{}\": cannot write: {e}", path.display()));
+        let bytes = crate::data::npy::encode_npy(&finals, &[n, c, h, w]).map_err(write_err)?;
+        crate::files::atomic::write(path, &bytes, "npy.write").map_err(|e| write_err(e.to_string()))?;
         println!("{n} samples written to {}", path.display());
     }
     if let Some(out) = &args.out {
+        // The renames of the PNGs, durable before this command says they are written.
+        for name in &names {
+            let dir = out.join(name);
+            if dir.is_dir() {
+                crate::files::atomic::sync_dir(&dir)
+                    .map_err(|e| CliError::Output(format!("output folder \"{}\": cannot sync: {e}", dir.display())))?;
+            }
+        }
         println!("images written to {} ({} with {} steps)", out.display(), args.scheduler, sampler.steps());
     }
     Ok(())

@@ -35,7 +35,7 @@ pub fn describe(dir: &Path) -> Result<String, CliError> {
     })?;
     let point = ResumePoint::read(dir, &manifest).map_err(|e| CliError::Input(e.to_string()))?;
     let state = match run_dir::lock_holder(dir) {
-        Some(pid) => format!("running (pid {pid})"),
+        Some(holder) => format!("running ({holder})"),
         None if dir.join("report.json").exists() => "finished (report.json written)".to_string(),
         None => "stopped (run the same command again to resume)".to_string(),
     };

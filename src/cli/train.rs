@@ -48,7 +48,7 @@ pub struct DdpmTrainArgs {
     /// Total optimisation steps (a resumed run continues up to this count).
     #[arg(long, default_value_t = 10_000)]
     pub steps: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::batch_size)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
@@ -117,7 +117,7 @@ pub struct OracleTrainArgs {
     /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::batch_size)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -297,7 +297,8 @@ fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
 fn write_loss_curve(out: &Path, losses: &[(usize, f64)]) -> Result<(), CliError> {
     let csv: String = std::iter::once("step,loss\n".to_string()).chain(losses.iter().map(|(s, l)| format!("{s},{l}\n"))).collect();
     let path = out.join("loss.csv");
-    std::fs::write(&path, csv).map_err(|e| CliError::Output(format!("\"{}\": cannot write: {e}", path.display())))?;
+    crate::files::atomic::write(&path, csv.as_bytes(), "csv.write")
+        .map_err(|e| CliError::Output(format!("\"{}\": cannot write: {e}", path.display())))?;
     if !losses.is_empty() {
         loss_curve(&out.join("loss.png"), "DDPM training loss", "MSE (epsilon)", losses, (losses.len() / 50).max(1))
             .map_err(|e| CliError::Output(e.to_string()))?;
@@ -373,9 +374,10 @@ fn ddpm(args: DdpmTrainArgs, mut settings: Settings) -> Result<(), CliError> {
         if step % args.checkpoint_every == 0 || step == args.steps {
             let dir = ckpt_root.join(format!("step-{step:08}"));
             trainer.save_checkpoint(&dir).map_err(output)?;
-            // Keep the two newest checkpoints.
+            // Keep the two newest checkpoints; only folders this trainer names are removed.
+            let ours = |p: &Path| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"));
             let mut all: Vec<PathBuf> = std::fs::read_dir(&ckpt_root)
-                .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+                .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| ours(p)).collect())
                 .unwrap_or_default();
             all.sort();
             for old in all.iter().rev().skip(2) {

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
 
 use crate::models::zip_member::BoundedZip;
 
@@ -52,17 +51,15 @@ impl FidStats {
         Ok(stats)
     }
 
-    /// Writes `mu` and `sigma` as float64 arrays, atomically.
+    /// Writes `mu` and `sigma` as float64 arrays (encoded in memory, then the atomic writer,
+    /// fault point `npz.write`).
     pub fn write(&self, path: &Path) -> Result<(), StatsFileError> {
+        use crate::data::npy::{encode_npy, encode_npz};
         let err = |cause: String| StatsFileError::Write { path: path.to_path_buf(), cause };
         let d = self.dim();
-        let mu = Tensor::from_slice(&self.mu, d, &Device::Cpu).map_err(|e| err(e.to_string()))?;
-        let sigma = Tensor::from_slice(&self.sigma, (d, d), &Device::Cpu).map_err(|e| err(e.to_string()))?;
-        // candle writes the file in place; write beside it and rename so a reader never sees
-        // half a file. The temporary name keeps `.npz`.
-        let tmp = crate::runtime::atomic_file::temporary_path(path).with_extension("tmp.npz");
-        Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], &tmp).map_err(|e| err(e.to_string()))?;
-        crate::runtime::atomic_file::commit(&tmp, path).map_err(|e| err(e.to_string()))
+        let members = [("mu", encode_npy(&self.mu, &[d]).map_err(err)?), ("sigma", encode_npy(&self.sigma, &[d, d]).map_err(err)?)];
+        let bytes = encode_npz(&members).map_err(err)?;
+        crate::files::atomic::write(path, &bytes, "npz.write").map_err(|e| err(e.to_string()))
     }
 }
 

@@ -194,26 +194,12 @@ pub fn decode_rgb_planar(path: &Path) -> Result<(usize, usize, Vec<u8>), String>
     Ok((h, w, planar))
 }
 
-/// Encodes planar RGB (3 x H x W) as a PNG at `path`, through a temporary file.
+/// Encodes planar RGB (3 x H x W) as a PNG in memory and writes it at `path` through the atomic
+/// writer (fault point `png.write`). The folder is not fsynced: a caller writing many images
+/// calls `files::atomic::sync_dir` before it records them as written.
 pub fn write_png(path: &Path, height: usize, width: usize, planar: &[u8]) -> Result<(), String> {
     let plane = height * width;
     let interleaved: Vec<u8> = (0..plane).flat_map(|i| [planar[i], planar[plane + i], planar[2 * plane + i]]).collect();
-    let tmp = crate::runtime::atomic_file::temporary_path(path);
-    let write = || -> Result<(), String> {
-        image::save_buffer_with_format(
-            &tmp,
-            &interleaved,
-            width as u32,
-            height as u32,
-            image::ExtendedColorType::Rgb8,
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| e.to_string())?;
-        // Durable before the checkpoint that says this unit is saved.
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    let bytes = crate::files::png::encode_rgb8(width as u32, height as u32, &interleaved).map_err(|e| e.to_string())?;
+    crate::files::atomic::write_unsynced_dir(path, &bytes, "png.write").map_err(|e| e.to_string())
 }

@@ -1,9 +1,10 @@
 //! Images and datasets on disk: image folders (list, decode, write PNG), the synthetic identity
-//! set (`synth`), preparation of raw photo folders (`prep`), and the seeded generator both use.
+//! set (`synth`), `.npy`/`.npz` encoding (`npy`), preparation of raw photo folders (`prep`), and the seeded generator both use.
 //! Pure functions over files; no actors.
 
 pub mod fid_stats;
 pub mod image_folder;
+pub mod npy;
 pub mod prep;
 pub mod raster;
 pub mod rng;

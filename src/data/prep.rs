@@ -243,6 +243,9 @@ pub fn prepare(
         }
     }
     let classes = list_classes(input).map_err(|e| PrepError::Input(e.to_string()))?;
+    if let Err(e) = crate::files::name::check_class_names(&classes) {
+        return Err(PrepError::Input(format!("input \"{}\": class folder: {e}", input.display())));
+    }
     if classes.is_empty() {
         return Err(PrepError::Input(format!("input \"{}\": no class folders (expected RAW_DIR/<class>/*.png|jpg)", input.display())));
     }
@@ -331,14 +334,14 @@ pub fn prepare(
             std::fs::create_dir_all(&dir).map_err(|e| write_err(&dir, e.to_string()))?;
             let name = format!("{index:06}.png");
             let path = dir.join(&name);
-            small.save(&path).map_err(|e| write_err(&path, e.to_string()))?;
+            crate::files::png::write_rgb8(&path, &small).map_err(|e| write_err(&path, e))?;
             manifest.images.push(PrepEntry { output: format!("{split}/{class}/{name}"), source: rel, crop: sq });
         }
         manifest.counts.insert(class.clone(), counts);
     }
     let path = out.join("manifest.json");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| write_err(&path, e.to_string()))?;
-    crate::runtime::atomic_file::write_atomic(&path, &json).map_err(|e| write_err(&path, e.to_string()))?;
+    crate::files::atomic::write(&path, &json, "json.write").map_err(|e| write_err(&path, e.to_string()))?;
     Ok(manifest)
 }
 

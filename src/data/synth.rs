@@ -373,7 +373,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path, mut progress: impl FnMut()) -> Re
             let img = image::RgbImage::from_raw(cfg.size as u32, cfg.size as u32, pixels)
                 .ok_or_else(|| SynthError::Invalid("internal: rendered buffer has the wrong size".into()))?;
             let path = dir.join(format!("{i:06}.png"));
-            img.save(&path).map_err(|e| write_err(&path, e.to_string()))?;
+            crate::files::png::write_rgb8(&path, &img).map_err(|e| write_err(&path, e))?;
             if i < cols {
                 image::imageops::replace(&mut sheet, &img, (i * cfg.size) as i64, (c * cfg.size) as i64);
             }
@@ -381,7 +381,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path, mut progress: impl FnMut()) -> Re
         }
     }
     let sheet_path = out.join("contact_sheet.png");
-    sheet.save(&sheet_path).map_err(|e| write_err(&sheet_path, e.to_string()))?;
+    crate::files::png::write_rgb8(&sheet_path, &sheet).map_err(|e| write_err(&sheet_path, e))?;
     let manifest = SynthManifest {
         generator: format!("rcaflow synth {}", env!("CARGO_PKG_VERSION")),
         config: cfg.clone(),
@@ -392,7 +392,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path, mut progress: impl FnMut()) -> Re
     };
     let path = out.join("manifest.json");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| write_err(&path, e.to_string()))?;
-    crate::runtime::atomic_file::write_atomic(&path, &json).map_err(|e| write_err(&path, e.to_string()))?;
+    crate::files::atomic::write(&path, &json, "json.write").map_err(|e| write_err(&path, e.to_string()))?;
     Ok(manifest)
 }
 

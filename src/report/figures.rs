@@ -7,7 +7,10 @@
 //! raw count written in each cell. Colours are the ColorBrewer "Blues" ramp (matplotlib's
 //! `Blues`).
 //!
-//! Shapes, the bitmap and PNG encoding are plotters' bitmap backend; text is the bundled DejaVu
+//! Shapes and the bitmap are plotters' bitmap backend drawing into an RGB buffer in memory; the
+//! PNG is encoded with `image` 0.25 (`files::png`) and written through the one atomic writer
+//! (`files::atomic`, fault point `figure.write`), so a full disk is an error naming the figure,
+//! never an empty file; text is the bundled DejaVu
 //! Sans (`assets/`) rasterised with `ab_glyph` (see [`Pen`] for why not plotters' text), so
 //! figures look the same on every machine and need no system fonts. Layout is computed in pixels from measured text, so long class names and
 //! many classes grow the image instead of being clipped.
@@ -36,8 +39,10 @@ pub enum FigureError {
     Input { path: PathBuf, detail: String },
     #[error("figure {} would be {width}x{height} pixels, more than {MAX_EDGE} on a side", .path.display())]
     TooLarge { path: PathBuf, width: u32, height: u32 },
-    #[error("cannot draw or write figure {}: {message}", .path.display())]
+    #[error("cannot draw figure {}: {message}", .path.display())]
     Draw { path: PathBuf, message: String },
+    #[error("figure \"{}\": cannot write: {message}", .path.display())]
+    Write { path: PathBuf, message: String },
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
@@ -210,16 +215,20 @@ fn check_size(path: &Path, width: u32, height: u32) -> Result<(), FigureError> {
     Ok(())
 }
 
-/// Runs `draw` on a white `width`x`height` bitmap and writes it to `path` (format from the
-/// extension; `.png` for the report).
+/// Runs `draw` on a white `width`x`height` bitmap in memory and writes it to `path` as a PNG.
 fn render(path: &Path, (width, height): (u32, u32), draw: impl FnOnce(&Area) -> Result<(), String>) -> Result<(), FigureError> {
     check_size(path, width, height)?;
     let err = |message: String| FigureError::Draw { path: path.to_path_buf(), message };
-    let area = BitMapBackend::new(path, (width, height)).into_drawing_area();
-    area.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    draw(&area).map_err(err)?;
-    // present() writes the file; dropping the backend would too, but would swallow the error.
-    area.present().map_err(|e| err(e.to_string()))
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let area = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        area.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        draw(&area).map_err(err)?;
+        area.present().map_err(|e| err(e.to_string()))?;
+    }
+    let write_err = |message: String| FigureError::Write { path: path.to_path_buf(), message };
+    let png = crate::files::png::encode_rgb8(width, height, &rgb).map_err(|e| write_err(e.to_string()))?;
+    crate::files::atomic::write(path, &png, "figure.write").map_err(|e| write_err(e.to_string()))
 }
 
 /// Share as a short percentage: one decimal below 10% so small confusions do not read as 0%.

@@ -7,10 +7,16 @@
 //! that and slow): little-endian, [postcard](https://docs.rs/postcard) encoding (floats bit-exact)
 //!
 //! ```text
-//! b"RCFCKPT1" | u64 header length | header: stage id, applied unit ids
-//!             | u64 state length  | state (the stage's own type)
-//!             | SHA-256 of every byte before it (32 bytes)
+//! b"RCFCKPT" + format digit | u64 header length | header: rcaflow version, stage id, applied ids
+//!                           | u64 state length  | state (the stage's own type)
+//!                           | SHA-256 of every byte before it (32 bytes)
 //! ```
+//!
+//! Format 2 (this version writes it) records the rcaflow version that wrote the file. Format 1
+//! (rcaflow before issue 16: the same layout, a header without the version) is still read, so
+//! run directories of older versions stay resumable; any other format is refused, naming it.
+//! Nothing may follow a decoded header or state (a file with appended bytes is refused even with
+//! a valid checksum).
 //!
 //! The header comes first so the applied set can be read without knowing the state's type
 //! (what a resume needs to decide which units to skip, and `rcaflow status` to count them).
@@ -23,11 +29,13 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::accumulator::Snapshot;
-use super::atomic_file::write_atomic_with;
-use super::fault;
 use crate::units::UnitId;
 
-const MAGIC: &[u8; 8] = b"RCFCKPT1";
+/// The magic less its last byte, the format digit.
+const MAGIC_STEM: &[u8; 7] = b"RCFCKPT";
+const MAGIC_LEN: usize = 8;
+/// The format this version writes.
+pub const FORMAT: u8 = 2;
 const DIGEST_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +48,28 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, message: String },
 }
 
+/// The header of format 2.
 #[derive(Serialize, Deserialize)]
 struct Header {
+    rcaflow_version: String,
     stage: String,
     applied: Vec<UnitId>,
+}
+
+/// The header of format 1.
+#[derive(Deserialize)]
+struct HeaderV1 {
+    stage: String,
+    applied: Vec<UnitId>,
+}
+
+/// `T` from all of `bytes`: anything left over is an error.
+fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!("{} unexpected bytes after it", rest.len())),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn checkpoint_path(run_dir: &Path, stage: &str) -> PathBuf {
@@ -52,10 +78,15 @@ pub fn checkpoint_path(run_dir: &Path, stage: &str) -> PathBuf {
 
 /// The bytes of a checkpoint file.
 pub fn encode<S: Serialize>(stage: &str, snapshot: &Snapshot<S>) -> Result<Vec<u8>, postcard::Error> {
-    let header = postcard::to_stdvec(&Header { stage: stage.to_string(), applied: snapshot.applied.iter().copied().collect() })?;
+    let header = postcard::to_stdvec(&Header {
+        rcaflow_version: env!("CARGO_PKG_VERSION").to_string(),
+        stage: stage.to_string(),
+        applied: snapshot.applied.iter().copied().collect(),
+    })?;
     let state = postcard::to_stdvec(&snapshot.state)?;
-    let mut bytes = Vec::with_capacity(8 + 16 + header.len() + state.len() + DIGEST_LEN);
-    bytes.extend_from_slice(MAGIC);
+    let mut bytes = Vec::with_capacity(MAGIC_LEN + 16 + header.len() + state.len() + DIGEST_LEN);
+    bytes.extend_from_slice(MAGIC_STEM);
+    bytes.push(b'0' + FORMAT);
     bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&header);
     bytes.extend_from_slice(&(state.len() as u64).to_le_bytes());
@@ -71,14 +102,22 @@ pub fn write<S: Serialize>(run_dir: &Path, stage: &str, snapshot: &Snapshot<S>) 
     let err = |source| CheckpointError::Write { path: path.clone(), source };
     std::fs::create_dir_all(path.parent().unwrap_or(run_dir)).map_err(err)?;
     let bytes = encode(stage, snapshot).map_err(|e| err(std::io::Error::other(e)))?;
-    write_atomic_with(&path, &bytes, || fault::at(&format!("checkpoint.{stage}.write"))).map_err(err)
+    crate::files::atomic::write(&path, &bytes, &format!("checkpoint.{stage}.write")).map_err(err)
 }
 
 /// The parts of a verified checkpoint file: its header and its state bytes.
 fn verify<'a>(path: &Path, stage: &str, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), CheckpointError> {
     let corrupt = |message: String| CheckpointError::Corrupt { path: path.to_path_buf(), message };
-    if bytes.len() < MAGIC.len() + 16 + DIGEST_LEN || &bytes[..MAGIC.len()] != MAGIC {
+    if bytes.len() < MAGIC_LEN + 16 + DIGEST_LEN || &bytes[..MAGIC_STEM.len()] != MAGIC_STEM {
         return Err(corrupt("not an rcaflow checkpoint (bad magic or too short)".into()));
+    }
+    let format = bytes[MAGIC_STEM.len()];
+    if format != b'1' && format != b'0' + FORMAT {
+        return Err(corrupt(format!(
+            "checkpoint format {:?}, this rcaflow ({}) reads formats 1 and {FORMAT}; it was written by another version",
+            format as char,
+            env!("CARGO_PKG_VERSION")
+        )));
     }
     let (body, digest) = bytes.split_at(bytes.len() - DIGEST_LEN);
     if Sha256::digest(body).as_slice() != digest {
@@ -89,12 +128,17 @@ fn verify<'a>(path: &Path, stage: &str, bytes: &'a [u8]) -> Result<(Header, &'a 
             body.get(at..at + 8).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt("length field out of range".into()))?;
         Ok(u64::from_le_bytes(raw) as usize)
     };
-    let header_len = read_len(MAGIC.len())?;
-    let header_at = MAGIC.len() + 8;
+    let header_len = read_len(MAGIC_LEN)?;
+    let header_at = MAGIC_LEN + 8;
     // Lengths come from the file: checked sums, so a crafted length cannot overflow.
     let header_end = header_at.checked_add(header_len).filter(|&e| e <= body.len()).ok_or_else(|| corrupt("header out of range".into()))?;
     let header_bytes = &body[header_at..header_end];
-    let header: Header = postcard::from_bytes(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
+    let header: Header = if format == b'1' {
+        let v1: HeaderV1 = decode_exact(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
+        Header { rcaflow_version: "unknown (format 1)".into(), stage: v1.stage, applied: v1.applied }
+    } else {
+        decode_exact(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?
+    };
     if header.stage != stage {
         return Err(corrupt(format!("written by stage \"{}\", not \"{stage}\"", header.stage)));
     }
@@ -118,7 +162,7 @@ pub fn read<S: DeserializeOwned>(run_dir: &Path, stage: &str) -> Result<Option<S
     let path = checkpoint_path(run_dir, stage);
     let Some(bytes) = read_bytes(&path)? else { return Ok(None) };
     let (header, state) = verify(&path, stage, &bytes)?;
-    let state = postcard::from_bytes(state)
+    let state = decode_exact(state)
         .map_err(|e| CheckpointError::Corrupt { path: path.clone(), message: format!("not a state of this stage's type: {e}") })?;
     Ok(Some(Snapshot { state, applied: header.applied.into_iter().collect() }))
 }
@@ -190,7 +234,7 @@ mod tests {
         let e = read_applied(dir.path(), "rca").unwrap_err().to_string();
         assert!(e.contains("written by stage \"fid\", not \"rca\""), "{e}");
         // A crafted length with a valid checksum is refused, not followed.
-        let mut crafted = MAGIC.to_vec();
+        let mut crafted = b"RCFCKPT2".to_vec();
         crafted.extend_from_slice(&u64::MAX.to_le_bytes());
         crafted.extend_from_slice(&[0; 16]);
         let digest = Sha256::digest(&crafted);
@@ -198,5 +242,59 @@ mod tests {
         std::fs::write(&path, &crafted).unwrap();
         let e = read_applied(dir.path(), "fid").unwrap_err().to_string();
         assert!(e.contains("header out of range"), "{e}");
+    }
+
+    /// A checkpoint whose state region is grown by `junk` bytes, lengths and checksum redone.
+    fn with_junk_in_state(good: &[u8], junk: usize) -> Vec<u8> {
+        let body = &good[..good.len() - DIGEST_LEN];
+        let header_len = u64::from_le_bytes(body[8..16].try_into().unwrap()) as usize;
+        let len_at = 16 + header_len;
+        let state_len = u64::from_le_bytes(body[len_at..len_at + 8].try_into().unwrap()) as usize;
+        let mut out = body[..len_at].to_vec();
+        out.extend_from_slice(&((state_len + junk) as u64).to_le_bytes());
+        out.extend_from_slice(&body[len_at + 8..]);
+        out.extend(std::iter::repeat_n(0xAB, junk));
+        let digest = Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        out
+    }
+
+    #[test]
+    fn trailing_bytes_other_formats_are_refused_and_format_1_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "fid", &snapshot()).unwrap();
+        let path = checkpoint_path(dir.path(), "fid");
+        let good = std::fs::read(&path).unwrap();
+        assert_eq!(&good[..8], b"RCFCKPT2");
+        std::fs::write(&path, with_junk_in_state(&good, 16)).unwrap();
+        let e = read::<Vec<f64>>(dir.path(), "fid").unwrap_err().to_string();
+        assert!(e.contains("not a state of this stage's type: 16 unexpected bytes after it"), "{e}");
+        // Another format digit (a checksum made for it): refused, naming it.
+        let mut other = good[..good.len() - DIGEST_LEN].to_vec();
+        other[7] = b'7';
+        let digest = Sha256::digest(&other);
+        other.extend_from_slice(&digest);
+        std::fs::write(&path, &other).unwrap();
+        let e = read_applied(dir.path(), "fid").unwrap_err().to_string();
+        assert!(e.contains("checkpoint format '7', this rcaflow (") && e.contains("reads formats 1 and 2"), "{e}");
+        // Format 1, as rcaflow wrote it before: header without the version.
+        #[derive(Serialize)]
+        struct V1<'a> {
+            stage: &'a str,
+            applied: Vec<UnitId>,
+        }
+        let s = snapshot();
+        let header = postcard::to_stdvec(&V1 { stage: "fid", applied: s.applied.iter().copied().collect() }).unwrap();
+        let state = postcard::to_stdvec(&s.state).unwrap();
+        let mut v1 = b"RCFCKPT1".to_vec();
+        v1.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&header);
+        v1.extend_from_slice(&(state.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&state);
+        let digest = Sha256::digest(&v1);
+        v1.extend_from_slice(&digest);
+        std::fs::write(&path, &v1).unwrap();
+        let back: Snapshot<Vec<f64>> = read(dir.path(), "fid").unwrap().unwrap();
+        assert_eq!(back, s);
     }
 }

@@ -5,12 +5,10 @@
 //! done, a stage failed, or a shutdown request drained (or not) within the deadline.
 
 pub mod accumulator;
-pub mod atomic_file;
 pub mod batch;
 pub mod channels;
 pub mod checkpoint;
 pub mod control;
-pub mod fault;
 pub mod feature_store;
 pub mod plan;
 pub mod run_dir;

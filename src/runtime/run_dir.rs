@@ -5,8 +5,10 @@
 //!   (SHA-256) of every model and reference file and a fingerprint of every image folder, the
 //!   plan of each source, and one entry per session (start, units skipped, units redone). A
 //!   restart with another graph or other model files is refused, naming what changed.
-//! - `run.lock`: the process id of the rcaflow using the directory; a second one is refused
-//!   while that process lives (a stale lock, left by a killed run, is taken over).
+//! - `run.lock`: an OS file lock ([`RunLock`]) held by the rcaflow using the directory for its
+//!   whole run; a second one is refused, told the holder's pid and start time (written into
+//!   the file). The kernel releases it when the holder dies, so a killed run's directory is
+//!   reusable at once.
 //! - `state/<stage>.ckpt`: the stages' checkpoints ([`super::checkpoint`]).
 //!
 //! On a restart a source skips the units that every checkpointing stage downstream of it
@@ -19,8 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::atomic_file::{remove_temporaries, write_atomic};
 use super::checkpoint::{self, CheckpointError};
+use crate::files::atomic::{self, remove_temporaries};
 use crate::topology::{ComponentType, Graph, HashedInput};
 use crate::units::{cut_into_units, Origin, UnitId, UnitPlan};
 
@@ -70,12 +72,18 @@ pub struct Session {
     pub units_skipped: usize,
     /// Units some stages held and others not: sent again, ignored where held.
     pub units_redone: usize,
+    /// The rcaflow that ran this session (absent in sessions of versions before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcaflow_version: Option<String>,
 }
 
 /// `run.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema: String,
+    /// The rcaflow that last wrote this file (absent in files of versions before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcaflow_version: Option<String>,
     pub topology: String,
     pub classes: Vec<String>,
     /// Each component's configuration (less [`TUNING_FIELDS`]) with its inputs, by `section.id`.
@@ -121,6 +129,7 @@ impl Manifest {
         }
         Ok(Manifest {
             schema: SCHEMA.to_string(),
+            rcaflow_version: Some(env!("CARGO_PKG_VERSION").to_string()),
             topology: graph.label.clone(),
             classes: graph.classes.clone(),
             components,
@@ -150,7 +159,7 @@ impl Manifest {
 
     pub fn write(&self, dir: &Path) -> Result<(), RunDirError> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| RunDirError::Io { dir: dir.into(), message: e.to_string() })?;
-        write_atomic(&dir.join(MANIFEST_FILE), &bytes)
+        atomic::write(&dir.join(MANIFEST_FILE), &bytes, "manifest.write")
             .map_err(|e| RunDirError::Io { dir: dir.into(), message: format!("cannot write {MANIFEST_FILE}: {e}") })
     }
 
@@ -253,48 +262,139 @@ impl ResumePoint {
     }
 }
 
-/// Takes `run.lock` for this process; refused while another live process holds it.
-pub fn lock(dir: &Path) -> Result<(), RunDirError> {
+/// The OS lock on `run.lock` (`flock`, through `File::try_lock`), held while this value lives
+/// and released by the kernel when the process ends however it ends (a crash, SIGKILL, the OOM
+/// killer): no stale lock to take over, no pid to guess about, and it holds across pid
+/// namespaces (two containers sharing the directory lock the same file). The file stays in
+/// place: removing it would let a second run lock a new file while a third still holds the old.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Takes the run lock of `dir` for this process, and writes this process's pid and start time
+/// into `run.lock` for the message a second run gets; refused while another process holds it.
+pub fn lock(dir: &Path) -> Result<RunLock, RunDirError> {
+    use std::io::{Seek, Write};
     let path = dir.join(LOCK_FILE);
-    if let Some(pid) = lock_holder(dir) {
-        if pid != std::process::id() {
-            return Err(RunDirError::Refused { dir: dir.into(), message: format!("in use by a running rcaflow (pid {pid}, {LOCK_FILE})") });
+    let io = |what: &str, e: std::io::Error| RunDirError::Io { dir: dir.into(), message: format!("cannot {what} {LOCK_FILE}: {e}") };
+    // The file is rewritten below: never through a symlink planted in its place.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file()) {
+        return Err(RunDirError::Refused {
+            dir: dir.into(),
+            message: format!("{LOCK_FILE} is not a regular file (a symlink?); remove it"),
+        });
+    }
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| io("open", e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(RunDirError::Refused {
+                dir: dir.into(),
+                message: format!(
+                    "in use by another rcaflow run ({}, holds {LOCK_FILE}); wait for it to end, or use another --run-dir",
+                    holder_text(&path)
+                ),
+            })
         }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", e)),
     }
-    write_atomic(&path, std::process::id().to_string().as_bytes())
-        .map_err(|e| RunDirError::Io { dir: dir.into(), message: format!("cannot write {LOCK_FILE}: {e}") })
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let text = format!("pid {}\nstarted_unix {started}\n", std::process::id());
+    file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(text.as_bytes())).map_err(|e| io("write", e))?;
+    Ok(RunLock { _file: file })
 }
 
-/// Releases `run.lock` if this process holds it.
-pub fn unlock(dir: &Path) {
-    if lock_holder(dir) == Some(std::process::id()) {
-        let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+/// Who holds the run lock of `dir`, when another process does (`rcaflow status`): its pid and
+/// start time as it wrote them. `None` when no process holds it.
+pub fn lock_holder(dir: &Path) -> Option<String> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::File::open(&path).ok()?;
+    // A shared lock: taken (and given back at once) only when no run holds the exclusive one.
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(std::fs::TryLockError::WouldBlock) => Some(holder_text(&path)),
+        Err(std::fs::TryLockError::Error(_)) => None,
     }
 }
 
-/// The pid in `run.lock`, if that process is alive and an rcaflow (a killed run leaves a stale
-/// lock, whose pid may since have gone to another program).
-pub fn lock_holder(dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?.trim().parse().ok()?;
-    rcaflow_alive(pid).then_some(pid)
+/// "pid 1234, started 2026-12-02 17:31:27 UTC" from a lock file's text (written by [`lock`]).
+fn holder_text(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key).map(str::trim).and_then(|v| v.parse::<u64>().ok()));
+    match (field("pid "), field("started_unix ")) {
+        (Some(pid), Some(started)) => format!("pid {pid}, started {}", utc(started)),
+        (Some(pid), None) => format!("pid {pid}"),
+        _ => "pid unknown".to_string(),
+    }
 }
 
-fn rcaflow_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    // Linux: a live process has /proc/<pid>/cmdline (empty for a zombie).
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("rcaflow"))
+/// `unix` seconds as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian, Howard Hinnant's
+/// days-to-civil algorithm).
+pub fn utc(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// Removes the temporary files a killed run left in `state/` (a checkpoint being written when
 /// the process died: never valid, and named by that process's pid, so nothing else removes them).
 pub fn remove_stale_temporaries(dir: &Path) -> Result<(), RunDirError> {
     remove_temporaries(&dir.join(STATE_DIR))
+        .map(|_| ())
         .map_err(|e| RunDirError::Io { dir: dir.into(), message: format!("cannot remove stale temporary files in {STATE_DIR}/: {e}") })
 }
 
 /// Whether `dir` holds checkpoints (of any stage).
 pub fn has_state(dir: &Path) -> bool {
     std::fs::read_dir(dir.join(STATE_DIR)).is_ok_and(|mut d| d.next().is_some())
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_a_directory_is_refused_with_the_holder_and_taken_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(lock_holder(dir.path()), None);
+        let first = lock(dir.path()).unwrap();
+        // flock is per open file: a second open in this process is refused like another process.
+        let holder = lock_holder(dir.path()).unwrap();
+        assert!(holder.starts_with(&format!("pid {}, started 20", std::process::id())), "{holder}");
+        let e = lock(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(&format!("in use by another rcaflow run (pid {}, started ", std::process::id())), "{e}");
+        assert!(e.contains("holds run.lock); wait for it to end, or use another --run-dir"), "{e}");
+        drop(first);
+        assert_eq!(lock_holder(dir.path()), None);
+        let _again = lock(dir.path()).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("notes.txt");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(LOCK_FILE)).unwrap();
+        let e = lock(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("run.lock is not a regular file"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_767_225_600 + 3_723), "2026-01-01 01:02:03 UTC");
+    }
 }

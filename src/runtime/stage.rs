@@ -20,8 +20,8 @@ use super::batch::Payload;
 use super::channels::{Disconnected, Inputs, Outputs};
 use super::checkpoint;
 use super::control::{RunControl, StageState, StageStats, StageStatus};
-use super::fault;
 use super::sync::panic_message;
+use crate::fault;
 use crate::report::Summary;
 use crate::telemetry;
 use crate::units::UnitId;
@@ -84,7 +84,7 @@ impl StageContext {
         Some(payload)
     }
 
-    /// Fault injection point `<stage id>.<name>` (see [`super::fault`]).
+    /// Fault injection point `<stage id>.<name>` (see [`crate::fault`]).
     pub fn fault(&self, name: &str) -> Result<(), StageError> {
         fault::at(&format!("{}.{name}", self.id)).map_err(|e| StageError::Failed(format!("injected fault at {}.{name}: {e}", self.id)))
     }

@@ -44,8 +44,8 @@ impl ComponentConfig for BatcherConfig {
     fn resolve_paths(&mut self, _base: &Path) {}
 
     fn check(&self, checks: &mut Checks) {
-        if self.batch_size == 0 {
-            checks.error("batch_size must be at least 1 image, found 0");
+        if let Err(e) = crate::limits::count("batch_size", self.batch_size, crate::limits::MAX_BATCH_SIZE, "image") {
+            checks.error(e);
         }
     }
 

@@ -100,14 +100,15 @@ impl ComponentConfig for DdpmSamplerConfig {
     }
 
     fn check(&self, checks: &mut Checks) {
-        for (key, value, unit) in [
-            ("per_class", self.per_class, "image"),
-            ("unit_size", self.unit_size as u64, "image"),
-            ("replicas", self.replicas as u64, "replica"),
-        ] {
-            if value == 0 {
-                checks.error(format!("{key} must be at least 1 {unit}, found 0"));
-            }
+        if self.per_class == 0 {
+            checks.error("per_class must be at least 1 image, found 0");
+        }
+        // A unit is one model batch: its size bounds the sampler's memory.
+        if let Err(e) = crate::limits::count("unit_size", self.unit_size, crate::limits::MAX_UNIT_SIZE, "image") {
+            checks.error(e);
+        }
+        if self.replicas == 0 {
+            checks.error("replicas must be at least 1 replica, found 0");
         }
         if self.steps == Some(0) {
             checks.error("steps must be at least 1, found 0");

@@ -67,8 +67,8 @@ impl ComponentConfig for FidConfig {
         if let Some(path) = self.reference.as_ref().filter(|p| !p.is_file()) {
             checks.error(format!("reference statistics file \"{}\" does not exist", path.display()));
         }
-        if !(self.interval_secs.is_finite() && self.interval_secs > 0.0) {
-            checks.error(format!("interval_secs must be a positive number of seconds, found {}", self.interval_secs));
+        if let Err(e) = crate::limits::seconds("interval_secs", self.interval_secs) {
+            checks.error(e);
         }
     }
 
@@ -123,7 +123,7 @@ impl ComponentConfig for FidConfig {
             }
             None => None,
         };
-        let live = CheckpointTimer::new(Duration::from_secs_f64(self.interval_secs));
+        let live = CheckpointTimer::new(crate::limits::seconds("interval_secs", self.interval_secs).unwrap_or(Duration::from_secs(30)));
         Ok(Box::new(SinkStage(FidMaths {
             reference_file: self.reference.clone(),
             reference,

@@ -57,8 +57,8 @@ impl ComponentConfig for ImageFolderConfig {
     }
 
     fn check(&self, checks: &mut Checks) {
-        if self.unit_size == 0 {
-            checks.error("unit_size must be at least 1 image, found 0");
+        if let Err(e) = crate::limits::count("unit_size", self.unit_size, crate::limits::MAX_UNIT_SIZE, "image") {
+            checks.error(e);
         }
         if !self.path.is_dir() {
             checks.error(format!("image folder \"{}\" does not exist or is not a directory", self.path.display()));

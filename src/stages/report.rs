@@ -17,7 +17,6 @@ use crate::report::json::{Report, RunStatus, StageTiming, Timing, SCHEMA_VERSION
 use crate::report::markdown;
 use crate::report::results::SamplerResult;
 use crate::report::Summary;
-use crate::runtime::atomic_file::{commit, temporary_path, write_atomic};
 use crate::runtime::batch::Payload;
 use crate::runtime::stage::{Stage, StageContext, StageError};
 
@@ -185,18 +184,15 @@ impl Stage for ReportStage {
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
-    write_atomic(path, bytes).map_err(|e| StageError::Failed(format!("report file \"{}\": cannot write: {e}", path.display())))
+    crate::files::atomic::write(path, bytes, "report.write")
+        .map_err(|e| StageError::Failed(format!("report file \"{}\": cannot write: {e}", path.display())))
 }
 
-/// Draws each figure to a temporary file and renames it into place.
+/// Draws each figure (written through the atomic writer by [`figures`]).
 fn write_figures(dir: &Path, r: &Report) -> Result<BTreeMap<String, PathBuf>, StageError> {
     let mut out = BTreeMap::new();
     let mut draw = |name: &str, file: &str, render: &dyn Fn(&Path) -> Result<(), figures::FigureError>| -> Result<(), StageError> {
-        let path = dir.join(file);
-        // The temporary name keeps the .png extension: plotters picks the encoder by extension.
-        let tmp = temporary_path(&path).with_extension("tmp.png");
-        render(&tmp).map_err(StageError::failed)?;
-        commit(&tmp, &path).map_err(|e| StageError::Failed(format!("figure \"{}\": cannot write: {e}", path.display())))?;
+        render(&dir.join(file)).map_err(StageError::failed)?;
         out.insert(name.to_string(), PathBuf::from(file));
         Ok(())
     };

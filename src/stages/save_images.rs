@@ -17,9 +17,9 @@ use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, S
 use crate::units::UnitPlan;
 
 use crate::data::image_folder::write_png;
+use crate::files::atomic::{remove_temporaries, sync_dir};
 use crate::report::Summary;
 use crate::runtime::accumulator::Snapshot;
-use crate::runtime::atomic_file::remove_temporaries;
 use crate::runtime::batch::{ImageBatch, Payload};
 use crate::runtime::checkpoint::CheckpointTimer;
 use crate::runtime::stage::{Stage, StageContext, StageError};
@@ -106,9 +106,7 @@ fn sync_class_dirs(root: &Path, classes: &[String]) -> Result<(), StageError> {
     for class in classes {
         let dir = root.join(class);
         if dir.is_dir() {
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StageError::Failed(format!("image folder \"{}\": cannot sync: {e}", dir.display())))?;
+            sync_dir(&dir).map_err(|e| StageError::Failed(format!("image folder \"{}\": cannot sync: {e}", dir.display())))?;
         }
     }
     Ok(())

@@ -212,8 +212,11 @@ pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// `path` relative to `base`, with `a/../` folded away (lexically: symlinks are not followed),
-/// so messages and reports show `example/real` rather than `topology/../example/real`.
+/// `path` relative to `base`, with `a/../` folded away as the file system resolves it, so
+/// messages and reports show `example/real` rather than `topology/../example/real`: `a/..` is
+/// folded in the text only when `a` is not a symlink (or does not exist); after a symlink the
+/// path is canonicalised first, so `current/../real` with `current -> runs/7` is `runs/real`,
+/// the folder the kernel would open, not `./real`.
 pub fn resolve(base: &Path, path: &Path) -> PathBuf {
     use std::path::Component as C;
     let joined = if path.is_relative() { base.join(path) } else { path.to_path_buf() };
@@ -222,7 +225,18 @@ pub fn resolve(base: &Path, path: &Path) -> PathBuf {
         match part {
             C::CurDir => {}
             C::ParentDir if matches!(out.components().next_back(), Some(C::Normal(_))) => {
-                out.pop();
+                let through_symlink = std::fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink());
+                match std::fs::canonicalize(&out) {
+                    Ok(real) if through_symlink => {
+                        out = real;
+                        out.pop();
+                    }
+                    // A dangling symlink: leave `..` to the kernel.
+                    Err(_) if through_symlink => out.push(".."),
+                    _ => {
+                        out.pop();
+                    }
+                }
             }
             other => out.push(other.as_os_str()),
         }

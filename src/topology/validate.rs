@@ -11,6 +11,7 @@ use std::path::Path;
 use super::component::{Checks, ComponentType, GraphFacts};
 use super::config::{parse_component, Component, RawTopology, Section, DEFAULT_CAPACITY};
 use super::{Edge, Graph};
+use crate::files::name::check_class_names;
 use crate::units::Origin;
 
 /// Validates a parsed file. `Err` holds every message, one line each.
@@ -250,6 +251,10 @@ fn check_components<K: ComponentType>(
     declared: &Option<Vec<String>>,
     errors: &mut Vec<String>,
 ) -> Option<Vec<String>> {
+    // Class names become folder names (save_images): each must be one harmless path component.
+    if let Some(Err(e)) = declared.as_ref().map(|names| check_class_names(names)) {
+        errors.push(format!("run.classes: {e}"));
+    }
     let mut reference: Option<(String, Vec<String>)> = declared.clone().map(|classes| ("run.classes".to_string(), classes));
     // Real images are the ground truth: other folders are compared with them, not the reverse.
     let mut ordered: Vec<&Component<K>> = components.iter().collect();
@@ -259,6 +264,10 @@ fn check_components<K: ComponentType>(
         let mut checks = Checks::new(&name, errors);
         c.kind.check(&mut checks);
         let Some(found) = c.kind.class_names(&mut checks) else { continue };
+        if let Err(e) = check_class_names(&found.names) {
+            checks.error(format!("class folder of \"{}\": {e}", found.folder.display()));
+            continue;
+        }
         match &reference {
             None => reference = Some((name.clone(), found.names)),
             Some((ref_name, ref_classes)) => {

@@ -31,6 +31,8 @@ impl Dataset {
     pub fn load(root: &Path) -> Result<Dataset, DatasetError> {
         let err = |detail: String| DatasetError::Invalid { path: root.to_path_buf(), detail };
         let classes = list_classes(root).map_err(|e| err(e.to_string()))?;
+        // The names go into the model's classes.json, and from there into folder names.
+        crate::files::name::check_class_names(&classes).map_err(|e| err(format!("class folder: {e}")))?;
         if classes.is_empty() {
             return Err(err("no class folders (expected DIR/<class>/*.png)".into()));
         }

@@ -311,38 +311,55 @@ impl DdpmTrainer {
         std::fs::create_dir_all(dir).map_err(|e| werr(dir, e.to_string()))?;
         let ema: HashMap<String, Tensor> = self.ema.tensors().iter().cloned().collect();
         let path = dir.join(WEIGHTS_FILE);
-        candle_core::safetensors::save(&ema, &path).map_err(|e| werr(&path, e.to_string()))?;
-        let path = dir.join(CONFIG_FILE);
-        std::fs::write(&path, self.unet_config.to_json_string()).map_err(|e| werr(&path, e.to_string()))?;
-        let path = dir.join(SCHEDULER_FILE);
-        let json = serde_json::to_string_pretty(&scheduler_json(&scheduler_config(self.cfg.num_train_timesteps))).unwrap_or_default();
-        std::fs::write(&path, json).map_err(|e| werr(&path, e.to_string()))?;
+        super::write_safetensors(&path, &ema).map_err(|e| werr(&path, e))?;
+        let json_file = |name: &str, text: String| {
+            let path = dir.join(name);
+            crate::files::atomic::write(&path, text.as_bytes(), "json.write").map_err(|e| werr(&path, e.to_string()))
+        };
+        json_file(CONFIG_FILE, self.unet_config.to_json_string())?;
+        let json = serde_json::to_string_pretty(&scheduler_json(&scheduler_config(self.cfg.num_train_timesteps)))
+            .map_err(|e| werr(&dir.join(SCHEDULER_FILE), e.to_string()))?;
+        json_file(SCHEDULER_FILE, json)?;
         // The class names in label order, so `rcaflow sample` names its folders after them.
-        let path = dir.join(crate::models::sampling::CLASS_NAMES_FILE);
-        let json = serde_json::to_string_pretty(&self.data.classes).unwrap_or_default();
-        std::fs::write(&path, json).map_err(|e| werr(&path, e.to_string()))?;
+        let json = serde_json::to_string_pretty(&self.data.classes)
+            .map_err(|e| werr(&dir.join(crate::models::sampling::CLASS_NAMES_FILE), e.to_string()))?;
+        json_file(crate::models::sampling::CLASS_NAMES_FILE, json)?;
         Ok(())
     }
 
-    /// Writes a resumable checkpoint to `dir`: written into `dir.tmp` first and renamed, so an
-    /// interrupted save never leaves a half checkpoint under the final name.
+    /// Writes a resumable checkpoint to `dir`: written into a temporary folder beside it first
+    /// (created exclusively, in the atomic writer's pattern, removed on failure) and renamed, so
+    /// an interrupted save never leaves a half checkpoint under the final name.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<(), DdpmError> {
         let werr = |path: &Path, cause: String| DdpmError::Write { path: path.to_path_buf(), cause };
-        let tmp = dir.with_extension("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        self.save_model(&tmp)?;
+        let parent = crate::files::atomic::parent_of(dir);
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!(".{name}{}", crate::files::atomic::TEMP_MARK))
+            .rand_bytes(12)
+            .tempdir_in(parent)
+            .map_err(|e| werr(dir, e.to_string()))?;
+        let tmp = scratch.path();
+        self.save_model(tmp)?;
         let mut state: HashMap<String, Tensor> = self.vars.iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
         for (k, t) in self.opt.state_tensors() {
             state.insert(format!("optim.{k}"), t);
         }
         let path = tmp.join(STATE_TENSORS_FILE);
-        candle_core::safetensors::save(&state, &path).map_err(|e| werr(&path, e.to_string()))?;
+        super::write_safetensors(&path, &state).map_err(|e| werr(&path, e))?;
         let ts =
             TrainingState { step: self.step, config: self.cfg.clone(), classes: self.data.classes.clone(), losses: self.losses.clone() };
         let path = tmp.join(STATE_FILE);
-        std::fs::write(&path, serde_json::to_vec_pretty(&ts).unwrap_or_default()).map_err(|e| werr(&path, e.to_string()))?;
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::rename(&tmp, dir).map_err(|e| werr(dir, e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&ts).map_err(|e| werr(&path, e.to_string()))?;
+        crate::files::atomic::write(&path, &json, "json.write").map_err(|e| werr(&path, e.to_string()))?;
+        // The same step saved again replaces its folder.
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| werr(dir, e.to_string()))?;
+        }
+        std::fs::rename(tmp, dir).map_err(|e| werr(dir, e.to_string()))?;
+        // Renamed away: nothing left for the guard to remove.
+        let _ = scratch.keep();
+        crate::files::atomic::sync_dir(parent).map_err(|e| werr(parent, e.to_string()))?;
         Ok(())
     }
 }

@@ -141,8 +141,8 @@ impl TrainableResNet {
 
     /// Writes the state_dict as `.safetensors` (what torchvision's `load_state_dict` takes after
     /// `safetensors.torch.load_file`, and what the `oracle_classifier` stage loads).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.state_dict()?, path)
+    pub fn save(&self, path: &Path) -> std::result::Result<(), String> {
+        super::write_safetensors(path, &self.state_dict().map_err(|e| e.to_string())?)
     }
 }
 

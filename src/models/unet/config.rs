@@ -12,6 +12,16 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Largest side of `sample_size`, in pixels.
+pub const MAX_SAMPLE_SIDE: usize = 4096;
+/// Most image channels in or out.
+pub const MAX_CHANNELS: usize = 64;
+/// Most channels of one block, most blocks, most layers per block, most class embeddings.
+pub const MAX_BLOCK_CHANNELS: usize = 8192;
+pub const MAX_BLOCKS: usize = 8;
+pub const MAX_LAYERS_PER_BLOCK: usize = 16;
+pub const MAX_CLASSES: usize = 1 << 20;
+
 /// `sample_size`: an int or an `[height, width]` pair. Only metadata for the model itself (the
 /// forward pass takes any size whose sides are multiples of the total downsampling factor);
 /// samplers read it to know what to generate.
@@ -328,20 +338,43 @@ impl UNet2DConfig {
         if self.act_fn != "silu" && self.act_fn != "swish" {
             return Err(unsupported("act_fn", &self.act_fn, "silu"));
         }
-        for (field, v) in
-            [("in_channels", self.in_channels), ("out_channels", self.out_channels), ("layers_per_block", self.layers_per_block)]
-        {
+        // Upper bounds too: a config.json is a file from elsewhere, and its sizes become
+        // allocations (sample_size 100000 once asked for 120 GB and aborted). The bounds are far
+        // beyond any published pixel-space UNet.
+        for (field, v, max) in [
+            ("in_channels", self.in_channels, MAX_CHANNELS),
+            ("out_channels", self.out_channels, MAX_CHANNELS),
+            ("layers_per_block", self.layers_per_block, MAX_LAYERS_PER_BLOCK),
+        ] {
             if v == 0 {
                 return Err(invalid(field, &v, "must be at least 1"));
             }
+            if v > max {
+                return Err(invalid(field, &v, format!("must be at most {max}")));
+            }
+        }
+        if let Some(size) = self.sample_size {
+            let (h, w) = size.hw();
+            if h == 0 || w == 0 || h > MAX_SAMPLE_SIDE || w > MAX_SAMPLE_SIDE {
+                return Err(invalid("sample_size", &size, format!("sides must be between 1 and {MAX_SAMPLE_SIDE} pixels")));
+            }
+        }
+        if let Some(n) = self.num_class_embeds.filter(|&n| n > MAX_CLASSES) {
+            return Err(invalid("num_class_embeds", &n, format!("must be at most {MAX_CLASSES}")));
         }
         let blocks = self.block_out_channels.len();
         if blocks == 0 {
             return Err(invalid("block_out_channels", &self.block_out_channels, "at least one block is needed"));
         }
+        if blocks > MAX_BLOCKS {
+            return Err(invalid("block_out_channels", &self.block_out_channels, format!("at most {MAX_BLOCKS} blocks")));
+        }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if c == 0 {
                 return Err(invalid(format!("block_out_channels[{i}]"), &c, "must be at least 1"));
+            }
+            if c > MAX_BLOCK_CHANNELS {
+                return Err(invalid(format!("block_out_channels[{i}]"), &c, format!("must be at most {MAX_BLOCK_CHANNELS}")));
             }
         }
         for (field, types) in [("down_block_types", &self.down_block_types), ("up_block_types", &self.up_block_types)] {

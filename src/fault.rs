@@ -1,18 +1,24 @@
-//! Fault injection for the crash tests (issue: "nothing lost"). `RCAFLOW_FAULT` names what to
+//! Fault injection for the crash tests (issue: "nothing lost"). A bottom module (it imports
+//! nothing from rcaflow), so every layer that writes can name a fault point. `RCAFLOW_FAULT` names what to
 //! break and where: `ACTION@POINT[:N]`, several separated by commas, for example
 //! `abort@checkpoint.rca.write:2` or `panic@oracle.batch:3`.
 //!
 //! - `abort`: the process dies at once, with no unwinding and no flushing (what SIGKILL, a power
 //!   cut or the OOM killer do to a run);
 //! - `panic`: the calling stage panics (its actor catches it; see `restart`);
-//! - `enospc`: the write at that point fails as on a full disk.
+//! - `enospc`: the write at that point fails as on a full disk;
+//! - `wait`: the caller blocks there until the file named by `RCAFLOW_FAULT_RELEASE` exists
+//!   (a run held in the middle, so a test can try a second run on its directory, or kill it).
 //!
 //! `N` (default 1) is the hit of that point, counted per process, that triggers the fault. The
 //! points are named by the code that calls [`at`]: `STAGE.batch` (a stage received a batch),
 //! `STAGE.applied` (an accumulator folded a batch in, before any checkpoint of it),
-//! `checkpoint.STAGE.write` (a checkpoint's temporary file is written and synced, not yet
-//! renamed), `STAGE.unit` (a source recorded a unit and is about to send it). Without the
-//! variable every call is one atomic load.
+//! `STAGE.unit` (a source recorded a unit and is about to send it), and one per kind of file
+//! the atomic writer writes (`crate::files::atomic`), passed once its temporary is written and
+//! synced, before the rename: `checkpoint.STAGE.write`, `png.write` (images), `figure.write`,
+//! `report.write` (report.json, report.md), `manifest.write` (run.json), `npz.write`,
+//! `npy.write`, `json.write` (other JSON outputs), `csv.write`, `weights.write` (trained
+//! weights and training checkpoints). Without the variable every call is one atomic load.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,12 +26,15 @@ use std::sync::OnceLock;
 
 /// The environment variable read once per process.
 pub const ENV: &str = "RCAFLOW_FAULT";
+/// For `wait`: the file whose appearance lets the waiting caller go on.
+pub const RELEASE_ENV: &str = "RCAFLOW_FAULT_RELEASE";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
     Abort,
     Panic,
     Enospc,
+    Wait,
 }
 
 #[derive(Debug)]
@@ -57,7 +66,9 @@ fn parse(spec: &str) -> Result<Vec<Fault>, String> {
                 "abort" => Action::Abort,
                 "panic" => Action::Panic,
                 "enospc" => Action::Enospc,
-                other => return Err(format!("action \"{other}\": expected abort, panic or enospc")),
+                "wait" if std::env::var_os(RELEASE_ENV).is_none() => return Err(format!("wait needs {RELEASE_ENV}=FILE")),
+                "wait" => Action::Wait,
+                other => return Err(format!("action \"{other}\": expected abort, panic, enospc or wait")),
             };
             let (point, nth) = match rest.rsplit_once(':') {
                 Some((p, n)) => (p, n.parse::<u64>().map_err(|_| format!("\"{n}\": expected a hit number (1, 2, ...)"))?),
@@ -84,6 +95,13 @@ pub fn at(point: &str) -> io::Result<()> {
             }
             Action::Panic => panic!("{ENV}: injected panic at {point} (hit {})", fault.nth),
             Action::Enospc => return Err(io::Error::from_raw_os_error(28)),
+            Action::Wait => {
+                let release = std::env::var_os(RELEASE_ENV).unwrap_or_default();
+                eprintln!("{ENV}: waiting at {point} (hit {}) until {release:?} exists", fault.nth);
+                while !std::path::Path::new(&release).exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
         }
     }
     Ok(())
@@ -98,7 +116,7 @@ mod tests {
         let f = parse("abort@checkpoint.rca.write:2, panic@oracle.batch").unwrap();
         assert_eq!((f[0].action, f[0].point.as_str(), f[0].nth), (Action::Abort, "checkpoint.rca.write", 2));
         assert_eq!((f[1].action, f[1].point.as_str(), f[1].nth), (Action::Panic, "oracle.batch", 1));
-        assert!(parse("explode@x").unwrap_err().contains("expected abort, panic or enospc"));
+        assert!(parse("explode@x").unwrap_err().contains("expected abort, panic, enospc or wait"));
         assert!(parse("abort@x:0").is_err());
         assert!(parse("abort").is_err());
     }
