@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use crate::models::zip_member::BoundedZip;
 
 #[derive(Debug, thiserror::Error)]
