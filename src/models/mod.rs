@@ -15,6 +15,7 @@
 //! - [`schedulers`]: diffusers' DDPM and DDIM step maths on the host.
 //! - [`sampling`]: the reverse-diffusion loop of one work unit, and uint8 quantisation.
 //! - [`noise`]: a sampling unit's Gaussian noise, drawn on the host from its seed.
+//! - [`random_weights`]: made-up weights for any model, for `rcaflow bench`.
 mod batch_norm;
 pub mod conv_grad;
 pub mod device;
@@ -25,6 +26,7 @@ pub mod lpips;
 pub mod noise;
 pub mod oracle;
 pub mod preprocess;
+pub mod random_weights;
 pub mod resnet;
 pub mod sampling;
 pub mod schedulers;
