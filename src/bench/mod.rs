@@ -21,11 +21,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::models::inception::InceptionV3;
 use crate::models::lpips::{Lpips, LpipsNet};
 use crate::models::random_weights::{random_uniform, var_builder};
 use crate::models::resnet::{ResNet, ResNetArch, ResNetConfig, Stem};
 use crate::models::unet::{UNet2DConfig, UNet2DModel};
-use crate::models::inception::InceptionV3;
 use crate::models::WeightMap;
 
 pub use stats::Stats;
@@ -137,9 +137,8 @@ impl Workload {
             }
             BenchModel::Inception => {
                 let model = InceptionV3::load(&WeightMap::random("random inception weights", device)).map_err(|e| err(&e))?;
-                let pixels = random_uniform("bench/pixels", &dims, 0.0, 255.0, device)
-                    .and_then(|t| t.to_dtype(DType::U8))
-                    .map_err(|e| err(&e))?;
+                let pixels =
+                    random_uniform("bench/pixels", &dims, 0.0, 255.0, device).and_then(|t| t.to_dtype(DType::U8)).map_err(|e| err(&e))?;
                 Workload::Inception { model, pixels }
             }
             BenchModel::Resnet18 | BenchModel::Resnet34 => {

@@ -4,6 +4,9 @@
 //!   (`legacy_pth`: the pre-1.6, non-zip `.pth` format).
 //! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem), from a checkpoint for
 //!   inference or from a `VarMap` for training (BatchNorm in training mode).
+//! - [`fast_attention`]: inference attention on the CPU, one head's scores at a time.
+//! - [`fast_conv`]: inference convolution on the CPU with its BatchNorm/bias/ReLU fused.
+//! - [`group_norm`]: GroupNorm (+ SiLU), fused into one pass for inference on the CPU.
 //! - [`conv_grad`]: stride-1 convolution with a fast CPU backward (for training).
 //! - [`preprocess`]: uint8 pixels to normalised network input.
 //! - [`hub_cache`]: where standard weight files are looked for when no path is given.
@@ -19,6 +22,9 @@
 mod batch_norm;
 pub mod conv_grad;
 pub mod device;
+pub mod fast_attention;
+pub mod fast_conv;
+pub mod group_norm;
 pub mod hub_cache;
 pub mod inception;
 mod legacy_pth;
