@@ -29,7 +29,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 
 MODELS = ["unet", "inception", "resnet18", "resnet34", "lpips-alex", "lpips-vgg"]
 DEFAULT_BATCH = {"unet": 16, "inception": 50, "resnet18": 64, "resnet34": 64, "lpips-alex": 32, "lpips-vgg": 32}
@@ -40,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def stats(samples):
+    import numpy as np
     s = np.asarray(samples, dtype=np.float64)
     q = np.percentile(s, [50, 25, 75, 0, 100])  # numpy's linear rule, as src/bench/stats.rs
     return {"median": q[0], "q1": q[1], "q3": q[2], "min": q[3], "max": q[4]}
