@@ -26,7 +26,9 @@
 //! - [`telemetry`]: every Prometheus metric name, and the exporter.
 //! - [`settings`]: deployment settings (config/rcaflow.toml).
 //! - [`train`]: training the oracle and the DDPM (AdamW, EMA, checkpoints, the trainable ResNet).
+//! - [`bench`]: `rcaflow bench`'s measuring (random-weight models, repeats, statistics).
 //! - [`cli`]: the subcommands.
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod fault;

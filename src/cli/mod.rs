@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, all running topologies through [`execute`].
 
 pub mod baseline;
+pub mod bench;
 pub mod eval;
 pub mod execute;
 pub mod fid;
@@ -63,6 +64,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Where a run stands (running or stopped), from its run directory's files.
     Status(status::StatusArgs),
+    /// Throughput of each model (random weights, production shapes): images/s, peak memory.
+    Bench(bench::BenchArgs),
 }
 
 /// The oracle flags `eval` and `baseline` share.
@@ -169,5 +172,6 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Prep(args) => prep::prep(args),
         Command::Train(args) => train::train(args, settings),
         Command::Status(args) => status::status(args),
+        Command::Bench(args) => bench::bench(args, settings),
     }
 }

@@ -45,6 +45,13 @@ impl BatchNorm {
     }
 }
 
+impl BatchNorm {
+    /// This map as a convolution's epilogue, with or without the ReLU after it.
+    pub(crate) fn epilogue(&self, relu: bool) -> crate::models::fast_conv::Epilogue<'_> {
+        crate::models::fast_conv::Epilogue { scale: Some(&self.scale), shift: Some(&self.shift), relu }
+    }
+}
+
 impl Module for BatchNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)

@@ -9,6 +9,7 @@
 //! (same kernel, same numbers) and whose backward uses that identity for the input and
 //! candle's own formula for the kernel. CPU only; on other devices it is plain `conv2d`.
 
+use crate::models::fast_conv::{conv2d_fused, ConvParams, Epilogue};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 struct Conv2dS1 {
@@ -87,9 +88,38 @@ pub fn conv2d_no_bias(c_in: usize, c_out: usize, kernel: usize, cfg: candle_nn::
     Ok(Conv2d(candle_nn::conv2d_no_bias(c_in, c_out, kernel, cfg, vb)?))
 }
 
+impl Conv2d {
+    /// The convolution (with its bias, if any) followed by `epilogue`: one pass through
+    /// [`crate::models::fast_conv`] when nothing tracks a gradient (inference), candle's ops
+    /// otherwise.
+    pub fn forward_fused(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        let c = self.0.config();
+        let tracked = x.track_op() || self.0.weight().track_op();
+        if tracked || c.dilation != 1 || c.groups != 1 || (self.0.bias().is_some() && epilogue.shift.is_some()) {
+            let y = candle_core::Module::forward(self, x)?;
+            let per_channel = |t: &Tensor| -> Result<Tensor> { t.reshape((1, t.elem_count(), 1, 1)) };
+            let y = match epilogue.scale {
+                Some(s) => y.broadcast_mul(&per_channel(s)?)?,
+                None => y,
+            };
+            let y = match epilogue.shift {
+                Some(s) => y.broadcast_add(&per_channel(s)?)?,
+                None => y,
+            };
+            return if epilogue.relu { y.relu() } else { Ok(y) };
+        }
+        let shift = epilogue.shift.or(self.0.bias());
+        conv2d_fused(x, self.0.weight(), ConvParams::new(c.stride, (c.padding, c.padding)), Epilogue { shift, ..epilogue })
+    }
+}
+
 impl candle_core::Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.0.config();
+        if !(x.track_op() || self.0.weight().track_op()) && c.dilation == 1 && c.groups == 1 {
+            // Inference: the fast CPU convolution (bias in its epilogue).
+            return self.forward_fused(x, Epilogue::default());
+        }
         if c.stride != 1 || c.dilation != 1 || c.groups != 1 {
             return self.0.forward(x);
         }

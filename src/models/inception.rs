@@ -31,6 +31,7 @@
 use candle_core::{DType, Module, Tensor};
 
 use super::batch_norm::BatchNorm;
+use super::fast_conv::{conv2d_fused, ConvParams};
 use super::weights::{WeightMap, WeightsError};
 
 /// The file name pytorch-fid downloads its weights to (and users already have).
@@ -88,15 +89,9 @@ impl BasicConv2d {
 
 impl Module for BasicConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (ph, pw) = self.shape.padding;
-        // candle's conv2d takes one padding for both axes: pad asymmetric cases by hand (zeros,
-        // like PyTorch's conv padding) and convolve unpadded.
-        let y = if ph == pw {
-            x.conv2d(&self.weight, ph, self.shape.stride, 1, 1)?
-        } else {
-            x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?.conv2d(&self.weight, 0, self.shape.stride, 1, 1)?
-        };
-        self.bn.forward(&y)?.relu()
+        // One pass: the convolution (asymmetric padding included) with BatchNorm and ReLU in
+        // its epilogue (models::fast_conv).
+        conv2d_fused(x, &self.weight, ConvParams::new(self.shape.stride, self.shape.padding), self.bn.epilogue(true))
     }
 }
 

@@ -41,6 +41,7 @@ use std::str::FromStr;
 use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::fast_conv::{conv2d_fused, ConvParams, Epilogue};
 use super::weights::{WeightMap, WeightsError};
 
 /// torchvision's AlexNet checkpoint file name (`AlexNet_Weights.IMAGENET1K_V1`).
@@ -242,9 +243,17 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The convolution with its bias, and the ReLU after it when `relu` (one pass).
+    fn forward_relu(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+        let p = ConvParams::new(self.stride, (self.padding, self.padding));
+        conv2d_fused(x, &self.weight, p, Epilogue { scale: None, shift: Some(&self.bias), relu })
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?.broadcast_add(&self.bias)
+        self.forward_relu(x, false)
     }
 }
 
@@ -311,8 +320,19 @@ impl Backbone {
         let mut h = x.clone();
         let mut start = 0;
         for &end in &self.slice_ends {
-            for layer in &self.layers[start..end] {
-                h = layer.forward(&h)?;
+            let mut i = start;
+            while i < end {
+                // A conv and the ReLU after it in one pass.
+                match (&self.layers[i], self.layers.get(i + 1).filter(|_| i + 1 < end)) {
+                    (Layer::Conv(conv), Some(Layer::Relu)) => {
+                        h = conv.forward_relu(&h, true)?;
+                        i += 2;
+                    }
+                    (layer, _) => {
+                        h = layer.forward(&h)?;
+                        i += 1;
+                    }
+                }
             }
             outs.push(h.clone());
             start = end;
@@ -358,6 +378,84 @@ impl NetLinLayer {
 impl Module for NetLinLayer {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         x.conv2d(&self.weight, 0, 1, 1, 1)
+    }
+}
+
+impl NetLinLayer {
+    /// One layer's term of the distance, `[N, 1, 1, 1]`, from its features `f` `[2N, C, H, W]`
+    /// (the x0 side first): `mean_hw(lin((normalize(f0) - normalize(f1))^2))`. On the CPU (f32)
+    /// one pass over the features with no intermediate tensor; elsewhere candle's ops.
+    fn layer_distance(&self, f: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+        if f.device().is_cpu() && f.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            let op = FusedLayerDistance { pairs: n, weight: self.weight.flatten_all()?.to_vec1()? };
+            return f.contiguous()?.apply_op1_no_bwd(&op);
+        }
+        self.layer_distance_candle(f, n)
+    }
+
+    /// [`NetLinLayer::layer_distance`] with candle's ops, as lpips computes it.
+    fn layer_distance_candle(&self, f: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+        let f = normalize_tensor(f)?;
+        let diff = (f.narrow(0, 0, n)? - f.narrow(0, n, n)?)?.sqr()?;
+        self.forward(&diff)?.mean_keepdim((2, 3))
+    }
+}
+
+/// The fused CPU form of [`NetLinLayer::layer_distance`]: per pair, the two sides' channel
+/// norms at every pixel, then the lin-weighted squared difference of the normalised features,
+/// averaged over the pixels; pairs in parallel.
+struct FusedLayerDistance {
+    pairs: usize,
+    weight: Vec<f32>,
+}
+
+impl candle_core::CustomOp1 for FusedLayerDistance {
+    fn name(&self) -> &'static str {
+        "lpips-layer-distance"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let candle_core::CpuStorage::F32(f) = storage else { candle_core::bail!("lpips layer distance: expected f32 features") };
+        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("lpips layer distance: expected contiguous features") };
+        let (two_n, c, h, w) = layout.shape().dims4()?;
+        if two_n != 2 * self.pairs || c != self.weight.len() {
+            candle_core::bail!(
+                "lpips layer distance: features {:?} for {} pairs and {} lin weights",
+                layout.shape().dims(),
+                self.pairs,
+                self.weight.len()
+            );
+        }
+        let f = &f[a..b];
+        let (plane, image) = (h * w, c * h * w);
+        let out: Vec<f32> = (0..self.pairs)
+            .into_par_iter()
+            .map(|i| {
+                let (f0, f1) = (&f[i * image..(i + 1) * image], &f[(self.pairs + i) * image..(self.pairs + i + 1) * image]);
+                let norm = |x: &[f32]| -> Vec<f32> {
+                    let mut sq = vec![0f32; plane];
+                    for ch in x.chunks_exact(plane) {
+                        sq.iter_mut().zip(ch).for_each(|(s, &v)| *s += v * v);
+                    }
+                    sq.iter().map(|s| s.sqrt() + NORM_EPS as f32).collect()
+                };
+                let (n0, n1) = (norm(f0), norm(f1));
+                let mut acc = vec![0f32; plane];
+                for ((ch0, ch1), &wc) in f0.chunks_exact(plane).zip(f1.chunks_exact(plane)).zip(&self.weight) {
+                    for (p, s) in acc.iter_mut().enumerate() {
+                        let d = ch0[p] / n0[p] - ch1[p] / n1[p];
+                        *s += wc * d * d;
+                    }
+                }
+                (acc.iter().map(|&v| v as f64).sum::<f64>() / plane as f64) as f32
+            })
+            .collect();
+        Ok((candle_core::CpuStorage::F32(out), candle_core::Shape::from((self.pairs, 1, 1, 1))))
     }
 }
 
@@ -440,11 +538,9 @@ impl Lpips {
         let feats = self.backbone.forward(&x)?;
         let mut total: Option<Tensor> = None;
         for (f, lin) in feats.iter().zip(&self.lins) {
-            // 4. normalize_tensor on each side, squared difference.
-            let f = normalize_tensor(f)?;
-            let diff = (f.narrow(0, 0, n)? - f.narrow(0, n, n)?)?.sqr()?;
-            // 5. lin{k} (1x1 conv to one channel), then spatial_average (keepdim): [N, 1, 1, 1].
-            let res = lin.forward(&diff)?.mean_keepdim((2, 3))?;
+            // 4-5. normalize_tensor on each side, squared difference, lin{k} (1x1 conv to one
+            //      channel), spatial_average (keepdim): [N, 1, 1, 1].
+            let res = lin.layer_distance(f, n)?;
             // 6. Sum over the layers, in lpips' order.
             total = Some(match total {
                 None => res,
@@ -534,6 +630,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fused_layer_distance_equals_lpips_ops() {
+        let dev = Device::Cpu;
+        let uniform = |n: usize, k: u64| -> Vec<f32> {
+            (0..n as u64).map(|i| (crate::units::mix64(i * 7919 + k) >> 40) as f32 / (1u64 << 24) as f32).collect()
+        };
+        // (pairs, channels, h, w): alex's and vgg's shapes, odd ones, one pixel.
+        for (k, (n, c, h, w)) in [(2, 64, 7, 7), (3, 5, 3, 5), (1, 512, 1, 1), (4, 192, 3, 3)].into_iter().enumerate() {
+            let f = Tensor::from_vec(uniform(2 * n * c * h * w, k as u64), (2 * n, c, h, w), &dev).unwrap();
+            let lin = NetLinLayer { weight: Tensor::from_vec(uniform(c, 99 + k as u64), (1, c, 1, 1), &dev).unwrap() };
+            // Non-contiguous too: the same features stored channels-last.
+            let f_nc = f.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap().permute((0, 3, 1, 2)).unwrap();
+            let want: Vec<f32> = lin.layer_distance_candle(&f, n).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            for input in [&f, &f_nc] {
+                let got: Vec<f32> = lin.layer_distance(input, n).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(got.len(), n);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * w.abs().max(1e-3), "case {k}: {got:?} vs {want:?}");
+                }
+            }
+        }
+        let lin = NetLinLayer { weight: Tensor::ones((1, 4, 1, 1), DType::F32, &dev).unwrap() };
+        let e = lin.layer_distance(&Tensor::zeros((3, 4, 2, 2), DType::F32, &dev).unwrap(), 2).unwrap_err();
+        assert!(e.to_string().contains("for 2 pairs and 4 lin weights"), "{e}");
     }
 
     #[test]

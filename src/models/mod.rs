@@ -6,6 +6,9 @@
 //! - [`zip_member`]: bounded reads of zip members (zip `.pth`, `.npz`).
 //! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem), from a checkpoint for
 //!   inference or from a `VarMap` for training (BatchNorm in training mode).
+//! - [`fast_attention`]: inference attention on the CPU, one head's scores at a time.
+//! - [`fast_conv`]: inference convolution on the CPU with its BatchNorm/bias/ReLU fused.
+//! - [`group_norm`]: GroupNorm (+ SiLU), fused into one pass for inference on the CPU.
 //! - [`conv_grad`]: stride-1 convolution with a fast CPU backward (for training).
 //! - [`preprocess`]: uint8 pixels to normalised network input.
 //! - [`hub_cache`]: where standard weight files are looked for when no path is given.
@@ -19,9 +22,13 @@
 //! - [`schedulers`]: diffusers' DDPM and DDIM step maths on the host.
 //! - [`sampling`]: the reverse-diffusion loop of one work unit, and uint8 quantisation.
 //! - [`noise`]: a sampling unit's Gaussian noise, drawn on the host from its seed.
+//! - [`random_weights`]: made-up weights for any model, for `rcaflow bench`.
 mod batch_norm;
 pub mod conv_grad;
 pub mod device;
+pub mod fast_attention;
+pub mod fast_conv;
+pub mod group_norm;
 pub mod hub_cache;
 pub mod inception;
 mod legacy_pth;
@@ -30,6 +37,7 @@ pub mod noise;
 pub mod oracle;
 pub mod precision;
 pub mod preprocess;
+pub mod random_weights;
 pub mod resnet;
 pub mod sampling;
 pub mod schedulers;

@@ -66,6 +66,8 @@ pub struct WeightMap {
     /// Full keys looked up through `get`, shared by every view of the same file.
     used: Arc<Mutex<BTreeSet<String>>>,
     prefix: String,
+    /// Set for [`WeightMap::random`]: the device its made-up tensors go to.
+    random: Option<Device>,
 }
 
 impl WeightMap {
@@ -100,7 +102,21 @@ impl WeightMap {
     }
 
     fn new(tensors: HashMap<String, Tensor>, path: PathBuf) -> Self {
-        Self { tensors: Arc::new(tensors), path: Arc::new(path), used: Arc::new(Mutex::new(BTreeSet::new())), prefix: String::new() }
+        Self {
+            tensors: Arc::new(tensors),
+            path: Arc::new(path),
+            used: Arc::new(Mutex::new(BTreeSet::new())),
+            prefix: String::new(),
+            random: None,
+        }
+    }
+
+    /// A map with no file behind it that answers every `get` with a random tensor of the shape
+    /// asked for ([`crate::models::random_weights::random_tensor`], keyed by the full name), on
+    /// `device`: a model built from it has the real architecture and made-up weights (for
+    /// `rcaflow bench`). `contains` and `shape_of` know no key, so optional tensors are absent.
+    pub fn random(label: impl Into<PathBuf>, device: &Device) -> Self {
+        Self { random: Some(device.clone()), ..Self::new(HashMap::new(), label.into()) }
     }
 
     /// A view whose lookups are prefixed with `prefix.` (nested: `pp("a").pp("b")` is `a.b.`).
@@ -110,12 +126,20 @@ impl WeightMap {
             path: Arc::clone(&self.path),
             used: Arc::clone(&self.used),
             prefix: self.full_name(&prefix.to_string()),
+            random: self.random.clone(),
         }
     }
 
     /// The tensor `name` (under this view's prefix), checked to have exactly `shape`.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor, WeightsError> {
         let full = self.full_name(name);
+        if let Some(device) = &self.random {
+            return crate::models::random_weights::random_tensor(&full, shape, device).map_err(|e| WeightsError::Tensor {
+                path: self.path.to_path_buf(),
+                name: full,
+                cause: e.to_string(),
+            });
+        }
         let t = self.tensors.get(&full).ok_or_else(|| WeightsError::Missing { path: self.path.to_path_buf(), name: full.clone() })?;
         if t.dims() != shape {
             return Err(WeightsError::Shape {
@@ -148,6 +172,9 @@ impl WeightMap {
     /// The device of the tensors: the one [`WeightMap::load`] put them on (for
     /// [`WeightMap::from_tensors`], that of any one of them), CPU for an empty map.
     pub fn device(&self) -> Device {
+        if let Some(device) = &self.random {
+            return device.clone();
+        }
         self.tensors.values().next().map_or(Device::Cpu, |t| t.device().clone())
     }
 

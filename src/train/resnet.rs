@@ -169,10 +169,15 @@ mod tests {
             let tracked: i64 = w.get(&[], "layer1.0.bn1.num_batches_tracked").unwrap().to_scalar().unwrap();
             assert_eq!(tracked, 2);
             let theirs = ResNet::load(&w, &cfg).unwrap().forward(&x).unwrap();
-            // One network, one eval-mode formula: the same numbers, not merely close ones.
+            // One network, one eval-mode formula; the trainable network runs candle's ops (its
+            // weights are variables) and the loaded one the fused inference kernels
+            // (models::fast_conv), so the sums differ only in rounding.
             let (ours, theirs): (Vec<f32>, Vec<f32>) =
                 (ours.flatten_all().unwrap().to_vec1().unwrap(), theirs.flatten_all().unwrap().to_vec1().unwrap());
-            assert_eq!(ours, theirs, "{stem}");
+            assert_eq!(ours.len(), theirs.len());
+            for (a, b) in ours.iter().zip(&theirs) {
+                assert!((a - b).abs() <= 1e-5 * a.abs().max(0.1), "{stem}: {ours:?} vs {theirs:?}");
+            }
         }
     }
 }

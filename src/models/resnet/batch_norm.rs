@@ -17,6 +17,7 @@ use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::models::batch_norm::BatchNorm;
+use crate::models::conv_grad::Conv2d;
 
 /// `nn.BatchNorm2d`'s eps in torchvision's ResNet.
 const EPS: f64 = 1e-5;
@@ -70,6 +71,29 @@ impl BatchNorm2d {
             Stats::Frozen(BatchNorm::fold(&weight, &bias, &mean, &var, EPS)?)
         };
         Ok(Self { weight, bias, stats, channels })
+    }
+
+    /// In `Eval` mode with frozen statistics, the affine map it applies (for a convolution to
+    /// fuse into its epilogue); `None` where it must run itself.
+    pub(crate) fn frozen(&self, mode: BnMode) -> Option<&BatchNorm> {
+        match (&self.stats, mode) {
+            (Stats::Frozen(bn), BnMode::Eval) => Some(bn),
+            _ => None,
+        }
+    }
+
+    /// `bn(conv(x))`, then ReLU when `relu`: one fused pass where the statistics are frozen and
+    /// nothing is trained (models::fast_conv).
+    pub(crate) fn after_conv(&self, conv: &Conv2d, x: &Tensor, mode: BnMode, relu: bool) -> Result<Tensor> {
+        if let Some(bn) = self.frozen(mode) {
+            return conv.forward_fused(x, bn.epilogue(relu));
+        }
+        let y = self.forward(&conv.forward(x)?, mode)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
     }
 
     /// Normalises `x` `[N, C, H, W]`; in `Train` mode also updates the running statistics.

@@ -5,7 +5,7 @@
 //! `nn.Sequential(conv1x1, BatchNorm2d)` that `ResNet._make_layer` gives it; keys `conv1`, `bn1`,
 //! `conv2`, `bn2`, `downsample.0`, `downsample.1`. Every convolution has `bias=False`.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::batch_norm::{BatchNorm2d, BnMode};
@@ -46,11 +46,11 @@ impl BasicBlock {
 
     pub(super) fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         let identity = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(x)?, mode)?,
+            Some((conv, bn)) => bn.after_conv(conv, x, mode, false)?,
             None => x.clone(),
         };
-        let y = self.bn1.forward(&self.conv1.forward(x)?, mode)?.relu()?;
-        let y = self.bn2.forward(&self.conv2.forward(&y)?, mode)?;
+        let y = self.bn1.after_conv(&self.conv1, x, mode, true)?;
+        let y = self.bn2.after_conv(&self.conv2, &y, mode, false)?;
         (y + identity)?.relu()
     }
 }

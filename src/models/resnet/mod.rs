@@ -135,7 +135,7 @@ impl ResNet {
     /// Pooled features `[N, 8 * width]` (`[N, 512]` in torchvision), BatchNorm in `mode`.
     pub fn features(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         // 1. Stem: conv1 -> bn1 -> relu (-> 3x3/2 max-pool for the imagenet stem).
-        let mut x = self.bn1.forward(&self.conv1.forward(x)?, mode)?.relu()?;
+        let mut x = self.bn1.after_conv(&self.conv1, x, mode, true)?;
         if self.cfg.stem == Stem::Imagenet {
             x = max_pool_3x3_s2_p1(&x)?;
         }

@@ -19,8 +19,11 @@
 //! `candle_nn::ops::softmax` (composed of differentiable ops) rather than a fused kernel: candle
 //! has no CPU scaled-dot-product attention, and training backpropagates through this.
 
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::models::fast_attention::attention;
+use crate::models::group_norm::{group_norm, GroupNorm};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Attention {
@@ -48,7 +51,7 @@ impl Attention {
         let heads = channels / head_dim;
         let inner = heads * head_dim;
         let group_norm = match groups {
-            Some(g) => Some(candle_nn::group_norm(g, channels, eps, vb.pp("group_norm"))?),
+            Some(g) => Some(group_norm(g, channels, eps, vb.pp("group_norm"))?),
             None => None,
         };
         Ok(Self {
@@ -84,9 +87,8 @@ impl Module for Attention {
         let k = self.split_heads(&self.to_k.forward(&tokens)?)?;
         let v = self.split_heads(&self.to_v.forward(&tokens)?)?;
         // 3. Scaled dot-product attention per head.
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = probs.matmul(&v)?;
+        //    (One head's scores at a time for inference on the CPU: models::fast_attention.)
+        let out = attention(&q, &k, &v, 1.0 / (self.head_dim as f64).sqrt())?;
         // 4. Heads merged, output projection, back to [N, C, H, W].
         let out = out.transpose(1, 2)?.reshape((n, h * w, self.heads * self.head_dim))?;
         let out = self.to_out.forward(&out)?.transpose(1, 2)?.reshape((n, c, h, w))?;

@@ -40,9 +40,10 @@ mod resnet_block;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::models::conv_grad::{conv2d, Conv2d};
+use crate::models::group_norm::{group_norm, GroupNorm};
 
 pub use config::{ConfigError, SampleSize, UNet2DConfig};
 
@@ -176,7 +177,7 @@ impl UNet2DModel {
             up_blocks.push(UpBlock::new(vb.pp("up_blocks").pp(i), &spec, prev, skip_in, &resnet, &attn)?);
         }
 
-        let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, c[0], config.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = group_norm(config.norm_num_groups, c[0], config.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = conv2d(c[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?;
         Ok(Self {
             config: config.clone(),
@@ -306,7 +307,7 @@ impl UNet2DModel {
         }
 
         // 6. Post-process.
-        let x = self.conv_norm_out.forward(&x)?.silu()?;
+        let x = self.conv_norm_out.forward_act(&x, true)?;
         Ok(self.conv_out.forward(&x)?)
     }
 

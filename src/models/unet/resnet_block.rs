@@ -16,9 +16,10 @@
 //! ```
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
 use crate::models::conv_grad::{conv2d, Conv2d};
+use crate::models::group_norm::{group_norm, GroupNorm};
 
 use super::config::TimeShift;
 use super::resample::{avg_pool_2x, nearest_2x};
@@ -70,10 +71,10 @@ impl ResnetBlock2D {
             None
         };
         Ok(Self {
-            norm1: candle_nn::group_norm(p.groups, in_channels, p.eps, vb.pp("norm1"))?,
+            norm1: group_norm(p.groups, in_channels, p.eps, vb.pp("norm1"))?,
             conv1: conv2d(in_channels, out_channels, 3, conv3, vb.pp("conv1"))?,
             time_emb_proj: candle_nn::linear(p.temb_channels, proj_out, vb.pp("time_emb_proj"))?,
-            norm2: candle_nn::group_norm(p.groups, out_channels, p.eps, vb.pp("norm2"))?,
+            norm2: group_norm(p.groups, out_channels, p.eps, vb.pp("norm2"))?,
             conv2: conv2d(out_channels, out_channels, 3, conv3, vb.pp("conv2"))?,
             conv_shortcut,
             resample,
@@ -86,7 +87,7 @@ impl ResnetBlock2D {
     /// `x`: `[N, C_in, H, W]`; `temb_act`: `silu(temb)`, `[N, temb_channels]` (the activation
     /// every block applies to the shared embedding is computed once by the caller).
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = self.norm1.forward(x)?.silu()?;
+        let mut h = self.norm1.forward_act(x, true)?;
         let mut x = x.clone();
         match self.resample {
             Resample::None => {}
@@ -102,13 +103,13 @@ impl ResnetBlock2D {
         let h = self.conv1.forward(&h)?;
         let t = self.time_emb_proj.forward(temb_act)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = match self.time_shift {
-            TimeShift::Default => self.norm2.forward(&h.broadcast_add(&t)?)?,
+            TimeShift::Default => self.norm2.forward_act(&h.broadcast_add(&t)?, true)?,
             TimeShift::ScaleShift => {
                 let (scale, shift) = (t.narrow(1, 0, t.dim(1)? / 2)?, t.narrow(1, t.dim(1)? / 2, t.dim(1)? / 2)?);
-                self.norm2.forward(&h)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?
+                self.norm2.forward(&h)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?.silu()?
             }
         };
-        let mut h = h.silu()?;
+        let mut h = h;
         if train && self.dropout > 0.0 {
             h = candle_nn::ops::dropout(&h, self.dropout)?;
         }

@@ -1,0 +1,132 @@
+//! `rcaflow bench`: the throughput of each model at its production shape, with random weights
+//! (speed does not depend on the values), warm-ups excluded, median and spread of the repeats,
+//! and peak resident memory; a table for people, `--json` for machines. scripts/bench_torch.py
+//! prints the same for PyTorch (same keys), and `--compare` there puts the two side by side.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CliError;
+use crate::bench::{bench_model, BenchModel, BenchOptions, BenchResult, PAPER_UNET_CONFIG};
+use crate::models::device::DeviceSpec;
+use crate::models::unet::UNet2DConfig;
+use crate::settings::Settings;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Comma-separated models: unet, inception, resnet18, resnet34, lpips-alex, lpips-vgg.
+    #[arg(long, value_name = "LIST", default_value = "unet,inception,resnet18,resnet34,lpips-alex,lpips-vgg")]
+    pub models: String,
+    /// Batch of every model (default: each model's own: unet 16, inception 50, resnets 64,
+    /// lpips 32 pairs).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Timed forward passes per model.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub repeats: usize,
+    /// Untimed forward passes before them.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub warmup: usize,
+    /// CPU threads for the models' kernels (default: every core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// The UNet's diffusers config.json (default: the paper's, config/unet-paper.json).
+    #[arg(long, value_name = "FILE")]
+    pub unet_config: Option<PathBuf>,
+    /// Where models run (overrides the config file).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The whole measurement, as `--json` prints it.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    framework: &'static str,
+    version: &'static str,
+    device: String,
+    threads: usize,
+    results: Vec<BenchResult>,
+}
+
+fn parse_models(list: &str) -> Result<Vec<BenchModel>, CliError> {
+    list.split(',').map(|m| m.trim().parse::<BenchModel>().map_err(|e| CliError::Input(format!("--models: {e}")))).collect()
+}
+
+fn unet_config(path: &Option<PathBuf>) -> Result<UNet2DConfig, CliError> {
+    let (text, name) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| CliError::Input(format!("--unet-config \"{}\": cannot read: {e}", p.display())))?,
+            p.display().to_string(),
+        ),
+        None => (PAPER_UNET_CONFIG.to_string(), "config/unet-paper.json (built in)".to_string()),
+    };
+    let config = UNet2DConfig::from_json_str(&text)
+        .and_then(|c| c.validate().map(|()| c))
+        .map_err(|e| CliError::Input(format!("--unet-config \"{name}\": {e}")))?;
+    Ok(config)
+}
+
+pub fn bench(args: BenchArgs, settings: Settings) -> Result<(), CliError> {
+    let models = parse_models(&args.models)?;
+    if args.repeats == 0 {
+        return Err(CliError::Input("--repeats must be at least 1".into()));
+    }
+    if args.batch == Some(0) {
+        return Err(CliError::Input("--batch must be at least 1".into()));
+    }
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            return Err(CliError::Input("--threads must be at least 1".into()));
+        }
+        // Read by rayon when its pool starts and by candle's gemm at every call; nothing has
+        // run a kernel yet in this process.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let device_name = args.device.clone().unwrap_or_else(|| settings.runtime.device.clone());
+    let spec: DeviceSpec = device_name.parse().map_err(|e| CliError::Input(format!("--device: {e}")))?;
+    let device = spec.open().map_err(|e| CliError::Input(format!("--device: {e}")))?;
+    let opts = BenchOptions { batch: args.batch, warmup: args.warmup, repeats: args.repeats, unet: unet_config(&args.unet_config)? };
+    let threads = candle_core::utils::get_num_threads();
+
+    if !args.json {
+        println!(
+            "rcaflow {} bench: {spec}, {threads} threads, {} warm-up, {} repeats (median, min-max)",
+            env!("CARGO_PKG_VERSION"),
+            args.warmup,
+            args.repeats
+        );
+        println!("{:<11} {:>5}  {:>32}  {:>10}  {:>9}", "model", "batch", "throughput", "s/forward", "peak RSS");
+    }
+    let mut results = Vec::new();
+    for model in models {
+        let r = bench_model(model, &opts, &device).map_err(|e| CliError::Output(e.to_string()))?;
+        if !args.json {
+            println!("{}", table_row(&r));
+        }
+        results.push(r);
+    }
+    if args.json {
+        let report = Report { framework: "rcaflow", version: env!("CARGO_PKG_VERSION"), device: spec.to_string(), threads, results };
+        let text = serde_json::to_string_pretty(&report).map_err(|e| CliError::Output(format!("json: {e}")))?;
+        println!("{text}");
+    }
+    Ok(())
+}
+
+/// One line of the human table (scripts/bench_torch.py prints the same columns).
+fn table_row(r: &BenchResult) -> String {
+    let t = &r.throughput;
+    let rss = r.peak_rss_mib.map_or("-".to_string(), |m| format!("{m:.0} MiB"));
+    format!(
+        "{:<11} {:>5}  {:>32}  {:>10.4}  {:>9}",
+        r.model,
+        r.batch,
+        format!("{:.2} {} ({:.2}-{:.2})", t.median, r.unit, t.min, t.max),
+        r.seconds.median,
+        rss
+    )
+}

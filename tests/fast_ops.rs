@@ -1,0 +1,210 @@
+//! The fused CPU inference ops against candle's own ops, on random shapes, odd sizes and
+//! non-contiguous inputs:
+//! - models::fast_conv: the convolution (im2col + gemm with a BatchNorm / bias / ReLU
+//!   epilogue) equals `conv2d` -> `broadcast_mul` -> `broadcast_add` -> `relu`, with strides and
+//!   asymmetric padding; an image's output does not depend on its batch;
+//! - models::group_norm: GroupNorm (+ SiLU) equals candle-nn's `GroupNorm` (+ `silu`);
+//! and with a gradient to track, each is candle's ops (with their backward).
+
+mod common;
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use common::prng::uniform_f32;
+use rcaflow::models::fast_conv::{conv2d_candle, conv2d_fused, ConvParams, Epilogue};
+use rcaflow::models::group_norm::group_norm;
+
+fn random(key: &str, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(uniform_f32(key, shape.iter().product(), -1.0, 1.0), shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// (n, c_in, h, w, c_out, kh, kw, stride, (ph, pw))
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize, (usize, usize));
+
+const CASES: [Case; 12] = [
+    (2, 3, 32, 32, 16, 3, 3, 1, (1, 1)),  // the cifar stem
+    (3, 5, 7, 9, 7, 3, 3, 1, (1, 1)),     // odd everything
+    (2, 4, 11, 13, 6, 3, 3, 2, (1, 1)),   // stride 2, odd sides
+    (1, 3, 33, 35, 8, 11, 11, 4, (2, 2)), // alexnet's first conv on an odd size
+    (2, 6, 9, 9, 5, 1, 1, 1, (0, 0)),     // pointwise (no im2col)
+    (2, 6, 9, 9, 5, 1, 1, 2, (0, 0)),     // strided 1x1 (the resnet downsample)
+    (2, 4, 17, 17, 3, 1, 7, 1, (0, 3)),   // Inception's 1x7
+    (2, 4, 17, 17, 3, 7, 1, 1, (3, 0)),   // and 7x1
+    (1, 2, 5, 6, 3, 5, 5, 1, (2, 2)),     // kernel as large as the input
+    (3, 8, 4, 4, 9, 3, 3, 1, (1, 1)),     // the UNet's 4x4 level
+    (1, 3, 300, 20, 4, 3, 3, 1, (0, 0)),  // tall: several bands per image
+    (2, 3, 8, 8, 4, 3, 3, 3, (0, 0)),     // stride 3, no padding
+];
+
+#[test]
+fn fused_conv_equals_candles_ops_with_every_epilogue() {
+    for (i, &(n, c_in, h, w, c_out, kh, kw, stride, padding)) in CASES.iter().enumerate() {
+        let x = random(&format!("x{i}"), &[n, c_in, h, w]);
+        let k = random(&format!("k{i}"), &[c_out, c_in, kh, kw]);
+        let scale = random(&format!("s{i}"), &[c_out]);
+        let shift = random(&format!("b{i}"), &[1, c_out, 1, 1]);
+        let p = ConvParams::new(stride, padding);
+        let epilogues = [
+            Epilogue::default(),
+            Epilogue { shift: Some(&shift), ..Default::default() },
+            Epilogue { scale: Some(&scale), shift: Some(&shift), relu: true },
+            Epilogue { scale: Some(&scale), shift: None, relu: true },
+        ];
+        for (e, epilogue) in epilogues.iter().enumerate() {
+            let fast = conv2d_fused(&x, &k, p, *epilogue).unwrap();
+            let plain = conv2d_candle(&x, &k, p, *epilogue).unwrap();
+            let diff = max_abs_diff(&fast, &plain);
+            // Sums of c_in * kh * kw products in another order: rounding grows with the length.
+            let tolerance = (1e-7 * (c_in * kh * kw) as f32).max(1e-5);
+            assert!(diff < tolerance, "case {i} epilogue {e}: max |fast - candle| = {diff}");
+        }
+    }
+}
+
+#[test]
+fn non_contiguous_inputs_are_read_by_their_strides() {
+    // A transposed input (H and W swapped), a slice of rows (an offset and a gap), and a
+    // transposed kernel.
+    let base = random("nc/x", &[2, 6, 9, 11]);
+    let k = random("nc/k", &[4, 6, 3, 3]);
+    for x in [base.transpose(2, 3).unwrap(), base.narrow(2, 2, 5).unwrap()] {
+        let p = ConvParams::new(1, (1, 1));
+        let fast = conv2d_fused(&x, &k, p, Epilogue::default()).unwrap();
+        let plain = conv2d_candle(&x.contiguous().unwrap(), &k, p, Epilogue::default()).unwrap();
+        assert!(max_abs_diff(&fast, &plain) < 1e-5);
+    }
+    let kt = random("nc/kt", &[4, 6, 3, 3]).transpose(2, 3).unwrap();
+    let fast = conv2d_fused(&base, &kt, ConvParams::new(2, (1, 1)), Epilogue::default()).unwrap();
+    let plain = conv2d_candle(&base, &kt.contiguous().unwrap(), ConvParams::new(2, (1, 1)), Epilogue::default()).unwrap();
+    assert!(max_abs_diff(&fast, &plain) < 1e-5);
+}
+
+#[test]
+fn an_image_gives_the_same_output_in_any_batch() {
+    let x = random("batch/x", &[5, 8, 19, 23]);
+    let k = random("batch/k", &[12, 8, 3, 3]);
+    let p = ConvParams::new(1, (1, 1));
+    let whole = conv2d_fused(&x, &k, p, Epilogue { relu: true, ..Default::default() }).unwrap();
+    for i in 0..5 {
+        let alone = conv2d_fused(&x.narrow(0, i, 1).unwrap(), &k, p, Epilogue { relu: true, ..Default::default() }).unwrap();
+        assert_eq!(max_abs_diff(&alone, &whole.narrow(0, i, 1).unwrap()), 0.0, "image {i}");
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    let x = random("bad/x", &[1, 3, 4, 4]);
+    let e = conv2d_fused(&x, &random("bad/k", &[2, 4, 3, 3]), ConvParams::new(1, (1, 1)), Epilogue::default()).unwrap_err();
+    assert!(e.to_string().contains("input has 3 channels, the kernel 4"), "{e}");
+    let e = conv2d_fused(&x, &random("bad/k5", &[2, 3, 7, 7]), ConvParams::new(1, (0, 0)), Epilogue::default()).unwrap_err();
+    assert!(e.to_string().contains("does not fit a 4x4 input"), "{e}");
+    let scale = random("bad/s", &[5]);
+    let e = conv2d_fused(
+        &x,
+        &random("bad/k2", &[2, 3, 3, 3]),
+        ConvParams::new(1, (1, 1)),
+        Epilogue { scale: Some(&scale), ..Default::default() },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("5 values for 2 output channels"), "{e}");
+}
+
+#[test]
+fn with_a_gradient_to_track_it_is_candles_op_and_has_a_backward() {
+    let x = random("grad/x", &[2, 3, 6, 6]);
+    let k = Var::from_tensor(&random("grad/k", &[4, 3, 3, 3])).unwrap();
+    let shift = random("grad/b", &[4]);
+    let p = ConvParams::new(1, (1, 1));
+    let y = conv2d_fused(&x, k.as_tensor(), p, Epilogue { shift: Some(&shift), relu: true, ..Default::default() }).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let g = grads.get(k.as_tensor()).expect("a gradient for the kernel");
+    let y2 = conv2d_candle(&x, k.as_tensor(), p, Epilogue { shift: Some(&shift), relu: true, ..Default::default() }).unwrap();
+    let g2 = y2.sum_all().unwrap().backward().unwrap();
+    assert_eq!(max_abs_diff(g, g2.get(k.as_tensor()).unwrap()), 0.0);
+}
+
+/// A group norm with random weight and bias (a VarMap's variables when `trainable`).
+fn random_group_norm(key: &str, groups: usize, channels: usize, trainable: bool) -> (rcaflow::models::group_norm::GroupNorm, VarMap) {
+    let map = VarMap::new();
+    let vb = if trainable {
+        VarBuilder::from_varmap(&map, candle_core::DType::F32, &Device::Cpu)
+    } else {
+        let tensors = [("weight", random(&format!("{key}/w"), &[channels])), ("bias", random(&format!("{key}/b"), &[channels]))]
+            .into_iter()
+            .map(|(k, t)| (k.to_string(), t))
+            .collect();
+        VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu)
+    };
+    (group_norm(groups, channels, 1e-5, vb).unwrap(), map)
+}
+
+#[test]
+fn fused_group_norm_equals_candle_nn_with_and_without_silu() {
+    // (n, channels, groups, spatial dims)
+    let cases: [(usize, usize, usize, &[usize]); 5] =
+        [(2, 64, 32, &[8, 8]), (3, 6, 3, &[5, 7]), (1, 9, 9, &[1, 1]), (2, 12, 4, &[3]), (4, 256, 32, &[4, 4])];
+    for (i, &(n, c, g, spatial)) in cases.iter().enumerate() {
+        let mut shape = vec![n, c];
+        shape.extend_from_slice(spatial);
+        // Off-centre and scaled, so a one-pass variance would lose digits.
+        let x = (random(&format!("gn{i}/x"), &shape) * 3.0).unwrap().affine(1.0, 5.0).unwrap();
+        let (norm, _) = random_group_norm(&format!("gn{i}"), g, c, false);
+        for silu in [false, true] {
+            let fast = norm.forward_act(&x, silu).unwrap();
+            let plain = norm.forward_candle(&x).unwrap();
+            let plain = if silu { plain.silu().unwrap() } else { plain };
+            let diff = max_abs_diff(&fast, &plain);
+            assert!(diff < 2e-5, "case {i} silu {silu}: max |fast - candle| = {diff}");
+        }
+    }
+    // A non-contiguous input: channels-last storage seen as NCHW.
+    let (norm, _) = random_group_norm("gn/nc", 4, 8, false);
+    let x = random("gn/nc/x", &[2, 5, 6, 8]).permute((0, 3, 1, 2)).unwrap();
+    let diff = max_abs_diff(&norm.forward_act(&x, true).unwrap(), &norm.forward_candle(&x.contiguous().unwrap()).unwrap().silu().unwrap());
+    assert!(diff < 2e-5, "non-contiguous: {diff}");
+    let e = norm.forward_act(&random("gn/bad", &[2, 6, 3, 3]), false).unwrap_err();
+    assert!(e.to_string().contains("group norm of 8 channels: got an input of shape [2, 6, 3, 3]"), "{e}");
+}
+
+#[test]
+fn a_trained_group_norm_is_candle_nns_and_has_gradients() {
+    let (norm, map) = random_group_norm("gn/train", 4, 8, true);
+    let x = random("gn/train/x", &[2, 8, 3, 3]);
+    let y = norm.forward_act(&x, true).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let vars = map.all_vars();
+    assert_eq!(vars.len(), 2);
+    for v in &vars {
+        assert!(grads.get(v.as_tensor()).is_some(), "a gradient for every parameter");
+    }
+}
+
+#[test]
+fn fused_attention_equals_candles_ops() {
+    use rcaflow::models::fast_attention::{attention, attention_candle};
+    // (n, heads, tokens, head_dim): the paper UNet's 16x16 and 8x8 levels, odd sizes, one token.
+    for (i, &(n, h, t, d)) in [(2, 16, 256, 8), (1, 32, 64, 8), (3, 3, 7, 5), (1, 1, 1, 4), (2, 2, 33, 32)].iter().enumerate() {
+        let q = (random(&format!("att{i}/q"), &[n, h, t, d]) * 2.0).unwrap();
+        let k = (random(&format!("att{i}/k"), &[n, h, t, d]) * 2.0).unwrap();
+        let v = random(&format!("att{i}/v"), &[n, h, t, d]);
+        let scale = 1.0 / (d as f64).sqrt();
+        let diff = max_abs_diff(&attention(&q, &k, &v, scale).unwrap(), &attention_candle(&q, &k, &v, scale).unwrap());
+        assert!(diff < 1e-5, "case {i}: {diff}");
+    }
+    // Non-contiguous: heads split from tokens-first storage, as the UNet's projections give.
+    let q = random("att/nc/q", &[2, 20, 4, 8]).transpose(1, 2).unwrap();
+    let k = random("att/nc/k", &[2, 20, 4, 8]).transpose(1, 2).unwrap();
+    let v = random("att/nc/v", &[2, 20, 4, 8]).transpose(1, 2).unwrap();
+    // (candle's matmul itself wants them contiguous.)
+    let contiguous = |t: &Tensor| t.contiguous().unwrap();
+    let want = attention_candle(&contiguous(&q), &contiguous(&k), &contiguous(&v), 0.3).unwrap();
+    let diff = max_abs_diff(&attention(&q, &k, &v, 0.3).unwrap(), &want);
+    assert!(diff < 1e-5, "non-contiguous: {diff}");
+    let e = attention(&q, &k.narrow(2, 0, 10).unwrap(), &v, 0.3).unwrap_err();
+    assert!(e.to_string().contains("must have one shape"), "{e}");
+}
