@@ -53,6 +53,22 @@ pub struct Settings {
     pub runtime: RuntimeSettings,
     /// How large an input image may be (checked from its header before decoding).
     pub images: crate::data::image_folder::ImageLimits,
+    /// How large a weights file may be.
+    pub weights: WeightsSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeightsSettings {
+    /// The largest weights file (.safetensors, .pth) read, in MiB; its tensors take at most a
+    /// few times its size.
+    pub max_mib: u64,
+}
+
+impl Default for WeightsSettings {
+    fn default() -> Self {
+        WeightsSettings { max_mib: crate::models::weights::DEFAULT_MAX_WEIGHTS_MIB }
+    }
 }
 
 impl Default for MetricsSettings {
@@ -98,6 +114,9 @@ impl Settings {
                 "images.max_width, images.max_height and images.max_alloc_mib must be positive, found {}, {} and {}",
                 i.max_width, i.max_height, i.max_alloc_mib
             ));
+        }
+        if self.weights.max_mib == 0 {
+            return Err("weights.max_mib must be positive, found 0".into());
         }
         Ok(())
     }

@@ -165,3 +165,25 @@ fn a_cpu_only_build_refuses_a_gpu_naming_the_component_or_the_flag() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("transforms.oracle: device \"cuda:x\": expected"), "{stderr}");
 }
+
+/// `[weights] max_mib` caps the weights files a run reads: a file over it is refused in the
+/// build, before any of it is read, naming the component, the file and the setting.
+#[test]
+fn a_weights_file_over_the_configured_cap_fails_the_build_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = demo_rca(dir.path(), |text| text);
+    let config = dir.path().join("rcaflow.toml");
+    std::fs::write(&config, "[weights]\nmax_mib = 1\n").unwrap();
+    let out = rcaflow().arg("--config").arg(&config).args(["run", "--topology"]).arg(&topology).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line = stderr.lines().find(|l| l.contains("- transforms.oracle:")).unwrap_or_else(|| panic!("component named:\n{stderr}"));
+    assert!(line.contains("oracle.safetensors") && line.contains("is 3 MiB, larger than the weights.max_mib limit of 1 MiB"), "{line}");
+    assert!(!dir.path().join("run").exists());
+
+    std::fs::write(&config, "[weights]\nmax_mib = 0\n").unwrap();
+    let out = rcaflow().arg("--config").arg(&config).args(["validate", "--topology"]).arg(&topology).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("weights.max_mib must be positive, found 0"), "{stderr}");
+}

@@ -141,6 +141,7 @@ pub fn load_settings(config: &Option<PathBuf>, log_level: &Option<String>) -> Re
     }
     // Images are decoded in many places (stages, trainers, prep, fid): one process-wide limit.
     crate::data::image_folder::set_image_limits(settings.images);
+    crate::models::weights::set_max_weights_mib(settings.weights.max_mib);
     Ok(settings)
 }
 

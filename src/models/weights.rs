@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
@@ -24,6 +25,8 @@ use candle_core::{DType, Device, Tensor};
 /// Errors from loading weight files and looking tensors up in them.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
+    #[error("weights {}: the file is {size_mib} MiB, larger than the weights.max_mib limit of {limit_mib} MiB (a setting in the config file)", .path.display())]
+    TooLarge { path: PathBuf, size_mib: u64, limit_mib: u64 },
     #[error("weights {}: cannot read: {cause}", .path.display())]
     Read { path: PathBuf, cause: String },
     /// A legacy (pre-zip, torch < 1.6) checkpoint that cannot be read: truncated, or holding
@@ -77,7 +80,11 @@ impl WeightMap {
         let read_err = |cause: String| WeightsError::Read { path: path.to_path_buf(), cause };
         let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
         let raw: Vec<(String, Tensor)> = match ext.as_deref() {
-            Some("safetensors") => candle_core::safetensors::load(path, device).map_err(|e| read_err(e.to_string()))?.into_iter().collect(),
+            Some("safetensors") => {
+                check_size(path)?;
+                candle_core::safetensors::load(path, device).map_err(|e| read_err(e.to_string()))?.into_iter().collect()
+            }
+            // read_torch checks the size itself.
             // Floats come out as f32 and already on `device`, each storage converted and moved
             // once, so that tensors sharing a storage keep sharing it (see `torch_pickle`).
             Some("pth") | Some("pt") => read_torch(path, device, true)?,
@@ -221,6 +228,30 @@ fn read_prefix(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// The largest weights file read, in MiB: a process-wide setting (`[weights] max_mib` in the
+/// config file, see [`set_max_weights_mib`]). The readers bound what a file's tensors may take
+/// by the file's own size (storages are checked against the bytes present, aliases shared,
+/// strided copies budgeted), so this caps the tensor memory of every model load.
+static MAX_WEIGHTS_MIB: AtomicU64 = AtomicU64::new(DEFAULT_MAX_WEIGHTS_MIB);
+
+/// `[weights] max_mib` when the config file does not say: the paper's models are 0.1-100 MB.
+pub const DEFAULT_MAX_WEIGHTS_MIB: u64 = 16384;
+
+/// Sets the cap every later weights load in this process checks (the binary does it once).
+pub fn set_max_weights_mib(mib: u64) {
+    MAX_WEIGHTS_MIB.store(mib, Ordering::Relaxed);
+}
+
+/// Refuses a file over the cap before any of it is read.
+pub(crate) fn check_size(path: &Path) -> Result<(), WeightsError> {
+    let len = std::fs::metadata(path).map_err(|e| WeightsError::Read { path: path.to_path_buf(), cause: e.to_string() })?.len();
+    let limit_mib = MAX_WEIGHTS_MIB.load(Ordering::Relaxed);
+    if len > limit_mib.saturating_mul(1 << 20) {
+        return Err(WeightsError::TooLarge { path: path.to_path_buf(), size_mib: len.div_ceil(1 << 20), limit_mib });
+    }
+    Ok(())
+}
+
 /// Every tensor of the torch checkpoint at `path` (zip or legacy format, told apart by their
 /// first bytes), in file order, on `device`; floating-point tensors as f32 when `float_to_f32`,
 /// otherwise in their stored dtype. The state_dict may be nested under one of
@@ -228,6 +259,7 @@ fn read_prefix(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 pub(crate) fn read_torch(path: &Path, device: &Device, float_to_f32: bool) -> Result<Vec<(String, Tensor)>, WeightsError> {
     let read_err = |cause: String| WeightsError::Read { path: path.to_path_buf(), cause };
     let legacy_err = |cause: String| WeightsError::LegacyPth { path: path.to_path_buf(), cause };
+    check_size(path)?;
     let mut head = [0u8; 512];
     let n = File::open(path).and_then(|mut f| read_prefix(&mut f, &mut head)).map_err(|e| read_err(e.to_string()))?;
     let head = &head[..n];

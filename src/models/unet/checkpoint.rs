@@ -94,6 +94,12 @@ impl Checkpoint {
     /// `diffusion_pytorch_model.bin`), deprecated attention names converted, served as `dtype`
     /// on `device`. The error is the reader's message.
     pub fn open(path: &Path, dtype: DType, device: &Device) -> Result<Self, String> {
+        crate::models::weights::check_size(path).map_err(|e| match e {
+            crate::models::WeightsError::TooLarge { size_mib, limit_mib, .. } => {
+                format!("the file is {size_mib} MiB, larger than the weights.max_mib limit of {limit_mib} MiB (a setting in the config file)")
+            }
+            other => other.to_string(),
+        })?;
         let raw: Vec<(String, Tensor)> = match path.extension().and_then(|e| e.to_str()) {
             Some("safetensors") => {
                 // Read the file first: candle's error for a missing file does not say which.
