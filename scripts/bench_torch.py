@@ -80,29 +80,32 @@ def random_fid_inception_v3():
     return net
 
 
-def build(model, batch, unet_config):
-    """(forward closure) for one model with random weights and a random input batch."""
+def build(model, batch, unet_config, device="cpu", dtype="f32"):
+    """(forward closure) for one model with random weights and a random input batch on `device`;
+    the UNet in `dtype` (the evaluators stay float32, as in rcaflow)."""
     import torch
     g = torch.Generator().manual_seed(0)
+    on = lambda t: t.to(device)
     if model == "unet":
         from diffusers import UNet2DModel
         with open(unet_config) as f:
             cfg = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
-        net = UNet2DModel(**cfg).eval()
+        unet_dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+        net = UNet2DModel(**cfg).eval().to(device, unet_dtype)
         side = cfg.get("sample_size", SIZE)
         h, w = (side, side) if isinstance(side, int) else side
-        x = torch.rand(batch, cfg.get("in_channels", 3), h, w, generator=g) * 2 - 1
-        t = torch.full((batch,), 500, dtype=torch.long)
+        x = on((torch.rand(batch, cfg.get("in_channels", 3), h, w, generator=g) * 2 - 1).to(unet_dtype))
+        t = on(torch.full((batch,), 500, dtype=torch.long))
         classes = cfg.get("num_class_embeds") or 0
-        labels = torch.arange(batch) % max(classes, 1) if classes else None
+        labels = on(torch.arange(batch) % max(classes, 1)) if classes else None
         return lambda: net(x, t, class_labels=labels).sample
     if model == "inception":
         from pytorch_fid import inception as pf
         pf.fid_inception_v3 = random_fid_inception_v3
         block = pf.InceptionV3.BLOCK_INDEX_BY_DIM[2048]
-        net = pf.InceptionV3([block], resize_input=True, normalize_input=True, use_fid_inception=True).eval()
-        fc = torch.randn(1008, 2048, generator=g) * 0.02
-        x = torch.randint(0, 256, (batch, 3, SIZE, SIZE), generator=g).float() / 255.0
+        net = on(pf.InceptionV3([block], resize_input=True, normalize_input=True, use_fid_inception=True).eval())
+        fc = on(torch.randn(1008, 2048, generator=g) * 0.02)
+        x = on(torch.randint(0, 256, (batch, 3, SIZE, SIZE), generator=g).float() / 255.0)
 
         def forward():
             pool3 = net(x)[0].flatten(1)
@@ -113,25 +116,28 @@ def build(model, batch, unet_config):
         net = getattr(torchvision.models, model)(num_classes=10)
         net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = torch.nn.Identity()
-        net.eval()
-        x = torch.rand(batch, 3, SIZE, SIZE, generator=g) * 4 - 2
+        net = on(net.eval())
+        x = on(torch.rand(batch, 3, SIZE, SIZE, generator=g) * 4 - 2)
         return lambda: net(x)
     if model in ("lpips-alex", "lpips-vgg"):
         import lpips
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             # lpips prints what it sets up, and torchvision warns about its `pretrained` flag.
             warnings.simplefilter("ignore")
-            net = lpips.LPIPS(net=model.split("-")[1], pretrained=False, pnet_rand=True, verbose=False).eval()
-        x0 = torch.rand(batch, 3, SIZE, SIZE, generator=g) * 2 - 1
-        x1 = torch.rand(batch, 3, SIZE, SIZE, generator=g) * 2 - 1
+            net = on(lpips.LPIPS(net=model.split("-")[1], pretrained=False, pnet_rand=True, verbose=False).eval())
+        x0 = on(torch.rand(batch, 3, SIZE, SIZE, generator=g) * 2 - 1)
+        x1 = on(torch.rand(batch, 3, SIZE, SIZE, generator=g) * 2 - 1)
         return lambda: net(x0, x1)
     raise ValueError(model)
 
 
-def bench_model(model, batch, warmup, repeats, unet_config):
+def bench_model(model, batch, warmup, repeats, unet_config, device="cpu", dtype="f32"):
     import torch
     reset_peak_rss()
-    forward = build(model, batch, unet_config)
+    built = build(model, batch, unet_config, device, dtype)
+    # A GPU runs asynchronously: each pass is waited for, as rcaflow bench does.
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    forward = lambda: (built(), sync())
     with torch.inference_mode():
         for _ in range(warmup):
             forward()
@@ -180,6 +186,8 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: every core)")
     p.add_argument("--unet-config", default=os.path.join(ROOT, "config", "unet-paper.json"))
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"], help="the UNet's precision")
     p.add_argument("--json", action="store_true")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                    help="print two --json reports side by side (A / B ratios) and exit")
@@ -195,18 +203,18 @@ def main():
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
     if not args.json:
-        print(f"torch {torch.__version__} bench: cpu, {torch.get_num_threads()} threads, {args.warmup} warm-up, "
+        print(f"torch {torch.__version__} bench: {args.device}, unet {args.dtype}, {torch.get_num_threads()} threads, {args.warmup} warm-up, "
               f"{args.repeats} repeats (median, min-max)")
         print(f"{'model':<11} {'batch':>5}  {'throughput':>32}  {'s/forward':>10}  {'peak RSS':>9}")
     results = []
     for m in models:
-        r = bench_model(m, args.batch or DEFAULT_BATCH[m], args.warmup, args.repeats, args.unet_config)
+        r = bench_model(m, args.batch or DEFAULT_BATCH[m], args.warmup, args.repeats, args.unet_config, args.device, args.dtype)
         if not args.json:
             print(row(r), flush=True)
         results.append(r)
     if args.json:
-        print(json.dumps({"framework": "torch", "version": torch.__version__, "device": "cpu",
-                          "threads": torch.get_num_threads(), "results": results}, indent=2))
+        print(json.dumps({"framework": "torch", "version": torch.__version__, "device": args.device,
+                          "dtype": args.dtype, "threads": torch.get_num_threads(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

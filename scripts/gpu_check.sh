@@ -7,8 +7,10 @@
 #
 # It finds the CUDA 13 libraries (the system's, else those of an installed PyTorch), prints the
 # GPU, runs every GPU test (UNet/ResNet/Inception/LPIPS parity on CUDA, a DDIM run and a
-# pipelined run against the CPU's), then the benchmarks side by side with PyTorch. Fits in 10
-# minutes on an H100/H200. Exit status: non-zero when any test failed.
+# pipelined run against the CPU's), then the benchmarks side by side with PyTorch eager on the
+# same GPU: the paper UNet in f32 and bf16 at batches 64, 256 and 1024 against diffusers, and the
+# evaluators against pytorch-fid, torchvision and lpips. Meant to fit in 10 minutes on an
+# H100/H200 (not yet run on one). Exit status: non-zero when any test failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${1:-gpu-bundle}
@@ -46,4 +48,26 @@ for t in unet_parity resnet_parity inception_parity lpips_parity sampler; do
         status=1
     fi
 done
+
+echo "== benchmarks (rcaflow bench vs scripts/bench_torch.py on the same GPU)"
+# The PyTorch side needs diffusers, pytorch-fid and lpips beside the installed torch: from the
+# bundle's wheels when they are missing (no network here).
+if ! python3 -c 'import diffusers, pytorch_fid, lpips' 2>/dev/null; then
+    python3 -m pip install --quiet --no-index --no-deps --target "$WORK/py" "$BUNDLE"/wheels/*.whl &&
+        export PYTHONPATH="$WORK/py${PYTHONPATH:+:$PYTHONPATH}"
+fi
+bench_pair() { # NAME ARGS...: both benchmarks with the same arguments, then the side-by-side table
+    local name=$1
+    shift
+    "$WORK/rcaflow" bench --device cuda "$@" --json >"$WORK/$name.rcaflow.json" &&
+        python3 scripts/bench_torch.py --device cuda "$@" --json >"$WORK/$name.torch.json" 2>"$WORK/$name.torch.log" &&
+        python3 scripts/bench_torch.py --compare "$WORK/$name.rcaflow.json" "$WORK/$name.torch.json" ||
+        { echo "gpu_check: benchmark $name did not run (see above; torch: $(tail -n 1 "$WORK/$name.torch.log" 2>/dev/null))" >&2; }
+}
+for dtype in f32 bf16; do
+    for batch in 64 256 1024; do
+        bench_pair "unet-$dtype-$batch" --models unet --dtype "$dtype" --batch "$batch" --warmup 2 --repeats 5
+    done
+done
+bench_pair evaluators --models inception,resnet18,resnet34,lpips-alex,lpips-vgg --warmup 2 --repeats 5
 exit $status

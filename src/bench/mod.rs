@@ -23,7 +23,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::models::inception::InceptionV3;
 use crate::models::lpips::{Lpips, LpipsNet};
-use crate::models::random_weights::{random_uniform, var_builder};
+use crate::models::precision::Precision;
+use crate::models::random_weights::{random_uniform, var_builder_as};
 use crate::models::resnet::{ResNet, ResNetArch, ResNetConfig, Stem};
 use crate::models::unet::{UNet2DConfig, UNet2DModel};
 use crate::models::WeightMap;
@@ -117,7 +118,8 @@ enum Workload {
 }
 
 impl Workload {
-    fn build(model: BenchModel, batch: usize, unet: &UNet2DConfig, device: &Device) -> Result<Workload, String> {
+    fn build(model: BenchModel, batch: usize, opts: &BenchOptions, device: &Device) -> Result<Workload, String> {
+        let unet = &opts.unet;
         let dims = [batch, 3, SIZE, SIZE];
         let err = |e: &dyn fmt::Display| e.to_string();
         Ok(match model {
@@ -127,7 +129,7 @@ impl Workload {
                     Some(s) => (unet.in_channels, s.hw().0, s.hw().1),
                     None => (unet.in_channels, SIZE, SIZE),
                 };
-                let model = UNet2DModel::new(unet, var_builder(device)).map_err(|e| err(&e))?;
+                let model = UNet2DModel::new(unet, var_builder_as(device, opts.unet_dtype.dtype())).map_err(|e| err(&e))?;
                 let x = random_uniform("bench/x", &[batch, c, h, w], -1.0, 1.0, device).map_err(|e| err(&e))?;
                 // A mid-schedule timestep, one per sample as the sampler gives them.
                 let t = Tensor::full(500i64, batch, device).map_err(|e| err(&e))?;
@@ -183,6 +185,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     pub repeats: usize,
     pub unet: UNet2DConfig,
+    /// The UNet's precision (the sampler's `dtype`); the evaluators stay f32, as in a run.
+    pub unet_dtype: Precision,
 }
 
 /// One model's measurement.
@@ -206,7 +210,7 @@ pub struct BenchResult {
 pub fn bench_model(model: BenchModel, opts: &BenchOptions, device: &Device) -> Result<BenchResult, BenchError> {
     let batch = opts.batch.unwrap_or(model.default_batch());
     reset_peak_rss();
-    let work = Workload::build(model, batch, &opts.unet, device).map_err(|cause| BenchError::Build { model, cause })?;
+    let work = Workload::build(model, batch, opts, device).map_err(|cause| BenchError::Build { model, cause })?;
     let forward = |_: usize| work.run().map_err(|cause| BenchError::Forward { model, cause });
     for i in 0..opts.warmup {
         forward(i)?;

@@ -10,6 +10,7 @@ use clap::Args;
 use super::CliError;
 use crate::bench::{bench_model, BenchModel, BenchOptions, BenchResult, PAPER_UNET_CONFIG};
 use crate::models::device::DeviceSpec;
+use crate::models::precision::Precision;
 use crate::models::unet::UNet2DConfig;
 use crate::settings::Settings;
 
@@ -37,6 +38,9 @@ pub struct BenchArgs {
     /// Where models run (overrides the config file).
     #[arg(long)]
     pub device: Option<String>,
+    /// The UNet's precision, as the sampler's `dtype`: f32, or bf16 / f16 on a GPU.
+    #[arg(long, value_name = "f32|bf16|f16", default_value = "f32")]
+    pub dtype: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -48,6 +52,8 @@ struct Report {
     framework: &'static str,
     version: &'static str,
     device: String,
+    /// The UNet's precision.
+    dtype: String,
     threads: usize,
     results: Vec<BenchResult>,
 }
@@ -88,13 +94,16 @@ pub fn bench(args: BenchArgs, settings: Settings) -> Result<(), CliError> {
     }
     let device_name = args.device.clone().unwrap_or_else(|| settings.runtime.device.clone());
     let spec: DeviceSpec = device_name.parse().map_err(|e| CliError::Input(format!("--device: {e}")))?;
+    let unet_dtype: Precision = args.dtype.parse().map_err(|e| CliError::Input(format!("--dtype: {e}")))?;
+    unet_dtype.check_on(spec).map_err(|e| CliError::Input(format!("--dtype: {e}")))?;
     let device = spec.open().map_err(|e| CliError::Input(format!("--device: {e}")))?;
-    let opts = BenchOptions { batch: args.batch, warmup: args.warmup, repeats: args.repeats, unet: unet_config(&args.unet_config)? };
+    let opts =
+        BenchOptions { batch: args.batch, warmup: args.warmup, repeats: args.repeats, unet: unet_config(&args.unet_config)?, unet_dtype };
     let threads = candle_core::utils::get_num_threads();
 
     if !args.json {
         println!(
-            "rcaflow {} bench: {spec}, {threads} threads, {} warm-up, {} repeats (median, min-max)",
+            "rcaflow {} bench: {spec}, unet {unet_dtype}, {threads} threads, {} warm-up, {} repeats (median, min-max)",
             env!("CARGO_PKG_VERSION"),
             args.warmup,
             args.repeats
@@ -110,7 +119,7 @@ pub fn bench(args: BenchArgs, settings: Settings) -> Result<(), CliError> {
         results.push(r);
     }
     if args.json {
-        let report = Report { framework: "rcaflow", version: env!("CARGO_PKG_VERSION"), device: spec.to_string(), threads, results };
+        let report = Report { framework: "rcaflow", version: env!("CARGO_PKG_VERSION"), device: spec.to_string(), dtype: unet_dtype.to_string(), threads, results };
         let text = serde_json::to_string_pretty(&report).map_err(|e| CliError::Output(format!("json: {e}")))?;
         println!("{text}");
     }

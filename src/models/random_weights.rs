@@ -71,7 +71,12 @@ impl SimpleBackend for RandomBackend {
 
 /// An f32 `VarBuilder` on `device` whose every tensor is [`random_tensor`].
 pub fn var_builder(device: &Device) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(RandomBackend), DType::F32, device.clone())
+    var_builder_as(device, DType::F32)
+}
+
+/// [`var_builder`] serving its tensors in `dtype` (drawn in f32, then converted).
+pub fn var_builder_as(device: &Device, dtype: DType) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(RandomBackend), dtype, device.clone())
 }
 
 #[cfg(test)]
