@@ -77,6 +77,8 @@ fn bad_flags_are_refused_with_one_line() {
     refused(&["bench", "--threads", "0"], "--threads must be at least 1");
     refused(&["bench", "--unet-config", "/nonexistent/config.json"], "--unet-config \"/nonexistent/config.json\": cannot read");
     refused(&["bench", "--device", "tpu"], "--device: device \"tpu\": expected");
+    refused(&["bench", "--dtype", "fp8"], "--dtype: dtype \"fp8\": expected \"f32\", \"bf16\" or \"f16\"");
+    refused(&["bench", "--device", "cpu", "--dtype", "bf16"], "--dtype: dtype \"bf16\" on device \"cpu\"");
     #[cfg(not(feature = "cuda"))]
     refused(&["bench", "--device", "cuda"], "this rcaflow is a CPU-only build");
 }
