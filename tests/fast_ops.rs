@@ -1,8 +1,10 @@
 //! The fused CPU inference ops against candle's own ops, on random shapes, odd sizes and
 //! non-contiguous inputs:
 //! - models::fast_conv: the convolution (im2col + gemm with a BatchNorm / bias / ReLU
-//!   epilogue) equals `conv2d` -> `broadcast_mul` -> `broadcast_add` -> `relu`, with strides and
-//!   asymmetric padding; an image's output does not depend on its batch;
+//!   epilogue) equals `conv2d` -> `broadcast_mul` -> `broadcast_add` (-> `+ residual`) ->
+//!   `relu`, with strides and asymmetric padding, on large outputs (bands of rows per image)
+//!   and small ones (groups of images per gemm); an image's output does not depend on its
+//!   batch or its place in it;
 //! - models::group_norm: GroupNorm (+ SiLU) equals candle-nn's `GroupNorm` (+ `silu`);
 //! and with a gradient to track, each is candle's ops (with their backward).
 
@@ -26,7 +28,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// (n, c_in, h, w, c_out, kh, kw, stride, (ph, pw))
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize, (usize, usize));
 
-const CASES: [Case; 12] = [
+const CASES: [Case; 15] = [
     (2, 3, 32, 32, 16, 3, 3, 1, (1, 1)),  // the cifar stem
     (3, 5, 7, 9, 7, 3, 3, 1, (1, 1)),     // odd everything
     (2, 4, 11, 13, 6, 3, 3, 2, (1, 1)),   // stride 2, odd sides
@@ -39,6 +41,9 @@ const CASES: [Case; 12] = [
     (3, 8, 4, 4, 9, 3, 3, 1, (1, 1)),     // the UNet's 4x4 level
     (1, 3, 300, 20, 4, 3, 3, 1, (0, 0)),  // tall: several bands per image
     (2, 3, 8, 8, 4, 3, 3, 3, (0, 0)),     // stride 3, no padding
+    (70, 4, 4, 4, 6, 3, 3, 1, (1, 1)),    // ResNet's 4x4 stage: groups of images, the last padded
+    (9, 5, 3, 3, 7, 3, 3, 1, (1, 1)),     // AlexNet's 3x3 layers at 32x32
+    (67, 6, 1, 1, 5, 3, 3, 1, (1, 1)),    // a 1x1 output: 64 images per gemm
 ];
 
 #[test]
@@ -49,11 +54,15 @@ fn fused_conv_equals_candles_ops_with_every_epilogue() {
         let scale = random(&format!("s{i}"), &[c_out]);
         let shift = random(&format!("b{i}"), &[1, c_out, 1, 1]);
         let p = ConvParams::new(stride, padding);
+        let out_dims = conv2d_candle(&x, &k, p, Epilogue::default()).unwrap().dims().to_vec();
+        let residual = random(&format!("r{i}"), &out_dims);
         let epilogues = [
             Epilogue::default(),
             Epilogue { shift: Some(&shift), ..Default::default() },
-            Epilogue { scale: Some(&scale), shift: Some(&shift), relu: true },
-            Epilogue { scale: Some(&scale), shift: None, relu: true },
+            Epilogue { scale: Some(&scale), shift: Some(&shift), relu: true, ..Default::default() },
+            Epilogue { scale: Some(&scale), relu: true, ..Default::default() },
+            Epilogue { scale: Some(&scale), shift: Some(&shift), residual: Some(&residual), relu: true },
+            Epilogue { residual: Some(&residual), ..Default::default() },
         ];
         for (e, epilogue) in epilogues.iter().enumerate() {
             let fast = conv2d_fused(&x, &k, p, *epilogue).unwrap();
@@ -96,6 +105,26 @@ fn an_image_gives_the_same_output_in_any_batch() {
     }
 }
 
+/// Where images are grouped into one gemm (small outputs), an image's output is the same
+/// whatever its batch and its place in the group, to the bit.
+#[test]
+fn a_grouped_image_gives_the_same_output_in_any_batch_and_place() {
+    for (h, w) in [(4, 4), (1, 1), (3, 5)] {
+        let x = random(&format!("group/x{h}{w}"), &[37, 6, h, w]);
+        let k = random("group/k", &[10, 6, 3, 3]);
+        let p = ConvParams::new(1, (1, 1));
+        let residual = random("group/r", &[37, 10, h, w]);
+        fn epilogue(r: &Tensor) -> Epilogue<'_> {
+            Epilogue { residual: Some(r), relu: true, ..Default::default() }
+        }
+        let whole = conv2d_fused(&x, &k, p, epilogue(&residual)).unwrap();
+        for (start, len) in [(0, 1), (5, 1), (3, 9), (20, 17), (1, 36)] {
+            let part = conv2d_fused(&x.narrow(0, start, len).unwrap(), &k, p, epilogue(&residual.narrow(0, start, len).unwrap())).unwrap();
+            assert_eq!(max_abs_diff(&part, &whole.narrow(0, start, len).unwrap()), 0.0, "{h}x{w}: images {start}..{}", start + len);
+        }
+    }
+}
+
 #[test]
 fn bad_shapes_are_errors_not_panics() {
     let x = random("bad/x", &[1, 3, 4, 4]);
@@ -112,6 +141,15 @@ fn bad_shapes_are_errors_not_panics() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("5 values for 2 output channels"), "{e}");
+    let residual = random("bad/r", &[1, 2, 3, 3]);
+    let e = conv2d_fused(
+        &x,
+        &random("bad/k3", &[2, 3, 3, 3]),
+        ConvParams::new(1, (1, 1)),
+        Epilogue { residual: Some(&residual), ..Default::default() },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("conv2d residual: shape [1, 2, 3, 3], the output is [1, 2, 4, 4]"), "{e}");
 }
 
 #[test]

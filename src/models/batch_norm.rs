@@ -48,7 +48,7 @@ impl BatchNorm {
 impl BatchNorm {
     /// This map as a convolution's epilogue, with or without the ReLU after it.
     pub(crate) fn epilogue(&self, relu: bool) -> crate::models::fast_conv::Epilogue<'_> {
-        crate::models::fast_conv::Epilogue { scale: Some(&self.scale), shift: Some(&self.shift), relu }
+        crate::models::fast_conv::Epilogue { scale: Some(&self.scale), shift: Some(&self.shift), residual: None, relu }
     }
 }
 

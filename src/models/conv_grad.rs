@@ -96,17 +96,7 @@ impl Conv2d {
         let c = self.0.config();
         let tracked = x.track_op() || self.0.weight().track_op();
         if tracked || c.dilation != 1 || c.groups != 1 || (self.0.bias().is_some() && epilogue.shift.is_some()) {
-            let y = candle_core::Module::forward(self, x)?;
-            let per_channel = |t: &Tensor| -> Result<Tensor> { t.reshape((1, t.elem_count(), 1, 1)) };
-            let y = match epilogue.scale {
-                Some(s) => y.broadcast_mul(&per_channel(s)?)?,
-                None => y,
-            };
-            let y = match epilogue.shift {
-                Some(s) => y.broadcast_add(&per_channel(s)?)?,
-                None => y,
-            };
-            return if epilogue.relu { y.relu() } else { Ok(y) };
+            return epilogue.apply_unfused(candle_core::Module::forward(self, x)?);
         }
         let shift = epilogue.shift.or(self.0.bias());
         conv2d_fused(x, self.0.weight(), ConvParams::new(c.stride, (c.padding, c.padding)), Epilogue { shift, ..epilogue })

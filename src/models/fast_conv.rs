@@ -1,7 +1,8 @@
 //! Inference convolution on the CPU: 2D convolution (any kernel, stride and per-axis padding,
-//! no dilation or groups) with its per-channel epilogue (`y * scale + shift`, then ReLU) fused
-//! into the same pass, as the eval-mode `conv -> BatchNorm -> ReLU` of torchvision's
-//! `BasicConv2d` and ResNet blocks, or `conv + bias`.
+//! no dilation or groups) with its per-channel epilogue (`y * scale + shift`, plus a residual,
+//! then ReLU) fused into the same pass, as the eval-mode `conv -> BatchNorm -> ReLU` of
+//! torchvision's `BasicConv2d`, the `bn2(conv2(y)) + identity -> ReLU` that ends a ResNet
+//! `BasicBlock`, or `conv + bias`.
 //!
 //! Why not candle's `conv2d`: its CPU kernel (candle 0.11 `conv2d_tiled`) transposes the whole
 //! input to NHWC and repacks the kernel on one thread at every call, gathers im2col tiles and
@@ -10,9 +11,17 @@
 //! im2col columns (`[C_in * kH * kW, band]`, row copies, in a per-thread buffer reused across
 //! calls) go through one single-threaded gemm with the OIHW kernel used in place, straight
 //! into the NCHW output (whose `[C_out, H * W]` per image is the gemm's destination), and the
-//! epilogue runs on the band while it is in cache; 1x1 stride-1 convolutions skip im2col. The
-//! work of one image never depends on the batch or the thread count, so an image's output is
-//! the same whatever batch it travels in.
+//! epilogue runs on the band while it is in cache; 1x1 stride-1 convolutions skip im2col.
+//!
+//! Small outputs (fewer than [`GROUP_COLUMNS`] pixels per image: ResNet's 8x8 and 4x4 stages,
+//! AlexNet's 7x7 to 1x1 layers at 32x32) would make that a matrix-*vector* product per image,
+//! reading the whole kernel once per image (9 MB for a 512-channel 3x3 conv): there a task takes
+//! a fixed group of images side by side as its columns, so the kernel is read once per group,
+//! and the result is scattered to each image's planes with its epilogue.
+//!
+//! The work of one image never depends on the batch or the thread count (a group's width is a
+//! function of the geometry alone; a batch's last group is padded with zero columns rather than
+//! made narrower), so an image's output is the same whatever batch it travels in.
 //!
 //! Inference only: when a gradient is tracked (training), on other devices and for other
 //! dtypes, [`conv2d_fused`] is candle's ops (`conv2d`, `broadcast_mul`, `broadcast_add`,
@@ -20,12 +29,17 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Output columns (pixels) one task aims for: enough for the gemm to run at speed, few enough
 /// that an image splits into several tasks.
 const BAND_COLUMNS: usize = 256;
+
+/// Below this many output pixels per image, images are grouped into one gemm's columns; a
+/// group has `GROUP_COLUMNS / plane` images (rounded up): 64 columns keep the kernel's reuse
+/// high while a batch's last, padded group wastes little.
+pub const GROUP_COLUMNS: usize = 64;
 
 /// Stride and per-axis zero padding (height, width).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,51 +54,76 @@ impl ConvParams {
     }
 }
 
-/// What follows the convolution, per output channel: `y * scale[c] + shift[c]`, then ReLU.
+/// What follows the convolution, per output channel: `y * scale[c] + shift[c]`, plus
+/// `residual`, then ReLU.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// `[C_out]` (or any shape of C_out values, e.g. `[1, C_out, 1, 1]`).
     pub scale: Option<&'a Tensor>,
     /// `[C_out]`: a bias, or a folded BatchNorm's shift.
     pub shift: Option<&'a Tensor>,
+    /// A tensor of the output's shape added before the ReLU (a ResNet block's identity).
+    pub residual: Option<&'a Tensor>,
     pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// This epilogue as candle's ops on a convolution's output `y` (every device, with
+    /// backward passes): the reference the fused pass equals.
+    pub fn apply_unfused(&self, mut y: Tensor) -> Result<Tensor> {
+        let per_channel = |t: &Tensor| -> Result<Tensor> { t.reshape((1, t.elem_count(), 1, 1)) };
+        if let Some(scale) = self.scale {
+            y = y.broadcast_mul(&per_channel(scale)?)?;
+        }
+        if let Some(shift) = self.shift {
+            y = y.broadcast_add(&per_channel(shift)?)?;
+        }
+        if let Some(residual) = self.residual {
+            y = (y + residual)?;
+        }
+        if self.relu {
+            y = y.relu()?;
+        }
+        Ok(y)
+    }
+
+    fn tracked(&self) -> bool {
+        [self.scale, self.shift, self.residual].into_iter().flatten().any(Tensor::track_op)
+    }
 }
 
 /// `conv2d(x, w)` (`x` `[N, C_in, H, W]`, `w` `[C_out, C_in, kH, kW]`) followed by `epilogue`.
 pub fn conv2d_fused(x: &Tensor, w: &Tensor, p: ConvParams, epilogue: Epilogue) -> Result<Tensor> {
-    let tracked =
-        x.track_op() || w.track_op() || epilogue.scale.is_some_and(|t| t.track_op()) || epilogue.shift.is_some_and(|t| t.track_op());
-    let fast = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && !tracked;
+    let tracked = x.track_op() || w.track_op() || epilogue.tracked();
+    let fast = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && epilogue.residual.is_none_or(|r| r.dtype() == DType::F32)
+        && !tracked;
     if !fast {
         return conv2d_candle(x, w, p, epilogue);
     }
     let values =
         |t: Option<&Tensor>| -> Result<Option<Vec<f32>>> { t.map(|t| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()).transpose() };
     let op = FusedConv { p, scale: values(epilogue.scale)?, shift: values(epilogue.shift)?, relu: epilogue.relu };
-    x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match epilogue.residual {
+        None => x.apply_op2_no_bwd(&w, &op),
+        Some(residual) => x.apply_op3_no_bwd(&w, &residual.contiguous()?, &op),
+    }
 }
 
 /// The same with candle's own ops (every device, with backward passes).
 pub fn conv2d_candle(x: &Tensor, w: &Tensor, p: ConvParams, epilogue: Epilogue) -> Result<Tensor> {
     let (ph, pw) = p.padding;
-    let mut y = if ph == pw && p.stride.0 == p.stride.1 {
+    let y = if ph == pw && p.stride.0 == p.stride.1 {
         x.conv2d(w, ph, p.stride.0, 1, 1)?
     } else if p.stride.0 == p.stride.1 {
         x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?.conv2d(w, 0, p.stride.0, 1, 1)?
     } else {
         candle_core::bail!("conv2d: different strides per axis ({:?}) are not supported", p.stride)
     };
-    let per_channel = |t: &Tensor| -> Result<Tensor> { t.reshape((1, t.elem_count(), 1, 1)) };
-    if let Some(scale) = epilogue.scale {
-        y = y.broadcast_mul(&per_channel(scale)?)?;
-    }
-    if let Some(shift) = epilogue.shift {
-        y = y.broadcast_add(&per_channel(shift)?)?;
-    }
-    if epilogue.relu {
-        y = y.relu()?;
-    }
-    Ok(y)
+    epilogue.apply_unfused(y)
 }
 
 struct FusedConv {
@@ -114,6 +153,38 @@ impl CustomOp2 for FusedConv {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward(s1, l1, s2, l2, None)
+    }
+}
+
+/// With a residual (the third operand) added before the ReLU.
+impl CustomOp3 for FusedConv {
+    fn name(&self) -> &'static str {
+        "fused-conv2d-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward(s1, l1, s2, l2, Some((s3, l3)))
+    }
+}
+
+impl FusedConv {
+    fn forward(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else { candle_core::bail!("fused conv2d: expected f32 inputs") };
         let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
             candle_core::bail!("fused conv2d: expected contiguous inputs")
@@ -133,7 +204,24 @@ impl CustomOp2 for FusedConv {
             }
         }
         let g = Geometry { n, c_in, h, w: wd, c_out, kh, kw, oh: (h + 2 * ph - kh) / sh + 1, ow: (wd + 2 * pw - kw) / sw + 1 };
-        let out = self.run(&x[x0..x1], &w[w0..w1], g);
+        let residual = match residual {
+            None => None,
+            Some((CpuStorage::F32(r), layout)) => {
+                let Some((r0, r1)) = layout.contiguous_offsets() else {
+                    candle_core::bail!("fused conv2d: expected a contiguous residual")
+                };
+                if layout.shape().dims() != [g.n, g.c_out, g.oh, g.ow] {
+                    candle_core::bail!(
+                        "conv2d residual: shape {:?}, the output is {:?}",
+                        layout.shape().dims(),
+                        [g.n, g.c_out, g.oh, g.ow]
+                    );
+                }
+                Some(&r[r0..r1])
+            }
+            Some(_) => candle_core::bail!("fused conv2d: expected an f32 residual"),
+        };
+        let out = self.run(&x[x0..x1], &w[w0..w1], residual, g);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }
 }
@@ -147,84 +235,132 @@ unsafe impl Sync for OutPtr {}
 thread_local! {
     /// This thread's im2col buffer, kept between calls (grown, never shrunk).
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// This thread's gemm result of a group of images, before it is scattered to their planes.
+    static GROUP_RESULT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `buf` with room for at least `len` values.
+fn at_least(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
 impl FusedConv {
-    fn run(&self, x: &[f32], w: &[f32], g: Geometry) -> Vec<f32> {
+    fn run(&self, x: &[f32], w: &[f32], residual: Option<&[f32]>, g: Geometry) -> Vec<f32> {
         let plane = g.oh * g.ow;
         let mut out = vec![0f32; g.n * g.c_out * plane];
+        let dst = OutPtr(out.as_mut_ptr());
+        if plane < GROUP_COLUMNS {
+            let per_group = GROUP_COLUMNS.div_ceil(plane);
+            (0..g.n.div_ceil(per_group)).into_par_iter().for_each(|group| {
+                let dst = dst;
+                // SAFETY: group `group` writes only the output planes of its own images, and
+                // `out` outlives the parallel loop.
+                unsafe { self.group(x, w, residual, g, group * per_group, per_group, dst.0) };
+            });
+            return out;
+        }
         let rows_per_band = (BAND_COLUMNS / g.ow).clamp(1, g.oh);
         let bands = g.oh.div_ceil(rows_per_band);
-        let dst = OutPtr(out.as_mut_ptr());
         (0..g.n * bands).into_par_iter().for_each(|task| {
             let (image, band) = (task / bands, task % bands);
             let row0 = band * rows_per_band;
             let rows = rows_per_band.min(g.oh - row0);
             let dst = dst;
+            let at = image * g.c_out * plane + row0 * g.ow;
             // SAFETY: task (image, band) writes only columns row0*ow .. (row0+rows)*ow of each
             // channel plane of its image: no two tasks touch the same element, and `out`
             // outlives the parallel loop.
-            unsafe { self.band(x, w, g, image, row0, rows, dst.0.add(image * g.c_out * plane + row0 * g.ow)) };
+            unsafe { self.band(x, w, residual.map(|r| &r[at..]), g, image, row0, rows, dst.0.add(at)) };
         });
         out
     }
 
     /// Output rows `row0 .. row0 + rows` of `image`, all channels, written at `dst` (the first
-    /// column of channel 0; channel planes `oh * ow` apart).
+    /// column of channel 0; channel planes `oh * ow` apart); `residual` starts at the same
+    /// element of the residual tensor.
     ///
     /// # Safety
     /// `dst` must be valid for those writes.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn band(&self, x: &[f32], w: &[f32], g: Geometry, image: usize, row0: usize, rows: usize, dst: *mut f32) {
+    unsafe fn band(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        residual: Option<&[f32]>,
+        g: Geometry,
+        image: usize,
+        row0: usize,
+        rows: usize,
+        dst: *mut f32,
+    ) {
         let k = g.c_in * g.kh * g.kw;
         let cols = rows * g.ow;
         let plane = g.oh * g.ow;
         let input = &x[image * g.c_in * g.h * g.w..(image + 1) * g.c_in * g.h * g.w];
         let pointwise = g.kh == 1 && g.kw == 1 && self.p.stride == (1, 1) && self.p.padding == (0, 0);
-        let multiply = |rhs: *const f32, rhs_rs: isize| {
-            // dst [c_out, cols] (row stride: the plane) = w [c_out, k] @ rhs [k, cols].
-            gemm::gemm(
-                g.c_out,
-                cols,
-                k,
-                dst,
-                1,
-                plane as isize,
-                false,
-                w.as_ptr(),
-                1,
-                k as isize,
-                rhs,
-                1,
-                rhs_rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        };
         if pointwise {
             // The input's own [c_in, h * w] rows are the columns.
-            multiply(input.as_ptr().add(row0 * g.ow), (g.h * g.w) as isize);
+            multiply(w, g.c_out, k, input.as_ptr().add(row0 * g.ow), (g.h * g.w) as isize, cols, dst, plane as isize);
         } else {
             COLUMNS.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                if buf.len() < k * cols {
-                    buf.resize(k * cols, 0.0);
-                }
-                self.im2col(input, g, row0, rows, &mut buf[..k * cols]);
-                multiply(buf.as_ptr(), cols as isize);
+                let columns = at_least(&mut buf, k * cols);
+                self.im2col(input, g, row0, rows, columns, cols);
+                multiply(w, g.c_out, k, columns.as_ptr(), cols as isize, cols, dst, plane as isize);
             });
         }
-        self.epilogue(dst, g, cols);
+        self.epilogue(dst, residual, plane, g.c_out, cols);
     }
 
-    /// The columns of output rows `row0 .. row0 + rows`: row `(c, ky, kx)` of `cols` (the OIHW
-    /// kernel's order) holds input pixel (c, oy * sh + ky - ph, ox * sw + kx - pw) of each output
-    /// pixel (oy, ox), zero in the padding.
-    fn im2col(&self, input: &[f32], g: Geometry, row0: usize, rows: usize, cols: &mut [f32]) {
+    /// Images `first .. first + count` (those of them that exist), all of their output: their
+    /// im2col columns side by side (a missing image's are zeros, so the gemm's shape is the same
+    /// for every group), one gemm, then each image's `[c_out, plane]` result copied to its place
+    /// in `out` with the epilogue.
+    ///
+    /// # Safety
+    /// `out` must be valid for the whole output.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn group(&self, x: &[f32], w: &[f32], residual: Option<&[f32]>, g: Geometry, first: usize, count: usize, out: *mut f32) {
+        let k = g.c_in * g.kh * g.kw;
+        let plane = g.oh * g.ow;
+        let cols = count * plane;
+        let image_len = g.c_in * g.h * g.w;
+        COLUMNS.with(|columns| {
+            GROUP_RESULT.with(|result| {
+                let (mut columns, mut result) = (columns.borrow_mut(), result.borrow_mut());
+                let (columns, result) = (at_least(&mut columns, k * cols), at_least(&mut result, g.c_out * cols));
+                for j in 0..count {
+                    let image = first + j;
+                    if image < g.n {
+                        self.im2col(&x[image * image_len..(image + 1) * image_len], g, 0, g.oh, &mut columns[j * plane..], cols);
+                    } else {
+                        for r in 0..k {
+                            columns[r * cols + j * plane..r * cols + (j + 1) * plane].fill(0.0);
+                        }
+                    }
+                }
+                multiply(w, g.c_out, k, columns.as_ptr(), cols as isize, cols, result.as_mut_ptr(), cols as isize);
+                for j in 0..count.min(g.n.saturating_sub(first)) {
+                    let at = (first + j) * g.c_out * plane;
+                    let dst = out.add(at);
+                    for c in 0..g.c_out {
+                        let from = &result[c * cols + j * plane..c * cols + (j + 1) * plane];
+                        std::ptr::copy_nonoverlapping(from.as_ptr(), dst.add(c * plane), plane);
+                    }
+                    self.epilogue(dst, residual.map(|r| &r[at..]), plane, g.c_out, plane);
+                }
+            })
+        });
+    }
+
+    /// The im2col columns of output rows `row0 .. row0 + rows`: row `(c, ky, kx)` (the OIHW
+    /// kernel's order; rows `stride` values apart in `cols`) holds input pixel
+    /// (c, oy * sh + ky - ph, ox * sw + kx - pw) of each output pixel (oy, ox), zero in the
+    /// padding.
+    fn im2col(&self, input: &[f32], g: Geometry, row0: usize, rows: usize, cols: &mut [f32], stride: usize) {
         let ((sh, sw), (ph, pw)) = (self.p.stride, self.p.padding);
         let width = rows * g.ow;
         for c in 0..g.c_in {
@@ -232,7 +368,7 @@ impl FusedConv {
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
                     let r = (c * g.kh + ky) * g.kw + kx;
-                    let line = &mut cols[r * width..(r + 1) * width];
+                    let line = &mut cols[r * stride..r * stride + width];
                     // Output columns ox whose input column ox * sw + kx - pw is inside [0, w).
                     let first = pw.saturating_sub(kx).div_ceil(sw);
                     let last = if g.w + pw > kx { ((g.w + pw - kx - 1) / sw + 1).min(g.ow) } else { 0 };
@@ -259,13 +395,13 @@ impl FusedConv {
         }
     }
 
-    /// `y * scale + shift`, then ReLU, on `cols` columns of each channel plane at `dst`.
-    unsafe fn epilogue(&self, dst: *mut f32, g: Geometry, cols: usize) {
-        if self.scale.is_none() && self.shift.is_none() && !self.relu {
+    /// `y * scale + shift + residual`, then ReLU, on `cols` columns of each of the `c_out`
+    /// channel rows at `dst` (rows `plane` apart; the residual has the same layout).
+    unsafe fn epilogue(&self, dst: *mut f32, residual: Option<&[f32]>, plane: usize, c_out: usize, cols: usize) {
+        if self.scale.is_none() && self.shift.is_none() && residual.is_none() && !self.relu {
             return;
         }
-        let plane = g.oh * g.ow;
-        for c in 0..g.c_out {
+        for c in 0..c_out {
             let row = std::slice::from_raw_parts_mut(dst.add(c * plane), cols);
             if let Some(scale) = &self.scale {
                 let s = scale[c];
@@ -275,9 +411,41 @@ impl FusedConv {
                 let b = shift[c];
                 row.iter_mut().for_each(|v| *v += b);
             }
+            if let Some(residual) = residual {
+                row.iter_mut().zip(&residual[c * plane..c * plane + cols]).for_each(|(v, r)| *v += r);
+            }
             if self.relu {
                 row.iter_mut().filter(|v| **v < 0.0).for_each(|v| *v = 0.0);
             }
         }
     }
+}
+
+/// `dst [m, n] (row stride dst_rs) = w [m, k] @ rhs [k, n] (row stride rhs_rs)`, one thread.
+///
+/// # Safety
+/// `rhs` and `dst` must be valid for those shapes and strides.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply(w: &[f32], m: usize, k: usize, rhs: *const f32, rhs_rs: isize, n: usize, dst: *mut f32, dst_rs: isize) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs,
+        false,
+        w.as_ptr(),
+        1,
+        k as isize,
+        rhs,
+        1,
+        rhs_rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }

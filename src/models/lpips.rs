@@ -247,7 +247,7 @@ impl Conv2d {
     /// The convolution with its bias, and the ReLU after it when `relu` (one pass).
     fn forward_relu(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
         let p = ConvParams::new(self.stride, (self.padding, self.padding));
-        conv2d_fused(x, &self.weight, p, Epilogue { scale: None, shift: Some(&self.bias), relu })
+        conv2d_fused(x, &self.weight, p, Epilogue { shift: Some(&self.bias), relu, ..Epilogue::default() })
     }
 }
 

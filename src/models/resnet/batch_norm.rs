@@ -18,6 +18,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::models::batch_norm::BatchNorm;
 use crate::models::conv_grad::Conv2d;
+use crate::models::fast_conv::Epilogue;
 
 /// `nn.BatchNorm2d`'s eps in torchvision's ResNet.
 const EPS: f64 = 1e-5;
@@ -94,6 +95,15 @@ impl BatchNorm2d {
         } else {
             Ok(y)
         }
+    }
+
+    /// `relu(self(conv(x)) + residual)`, the end of a ResNet block: in inference one fused
+    /// pass (the residual added in the convolution's epilogue), else candle's ops.
+    pub(crate) fn after_conv_add_relu(&self, conv: &Conv2d, x: &Tensor, mode: BnMode, residual: &Tensor) -> Result<Tensor> {
+        if let Some(bn) = self.frozen(mode) {
+            return conv.forward_fused(x, Epilogue { residual: Some(residual), ..bn.epilogue(true) });
+        }
+        (self.forward(&conv.forward(x)?, mode)? + residual)?.relu()
     }
 
     /// Normalises `x` `[N, C, H, W]`; in `Train` mode also updates the running statistics.

@@ -50,7 +50,6 @@ impl BasicBlock {
             None => x.clone(),
         };
         let y = self.bn1.after_conv(&self.conv1, x, mode, true)?;
-        let y = self.bn2.after_conv(&self.conv2, &y, mode, false)?;
-        (y + identity)?.relu()
+        self.bn2.after_conv_add_relu(&self.conv2, &y, mode, &identity)
     }
 }
