@@ -43,6 +43,9 @@ pub struct RuntimeSettings {
     pub shutdown_deadline_secs: f64,
     /// Where models run: `cpu`.
     pub device: String,
+    /// CPU threads of the process-wide kernel pool that every stage without `threads = N`
+    /// shares; 0: one per core (`--threads` overrides).
+    pub threads: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -85,7 +88,7 @@ impl Default for LogSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        RuntimeSettings { checkpoint_interval_secs: 30.0, shutdown_deadline_secs: 30.0, device: "cpu".into() }
+        RuntimeSettings { checkpoint_interval_secs: 30.0, shutdown_deadline_secs: 30.0, device: "cpu".into(), threads: 0 }
     }
 }
 
@@ -113,6 +116,13 @@ impl Settings {
             return Err(format!(
                 "images.max_width, images.max_height and images.max_alloc_mib must be positive, found {}, {} and {}",
                 i.max_width, i.max_height, i.max_alloc_mib
+            ));
+        }
+        if self.runtime.threads > crate::models::threads::MAX_THREADS {
+            return Err(format!(
+                "runtime.threads must be 0 (one per core) or a number of CPU threads up to {}, found {}",
+                crate::models::threads::MAX_THREADS,
+                self.runtime.threads
             ));
         }
         if self.weights.max_mib == 0 {

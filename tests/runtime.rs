@@ -19,6 +19,8 @@ use rcaflow::runtime::accumulator::{ExactlyOnce, Snapshot};
 use rcaflow::runtime::batch::PredictionBatch;
 use rcaflow::runtime::checkpoint;
 use rcaflow::runtime::control::{RunControl, StageState};
+use rcaflow::models::threads::StagePool;
+use rcaflow::runtime::stage::{Stage, StageContext, StageError};
 use rcaflow::runtime::{run, RunError, RunOutcome, ShutdownRequest, StageSpec};
 use rcaflow::stages::rca::RcaState;
 use rcaflow::topology::Edge;
@@ -254,6 +256,40 @@ async fn edge_to_unknown_stage_is_refused() {
         Err(RunError::Start(message)) => assert!(message.contains("nowhere"), "{message}"),
         other => panic!("expected Start error, got {other:?}"),
     }
+}
+
+/// What a stage saw of its kernel threads while it ran.
+type Seen = Arc<std::sync::Mutex<Option<(usize, String)>>>;
+
+/// A sink that drains its input and records the rayon pool it ran in.
+struct PoolProbe(Seen);
+
+impl Stage for PoolProbe {
+    fn run(self: Box<Self>, ctx: &mut StageContext) -> Result<Option<Summary>, StageError> {
+        while ctx.recv().is_some() {}
+        let name = std::thread::current().name().unwrap_or_default().to_string();
+        *self.0.lock().unwrap() = Some((rayon::current_num_threads(), name));
+        Ok(None)
+    }
+}
+
+/// `threads = N` on a component runs its stage, and so its kernels, on a pool of N threads of
+/// its own; a stage without it runs on its own thread with the process-wide pool's kernels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_with_its_own_threads_runs_its_kernels_on_them() {
+    let (source, _) = TinySource::new(Some(5));
+    let (pinned, shared): (Seen, Seen) = Default::default();
+    let mut own = spec("sinks", "pinned", false, PoolProbe(pinned.clone()));
+    own.pool = Some(StagePool::new("sinks.pinned", 3).unwrap());
+    let stages = vec![spec("sources", "gen", false, source), own, spec("sinks", "shared", false, PoolProbe(shared.clone()))];
+    let (result, _, _) = run_with(stages, &[edge("gen", "pinned", 2), edge("gen", "shared", 2)], Duration::from_secs(5), &[]).await;
+    result.expect("run failed");
+    let (threads, name) = pinned.lock().unwrap().clone().expect("the pinned stage ran");
+    assert_eq!(threads, 3);
+    assert!(name.starts_with("stage-sinks.pinned-"), "ran on {name}");
+    let (threads, name) = shared.lock().unwrap().clone().expect("the shared stage ran");
+    assert_eq!(name, "stage-shared");
+    assert_eq!(threads, rayon::current_num_threads(), "the process-wide pool");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ fn assert_errors(name: &str, expected: &[&str]) {
 const FIXTURES: &[&str] = &[
     "bad-restart.toml",
     "bad-sampler.toml",
+    "bad-threads.toml",
     "classes-disagree.toml",
     "cycle.toml",
     "duplicate-id.toml",
@@ -195,6 +196,19 @@ fn restart_only_on_stateless_transforms_and_as_a_table() {
         &[
             "transforms.oracle: restart must be a table { max = N } with N >= 0, found 2",
             "sinks.rca: restart is for stateless transforms (oracle_classifier, inception_v3); a rca keeps state a restart would lose, and resumes from its checkpoint instead",
+        ],
+    );
+}
+
+// ---- thread pools ----
+
+#[test]
+fn stage_thread_counts_must_be_whole_numbers_in_range() {
+    assert_errors(
+        "bad-threads.toml",
+        &[
+            "transforms.oracle: threads must be a whole number of CPU threads from 1 to 1024, found 0",
+            r#"sinks.rca: threads must be a whole number of CPU threads from 1 to 1024, found "two""#,
         ],
     );
 }

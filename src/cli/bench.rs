@@ -29,9 +29,6 @@ pub struct BenchArgs {
     /// Untimed forward passes before them.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub warmup: usize,
-    /// CPU threads for the models' kernels (default: every core).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
     /// The UNet's diffusers config.json (default: the paper's, config/unet-paper.json).
     #[arg(long, value_name = "FILE")]
     pub unet_config: Option<PathBuf>,
@@ -84,14 +81,6 @@ pub fn bench(args: BenchArgs, settings: Settings) -> Result<(), CliError> {
     if args.batch == Some(0) {
         return Err(CliError::Input("--batch must be at least 1".into()));
     }
-    if let Some(threads) = args.threads {
-        if threads == 0 {
-            return Err(CliError::Input("--threads must be at least 1".into()));
-        }
-        // Read by rayon when its pool starts and by candle's gemm at every call; nothing has
-        // run a kernel yet in this process.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
     let device_name = args.device.clone().unwrap_or_else(|| settings.runtime.device.clone());
     let spec: DeviceSpec = device_name.parse().map_err(|e| CliError::Input(format!("--device: {e}")))?;
     let unet_dtype: Precision = args.dtype.parse().map_err(|e| CliError::Input(format!("--dtype: {e}")))?;
@@ -99,7 +88,8 @@ pub fn bench(args: BenchArgs, settings: Settings) -> Result<(), CliError> {
     let device = spec.open().map_err(|e| CliError::Input(format!("--device: {e}")))?;
     let opts =
         BenchOptions { batch: args.batch, warmup: args.warmup, repeats: args.repeats, unet: unet_config(&args.unet_config)?, unet_dtype };
-    let threads = candle_core::utils::get_num_threads();
+    // `rcaflow --threads N` (a flag of every command) sized the kernel pool before this ran.
+    let threads = rayon::current_num_threads();
 
     if !args.json {
         println!(

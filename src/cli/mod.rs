@@ -36,6 +36,10 @@ pub struct Cli {
     /// Log filter (info, debug, rcaflow=debug, ...); overrides the config file and RUST_LOG.
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// CPU threads of the models' kernels, shared by every stage without its own `threads`
+    /// (overrides `[runtime] threads`; default one per core).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -161,6 +165,13 @@ pub fn apply_overrides(settings: &mut Settings, metrics_addr: &Option<String>, d
 }
 
 pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
+    let threads = match cli.threads {
+        Some(0) => return Err(CliError::Input("--threads must be at least 1 (leave it out for one per core)".into())),
+        Some(n) => n,
+        None => settings.runtime.threads,
+    };
+    // Before any command runs a kernel: rayon fixes its pool's size at the first parallel call.
+    crate::models::threads::configure_process(threads).map_err(|e| CliError::Input(format!("--threads: {e}")))?;
     match cli.command {
         Command::Run(args) => run::run(args, settings),
         Command::Validate(args) => validate::validate(args),

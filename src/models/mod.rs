@@ -41,6 +41,7 @@ pub mod random_weights;
 pub mod resnet;
 pub mod sampling;
 pub mod schedulers;
+pub mod threads;
 mod torch_pickle;
 pub mod unet;
 pub mod weights;

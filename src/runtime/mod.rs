@@ -43,6 +43,8 @@ pub struct StageSpec {
     pub stage: Box<dyn Stage>,
     /// How to build the stage again after a failure, and how many times (`restart = { max }`).
     pub restart: Option<stage::Restart>,
+    /// Its own kernel threads (`threads = N`); `None`: the process-wide pool.
+    pub pool: Option<crate::models::threads::StagePool>,
 }
 
 /// Per-run settings the stages need.
@@ -123,6 +125,7 @@ pub async fn run(
             stats,
             run_dir: settings.run_dir.clone(),
             checkpoint_interval: settings.checkpoint_interval,
+            pool: spec.pool,
         };
         args.push(StageArgs { stage: spec.stage, restart: spec.restart, ctx });
     }

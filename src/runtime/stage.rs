@@ -65,6 +65,8 @@ pub struct StageContext {
     pub keep_in_flight: bool,
     /// A payload to hand out again before reading the inputs (after a restart).
     pub replay: Option<Payload>,
+    /// The stage's own kernel threads (`threads = N`); `None`: the process-wide pool.
+    pub pool: Option<crate::models::threads::StagePool>,
 }
 
 impl StageContext {
@@ -173,7 +175,10 @@ impl Actor for StageActor {
             let mut stage = stage;
             let mut restarts_left = restart.as_ref().map_or(0, |r| r.max);
             let outcome = loop {
-                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| stage.run(&mut ctx)));
+                let pool = ctx.pool.clone();
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    crate::models::threads::in_pool(pool.as_ref(), || stage.run(&mut ctx))
+                }));
                 let cause = match &outcome {
                     Ok(Err(e @ (StageError::Failed(_) | StageError::Panicked(_)))) => e.to_string(),
                     Err(panic) => format!("panicked: {}", panic_message(panic)),

@@ -290,7 +290,10 @@ impl Stage for DdpmSamplerStage {
         let ctx_ref: &StageContext = ctx;
         let outcomes: Vec<Result<(), StageError>> = std::thread::scope(|scope| {
             let workers: Vec<_> =
-                samplers.into_iter().map(|sampler| scope.spawn(|| run_replica(sampler, ctx_ref, &queue, &shared))).collect();
+                samplers.into_iter().map(|sampler| scope.spawn(|| {
+                    // A replica is a thread of its own: its kernels go to the stage's pool, if any.
+                    crate::models::threads::in_pool(ctx_ref.pool.as_ref(), || run_replica(sampler, ctx_ref, &queue, &shared))
+                })).collect();
             workers
                 .into_iter()
                 .map(|w| {

@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::models::device::DeviceSpec;
+use crate::models::threads::StagePool;
 use crate::runtime::stage::{Restart, Stage};
 use crate::runtime::StageSpec;
 use crate::topology::config::one_line;
@@ -118,6 +119,13 @@ pub fn build(graph: &Graph, cx: &BuildContext) -> Result<Vec<StageSpec>, Topolog
     let mut errors = Vec::new();
     for c in &graph.components {
         let name = c.qualified();
+        let pool = match c.threads.map(|n| StagePool::new(&name, n)).transpose() {
+            Ok(pool) => pool,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
         match c.kind.build(cx) {
             Ok(stage) => {
                 let restart = (c.restart > 0).then(|| {
@@ -125,16 +133,28 @@ pub fn build(graph: &Graph, cx: &BuildContext) -> Result<Vec<StageSpec>, Topolog
                     Restart { max: c.restart, rebuild: Box::new(move || kind.build(&cx)) }
                 });
                 let accumulates = c.kind.info().accumulates;
-                stages.push(StageSpec { id: c.id.clone(), qualified: name, accumulates, stage, restart });
+                stages.push(StageSpec { id: c.id.clone(), qualified: name, accumulates, stage, restart, pool });
             }
             // One line each, whatever the loader's message looked like.
             Err(e) => errors.push(format!("{name}: {}", one_line(&e))),
         }
     }
+    warn_if_oversubscribed(&stages);
     if errors.is_empty() {
         Ok(stages)
     } else {
         Err(TopologyError::Build { path: graph.label.clone(), errors })
+    }
+}
+
+/// Stages given pools of their own (`threads = N`) that together have more threads than the
+/// machine has cores make the kernels take turns on the cores: allowed (a user may know
+/// better), but said.
+fn warn_if_oversubscribed(stages: &[StageSpec]) {
+    let own: usize = stages.iter().filter_map(|s| s.pool.as_ref()).map(StagePool::threads).sum();
+    let cores = crate::models::threads::available_cores();
+    if own > cores {
+        tracing::warn!("the stages' own thread pools (`threads = N`) have {own} threads together on {cores} cores: their kernels will take turns");
     }
 }
 

@@ -1,7 +1,7 @@
 //! The topology file's structs: `[run]`, `[sources.ID]`, `[transforms.ID]`, `[sinks.ID]`, in the
 //! style of Vector's configuration. Component types form one closed serde enum, generated in
 //! `src/stages/mod.rs` from the registration list (any [`ComponentType`] here), whose variants
-//! deny unknown fields; the keys every component shares (`inputs`, `capacity`, `restart`) are
+//! deny unknown fields; the keys every component shares (`inputs`, `capacity`, `restart`, `threads`) are
 //! taken off first, so each error can name its component.
 
 use std::collections::BTreeMap;
@@ -88,6 +88,9 @@ pub struct Component<K> {
     pub capacity: usize,
     /// Times the stage is rebuilt after a failure before the run stops (`restart = { max = N }`).
     pub restart: u32,
+    /// The stage's own kernel threads (`threads = N`); `None`: the process-wide pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 impl<K: ComponentType> Component<K> {
@@ -154,6 +157,7 @@ pub(crate) fn parse_component<K: ComponentType>(
         }
     };
     let restart = parse_restart::<K>(&name, table.remove("restart"), table.get("type"), errors);
+    let threads = parse_threads(&name, table.remove("threads"), errors);
     match table.get("type") {
         None => {
             errors.push(format!("{name}: `type` is missing; expected one of {}", type_list::<K>()));
@@ -172,7 +176,7 @@ pub(crate) fn parse_component<K: ComponentType>(
             return None;
         }
     };
-    inputs_ok.then(|| Component { id: id.to_string(), section, kind, inputs, capacity, restart })
+    inputs_ok.then(|| Component { id: id.to_string(), section, kind, inputs, capacity, restart, threads })
 }
 
 /// `restart = { max = N }`: how often the stage is rebuilt after a panic or an error.
@@ -204,6 +208,19 @@ fn parse_restart<K: ComponentType>(name: &str, value: Option<toml::Value>, kind:
             0
         }
         _ => max,
+    }
+}
+
+/// `threads = N`: the stage runs its CPU kernels on a pool of N threads of its own rather than
+/// on the process-wide one (`[runtime] threads`, see [`crate::models::threads`]).
+fn parse_threads(name: &str, value: Option<toml::Value>, errors: &mut Vec<String>) -> Option<usize> {
+    let max = crate::models::threads::MAX_THREADS;
+    match value? {
+        toml::Value::Integer(n) if n >= 1 && n as u64 <= max as u64 => Some(n as usize),
+        other => {
+            errors.push(format!("{name}: threads must be a whole number of CPU threads from 1 to {max}, found {other}"));
+            None
+        }
     }
 }
 
