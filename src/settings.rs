@@ -43,6 +43,9 @@ pub struct RuntimeSettings {
     pub shutdown_deadline_secs: f64,
     /// Where models run: `cpu`.
     pub device: String,
+    /// MiB of features each kid or precision_recall sink keeps in memory; past it they go to
+    /// a file in the run directory (`state/<sink>.features`).
+    pub feature_memory_mib: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -85,7 +88,7 @@ impl Default for LogSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        RuntimeSettings { checkpoint_interval_secs: 30.0, shutdown_deadline_secs: 30.0, device: "cpu".into() }
+        RuntimeSettings { checkpoint_interval_secs: 30.0, shutdown_deadline_secs: 30.0, device: "cpu".into(), feature_memory_mib: 4096 }
     }
 }
 
