@@ -17,7 +17,8 @@
 //! the atomic writer writes (`crate::files::atomic`), passed once its temporary is written and
 //! synced, before the rename: `checkpoint.STAGE.write`, `png.write` (images), `figure.write`,
 //! `report.write` (report.json, report.md), `manifest.write` (run.json), `npz.write`,
-//! `npy.write`, `json.write` (other JSON outputs), `csv.write`, `weights.write` (trained
+//! `npy.write`, `json.write` (other JSON outputs), `csv.write`, `features.write` (a spilled
+//! feature block, before it is written), `weights.write` (trained
 //! weights and training checkpoints). Without the variable every call is one atomic load.
 
 use std::io;

@@ -46,6 +46,9 @@ pub struct RuntimeSettings {
     /// CPU threads of the process-wide kernel pool that every stage without `threads = N`
     /// shares; 0: one per core (`--threads` overrides).
     pub threads: usize,
+    /// MiB of features each kid or precision_recall sink keeps in memory; past it they go to
+    /// a file in the run directory (`state/<sink>.features`).
+    pub feature_memory_mib: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -88,7 +91,7 @@ impl Default for LogSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        RuntimeSettings { checkpoint_interval_secs: 30.0, shutdown_deadline_secs: 30.0, device: "cpu".into(), threads: 0 }
+        RuntimeSettings { checkpoint_interval_secs: 30.0, shutdown_deadline_secs: 30.0, device: "cpu".into(), threads: 0, feature_memory_mib: 4096 }
     }
 }
 

@@ -63,6 +63,7 @@ async fn measure(root: &Path, run_dir: &Path, unit_size: usize, batch_size: usiz
         classes: Arc::new(classes),
         device: DeviceSpec::Cpu,
         plans: Arc::new([("real".to_string(), plan)].into()),
+        feature_memory_mib: 4096,
     };
     let stages = vec![
         built("sources", "real", false, source.build(&cx).unwrap()),

@@ -53,8 +53,13 @@ fn setup(root: &Path, name: &str) -> PathBuf {
 }
 
 fn run(root: &Path, topology: &Path, fault: Option<&str>) -> Ran {
+    run_with(root, "settings.toml", topology, fault)
+}
+
+/// A run with the settings file `root/<settings>`.
+fn run_with(root: &Path, settings: &str, topology: &Path, fault: Option<&str>) -> Ran {
     let mut cmd = common::bin::rcaflow();
-    cmd.arg("--config").arg(root.join("settings.toml")).args(["run", "--topology"]).arg(topology);
+    cmd.arg("--config").arg(root.join(settings)).args(["run", "--topology"]).arg(topology);
     if let Some(f) = fault {
         cmd.env("RCAFLOW_FAULT", f);
     }
@@ -125,6 +130,35 @@ fn kid_and_precision_recall_reach_the_report_and_survive_a_kill() {
     for (a, b) in again["fid"]["per_class"].as_array().unwrap().iter().zip(classes) {
         let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
         assert!((a - b).abs() <= 1e-9 * b.abs(), "{a} vs {b}");
+    }
+
+    // feature_memory_mib = 0: every feature goes to the spill file; killed after the kid sink
+    // spilled and applied its third batch (before its checkpoint: the file is cut back on
+    // resume), then resumed. KID reads its subsets' rows from the file, precision/recall all of
+    // them: the in-memory run's numbers, bit for bit.
+    std::fs::write(
+        root.join("settings-spill.toml"),
+        "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\nfeature_memory_mib = 0\n",
+    )
+    .unwrap();
+    {
+        let name = "spilled";
+        let topology = setup(root, name);
+        let o = run_with(root, "settings-spill.toml", &topology, Some("abort@kid.applied:3"));
+        assert!(o.code().is_none(), "the run should have died: {}", o.stderr);
+        let o = run_with(root, "settings-spill.toml", &topology, None);
+        assert!(o.success(), "{name}: {}", o.stderr);
+        let spilled = report(root, name);
+        assert_eq!(spilled["kid"], r["kid"], "{name}");
+        assert_eq!(spilled["precision_recall"], r["precision_recall"], "{name}");
+        // 18 images of 2048 float32 per sink, in the file; the checkpoints hold only where.
+        let state = root.join(format!("run-{name}/state"));
+        for sink in ["kid", "prc"] {
+            let file = std::fs::metadata(state.join(format!("{sink}.features"))).unwrap().len();
+            assert_eq!(file, (REAL + GENERATED) as u64 * CLASSES as u64 * 2048 * 4, "{name}: {sink}.features");
+            let checkpoint = std::fs::metadata(state.join(format!("{sink}.ckpt"))).unwrap().len();
+            assert!(checkpoint < 10_000, "{name}: {sink}.ckpt holds {checkpoint} bytes");
+        }
     }
 }
 

@@ -397,3 +397,90 @@ fn ctrl_c_once_drains_twice_stops_and_both_resume() {
     assert!(o.success(), "{}", o.stderr);
     assert_equals_straight(root, "twice");
 }
+
+// ---- early stop (`stop_when`) ----
+
+/// The tiny run (5 images a class in units of 2, classes interleaved) with `stop_when` on its
+/// rca sink: at most 0.45 half-width (every interval of 2 or more images is that tight) and at
+/// least 4 images a class, so the rule first holds after the second unit of every class.
+fn early_stop_topology(root: &Path, name: &str) -> PathBuf {
+    let path = tiny_run::write_topology(root, name, 1, None);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let stopped = text.replace("[sinks.rca]\n", "[sinks.rca]\nstop_when = { ci_half_width = 0.45, min_per_class = 4 }\n");
+    assert_ne!(stopped, text, "the tiny topology has no [sinks.rca]");
+    std::fs::write(&path, stopped).unwrap();
+    path
+}
+
+/// The saved PNGs of run `name`, relative to its samples folder, with their bytes.
+fn saved(root: &Path, name: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = root.join(format!("samples-{name}"));
+    let mut files: Vec<_> =
+        tiny_run::walk(&dir).into_iter().map(|p| (p.strip_prefix(&dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap())).collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn early_stop_ends_at_the_first_unit_where_the_rule_holds_and_a_killed_run_resumes_to_the_same_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let topology = early_stop_topology(root, "stop");
+    let o = run(root, &topology, None);
+    assert!(o.success(), "{}", o.stderr);
+    let r = report(root, "stop");
+    assert_eq!(r["status"], "complete", "an early stop is a complete run");
+    let stop = &r["early_stop"];
+    // Units of 2 interleaved: after 6 units every class has 4 images, the minimum.
+    assert_eq!(stop["last_unit"], "generated/2/1", "{stop}");
+    assert_eq!((stop["units_used"].as_u64(), stop["images_used"].as_u64(), stop["images_planned"].as_u64()), (Some(6), Some(12), Some(15)));
+    assert_eq!((stop["ci_half_width"].as_f64(), stop["min_per_class"].as_u64()), (Some(0.45), Some(4)));
+    let confusion = &r["generated"]["confusion"];
+    for c in 0..tiny_run::CLASSES {
+        let class = &stop["per_class"][c];
+        let row: Vec<u64> = confusion[c].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let (images, correct) = (row.iter().sum::<u64>(), row[c]);
+        assert_eq!((class["images"].as_u64(), class["planned"].as_u64(), images), (Some(4), Some(5), 4), "class {c}: {class}");
+        // The interval is the Wilson interval of the counts the report holds.
+        let ci = rcaflow::metrics::rca::wilson_interval(correct, images, rcaflow::metrics::rca::Z95).unwrap();
+        assert_eq!((class["ci95"]["low"].as_f64(), class["ci95"]["high"].as_f64()), (Some(ci.low), Some(ci.high)), "class {c}");
+        assert_eq!(class["half_width"].as_f64(), Some((ci.high - ci.low) / 2.0));
+        assert!((ci.high - ci.low) / 2.0 <= 0.45);
+        assert_eq!(class["recall"].as_f64(), Some(correct as f64 / 4.0));
+    }
+    // Every stage used the same 12 images, whatever the sampler had in flight at the stop.
+    assert_eq!(r["generated"]["total"], 12);
+    assert_eq!(r["fid"]["generated_images"], 12);
+    let sampler = &r["generation"]["sampler"];
+    assert_eq!(
+        (sampler["generated"].clone(), sampler["units"].clone(), sampler["stopped_early"].clone()),
+        (serde_json::json!([4, 4, 4]), 6.into(), true.into())
+    );
+    let files = saved(root, "stop");
+    let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+    assert_eq!(names.len(), 12, "{names:?}");
+    assert!(names.iter().all(|n| ["000000", "000001", "000002", "000003"].iter().any(|p| n.contains(p))), "{names:?}");
+    let md = std::fs::read_to_string(root.join("run-stop/report.md")).unwrap();
+    assert!(
+        md.contains("## Early stop") && md.contains("Sampling stopped after unit `generated/2/1` (6 units, 12 of 15 planned images)"),
+        "{md}"
+    );
+
+    // Killed while sampling, and killed after the stop fired (writing the report): the resumed
+    // runs stop at the same unit and give the same report and the same saved images.
+    let comparable = |root: &Path, name: &str| -> Value {
+        let text = serde_json::to_string(&tiny_run::comparable(report(root, name))).unwrap();
+        serde_json::from_str(&text.replace(&root.display().to_string(), "ROOT").replace(&format!("-{name}"), "-NAME")).unwrap()
+    };
+    let straight = comparable(root, "stop");
+    for (name, fault) in [("stop-sampling", "abort@sampler.unit:3"), ("stop-report", "abort@report.write:1")] {
+        let topology = early_stop_topology(root, name);
+        let o = run(root, &topology, Some(fault));
+        assert!(killed(&o), "{fault}: the run should have died: {}", o.stderr);
+        let o = run(root, &topology, None);
+        assert!(o.success(), "{fault}: resume failed: {}", o.stderr);
+        assert_eq!(sessions(root, name).len(), 2);
+        assert_same(&comparable(root, name), &straight, "report");
+        assert_eq!(saved(root, name), files, "{fault}: saved images");
+    }
+}

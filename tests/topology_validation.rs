@@ -71,6 +71,8 @@ const FIXTURES: &[&str] = &[
     "sampler-model-mismatch.toml",
     "sink-without-inputs.toml",
     "source-with-inputs.toml",
+    "stop-when-bad.toml",
+    "stop-when-without-generated.toml",
     "unconsumed.toml",
     "unknown-arch.toml",
     "unknown-field.toml",
@@ -169,6 +171,22 @@ fn rca_without_real_images_or_baseline() {
         &[
             r#"sinks.rca: no real images reach it and no `baseline` is set; expected an image_folder source with origin = "real" upstream, or baseline = FILE"#,
         ],
+    );
+}
+
+#[test]
+fn rca_stop_when_checks_its_rule_and_needs_a_sampler() {
+    assert_errors(
+        "stop-when-bad.toml",
+        &[
+            "sinks.rca: stop_when.ci_half_width must be a number in (0, 0.5), found 0.5",
+            "sinks.rca: stop_when.min_per_class must be at least 1 image, found 0",
+            "sinks.rca: stop_when stops sampling; expected the generated images to come from a ddpm_sampler source, found image_folder",
+        ],
+    );
+    assert_errors(
+        "stop-when-without-generated.toml",
+        &["sinks.rca: stop_when needs generated images; expected a ddpm_sampler source upstream"],
     );
 }
 

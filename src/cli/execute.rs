@@ -30,6 +30,7 @@ pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings, fresh: bool) 
         classes: Arc::new(graph.classes.clone()),
         device: settings.device()?,
         plans: Arc::new(plans),
+        feature_memory_mib: settings.runtime.feature_memory_mib,
     };
     let stages = stages::build(graph, &cx)?;
     std::fs::create_dir_all(run_dir)
@@ -137,7 +138,7 @@ fn execute_locked(
             let bound = telemetry::install_exporter(addr, &run_label).map_err(|e| CliError::Input(e.to_string()))?;
             tracing::info!("metrics on http://{bound}/metrics");
         }
-        let control = RunControl::new();
+        let control = RunControl::with_early_stop(stages::rca::early_stop_gate(graph, cx));
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
         tokio::spawn(forward_signals(stop_tx));
         let progress = tokio::spawn(show_progress(control.clone()));

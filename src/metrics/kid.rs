@@ -41,6 +41,8 @@ pub enum KidError {
     TooFew { side: &'static str, n: usize },
     #[error("subsets must be at least 1 and subset_size at least 2, found {subsets} and {subset_size}")]
     Options { subsets: usize, subset_size: usize },
+    #[error("cannot read features: {0}")]
+    Read(String),
 }
 
 /// Which side a subset is drawn from (part of the draw's key).
@@ -124,13 +126,32 @@ pub fn mmd2_unbiased(x: &Mat<f64>, y: &Mat<f64>) -> f64 {
 /// `subset_size` per side (clipped to the smaller side: see [`Kid::subset_size`]), drawn by
 /// [`subset`] from `seed`.
 pub fn kid(generated: &[f32], real: &[f32], d: usize, subsets: usize, subset_size: usize, seed: u64) -> Result<Kid, KidError> {
-    if subsets == 0 || subset_size < 2 {
-        return Err(KidError::Options { subsets, subset_size });
-    }
     if d == 0 || generated.len() % d != 0 || real.len() % d != 0 {
         return Err(KidError::Dimension(generated.len(), d));
     }
-    let (ng, nr) = (generated.len() / d, real.len() / d);
+    kid_of_rows(generated.len() / d, real.len() / d, d, subsets, subset_size, seed, &mut |side, rows| {
+        Ok(gather(if side == Side::Generated { generated } else { real }, d, rows))
+    })
+}
+
+/// [`kid`] over `ng` generated and `nr` real features that `fetch` hands out by row index,
+/// rows of `side` as a float64 `rows.len() x d` matrix: only the subsets are read (the features
+/// may be in a file, [`crate::runtime::feature_store`]).
+pub fn kid_of_rows(
+    ng: usize,
+    nr: usize,
+    d: usize,
+    subsets: usize,
+    subset_size: usize,
+    seed: u64,
+    fetch: &mut dyn FnMut(Side, &[usize]) -> Result<Mat<f64>, KidError>,
+) -> Result<Kid, KidError> {
+    if subsets == 0 || subset_size < 2 {
+        return Err(KidError::Options { subsets, subset_size });
+    }
+    if d == 0 {
+        return Err(KidError::Dimension(0, d));
+    }
     for (side, n) in [("generated", ng), ("real", nr)] {
         if n < 2 {
             return Err(KidError::TooFew { side, n });
@@ -141,18 +162,22 @@ pub fn kid(generated: &[f32], real: &[f32], d: usize, subsets: usize, subset_siz
     // every subset gives this one value.
     if m == ng && m == nr {
         let all: Vec<usize> = (0..m).collect();
-        let value = mmd2_unbiased(&gather(generated, d, &all), &gather(real, d, &all));
+        let value = mmd2_unbiased(&fetch(Side::Generated, &all)?, &fetch(Side::Real, &all)?);
         return Ok(Kid { mean: value, std: 0.0, subsets, subset_size: m });
     }
-    let values: Vec<f64> = (0..subsets)
-        .map(|s| {
-            let x = gather(generated, d, &subset(seed, s, Side::Generated, ng, m));
-            let y = gather(real, d, &subset(seed, s, Side::Real, nr, m));
-            mmd2_unbiased(&x, &y)
-        })
-        .collect();
+    let mut values = Vec::with_capacity(subsets);
+    for s in 0..subsets {
+        let x = fetch(Side::Generated, &subset(seed, s, Side::Generated, ng, m))?;
+        let y = fetch(Side::Real, &subset(seed, s, Side::Real, nr, m))?;
+        values.push(mmd2_unbiased(&x, &y));
+    }
     let (mean, std) = mean_std(&values);
     Ok(Kid { mean, std, subsets, subset_size: m })
+}
+
+/// Row-major `rows x d` float32 rows as a float64 matrix.
+pub fn to_matrix(rows: &[f32], d: usize) -> Mat<f64> {
+    Mat::from_fn(rows.len() / d.max(1), d, |i, j| f64::from(rows[i * d + j]))
 }
 
 /// Mean and population standard deviation (ddof = 0).

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::inception_score::InceptionScore;
 use crate::metrics::rca::{ClassificationSummary, RcaSummary};
+use crate::report::results::EarlyStopResult;
 use crate::report::results::FidResult;
 use crate::report::results::KidResult;
 use crate::report::results::LpipsResult;
@@ -73,6 +74,10 @@ pub struct Report {
     /// k-NN precision, recall, density and coverage (`null` without a precision_recall sink).
     #[serde(default)]
     pub precision_recall: Option<PrecisionRecallResult>,
+    /// Why sampling stopped before the plan was done (the `rca` sink's `stop_when`); `null`
+    /// unless the stop fired.
+    #[serde(default)]
+    pub early_stop: Option<EarlyStopResult>,
     /// Mean LPIPS distance between same-class generated pairs (`null` without that stage).
     pub lpips_diversity: Option<LpipsResult>,
     /// What each image source read, by component id.

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::json::{Report, RunStatus};
+use super::results::EarlyStopResult;
 use crate::metrics::rca::Interval;
 
 fn num(v: Option<f64>) -> String {
@@ -76,6 +77,30 @@ fn per_class_quality(md: &mut String, r: &Report) {
 }
 
 /// Renders the report as Markdown.
+/// Why and where sampling stopped early, and what each class used.
+fn early_stop(md: &mut String, r: &Report, stop: &EarlyStopResult) {
+    let _ = writeln!(md, "## Early stop\n");
+    let _ = writeln!(
+        md,
+        "Sampling stopped after unit `{}` ({} units, {} of {} planned images): every class's generated-recall Wilson 95% interval had a half-width of at most {} with at least {} images.\n",
+        stop.last_unit, stop.units_used, stop.images_used, stop.images_planned, stop.ci_half_width, stop.min_per_class
+    );
+    let _ = writeln!(md, "| class | images used | planned | generated recall | 95% CI (Wilson) | half-width |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---|---:|");
+    for (class, c) in r.classes.iter().zip(&stop.per_class) {
+        let _ = writeln!(
+            md,
+            "| {class} | {} | {} | {} | {} | {:.4} |",
+            c.images,
+            c.planned,
+            num(Some(c.recall)),
+            ci(&Some(c.ci95)),
+            c.half_width
+        );
+    }
+    let _ = writeln!(md);
+}
+
 pub fn render(r: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# rcaflow report\n");
@@ -96,6 +121,9 @@ pub fn render(r: &Report) -> String {
         );
     }
     let _ = writeln!(md, "- rcaflow {} (report schema {})\n", r.rcaflow_version, r.schema_version);
+    if let Some(stop) = &r.early_stop {
+        early_stop(&mut md, r, stop);
+    }
 
     if let (Some(real), Some(generated), Some(rca)) = (&r.real, &r.generated, &r.rca) {
         let _ = writeln!(md, "## Relative Classification Accuracy\n");

@@ -3,16 +3,17 @@
 //! is made of (README "Report schema"), so they live with the report; the runtime carries them
 //! without knowing what is inside.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::diversity::Diversity;
 use crate::metrics::inception_score::InceptionScore;
-use crate::metrics::rca::{ClassificationSummary, RcaSummary};
+use crate::metrics::rca::{ClassificationSummary, Interval, RcaSummary};
 use crate::models::lpips::LpipsNet;
 use crate::models::schedulers::SchedulerKind;
-use crate::units::Origin;
+use crate::units::{Origin, UnitId};
 
 /// A finished stage's result, handed downstream to the report and returned to the caller.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,6 +40,37 @@ pub struct RcaResult {
     pub real_source: String,
     pub units_applied: usize,
     pub duplicate_units_ignored: u64,
+    /// Why sampling stopped before the plan was done (`stop_when`); `None` unless it fired.
+    #[serde(default)]
+    pub early_stop: Option<EarlyStopResult>,
+}
+
+/// The `rca` sink's `stop_when` fired: the rule, where it held, and what each class used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopResult {
+    /// The rule: every class's generated-recall Wilson 95% interval at most this half-width...
+    pub ci_half_width: f64,
+    /// ...with at least this many images.
+    pub min_per_class: u64,
+    /// The unit after which the rule first held, `generated/CLASS/INDEX` (classes interleaved,
+    /// unit by unit): the last one used.
+    pub last_unit: String,
+    pub units_used: usize,
+    pub images_used: u64,
+    pub images_planned: u64,
+    pub per_class: Vec<EarlyStopClass>,
+}
+
+/// One class at the stop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopClass {
+    pub images: u64,
+    pub planned: u64,
+    /// Generated recall (the oracle's recall on this class's generated images).
+    pub recall: f64,
+    /// Its Wilson 95% interval and that interval's half-width, `(high - low) / 2`.
+    pub ci95: Interval,
+    pub half_width: f64,
 }
 
 /// A file that could not be used, and why.
@@ -94,10 +126,31 @@ pub struct SamplerResult {
     /// Time spent denoising, summed over replicas.
     pub busy_seconds: f64,
     pub images_per_second: Option<f64>,
-    /// Stopped by a stop request before the plan was done.
+    /// Stopped by a stop request, or by the early stop, before the plan was done.
     pub stopped_early: bool,
     #[serde(skip)]
     pub grid: SampleGrid,
+    /// `nonfinite_images` by unit (what an early stop's cut needs).
+    #[serde(skip)]
+    pub nonfinite_units: BTreeMap<UnitId, u64>,
+}
+
+impl SamplerResult {
+    /// The sampler's account cut to the units an early stop used: the first `images[c]` of each
+    /// class (the units it sampled past the stop, in flight when it fired, are not counted).
+    pub fn cut_to(&mut self, stop: &EarlyStopResult) {
+        let used: Vec<u64> = stop.per_class.iter().map(|c| c.images).collect();
+        let inside = |id: &UnitId| used.get(id.class as usize).is_some_and(|&n| (id.index as u64) * (self.unit_size as u64) < n);
+        self.nonfinite_images = self.nonfinite_units.iter().filter(|(id, _)| inside(id)).map(|(_, n)| n).sum();
+        self.generated = used.clone();
+        self.units = stop.units_used;
+        self.stopped_early = true;
+        for (row, &n) in self.grid.per_class.iter_mut().zip(&used) {
+            for slot in row.iter_mut().skip(n as usize) {
+                *slot = None;
+            }
+        }
+    }
 }
 
 /// What the report shows.

@@ -64,6 +64,11 @@ impl<A: Accumulator> ExactlyOnce<A> {
         &mut self.inner
     }
 
+    /// Whether the unit `id` is folded in.
+    pub fn holds(&self, id: &UnitId) -> bool {
+        self.applied.contains(id)
+    }
+
     pub fn units_applied(&self) -> usize {
         self.applied.len()
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::early_stop::EarlyStopGate;
 use super::sync::lock;
 use crate::report::Summary;
 use crate::telemetry;
@@ -137,6 +138,8 @@ pub struct RunControl {
     pub started: Instant,
     stats: Mutex<BTreeMap<String, Arc<StageStats>>>,
     results: Mutex<BTreeMap<String, Summary>>,
+    /// Set when an `rca` sink has `stop_when`: which generated units the run uses.
+    early_stop: Option<Arc<EarlyStopGate>>,
 }
 
 impl Default for RunControl {
@@ -148,6 +151,7 @@ impl Default for RunControl {
             started: Instant::now(),
             stats: Mutex::new(BTreeMap::new()),
             results: Mutex::new(BTreeMap::new()),
+            early_stop: None,
         }
     }
 }
@@ -155,6 +159,15 @@ impl Default for RunControl {
 impl RunControl {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// The control of a run that may stop early through `gate`.
+    pub fn with_early_stop(gate: Option<Arc<EarlyStopGate>>) -> Arc<Self> {
+        Arc::new(RunControl { early_stop: gate, ..Self::default() })
+    }
+
+    pub fn early_stop(&self) -> Option<&Arc<EarlyStopGate>> {
+        self.early_stop.as_ref()
     }
 
     /// Graceful stop: sources take no new work; everything downstream drains.

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod channels;
 pub mod checkpoint;
 pub mod control;
+pub mod early_stop;
 pub mod feature_store;
 pub mod plan;
 pub mod run_dir;

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use super::accumulator::{Accumulator, ExactlyOnce};
 use super::batch::{Batch, Payload};
 use super::checkpoint::CheckpointTimer;
+use super::early_stop::{CloseOnDrop, EarlyStopGate, Holdback, Verdict};
 use super::stage::{Stage, StageContext, StageError};
 use crate::report::Summary;
 use crate::telemetry;
+use crate::units::Origin;
 
 /// A sink's own part: its state's birth, what it does after each batch and at the end.
 pub trait SinkMaths: Send + 'static {
@@ -40,6 +42,12 @@ pub trait SinkMaths: Send + 'static {
 
     /// The summary of the final state (its live values published).
     fn finish(&mut self, acc: &ExactlyOnce<Self::Acc>, ctx: &StageContext) -> Result<Summary, StageError>;
+
+    /// For the sink that decides an early stop ([`crate::runtime::early_stop`]): whether its
+    /// rule holds on the state as it is. Other sinks are never asked.
+    fn stop_rule_holds(&self, _acc: &ExactlyOnce<Self::Acc>) -> bool {
+        false
+    }
 }
 
 /// The stage of an accumulating sink.
@@ -55,6 +63,17 @@ impl<M: SinkMaths> Stage for SinkStage<M> {
         };
         maths.start(&mut acc, ctx)?;
         let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
+        // With an early stop, generated units wait for the gate's verdict before they are
+        // folded (all sinks then fold the same units); the decider folds them in the gate's
+        // order and decides after each one.
+        let gate = ctx.control.early_stop().cloned();
+        let deciding = gate.as_ref().is_some_and(|g| g.decider() == ctx.id);
+        let _close = gate.as_deref().filter(|_| deciding).map(CloseOnDrop);
+        if let Some(g) = gate.as_deref().filter(|_| deciding) {
+            let prefix = g.order().iter().take_while(|id| acc.holds(id)).count();
+            g.resume(prefix, prefix > 0 && maths.stop_rule_holds(&acc));
+        }
+        let mut held: Holdback<Payload> = Holdback::default();
         // 2. Receive and apply each unit once; checkpoint on the timer.
         while let Some(payload) = ctx.recv() {
             let Some(batch) = M::Input::of(&payload) else {
@@ -64,11 +83,50 @@ impl<M: SinkMaths> Stage for SinkStage<M> {
                 )));
             };
             maths.check_batch(&acc, batch)?;
-            ctx.timed(|| acc.apply(batch, batch.units()));
+            match gate.as_deref() {
+                None => {
+                    ctx.timed(|| acc.apply(batch, batch.units()));
+                }
+                Some(g) => {
+                    let mut now = Vec::new();
+                    for span in batch.units() {
+                        if span.id.origin == Origin::Generated {
+                            let rank = g.rank(&span.id).ok_or_else(|| {
+                                StageError::Failed(format!("received unit {}, which is not in the run's generated plan", span.id))
+                            })?;
+                            held.park(rank, *span, payload.clone());
+                        } else {
+                            now.push(*span);
+                        }
+                    }
+                    ctx.timed(|| {
+                        acc.apply(batch, &now);
+                        settle(&maths, &mut acc, &mut held, g, deciding)
+                    });
+                }
+            }
             ctx.fault("applied")?;
             maths.after_batch(&mut acc, ctx)?;
             if checkpoints.due() {
                 ctx.checkpoint(&acc.snapshot())?;
+            }
+        }
+        if let Some(g) = gate.as_deref().filter(|_| deciding) {
+            g.close();
+        }
+        // Inputs closed: what is still held back waits for the decider (which has, or will
+        // have, every unit this sink got). Held back by the decider itself: units after a gap
+        // in the order, which never came; they stay outside.
+        if let Some(g) = gate.as_deref().filter(|_| !deciding) {
+            let mut folded = false;
+            while !held.is_empty() && !ctx.control.aborted() {
+                folded |= ctx.timed(|| settle(&maths, &mut acc, &mut held, g, false));
+                if !held.is_empty() {
+                    g.wait(std::time::Duration::from_millis(100));
+                }
+            }
+            if folded {
+                maths.after_batch(&mut acc, ctx)?;
             }
         }
         // 3. The final state is checkpointed even after a failure elsewhere: what was applied
@@ -83,6 +141,34 @@ impl<M: SinkMaths> Stage for SinkStage<M> {
         ctx.send(Payload::Summary(Arc::new(summary.clone())))?;
         Ok(Some(summary))
     }
+}
+
+/// Folds the held-back units the gate has decided on, in rank order; the decider folds the
+/// next one in the gate's order and decides on it. Returns whether anything was folded.
+fn settle<M: SinkMaths>(
+    maths: &M,
+    acc: &mut ExactlyOnce<M::Acc>,
+    held: &mut Holdback<Payload>,
+    gate: &EarlyStopGate,
+    deciding: bool,
+) -> bool {
+    let mut folded = false;
+    while let Some(rank) = held.first_rank() {
+        let decide_here = match gate.verdict(rank) {
+            Verdict::Undecided if deciding && gate.next_to_decide() == Some(rank) => true,
+            Verdict::Undecided => break,
+            _ => false,
+        };
+        let inside = decide_here || gate.verdict(rank) == Verdict::Inside;
+        let Some((_, span, payload)) = held.pop_first() else { break };
+        if let Some(batch) = M::Input::of(&payload).filter(|_| inside) {
+            folded |= acc.apply(batch, &[span]) > 0;
+        }
+        if decide_here {
+            gate.decide(rank, maths.stop_rule_holds(acc));
+        }
+    }
+    folded
 }
 
 /// The non-finite-images counter of a sink whose state counts the images it left out: it

@@ -252,7 +252,12 @@ impl Stage for DdpmSamplerStage {
         tracing::info!(stage = %ctx.id, unet = %cfg.unet.display(), scheduler = %cfg.scheduler, steps, replicas = samplers.len(), "sampler loaded");
 
         // 2. Plan (the same cut as the run manifest's: `units::cut_into_units`).
-        let plan = Plan::new(cfg.seed, &vec![cfg.per_class; classes.len()], cfg.unit_size);
+        let mut plan = Plan::new(cfg.seed, &vec![cfg.per_class; classes.len()], cfg.unit_size);
+        // A run that may stop early samples in the order the stop is decided on (classes
+        // interleaved), so every class gains images as it goes.
+        if let Some(gate) = ctx.control.early_stop() {
+            plan.units.sort_by_key(|u| gate.rank(&u.id()).unwrap_or(usize::MAX));
+        }
         // Units a resumed run skips are done already: progress counts this session's work, and
         // the per-class counters start at what earlier sessions generated.
         let skipped: Vec<_> = plan.units.iter().filter(|u| ctx.skip.contains(&u.id())).copied().collect();
@@ -325,6 +330,7 @@ impl Stage for DdpmSamplerStage {
             generated: progress.done_per_class,
             units: record.applied.len(),
             nonfinite_images: record.state.nonfinite.values().sum(),
+            nonfinite_units: record.state.nonfinite.clone(),
             generation_seconds,
             busy_seconds: ctx.stats.status().busy_seconds,
             images_per_second: (generation_seconds > 0.0).then(|| generated as f64 / generation_seconds),
@@ -339,6 +345,10 @@ fn run_replica(sampler: UnitSampler, ctx: &StageContext, queue: &WorkQueue, shar
     let outcome = (|| {
         while !ctx.control.stop_requested() {
             let Some((rank, unit)) = queue.take() else { break };
+            // The early stop fired before this unit: it is not sampled (nor any after it).
+            if ctx.control.early_stop().is_some_and(|g| g.outside(&unit.id())) {
+                break;
+            }
             lock(&shared.first_start).get_or_insert_with(Instant::now);
             let batch = ctx.timed(|| -> Result<Finished, StageError> {
                 let samples = sampler.sample_unit(&unit).map_err(|e| StageError::Failed(format!("unit {}: {e}", unit.id())))?;
@@ -432,7 +442,7 @@ impl InOrder {
         }
         self.changed.notify_all();
         while state.parked.len() >= self.limit && !state.abandoned {
-            if ctx.control.stop_requested() {
+            if ctx.control.stop_requested() || ctx.control.early_stop().is_some_and(|g| g.stopped_at().is_some()) {
                 return Ok(false);
             }
             state = self.changed.wait_timeout(state, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;

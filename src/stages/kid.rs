@@ -15,12 +15,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
-use crate::metrics::kid::{kid, Kid};
+use crate::metrics::kid::{kid_of_rows, to_matrix, Kid, KidError, Side};
 use crate::report::results::{KidResult, MeanStd};
 use crate::report::Summary;
 use crate::runtime::accumulator::ExactlyOnce;
 use crate::runtime::batch::FeatureBatch;
-use crate::runtime::feature_store::FeatureStore;
+use crate::runtime::feature_store::{spill_to, FeatureStore};
 use crate::runtime::sink::{NonfiniteCounter, SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
@@ -113,7 +113,12 @@ impl ComponentConfig for KidConfig {
     }
 
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
-        Ok(Box::new(SinkStage(KidMaths { cfg: self.clone(), classes: cx.classes.len(), nonfinite: NonfiniteCounter::default() })))
+        Ok(Box::new(SinkStage(KidMaths {
+            cfg: self.clone(),
+            classes: cx.classes.len(),
+            nonfinite: NonfiniteCounter::default(),
+            memory_bytes: cx.feature_memory_mib.saturating_mul(1 << 20),
+        })))
     }
 }
 
@@ -122,16 +127,24 @@ pub struct KidMaths {
     cfg: KidConfig,
     classes: usize,
     nonfinite: NonfiniteCounter,
+    /// Feature bytes kept in memory before the store spills to its file.
+    memory_bytes: u64,
 }
 
 impl KidMaths {
     /// KID of one comparison, `None` where a side has fewer than 2 features.
     fn kid_of(&self, store: &FeatureStore, class: Option<u32>) -> Result<Option<Kid>, StageError> {
-        let (gen, real) = (store.features(Origin::Generated, class), store.features(Origin::Real, class));
-        if gen.len() < 2 * DIM || real.len() < 2 * DIM {
+        let (ng, nr) = (store.count(Origin::Generated, class), store.count(Origin::Real, class));
+        if ng < 2 || nr < 2 {
             return Ok(None);
         }
-        kid(&gen, &real, DIM, self.cfg.subsets, self.cfg.subset_size, self.cfg.seed)
+        // Only the subsets' rows are read (the store may have spilled to its file).
+        let mut fetch = |side: Side, rows: &[usize]| -> Result<_, KidError> {
+            let origin = if side == Side::Generated { Origin::Generated } else { Origin::Real };
+            let features = store.rows(origin, class, rows).map_err(|e| KidError::Read(e.to_string()))?;
+            Ok(to_matrix(&features, DIM))
+        };
+        kid_of_rows(ng, nr, DIM, self.cfg.subsets, self.cfg.subset_size, self.cfg.seed, &mut fetch)
             .map(Some)
             .map_err(|e| StageError::Failed(format!("kid: {e}")))
     }
@@ -149,6 +162,7 @@ impl SinkMaths for KidMaths {
         if acc.inner().dim != DIM {
             return Err(StageError::Failed(format!("checkpoint holds {}-dimensional features, expected {DIM}", acc.inner().dim)));
         }
+        spill_to(acc, ctx, self.memory_bytes)?;
         self.nonfinite.start(ctx, acc.inner().nonfinite);
         // The series exist from the start, NaN (no evidence) until the value is computed.
         metrics::gauge!(telemetry::KID).set(f64::NAN);
@@ -168,6 +182,9 @@ impl SinkMaths for KidMaths {
     }
 
     fn after_batch(&mut self, acc: &mut ExactlyOnce<FeatureStore>, ctx: &StageContext) -> Result<(), StageError> {
+        if let Some(e) = acc.inner().spill_error() {
+            return Err(StageError::failed(e));
+        }
         let bad = self.nonfinite.advance(ctx, acc.inner().nonfinite);
         if bad > 0 {
             tracing::warn!(stage = %ctx.id, images = bad, "non-finite inception features left out of KID");

@@ -89,6 +89,9 @@ pub struct BuildContext {
     pub device: DeviceSpec,
     /// Each source's unit plan, by component id ([`crate::topology::Graph::plans`]).
     pub plans: Arc<BTreeMap<String, UnitPlan>>,
+    /// MiB of features a kid or precision_recall sink keeps in memory before it spills them to
+    /// its file in the run directory (`[runtime] feature_memory_mib`).
+    pub feature_memory_mib: u64,
 }
 
 impl BuildContext {

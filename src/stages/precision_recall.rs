@@ -19,7 +19,7 @@ use crate::report::results::{PrdcValues, PrecisionRecallResult};
 use crate::report::Summary;
 use crate::runtime::accumulator::ExactlyOnce;
 use crate::runtime::batch::FeatureBatch;
-use crate::runtime::feature_store::FeatureStore;
+use crate::runtime::feature_store::{spill_to, FeatureStore};
 use crate::runtime::sink::{NonfiniteCounter, SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
@@ -87,6 +87,7 @@ impl ComponentConfig for PrecisionRecallConfig {
             cfg: self.clone(),
             classes: cx.classes.len(),
             nonfinite: NonfiniteCounter::default(),
+            memory_bytes: cx.feature_memory_mib.saturating_mul(1 << 20),
         })))
     }
 }
@@ -96,16 +97,20 @@ pub struct PrecisionRecallMaths {
     cfg: PrecisionRecallConfig,
     classes: usize,
     nonfinite: NonfiniteCounter,
+    /// Feature bytes kept in memory before the store spills to its file.
+    memory_bytes: u64,
 }
 
 impl PrecisionRecallMaths {
     /// The figures of one comparison, `None` where a side has no more than k features.
     fn of(&self, store: &FeatureStore, class: Option<u32>) -> Result<Option<Prdc>, StageError> {
-        let (gen, real) = (store.features(Origin::Generated, class), store.features(Origin::Real, class));
         let k = self.cfg.k;
-        if gen.len() <= k * DIM || real.len() <= k * DIM {
+        if store.count(Origin::Generated, class) <= k || store.count(Origin::Real, class) <= k {
             return Ok(None);
         }
+        // Every pair's distance is needed: all the features are read back.
+        let read = |origin| store.features(origin, class).map_err(|e| StageError::Failed(format!("precision/recall: {e}")));
+        let (gen, real) = (read(Origin::Generated)?, read(Origin::Real)?);
         prdc(&gen, &real, DIM, k).map(Some).map_err(|e| StageError::Failed(format!("precision/recall: {e}")))
     }
 }
@@ -134,6 +139,7 @@ impl SinkMaths for PrecisionRecallMaths {
         if acc.inner().dim != DIM {
             return Err(StageError::Failed(format!("checkpoint holds {}-dimensional features, expected {DIM}", acc.inner().dim)));
         }
+        spill_to(acc, ctx, self.memory_bytes)?;
         self.nonfinite.start(ctx, acc.inner().nonfinite);
         // The series exist from the start, NaN (no evidence) until the values are computed.
         for name in [telemetry::PRECISION, telemetry::RECALL, telemetry::DENSITY, telemetry::COVERAGE] {
@@ -150,6 +156,9 @@ impl SinkMaths for PrecisionRecallMaths {
     }
 
     fn after_batch(&mut self, acc: &mut ExactlyOnce<FeatureStore>, ctx: &StageContext) -> Result<(), StageError> {
+        if let Some(e) = acc.inner().spill_error() {
+            return Err(StageError::failed(e));
+        }
         let bad = self.nonfinite.advance(ctx, acc.inner().nonfinite);
         if bad > 0 {
             tracing::warn!(stage = %ctx.id, images = bad, "non-finite inception features left out of precision/recall");

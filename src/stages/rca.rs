@@ -10,18 +10,19 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
-use crate::metrics::rca::{relative_accuracy, summarize, ClassificationSummary, Confusion};
+use crate::metrics::rca::{relative_accuracy, summarize, wilson_interval, ClassificationSummary, Confusion, Interval, Z95};
 use crate::report::baseline::Baseline;
-use crate::report::results::RcaResult;
+use crate::report::results::{EarlyStopClass, EarlyStopResult, RcaResult};
 use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
 use crate::runtime::batch::PredictionBatch;
+use crate::runtime::early_stop::{interleaved, EarlyStopGate};
 use crate::runtime::sink::{SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
 use crate::topology::config::resolve;
 use crate::topology::{class_difference, Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
-use crate::units::{Origin, UnitPlan, UnitSpan};
+use crate::units::{Origin, UnitId, UnitPlan, UnitSpan};
 
 /// `rca` sink: confusion matrices per origin, accuracies and Relative Classification Accuracy.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -29,6 +30,39 @@ use crate::units::{Origin, UnitPlan, UnitSpan};
 pub struct RcaConfig {
     /// A baseline written by `rcaflow baseline`, used instead of real images.
     pub baseline: Option<PathBuf>,
+    /// Stop sampling once every class's generated recall is this tight
+    /// ([`crate::runtime::early_stop`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_when: Option<StopWhen>,
+}
+
+/// `stop_when = { ci_half_width, min_per_class }`: the early-stop rule on generated recall.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopWhen {
+    /// Every class's generated-recall Wilson 95% interval at most this half-width...
+    pub ci_half_width: f64,
+    /// ...with at least this many generated images.
+    pub min_per_class: u64,
+}
+
+impl StopWhen {
+    /// Per class: (images, correct, Wilson 95% interval of the recall, its half-width).
+    pub fn classes(confusion: &Confusion) -> Vec<(u64, u64, Interval, f64)> {
+        (0..confusion.num_classes())
+            .map(|c| {
+                let images = (0..confusion.num_classes()).fold(0u64, |a, p| a.saturating_add(confusion.get(c, p)));
+                let correct = confusion.get(c, c);
+                let ci = wilson_interval(correct, images, Z95).unwrap_or(Interval { low: 0.0, high: 1.0 });
+                (images, correct, ci, (ci.high - ci.low) / 2.0)
+            })
+            .collect()
+    }
+
+    /// Whether the rule holds on the generated confusion matrix.
+    pub fn holds(&self, generated: &Confusion) -> bool {
+        Self::classes(generated).iter().all(|&(images, _, _, half)| images >= self.min_per_class && half <= self.ci_half_width)
+    }
 }
 
 impl ComponentConfig for RcaConfig {
@@ -50,6 +84,15 @@ impl ComponentConfig for RcaConfig {
     fn check(&self, checks: &mut Checks) {
         if let Some(path) = self.baseline.as_ref().filter(|p| !p.is_file()) {
             checks.error(format!("baseline file \"{}\" does not exist", path.display()));
+        }
+        if let Some(rule) = &self.stop_when {
+            // A Wilson 95% half-width is in (0, 0.5]: 0 is never reached, 0.5 always is.
+            if !(rule.ci_half_width > 0.0 && rule.ci_half_width < 0.5) {
+                checks.error(format!("stop_when.ci_half_width must be a number in (0, 0.5), found {}", rule.ci_half_width));
+            }
+            if rule.min_per_class == 0 {
+                checks.error("stop_when.min_per_class must be at least 1 image, found 0");
+            }
         }
     }
 
@@ -79,12 +122,26 @@ impl ComponentConfig for RcaConfig {
             (Some(true), true) => checks.error("both real images upstream and a `baseline` file; expected one of the two"),
             _ => {}
         }
+        if self.stop_when.is_some() {
+            // It stops the sampling: a folder of generated images is read whole.
+            match (facts.generated_images_upstream, facts.generated_source) {
+                (Some(false), _) | (_, None) => checks.error("stop_when needs generated images; expected a ddpm_sampler source upstream"),
+                (_, Some(kind)) if kind != "ddpm_sampler" => checks.error(format!(
+                    "stop_when stops sampling; expected the generated images to come from a ddpm_sampler source, found {kind}"
+                )),
+                _ => {}
+            }
+        }
     }
 
     fn describe(&self) -> String {
-        match &self.baseline {
+        let real = match &self.baseline {
             Some(b) => format!("baseline={}", b.display()),
             None => "real accuracy from real images".to_string(),
+        };
+        match &self.stop_when {
+            Some(r) => format!("{real} stop_when={{ci_half_width={}, min_per_class={}}}", r.ci_half_width, r.min_per_class),
+            None => real,
         }
     }
 
@@ -108,8 +165,17 @@ impl ComponentConfig for RcaConfig {
             }
             None => None,
         };
-        Ok(Box::new(SinkStage(RcaMaths { classes: n, baseline, last: RcaState::new(n) })))
+        let planned = cx.plan_of(Origin::Generated).map(|p| p.per_class.clone()).unwrap_or_default();
+        Ok(Box::new(SinkStage(RcaMaths { classes: n, baseline, last: RcaState::new(n), stop_when: self.stop_when, planned })))
     }
+}
+
+/// The early-stop gate of a graph whose `rca` sink has `stop_when` (the first such sink decides),
+/// over the generated source's units with classes interleaved; `None` otherwise.
+pub fn early_stop_gate(graph: &super::Graph, cx: &BuildContext) -> Option<Arc<EarlyStopGate>> {
+    let decider = graph.components.iter().find(|c| matches!(&c.kind, super::ComponentKind::Rca(r) if r.stop_when.is_some()))?;
+    let plan = cx.plan_of(Origin::Generated)?;
+    Some(Arc::new(EarlyStopGate::new(&decider.id, interleaved(plan))))
 }
 
 /// Confusion matrices of both origins: the state the rca sink accumulates.
@@ -156,6 +222,9 @@ pub struct RcaMaths {
     classes: usize,
     baseline: Option<(PathBuf, ClassificationSummary)>,
     last: RcaState,
+    stop_when: Option<StopWhen>,
+    /// Generated images planned per class (for the early-stop record).
+    planned: Vec<u64>,
 }
 
 impl SinkMaths for RcaMaths {
@@ -186,8 +255,43 @@ impl SinkMaths for RcaMaths {
         Ok(())
     }
 
-    fn finish(&mut self, acc: &ExactlyOnce<RcaState>, _ctx: &StageContext) -> Result<Summary, StageError> {
-        Ok(Summary::Rca(Box::new(result_of(acc, &self.baseline))))
+    fn finish(&mut self, acc: &ExactlyOnce<RcaState>, ctx: &StageContext) -> Result<Summary, StageError> {
+        let mut result = result_of(acc, &self.baseline);
+        let gate = ctx.control.early_stop().filter(|g| g.decider() == ctx.id);
+        if let (Some(rule), Some(gate)) = (self.stop_when, gate) {
+            if let Some(last) = gate.stopped_at() {
+                result.early_stop = Some(early_stop_record(rule, &acc.inner().generated, &self.planned, gate, last));
+            }
+        }
+        Ok(Summary::Rca(Box::new(result)))
+    }
+
+    fn stop_rule_holds(&self, acc: &ExactlyOnce<RcaState>) -> bool {
+        self.stop_when.is_some_and(|rule| rule.holds(&acc.inner().generated))
+    }
+}
+
+/// What the report says about a stop that fired after unit `last`.
+fn early_stop_record(rule: StopWhen, generated: &Confusion, planned: &[u64], gate: &EarlyStopGate, last: UnitId) -> EarlyStopResult {
+    let per_class: Vec<EarlyStopClass> = StopWhen::classes(generated)
+        .into_iter()
+        .enumerate()
+        .map(|(c, (images, correct, ci95, half_width))| EarlyStopClass {
+            images,
+            planned: planned.get(c).copied().unwrap_or(0),
+            recall: if images == 0 { 0.0 } else { correct as f64 / images as f64 },
+            ci95,
+            half_width,
+        })
+        .collect();
+    EarlyStopResult {
+        ci_half_width: rule.ci_half_width,
+        min_per_class: rule.min_per_class,
+        last_unit: last.to_string(),
+        units_used: gate.rank(&last).map_or(0, |r| r + 1),
+        images_used: per_class.iter().map(|c| c.images).sum(),
+        images_planned: planned.iter().sum(),
+        per_class,
     }
 }
 
@@ -199,7 +303,15 @@ fn result_of(acc: &ExactlyOnce<RcaState>, baseline: &Option<(PathBuf, Classifica
     };
     let generated = summarize(&state.generated);
     let rca = relative_accuracy(&real, &generated);
-    RcaResult { real, generated, rca, real_source, units_applied: acc.units_applied(), duplicate_units_ignored: acc.duplicates_ignored() }
+    RcaResult {
+        real,
+        generated,
+        rca,
+        real_source,
+        units_applied: acc.units_applied(),
+        duplicate_units_ignored: acc.duplicates_ignored(),
+        early_stop: None,
+    }
 }
 
 /// Live gauges: accuracy per origin, global and class RCA (NaN while undefined, so a panel
@@ -227,5 +339,41 @@ fn count_predictions(before: &RcaState, after: &RcaState, classes: &[String]) {
                     .increment(y - x);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A confusion matrix whose class `c` has `images[c]` images, `correct[c]` recognised (the
+    /// rest predicted as the next class).
+    fn confusion(images: &[u64], correct: &[u64]) -> Confusion {
+        let n = images.len();
+        let mut m = Confusion::new(n);
+        for c in 0..n {
+            for i in 0..images[c] {
+                m.add(c, if i < correct[c] { c } else { (c + 1) % n }).unwrap();
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn the_stop_rule_needs_every_class_tight_and_large_enough() {
+        let rule = StopWhen { ci_half_width: 0.02, min_per_class: 500 };
+        // 490/500 recognised: Wilson half-width 0.0128.
+        assert!(rule.holds(&confusion(&[500, 500], &[490, 490])));
+        // One class short of the minimum, however tight.
+        assert!(!rule.holds(&confusion(&[500, 499], &[490, 499])));
+        // One class at recall 0.5: half-width 0.0436 at 500 images.
+        assert!(!rule.holds(&confusion(&[500, 500], &[490, 250])));
+        let classes = StopWhen::classes(&confusion(&[500, 500], &[490, 250]));
+        let (images, correct, ci, half) = classes[1];
+        assert_eq!((images, correct), (500, 250));
+        assert_eq!(Some(ci), wilson_interval(250, 500, Z95));
+        assert!((half - 0.0436).abs() < 1e-4, "{half}");
+        // A class with no image yet has the whole [0, 1] as its interval.
+        assert_eq!(StopWhen::classes(&confusion(&[0, 3], &[0, 3]))[0].3, 0.5);
     }
 }

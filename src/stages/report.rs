@@ -118,11 +118,19 @@ impl Stage for ReportStage {
                 _ => None,
             })
             .collect();
+        let early_stop = rca.as_ref().and_then(|r| r.early_stop.clone());
         let generation: BTreeMap<String, SamplerResult> = results
             .iter()
             .filter_map(|(id, s)| match s {
                 Summary::Sampler(r) => Some((id.clone(), (**r).clone())),
                 _ => None,
+            })
+            .map(|(id, mut g)| {
+                // The sampler may have sampled past the stop (units in flight when it fired).
+                if let Some(stop) = &early_stop {
+                    g.cut_to(stop);
+                }
+                (id, g)
             })
             .collect();
         let sources: Vec<&String> =
@@ -157,6 +165,7 @@ impl Stage for ReportStage {
             inception_score,
             kid,
             precision_recall,
+            early_stop,
             lpips_diversity: lpips,
             inputs,
             timing: Timing {

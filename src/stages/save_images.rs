@@ -8,6 +8,7 @@
 //! name. Real images are not written (they are on disk already).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,8 +23,9 @@ use crate::report::Summary;
 use crate::runtime::accumulator::Snapshot;
 use crate::runtime::batch::{ImageBatch, Payload};
 use crate::runtime::checkpoint::CheckpointTimer;
+use crate::runtime::early_stop::{EarlyStopGate, Holdback, Verdict};
 use crate::runtime::stage::{Stage, StageContext, StageError};
-use crate::units::Origin;
+use crate::units::{Origin, UnitSpan};
 
 /// `save_images` sink: writes generated images as PNGs, `path/<class>/<position>.png`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -84,8 +86,13 @@ pub fn image_path(root: &Path, class: &str, position: u64) -> PathBuf {
 }
 
 fn save_batch(root: &Path, classes: &[String], batch: &ImageBatch) -> Result<usize, StageError> {
+    save_spans(root, classes, batch, &batch.units)
+}
+
+/// Writes the generated images of `spans` (spans of `batch`).
+fn save_spans(root: &Path, classes: &[String], batch: &ImageBatch, spans: &[UnitSpan]) -> Result<usize, StageError> {
     let mut written = 0;
-    for span in batch.units.iter().filter(|s| s.id.origin == Origin::Generated) {
+    for span in spans.iter().filter(|s| s.id.origin == Origin::Generated) {
         let class = classes
             .get(span.id.class as usize)
             .ok_or_else(|| StageError::Failed(format!("image of class {} has no class name", span.id.class)))?;
@@ -96,6 +103,30 @@ fn save_batch(root: &Path, classes: &[String], batch: &ImageBatch) -> Result<usi
             write_png(&path, batch.height, batch.width, batch.image(i))
                 .map_err(|e| StageError::Failed(format!("image \"{}\": cannot write: {e}", path.display())))?;
             written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Saves the held-back units the early-stop gate has let in (in rank order) and forgets those
+/// it has left out; returns the images written.
+fn save_decided(
+    root: &Path,
+    classes: &[String],
+    held: &mut Holdback<Arc<ImageBatch>>,
+    gate: &EarlyStopGate,
+    saved: &mut Snapshot<()>,
+) -> Result<usize, StageError> {
+    let mut written = 0;
+    while let Some(rank) = held.first_rank() {
+        let verdict = gate.verdict(rank);
+        if verdict == Verdict::Undecided {
+            break;
+        }
+        let Some((_, span, batch)) = held.pop_first() else { break };
+        if verdict == Verdict::Inside {
+            written += save_spans(root, classes, &batch, &[span])?;
+            saved.applied.insert(span.id);
         }
     }
     Ok(written)
@@ -128,15 +159,41 @@ impl Stage for SaveImagesStage {
             }
         }
         let mut checkpoints = CheckpointTimer::new(ctx.checkpoint_interval);
+        let mut held: Holdback<Arc<ImageBatch>> = Holdback::default();
         while let Some(payload) = ctx.recv() {
             let Payload::Images(batch) = payload else {
                 return Err(StageError::Failed("received a non-image payload; the topology check should have refused this edge".into()));
             };
-            written += ctx.timed(|| save_batch(&root, &ctx.classes, &batch))?;
-            saved.applied.extend(batch.units.iter().map(|u| u.id));
+            match ctx.control.early_stop().cloned() {
+                None => {
+                    written += ctx.timed(|| save_batch(&root, &ctx.classes, &batch))?;
+                    saved.applied.extend(batch.units.iter().map(|u| u.id));
+                }
+                // With an early stop, only the generated units the run uses are saved: each waits
+                // for the gate's verdict.
+                Some(gate) => {
+                    for span in &batch.units {
+                        match gate.rank(&span.id).filter(|_| span.id.origin == Origin::Generated) {
+                            Some(rank) => held.park(rank, *span, batch.clone()),
+                            None => {
+                                saved.applied.insert(span.id);
+                            }
+                        }
+                    }
+                    written += ctx.timed(|| save_decided(&root, &ctx.classes, &mut held, &gate, &mut saved))?;
+                }
+            }
             if checkpoints.due() {
                 sync_class_dirs(&root, &ctx.classes)?;
                 ctx.checkpoint(&saved)?;
+            }
+        }
+        if let Some(gate) = ctx.control.early_stop().cloned() {
+            while !held.is_empty() && !ctx.control.aborted() {
+                written += save_decided(&root, &ctx.classes, &mut held, &gate, &mut saved)?;
+                if !held.is_empty() {
+                    gate.wait(std::time::Duration::from_millis(100));
+                }
             }
         }
         sync_class_dirs(&root, &ctx.classes)?;

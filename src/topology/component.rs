@@ -66,6 +66,10 @@ pub struct GraphFacts<'a> {
     pub classes: Option<&'a [String]>,
     /// Whether real images reach the component; `None` when something upstream was rejected.
     pub real_images_upstream: Option<bool>,
+    /// Whether generated images reach the component; `None` as above.
+    pub generated_images_upstream: Option<bool>,
+    /// The component type of the topology's generated-images source, if it has one.
+    pub generated_source: Option<&'static str>,
 }
 
 /// The class names a component lists (an image folder's class folders), and where.

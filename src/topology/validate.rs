@@ -156,10 +156,15 @@ pub(crate) fn validate<K: ComponentType>(raw: RawTopology, base: &Path) -> Resul
         }
     }
 
+    // The type of the generated-images source (there is at most one that counts).
+    let generated_source = components.iter().find(|c| c.kind.source_origin() == Some(Origin::Generated)).map(|c| c.kind.info().name);
+
     // 8. Checks that need the whole graph (class list, real images upstream), component by component.
     for c in &components {
-        let real_images_upstream = upstream_origins(&c.id, &by_id, &edges).map(|origins| origins.contains(&Origin::Real));
-        let facts = GraphFacts { classes: classes.as_deref(), real_images_upstream };
+        let origins = upstream_origins(&c.id, &by_id, &edges);
+        let real_images_upstream = origins.as_ref().map(|origins| origins.contains(&Origin::Real));
+        let generated_images_upstream = origins.as_ref().map(|origins| origins.contains(&Origin::Generated));
+        let facts = GraphFacts { classes: classes.as_deref(), real_images_upstream, generated_images_upstream, generated_source };
         let name = c.qualified();
         c.kind.check_in_graph(&facts, &mut Checks::new(&name, &mut errors));
     }
