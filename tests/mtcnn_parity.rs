@@ -1,0 +1,62 @@
+//! MTCNN (src/models/mtcnn/) against facenet-pytorch 2.6.0, on the fixtures of
+//! scripts/make_mtcnn_fixtures.py: the wheel's real weights, seeded inputs, the nets' outputs.
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use rcaflow::models::mtcnn::{ONet, PNet, RNet};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mtcnn")
+}
+
+/// A little-endian float32 C-order `.npy` as numpy's `np.save` writes it (format 1.0).
+fn read_npy(name: &str) -> Tensor {
+    let bytes = std::fs::read(fixtures().join("nets").join(name)).expect("fixture");
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).expect("header");
+    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_txt = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).expect("shape");
+    let shape: Vec<usize> = shape_txt.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().expect("dim")).collect();
+    let data: Vec<f32> = bytes[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).expect("tensor")
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn nets_equal_facenet_pytorch_on_the_shipped_weights() {
+    let dev = Device::Cpu;
+    let pnet = PNet::load(&fixtures().join("pnet.pt"), &dev).expect("pnet");
+    let (reg, prob) = pnet.forward(&read_npy("pnet_in.npy")).expect("pnet forward");
+    assert!(max_abs(&reg, &read_npy("pnet_reg.npy")) <= 1e-4);
+    assert!(max_abs(&prob, &read_npy("pnet_prob.npy")) <= 1e-4);
+
+    let rnet = RNet::load(&fixtures().join("rnet.pt"), &dev).expect("rnet");
+    let (reg, prob) = rnet.forward(&read_npy("rnet_in.npy")).expect("rnet forward");
+    assert!(max_abs(&reg, &read_npy("rnet_reg.npy")) <= 1e-4);
+    assert!(max_abs(&prob, &read_npy("rnet_prob.npy")) <= 1e-4);
+
+    let onet = ONet::load(&fixtures().join("onet.pt"), &dev).expect("onet");
+    let (reg, lm, prob) = onet.forward(&read_npy("onet_in.npy")).expect("onet forward");
+    assert!(max_abs(&reg, &read_npy("onet_reg.npy")) <= 1e-4);
+    assert!(max_abs(&lm, &read_npy("onet_landmarks.npy")) <= 1e-4);
+    assert!(max_abs(&prob, &read_npy("onet_prob.npy")) <= 1e-4);
+}
+
+#[test]
+fn wrong_files_and_inputs_are_named() {
+    let dev = Device::Cpu;
+    // R-Net's file is not P-Net's: the first mis-shaped tensor is named.
+    let msg = PNet::load(&fixtures().join("rnet.pt"), &dev).err().expect("refused").to_string();
+    assert!(msg.contains("rnet.pt") && msg.contains("conv1.weight") && msg.contains("[10, 3, 3, 3]"), "{msg}");
+    let msg = ONet::load(&fixtures().join("missing.pt"), &dev).err().expect("refused").to_string();
+    assert!(msg.contains("missing.pt"), "{msg}");
+    let rnet = RNet::load(&fixtures().join("rnet.pt"), &dev).expect("rnet");
+    let x = Tensor::zeros((1, 3, 48, 48), candle_core::DType::F32, &dev).unwrap();
+    let msg = rnet.forward(&x).err().expect("refused").to_string();
+    assert!(msg.contains("rnet") && msg.contains("[1, 3, 48, 48]") && msg.contains("[N, 3, 24, 24]"), "{msg}");
+}
