@@ -60,3 +60,40 @@ fn wrong_files_and_inputs_are_named() {
     let msg = rnet.forward(&x).err().expect("refused").to_string();
     assert!(msg.contains("rnet") && msg.contains("[1, 3, 48, 48]") && msg.contains("[N, 3, 24, 24]"), "{msg}");
 }
+
+fn iou(a: &[f32; 4], b: &[f64]) -> f64 {
+    let (ax1, ay1, ax2, ay2) = (a[0] as f64, a[1] as f64, a[2] as f64, a[3] as f64);
+    let w = (ax2.min(b[2]) - ax1.max(b[0])).max(0.0);
+    let h = (ay2.min(b[3]) - ay1.max(b[1])).max(0.0);
+    let inter = w * h;
+    inter / ((ax2 - ax1) * (ay2 - ay1) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+#[test]
+fn detections_equal_facenet_pytorch_on_the_photos() {
+    use rcaflow::models::mtcnn::{Mtcnn, MtcnnConfig};
+    let mtcnn = Mtcnn::load(&fixtures(), &Device::Cpu).expect("weights");
+    let text = std::fs::read_to_string(fixtures().join("detections.json")).expect("detections.json");
+    let reference: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let photos = reference.as_object().expect("object");
+    assert!(photos.len() >= 5);
+    for (name, want) in photos {
+        let img = image::open(fixtures().join("photos").join(name)).expect("photo").to_rgb8();
+        let (w, h) = img.dimensions();
+        let got = mtcnn.detect(img.as_raw(), w as usize, h as usize, &MtcnnConfig::default()).expect("detect");
+        let boxes = want["boxes"].as_array().expect("boxes");
+        assert_eq!(got.len(), boxes.len(), "{name}: face count");
+        for (i, d) in got.iter().enumerate() {
+            let b: Vec<f64> = boxes[i].as_array().expect("box").iter().map(|v| v.as_f64().expect("f")).collect();
+            assert!(iou(&d.bbox, &b) >= 0.99, "{name} face {i}: box {:?} vs {b:?}", d.bbox);
+            let p = want["probs"][i].as_f64().expect("prob");
+            assert!((d.score as f64 - p).abs() <= 1e-4, "{name} face {i}: score {} vs {p}", d.score);
+            for k in 0..5 {
+                for c in 0..2 {
+                    let r = want["landmarks"][i][k][c].as_f64().expect("landmark");
+                    assert!((d.landmarks[k][c] as f64 - r).abs() <= 1.0, "{name} face {i} landmark {k}: {:?} vs {r}", d.landmarks[k]);
+                }
+            }
+        }
+    }
+}
