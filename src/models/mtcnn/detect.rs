@@ -269,8 +269,10 @@ impl Mtcnn {
             let reg = c.reg;
             bbreg(&mut c.b, &reg);
         }
-        let mut out: Vec<Detection> =
-            nms_min(&boxes, 0.7).into_iter().map(|i| Detection { bbox: boxes[i].b, score: boxes[i].score, landmarks: boxes[i].points }).collect();
+        let mut out: Vec<Detection> = nms_min(&boxes, 0.7)
+            .into_iter()
+            .map(|i| Detection { bbox: boxes[i].b, score: boxes[i].score, landmarks: boxes[i].points })
+            .collect();
         // MTCNN.detect with select_largest=True (its default): largest area first.
         out.sort_by(|a, b| {
             let area = |d: &Detection| (d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]);

@@ -106,7 +106,12 @@ fn flatten_wh(x: &Tensor) -> candle_core::Result<Tensor> {
 
 fn check_input(net: &'static str, x: &Tensor, side: Option<usize>, expected: &'static str) -> Result<(), MtcnnError> {
     let d = x.dims();
-    let ok = d.len() == 4 && d[1] == 3 && match side { Some(s) => d[2] == s && d[3] == s, None => d[2] >= 12 && d[3] >= 12 };
+    let ok = d.len() == 4
+        && d[1] == 3
+        && match side {
+            Some(s) => d[2] == s && d[3] == s,
+            None => d[2] >= 12 && d[3] >= 12,
+        };
     if ok {
         Ok(())
     } else {
