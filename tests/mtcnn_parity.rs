@@ -97,3 +97,41 @@ fn detections_equal_facenet_pytorch_on_the_photos() {
         }
     }
 }
+
+#[test]
+fn detect_command_writes_the_csv_and_names_missing_weights() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("faces.csv");
+    let bin = env!("CARGO_BIN_EXE_rcaflow");
+    let st = std::process::Command::new(bin)
+        .args(["detect", "--input"])
+        .arg(fixtures().join("photos"))
+        .arg("--mtcnn-weights")
+        .arg(fixtures())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let csv = std::fs::read_to_string(&out).expect("csv");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("file,x,y,w,h,score,left_eye_x,left_eye_y,right_eye_x,right_eye_y,nose_x,nose_y,mouth_left_x,mouth_left_y,mouth_right_x,mouth_right_y"));
+    let rows: Vec<&str> = lines.collect();
+    // astronaut 1, camera 1, group 2, brick and gravel none (detections.json).
+    assert_eq!(rows.len(), 4, "{csv}");
+    assert!(rows.iter().all(|r| r.split(',').count() == 16));
+    assert_eq!(rows.iter().filter(|r| r.starts_with("group.png,")).count(), 2);
+
+    let st = std::process::Command::new(bin)
+        .args(["detect", "--input"])
+        .arg(fixtures().join("photos"))
+        .arg("--mtcnn-weights")
+        .arg(tmp.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run");
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("pnet.pt") && !err.contains("panicked"), "{err}");
+}
