@@ -2,6 +2,7 @@
 
 pub mod baseline;
 pub mod bench;
+pub mod detect;
 pub mod eval;
 pub mod execute;
 pub mod fid;
@@ -64,6 +65,8 @@ pub enum Command {
     Synth(synth::SynthArgs),
     /// Crop, downscale and split raw photos (ImageFolder) into train/ and eval/ folders.
     Prep(prep::PrepArgs),
+    /// Detect faces (facenet-pytorch's MTCNN) in every image under a folder, into a CSV.
+    Detect(detect::DetectArgs),
     /// Train the oracle classifier or the class-conditional DDPM.
     Train(train::TrainArgs),
     /// Where a run stands (running or stopped), from its run directory's files.
@@ -182,6 +185,7 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Sample(args) => sample::sample(args, settings),
         Command::Synth(args) => synth::synth(args),
         Command::Prep(args) => prep::prep(args),
+        Command::Detect(args) => detect::detect(args),
         Command::Train(args) => train::train(args, settings),
         Command::Status(args) => status::status(args),
         Command::Bench(args) => bench::bench(args, settings),

@@ -14,6 +14,7 @@
 //! - [`hub_cache`]: where standard weight files are looked for when no path is given.
 //! - [`inception`]: pytorch-fid's InceptionV3 (FID variant): pool3 features and IS logits.
 //! - [`lpips`]: LPIPS v0.1 (alexnet / vgg16 backbones with the package's lin layers).
+//! - [`mtcnn`]: facenet-pytorch's MTCNN face detector (P-Net, R-Net, O-Net).
 //! - [`oracle`]: the RCA oracle, ResNet plus its normalisation.
 //! - [`device`]: device strings (`cpu`, `cuda`, `cuda:N`) and opening a device on a stream of
 //!   its own; [`precision`]: a model's dtype (`f32`, `bf16`, `f16`) and where it can run.
@@ -33,6 +34,7 @@ pub mod hub_cache;
 pub mod inception;
 mod legacy_pth;
 pub mod lpips;
+pub mod mtcnn;
 pub mod noise;
 pub mod oracle;
 pub mod precision;
