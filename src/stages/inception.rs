@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::models::device::DeviceSpec;
 use crate::models::hub_cache;
 use crate::models::inception::{InceptionV3, PT_INCEPTION_FILE};
@@ -83,6 +84,11 @@ impl ComponentConfig for InceptionV3Config {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(vec![HashedInput::File { what: "weights".into(), path: self.weights_file()? }])
+    }
+
+    /// Merge: stateless: nothing to fold.
+    fn fold_shards(&self, _id: &str, _fold: &ShardFold) -> Result<usize, MergeError> {
+        Ok(0)
     }
 
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {

@@ -15,6 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::metrics::kid::{kid, Kid};
 use crate::report::results::{KidResult, MeanStd};
 use crate::report::Summary;
@@ -110,6 +111,11 @@ impl ComponentConfig for KidConfig {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(Vec::new())
+    }
+
+    /// Merge: the features of every shard.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<crate::runtime::feature_store::FeatureStore>(id)
     }
 
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {

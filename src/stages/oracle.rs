@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::models::device::DeviceSpec;
 use crate::models::oracle::{Oracle, OracleConfig};
 use crate::models::preprocess::Normalization;
@@ -85,6 +86,11 @@ impl ComponentConfig for OracleClassifierConfig {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(vec![HashedInput::File { what: "weights".into(), path: self.weights.clone() }])
+    }
+
+    /// Merge: stateless: nothing to fold.
+    fn fold_shards(&self, _id: &str, _fold: &ShardFold) -> Result<usize, MergeError> {
+        Ok(0)
     }
 
     /// Loads the weights: a missing or mis-shaped tensor fails here, before the run starts.

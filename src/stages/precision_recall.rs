@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::kid::{require_real_images, DIM};
 use super::{BuildContext, ComponentConfig};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::metrics::prc::{prdc, Prdc};
 use crate::report::results::{PrdcValues, PrecisionRecallResult};
 use crate::report::Summary;
@@ -80,6 +81,11 @@ impl ComponentConfig for PrecisionRecallConfig {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(Vec::new())
+    }
+
+    /// Merge: the features of every shard.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<crate::runtime::feature_store::FeatureStore>(id)
     }
 
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {

