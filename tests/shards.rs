@@ -225,3 +225,181 @@ fn merge_refuses_a_missing_a_duplicated_and_a_foreign_shard_naming_it() {
     refused(&[root.join("nowhere")], &["nowhere\": no run.json"]);
     refused(&[root.join("run-ours")], &["no run.json"]);
 }
+
+/// A one-node Slurm cluster in a temporary folder: munged, slurmctld and slurmd run in the
+/// foreground as children of the test, stopped (killed and reaped) when this value drops.
+struct Cluster {
+    dir: tempfile::TempDir,
+    daemons: Vec<std::process::Child>,
+}
+
+impl Cluster {
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("slurm.conf")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("SLURM_CONF", self.conf());
+        cmd
+    }
+
+    /// The daemons' logs, for a failure's message.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path().join("log")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("--- {}\n{}\n", path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+        }
+        out
+    }
+
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let d = &dir.path().to_path_buf();
+        for sub in ["state", "spool", "log"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let key = d.join("munge.key");
+        // A throwaway key for a cluster that lives as long as this test.
+        std::fs::write(&key, common::prng::images_u8("munge key", 1024)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap().trim().to_string();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (ctld_port, d_port) = (port(), port());
+        let p = |name: &str| d.join(name).display().to_string();
+        let conf = format!(
+            "ClusterName=rcaflowtest\nSlurmctldHost={host}\nSlurmUser=root\nSlurmdUser=root\n\
+             AuthType=auth/munge\nCredType=cred/munge\nAuthInfo=socket={socket}\n\
+             SlurmctldPort={ctld_port}\nSlurmdPort={d_port}\n\
+             StateSaveLocation={state}\nSlurmdSpoolDir={spool}\n\
+             SlurmctldPidFile={ctld_pid}\nSlurmdPidFile={d_pid}\n\
+             SlurmctldLogFile={ctld_log}\nSlurmdLogFile={d_log}\n\
+             ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
+             SelectType=select/cons_tres\nSelectTypeParameters=CR_CPU\nSchedulerType=sched/builtin\n\
+             ReturnToService=2\nJobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\nMpiDefault=none\n\
+             NodeName={host} CPUs={cpus} State=UNKNOWN\n\
+             PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+            socket = p("munge.socket"),
+            state = p("state"),
+            spool = p("spool"),
+            ctld_pid = p("slurmctld.pid"),
+            d_pid = p("slurmd.pid"),
+            ctld_log = p("log/slurmctld.log"),
+            d_log = p("log/slurmd.log"),
+        );
+        std::fs::write(d.join("slurm.conf"), conf).unwrap();
+        let log = |name: &str| std::fs::File::create(d.join("log").join(name)).unwrap();
+        let mut cluster = Cluster { dir, daemons: Vec::new() };
+        let munged = Command::new("munged")
+            .args(["--foreground", "--force"])
+            .arg(format!("--key-file={}", key.display()))
+            .arg(format!("--socket={}", p("munge.socket")))
+            .arg(format!("--pid-file={}", p("munged.pid")))
+            .arg(format!("--log-file={}", p("log/munged.log")))
+            .arg(format!("--seed-file={}", p("munged.seed")))
+            .stdout(log("munged.out"))
+            .stderr(log("munged.err"))
+            .spawn()
+            .expect("munged");
+        cluster.daemons.push(munged);
+        let socket = d.join("munge.socket");
+        wait_for(|| socket.exists(), "munged's socket", &cluster);
+        for (daemon, out) in [("slurmctld", "slurmctld.out"), ("slurmd", "slurmd.out")] {
+            let child = cluster.command(daemon).arg("-D").arg("-f").arg(cluster.conf()).stdout(log(out)).stderr(log(&format!("{out}.err"))).spawn().expect(daemon);
+            cluster.daemons.push(child);
+        }
+        wait_for(
+            || {
+                let o = cluster.command("sinfo").args(["-h", "-o", "%t"]).output().unwrap();
+                String::from_utf8_lossy(&o.stdout).trim() == "idle"
+            },
+            "the node to be idle",
+            &cluster,
+        );
+        cluster
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // slurmd first (it runs the jobs), the controller, then munged.
+        for child in self.daemons.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for(mut ready: impl FnMut() -> bool, what: &str, cluster: &Cluster) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "waited 60 s for {what}:\n{}", cluster.logs());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Whether the Slurm and munge programs are installed and this test may run them (as root);
+/// with CI set, their absence fails the test (`.ci/run` installs them).
+fn slurm_available() -> bool {
+    let missing: Vec<&str> = ["munged", "slurmctld", "slurmd", "sbatch", "sinfo"]
+        .into_iter()
+        .filter(|p| Command::new("sh").arg("-c").arg(format!("command -v {p}")).output().map_or(true, |o| !o.status.success()))
+        .collect();
+    let root = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap().trim() == "0";
+    let ci = std::env::var_os("CI").is_some();
+    if !missing.is_empty() || !root {
+        let why = if root { format!("missing {}", missing.join(", ")) } else { "not running as root".to_string() };
+        assert!(!ci, "CI is set but the Slurm test cannot run: {why} (.ci/run installs slurm-wlm and munge)");
+        eprintln!("SKIPPED the_shipped_slurm_job_array_merges_to_the_single_run_report: {why} (apt-get install slurm-wlm munge, as root)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn the_shipped_slurm_job_array_merges_to_the_single_run_report() {
+    if !slurm_available() {
+        return;
+    }
+    let _ = straight();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let name = "slurm";
+    let topology = tiny_run::write_topology(root, name, 1, None);
+    let run_dir = root.join(format!("run-{name}"));
+    let cluster = Cluster::start();
+    let scripts = common::repo().join("deploy/slurm");
+    let bin = std::env::var_os("RCAFLOW_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rcaflow")), PathBuf::from);
+    let export = format!("--export=ALL,RCAFLOW={},RCAFLOW_DEVICE=cpu,RCAFLOW_METRICS=off", bin.display());
+    // The script's resources are a GPU node's: this one-node CPU cluster overrides them on the
+    // command line (as a user would for a CPU run), nothing else.
+    let sbatch = |extra: &[&str], script: &str, args: &[&Path]| {
+        let mut cmd = cluster.command("sbatch");
+        cmd.args(["--wait", "--gres=none", "--cpus-per-task=1", "--mem=0", &export])
+            .arg(format!("--output={}/slurm-%A_%a.log", root.display()))
+            .args(extra)
+            .arg(scripts.join(script))
+            .args(args)
+            .current_dir(root);
+        let o = Ran::of(&mut cmd);
+        let logs: String = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("slurm-"))
+            .map(|p| format!("--- {}\n{}", p.display(), std::fs::read_to_string(&p).unwrap_or_default()))
+            .collect();
+        assert!(o.success(), "sbatch {script}: {}{}\n{logs}\n{}", o.stdout, o.stderr, cluster.logs());
+    };
+    sbatch(&["--array=0-2"], "rcaflow-shards.sbatch", &[&topology, &run_dir]);
+    for k in 0..3 {
+        assert!(run_dir.join(format!("shard-{k}-of-3/report.json")).is_file(), "shard {k} did not finish");
+    }
+    sbatch(&[], "rcaflow-merge.sbatch", &[&run_dir]);
+    assert_merged_equals_straight(root, name, &run_dir.join("merged"));
+    drop(cluster);
+}
