@@ -403,3 +403,37 @@ fn the_shipped_slurm_job_array_merges_to_the_single_run_report() {
     assert_merged_equals_straight(root, name, &run_dir.join("merged"));
     drop(cluster);
 }
+
+/// The shipped Kubernetes files: an Indexed Job whose N pods are N shards (completions =
+/// parallelism = the --shard-count its command passes with --shard-from-env), on the claim the
+/// file declares (shared by every pod), and a merge Job on the same claim merging every shard.
+#[test]
+fn the_kubernetes_indexed_job_runs_every_shard_once_on_a_shared_claim() {
+    let docs = |file: &str| -> Vec<serde_yaml::Value> {
+        let text = std::fs::read_to_string(common::repo().join("deploy/kubernetes").join(file)).unwrap();
+        serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    };
+    let shards = docs("rcaflow-shards.yaml");
+    let of_kind = |docs: &[serde_yaml::Value], kind: &str| docs.iter().find(|d| d["kind"] == kind).cloned().unwrap();
+    let pvc = of_kind(&shards, "PersistentVolumeClaim");
+    let claim = pvc["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(pvc["spec"]["accessModes"][0], "ReadWriteMany", "every node's pods mount it");
+    let job = of_kind(&shards, "Job");
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let n = spec["completions"].as_u64().unwrap();
+    assert_eq!(spec["parallelism"].as_u64(), Some(n), "parallelism = completions");
+    let pod = &spec["template"]["spec"];
+    let command: Vec<&str> = pod["containers"][0]["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(&command[..2], ["rcaflow", "run"]);
+    assert!(command.contains(&"--shard-from-env"), "{command:?}");
+    let count = command.iter().position(|a| *a == "--shard-count").map(|i| command[i + 1]);
+    assert_eq!(count, Some(n.to_string().as_str()), "--shard-count = completions");
+    assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"].as_str(), Some(claim.as_str()));
+    let run_dir = command.iter().position(|a| *a == "--run-dir").map(|i| command[i + 1]).unwrap();
+    let merge = of_kind(&docs("rcaflow-merge.yaml"), "Job");
+    let merge_pod = &merge["spec"]["template"]["spec"];
+    assert_eq!(merge_pod["volumes"][0]["persistentVolumeClaim"]["claimName"].as_str(), Some(claim.as_str()));
+    let line = merge_pod["containers"][0]["command"][2].as_str().unwrap();
+    assert!(line.contains(&format!("rcaflow merge {run_dir}/shard-*-of-* --out ")), "{line}");
+}
