@@ -256,7 +256,10 @@ mod tests {
     fn shards_parse_refuse_bad_values_and_cover_every_unit_once_and_evenly() {
         assert_eq!("1/3".parse::<Shard>(), Ok(Shard { index: 1, count: 3 }));
         assert_eq!("0/1".parse::<Shard>().unwrap().to_string(), "0/1");
-        assert_eq!("3/3".parse::<Shard>().unwrap_err().to_string(), "shard 3/3: the shard index must be below the shard count (shards are 0 to 2)");
+        assert_eq!(
+            "3/3".parse::<Shard>().unwrap_err().to_string(),
+            "shard 3/3: the shard index must be below the shard count (shards are 0 to 2)"
+        );
         assert_eq!("0/0".parse::<Shard>().unwrap_err().to_string(), "shard 0/0: the shard count must be at least 1");
         for bad in ["", "1", "a/3", "1/b", "-1/3", "1/3/4", "1.5/3"] {
             assert!(matches!(bad.parse::<Shard>(), Err(ShardError::Syntax(_))), "{bad}");

@@ -310,7 +310,15 @@ impl Cluster {
         let socket = d.join("munge.socket");
         wait_for(|| socket.exists(), "munged's socket", &cluster);
         for (daemon, out) in [("slurmctld", "slurmctld.out"), ("slurmd", "slurmd.out")] {
-            let child = cluster.command(daemon).arg("-D").arg("-f").arg(cluster.conf()).stdout(log(out)).stderr(log(&format!("{out}.err"))).spawn().expect(daemon);
+            let child = cluster
+                .command(daemon)
+                .arg("-D")
+                .arg("-f")
+                .arg(cluster.conf())
+                .stdout(log(out))
+                .stderr(log(&format!("{out}.err")))
+                .spawn()
+                .expect(daemon);
             cluster.daemons.push(child);
         }
         wait_for(

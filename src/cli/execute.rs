@@ -62,7 +62,9 @@ pub fn execute_with(graph: &Graph, run_dir: &Path, settings: &Settings, options:
             skip = cx
                 .plans
                 .iter()
-                .map(|(id, plan)| (id.clone(), Arc::new(cut_into_units(&plan.per_class, plan.unit_size).map(|s| s.id(plan.origin)).collect())))
+                .map(|(id, plan)| {
+                    (id.clone(), Arc::new(cut_into_units(&plan.per_class, plan.unit_size).map(|s| s.id(plan.origin)).collect()))
+                })
                 .collect();
         }
         remove_old_report(run_dir)?;
@@ -165,7 +167,8 @@ fn execute_locked(
             // A shard's directory is `RUN/shard-K-of-N`: its `run` label is the run's, RUN.
             let named = if shard.is_some() { run_dir.parent().unwrap_or(run_dir) } else { run_dir };
             let run_label = named.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
-            let bound = telemetry::install_exporter(addr, &run_label, shard.map(|s| s.index)).map_err(|e| CliError::Input(e.to_string()))?;
+            let bound =
+                telemetry::install_exporter(addr, &run_label, shard.map(|s| s.index)).map_err(|e| CliError::Input(e.to_string()))?;
             tracing::info!("metrics on http://{bound}/metrics");
         }
         let control = RunControl::new();

@@ -142,7 +142,11 @@ pub fn merge(args: MergeArgs, mut settings: Settings) -> Result<(), CliError> {
     let out = &args.out;
     let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
     if let Some((dir, _, _)) = shards.iter().find(|(dir, _, _)| same(dir, out)) {
-        return Err(CliError::Input(format!("--out \"{}\" is the shard directory \"{}\"; merge into another directory", out.display(), dir.display())));
+        return Err(CliError::Input(format!(
+            "--out \"{}\" is the shard directory \"{}\"; merge into another directory",
+            out.display(),
+            dir.display()
+        )));
     }
     if out.join(run_dir::MANIFEST_FILE).exists() && !out.join(MERGE_FILE).exists() {
         return Err(CliError::Input(format!(

@@ -81,11 +81,9 @@ pub fn shard_from_env(var: impl Fn(&str) -> Option<String>, count: Option<u32>) 
     let number = |name: &str| -> Result<Option<u32>, String> {
         match var(name) {
             None => Ok(None),
-            Some(text) => text
-                .trim()
-                .parse::<u32>()
-                .map(Some)
-                .map_err(|_| format!("--shard-from-env: {name}=\"{text}\" is not a whole number")),
+            Some(text) => {
+                text.trim().parse::<u32>().map(Some).map_err(|_| format!("--shard-from-env: {name}=\"{text}\" is not a whole number"))
+            }
         }
     };
     let shard = |k: u32, n: u32| Shard::new(k, n).map_err(|e| format!("--shard-from-env: {e}"));
@@ -96,7 +94,8 @@ pub fn shard_from_env(var: impl Fn(&str) -> Option<String>, count: Option<u32>) 
             return Err(format!("--shard-from-env: --shard-count {c} disagrees with SLURM_ARRAY_TASK_COUNT={n}"));
         }
         let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-        let k = id.checked_sub(min).ok_or_else(|| format!("--shard-from-env: SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}"))?;
+        let k =
+            id.checked_sub(min).ok_or_else(|| format!("--shard-from-env: SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}"))?;
         return shard(k, n);
     }
     if let Some(k) = number("JOB_COMPLETION_INDEX")? {

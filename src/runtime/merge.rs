@@ -111,9 +111,17 @@ mod tests {
 
     /// Unit `index` of class 0, generated: two 2-d rows whose values depend on it.
     fn unit(index: u32) -> FeatureBatch {
-        let span = UnitSpan { id: UnitId { origin: Origin::Generated, class: 0, index }, start: 0, len: 2, first_position: 2 * index as u64 };
+        let span =
+            UnitSpan { id: UnitId { origin: Origin::Generated, class: 0, index }, start: 0, len: 2, first_position: 2 * index as u64 };
         let x = index as f32;
-        FeatureBatch { labels: vec![0, 0], units: vec![span], feature_dim: 2, features: vec![x, x + 0.5, -x, 1.0], logit_dim: 0, logits: Vec::new() }
+        FeatureBatch {
+            labels: vec![0, 0],
+            units: vec![span],
+            feature_dim: 2,
+            features: vec![x, x + 0.5, -x, 1.0],
+            logit_dim: 0,
+            logits: Vec::new(),
+        }
     }
 
     fn store(units: &[u32]) -> ExactlyOnce<FeatureStore> {
@@ -139,7 +147,11 @@ mod tests {
         let single = store(&[0, 1, 2, 3]).snapshot();
         assert_eq!(merged.applied, single.applied);
         assert_eq!(merged.state.features(Origin::Generated, None), single.state.features(Origin::Generated, None));
-        assert_eq!(merged.state, { let mut s = single.state.clone(); s.units.sort_by_key(|u| u.0.first_position); s });
+        assert_eq!(merged.state, {
+            let mut s = single.state.clone();
+            s.units.sort_by_key(|u| u.0.first_position);
+            s
+        });
         // The same unit in two shards.
         checkpoint::write(&dirs[2], "kid", &store(&[2]).snapshot()).unwrap();
         let e = fold.fold::<FeatureStore>("kid").unwrap_err().to_string();

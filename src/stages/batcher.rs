@@ -10,9 +10,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
-use crate::runtime::merge::{MergeError, ShardFold};
 use crate::report::Summary;
 use crate::runtime::batch::{ImageBatch, Payload};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
 use crate::units::{Origin, UnitPlan, UnitSpan};

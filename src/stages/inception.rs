@@ -8,13 +8,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
-use crate::runtime::merge::{MergeError, ShardFold};
 use crate::models::device::DeviceSpec;
 use crate::models::hub_cache;
 use crate::models::inception::{InceptionV3, PT_INCEPTION_FILE};
 use crate::models::weights::WeightMap;
 use crate::report::Summary;
 use crate::runtime::batch::{FeatureBatch, Payload};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::topology::config::resolve;
 use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};

@@ -15,13 +15,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
-use crate::runtime::merge::{MergeError, ShardFold};
 use crate::metrics::kid::{kid, Kid};
 use crate::report::results::{KidResult, MeanStd};
 use crate::report::Summary;
 use crate::runtime::accumulator::ExactlyOnce;
 use crate::runtime::batch::FeatureBatch;
 use crate::runtime::feature_store::FeatureStore;
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::sink::{NonfiniteCounter, SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
-use crate::runtime::merge::{MergeError, ShardFold};
 use crate::models::device::DeviceSpec;
 use crate::models::oracle::{Oracle, OracleConfig};
 use crate::models::preprocess::Normalization;
 use crate::models::resnet::{ResNetArch, Stem};
 use crate::report::Summary;
 use crate::runtime::batch::{Payload, PredictionBatch};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::topology::config::{from_str, resolve};
 use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};

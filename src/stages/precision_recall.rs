@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use super::kid::{require_real_images, DIM};
 use super::{BuildContext, ComponentConfig};
-use crate::runtime::merge::{MergeError, ShardFold};
 use crate::metrics::prc::{prdc, Prdc};
 use crate::report::results::{PrdcValues, PrecisionRecallResult};
 use crate::report::Summary;
 use crate::runtime::accumulator::ExactlyOnce;
 use crate::runtime::batch::FeatureBatch;
 use crate::runtime::feature_store::FeatureStore;
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::sink::{NonfiniteCounter, SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
