@@ -95,8 +95,9 @@ pub enum TelemetryError {
 }
 
 /// Starts the Prometheus exporter on `addr` (port 0 picks a free port) with a global `run`
-/// label; returns the address it listens on.
-pub fn install_exporter(addr: SocketAddr, run: &str) -> Result<SocketAddr, TelemetryError> {
+/// label, and a global `shard` label (the shard index, `0` to `N-1`: N series per metric at
+/// most) for one shard of a sharded run; returns the address it listens on.
+pub fn install_exporter(addr: SocketAddr, run: &str, shard: Option<u32>) -> Result<SocketAddr, TelemetryError> {
     // The exporter binds inside its own task and does not say which port it got, so a port-0
     // request is resolved here first (tests run many exporters side by side).
     let addr = if addr.port() == 0 {
@@ -107,9 +108,11 @@ pub fn install_exporter(addr: SocketAddr, run: &str) -> Result<SocketAddr, Telem
         drop(TcpListener::bind(addr).map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?);
         addr
     };
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .add_global_label("run", run)
+    let mut builder = PrometheusBuilder::new().with_http_listener(addr).add_global_label("run", run);
+    if let Some(shard) = shard {
+        builder = builder.add_global_label("shard", shard.to_string());
+    }
+    builder
         .set_buckets_for_metric(Matcher::Full(STAGE_BATCH_SECONDS.to_string()), LATENCY_BUCKETS)
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?
         .install()

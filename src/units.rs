@@ -152,6 +152,76 @@ impl WorkUnit {
     }
 }
 
+/// One shard of a run cut across machines (DESIGN.md §2 "Beyond one machine"): shard `index`
+/// of `count`, `0 <= index < count`. Written `K/N` on the command line and in run manifests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// Why a shard string or pair of numbers is not a shard.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard \"{0}\": expected K/N with whole numbers, shard K of N counted from 0 (e.g. 0/4)")]
+    Syntax(String),
+    #[error("shard {index}/{count}: the shard count must be at least 1")]
+    NoShards { index: u32, count: u32 },
+    #[error("shard {index}/{count}: the shard index must be below the shard count (shards are 0 to {last})", last = .count.saturating_sub(1))]
+    OutOfRange { index: u32, count: u32 },
+}
+
+impl Shard {
+    pub fn new(index: u32, count: u32) -> Result<Shard, ShardError> {
+        if count == 0 {
+            return Err(ShardError::NoShards { index, count });
+        }
+        if index >= count {
+            return Err(ShardError::OutOfRange { index, count });
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Whether unit `id` is this shard's work ([`shard_of`]).
+    pub fn holds(&self, id: UnitId) -> bool {
+        shard_of(id, self.count) == self.index
+    }
+
+    /// The folder name of this shard under a run directory: `shard-K-of-N`.
+    pub fn dir_name(&self) -> String {
+        format!("shard-{}-of-{}", self.index, self.count)
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = ShardError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let syntax = || ShardError::Syntax(s.to_string());
+        let (k, n) = s.trim().split_once('/').ok_or_else(syntax)?;
+        let k: u32 = k.trim().parse().map_err(|_| syntax())?;
+        let n: u32 = n.trim().parse().map_err(|_| syntax())?;
+        Shard::new(k, n)
+    }
+}
+
+/// The shard of `count` that runs unit `id`: `(class + index) mod count`. A pure function of
+/// the unit id and the shard count, so every machine agrees on it without talking to the
+/// others. Within a class consecutive units go to consecutive shards (every class is spread
+/// over all shards, to within one unit each), and each class starts one shard further than the
+/// one before, so the shards that get a class's extra unit rotate: shards stay balanced to
+/// within one unit per class whatever the class sizes. Real and generated units of the same
+/// (class, index) go to the same shard.
+pub fn shard_of(id: UnitId, count: u32) -> u32 {
+    let count = u64::from(count.max(1));
+    ((u64::from(id.class) + u64::from(id.index)) % count) as u32
+}
+
 /// splitmix64's finaliser: a bijective 64-bit mix (unit seeds here, the samplers' noise in
 /// `models::noise`).
 pub fn mix64(x: u64) -> u64 {
@@ -180,6 +250,33 @@ mod tests {
     fn units_cover_each_class_in_order_with_a_short_last_unit() {
         let shape: Vec<_> = cut_into_units(&[5, 0, 4], 2).map(|u| (u.class, u.index, u.first_position, u.len)).collect();
         assert_eq!(shape, vec![(0, 0, 0, 2), (0, 1, 2, 2), (0, 2, 4, 1), (2, 0, 0, 2), (2, 1, 2, 2)]);
+    }
+
+    #[test]
+    fn shards_parse_refuse_bad_values_and_cover_every_unit_once_and_evenly() {
+        assert_eq!("1/3".parse::<Shard>(), Ok(Shard { index: 1, count: 3 }));
+        assert_eq!("0/1".parse::<Shard>().unwrap().to_string(), "0/1");
+        assert_eq!(
+            "3/3".parse::<Shard>().unwrap_err().to_string(),
+            "shard 3/3: the shard index must be below the shard count (shards are 0 to 2)"
+        );
+        assert_eq!("0/0".parse::<Shard>().unwrap_err().to_string(), "shard 0/0: the shard count must be at least 1");
+        for bad in ["", "1", "a/3", "1/b", "-1/3", "1/3/4", "1.5/3"] {
+            assert!(matches!(bad.parse::<Shard>(), Err(ShardError::Syntax(_))), "{bad}");
+        }
+        // 10 classes of 7 units: every unit in exactly one shard, each class within one unit.
+        let ids: Vec<UnitId> = cut_into_units(&[14; 10], 2).map(|s| s.id(Origin::Generated)).collect();
+        for count in 1..=5u32 {
+            let shards: Vec<Shard> = (0..count).map(|k| Shard::new(k, count).unwrap()).collect();
+            for id in &ids {
+                assert_eq!(shards.iter().filter(|s| s.holds(*id)).count(), 1, "{id} in {count} shards");
+            }
+            let sizes: Vec<usize> = shards.iter().map(|s| ids.iter().filter(|id| s.holds(**id)).count()).collect();
+            let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(max - min <= 1, "{count} shards: {sizes:?}");
+        }
+        // The rule itself (documented, the same on every machine).
+        assert_eq!(shard_of(UnitId { origin: Origin::Real, class: 2, index: 5 }, 3), 1);
     }
 
     #[test]

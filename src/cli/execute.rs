@@ -16,14 +16,32 @@ use crate::runtime::{self, RunOutcome, RunSettings, ShutdownRequest, StageSpec};
 use crate::settings::Settings;
 use crate::stages::{self, report::REPORT_FILES, BuildContext, Graph};
 use crate::telemetry;
-use crate::units::{UnitId, UnitPlan};
+use crate::units::{cut_into_units, Shard, UnitId, UnitPlan};
 
 /// Runs `graph` with its report and state in `run_dir`: resumed from the checkpoints there
 /// when it holds a run of the same graph, from scratch when `fresh` (its state is discarded).
+pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings, fresh: bool) -> Result<RunOutcome, CliError> {
+    execute_with(graph, run_dir, settings, Options { fresh, ..Options::default() })
+}
+
+/// How [`execute_with`] runs a graph besides its settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Discard the run directory's state first.
+    pub fresh: bool,
+    /// Run one shard of the graph's units (recorded in the manifest: a resume must be the same shard).
+    pub shard: Option<Shard>,
+    /// Send no unit at all: the stages finish from the checkpoints already in the run directory
+    /// (`rcaflow merge`, which wrote them by folding the shards').
+    pub from_checkpoints_only: bool,
+}
+
+/// [`execute`] with [`Options`].
 ///
 /// The stages are built first (every component's weights and files loaded and checked, every
 /// error at once): a run that cannot start fails before the run directory is touched.
-pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings, fresh: bool) -> Result<RunOutcome, CliError> {
+pub fn execute_with(graph: &Graph, run_dir: &Path, settings: &Settings, options: Options) -> Result<RunOutcome, CliError> {
+    let fresh = options.fresh;
     let plans = graph.plans().map_err(|e| CliError::Input(format!("topology {}: {e}", graph.label)))?;
     let cx = BuildContext {
         label: graph.label.clone(),
@@ -40,9 +58,18 @@ pub fn execute(graph: &Graph, run_dir: &Path, settings: &Settings, fresh: bool) 
     (|| {
         // A refused start (another graph, a bad checkpoint) must leave the directory as it was,
         // the old report included: it is removed only once this run is going ahead.
-        let skip = resume_point(graph, &cx.plans, run_dir, fresh)?;
+        let mut skip = resume_point(graph, &cx.plans, run_dir, fresh, options.shard)?;
+        if options.from_checkpoints_only {
+            skip = cx
+                .plans
+                .iter()
+                .map(|(id, plan)| {
+                    (id.clone(), Arc::new(cut_into_units(&plan.per_class, plan.unit_size).map(|s| s.id(plan.origin)).collect()))
+                })
+                .collect();
+        }
         remove_old_report(run_dir)?;
-        execute_locked(graph, stages, &cx, run_dir, settings, skip)
+        execute_locked(graph, stages, &cx, run_dir, settings, skip, options.shard)
     })()
 }
 
@@ -52,9 +79,11 @@ fn resume_point(
     plans: &BTreeMap<String, UnitPlan>,
     run_dir: &Path,
     fresh: bool,
+    shard: Option<Shard>,
 ) -> Result<BTreeMap<String, Arc<BTreeSet<UnitId>>>, CliError> {
     let refused = |e: run_dir::RunDirError| CliError::Input(e.to_string());
     let mut now = Manifest::of(graph, plans).map_err(|e| CliError::Input(format!("run directory \"{}\": {e}", run_dir.display())))?;
+    now.shard = shard;
     let old = if fresh {
         let state = run_dir.join(run_dir::STATE_DIR);
         if state.exists() {
@@ -115,6 +144,7 @@ fn execute_locked(
     run_dir: &Path,
     settings: &Settings,
     skip: BTreeMap<String, Arc<BTreeSet<UnitId>>>,
+    shard: Option<Shard>,
 ) -> Result<RunOutcome, CliError> {
     let metrics_addr = settings.metrics_addr().map_err(|e| CliError::Input(format!("config: {e}")))?;
     let run_settings = RunSettings {
@@ -123,6 +153,7 @@ fn execute_locked(
         shutdown_deadline: settings.shutdown_deadline(),
         checkpoint_interval: settings.checkpoint_interval(),
         skip,
+        shard,
     };
     // Two workers are plenty: actors only pass control messages; the heavy work runs on the
     // stages' own threads.
@@ -134,8 +165,11 @@ fn execute_locked(
         .map_err(|e| CliError::Output(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async {
         if let Some(addr) = metrics_addr {
-            let run_label = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
-            let bound = telemetry::install_exporter(addr, &run_label).map_err(|e| CliError::Input(e.to_string()))?;
+            // A shard's directory is `RUN/shard-K-of-N`: its `run` label is the run's, RUN.
+            let named = if shard.is_some() { run_dir.parent().unwrap_or(run_dir) } else { run_dir };
+            let run_label = named.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+            let bound =
+                telemetry::install_exporter(addr, &run_label, shard.map(|s| s.index)).map_err(|e| CliError::Input(e.to_string()))?;
             tracing::info!("metrics on http://{bound}/metrics");
         }
         let control = RunControl::with_early_stop(stages::rca::early_stop_gate(graph, cx));

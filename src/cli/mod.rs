@@ -6,6 +6,7 @@ pub mod detect;
 pub mod eval;
 pub mod execute;
 pub mod fid;
+pub mod merge;
 pub mod prep;
 pub mod run;
 pub mod sample;
@@ -71,6 +72,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Where a run stands (running or stopped), from its run directory's files.
     Status(status::StatusArgs),
+    /// Fold the shards of a sharded run (`run --shard K/N`) into the whole run's report.
+    Merge(merge::MergeArgs),
     /// Throughput of each model (random weights, production shapes): images/s, peak memory.
     Bench(bench::BenchArgs),
 }
@@ -189,5 +192,6 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Train(args) => train::train(args, settings),
         Command::Status(args) => status::status(args),
         Command::Bench(args) => bench::bench(args, settings),
+        Command::Merge(args) => merge::merge(args, settings),
     }
 }

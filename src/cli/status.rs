@@ -42,6 +42,9 @@ pub fn describe(dir: &Path) -> Result<String, CliError> {
     let mut out = String::new();
     let _ = writeln!(out, "run directory {}: {state}", dir.display());
     let _ = writeln!(out, "topology: {}, {} classes", manifest.topology, manifest.classes.len());
+    if let Some(shard) = manifest.shard {
+        let _ = writeln!(out, "shard {shard}: its own units only (merge the shards with rcaflow merge)");
+    }
     let _ = writeln!(out, "sessions: {}", manifest.sessions.len());
     for (k, s) in manifest.sessions.iter().enumerate() {
         let _ = writeln!(
@@ -56,7 +59,8 @@ pub fn describe(dir: &Path) -> Result<String, CliError> {
     }
     for (source, plan) in &manifest.sources {
         let done = &point.skip[source];
-        let units = plan.units();
+        // A shard's directory holds its own units only.
+        let units: Vec<_> = plan.units().into_iter().filter(|(id, _)| manifest.shard.is_none_or(|s| s.holds(*id))).collect();
         let images: u64 = units.iter().map(|(_, n)| n).sum();
         let images_done: u64 = units.iter().filter(|(id, _)| done.contains(id)).map(|(_, n)| n).sum();
         let _ = writeln!(

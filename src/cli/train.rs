@@ -139,7 +139,7 @@ pub fn train(args: TrainArgs, settings: Settings) -> Result<(), CliError> {
 /// Starts the exporter when the settings ask for one.
 fn start_metrics(settings: &Settings, label: &str) -> Result<(), CliError> {
     if let Some(addr) = settings.metrics_addr().map_err(|e| CliError::Input(format!("config: {e}")))? {
-        let bound = telemetry::install_exporter(addr, label).map_err(|e| CliError::Input(e.to_string()))?;
+        let bound = telemetry::install_exporter(addr, label, None).map_err(|e| CliError::Input(e.to_string()))?;
         eprintln!("metrics on http://{bound}/metrics");
     }
     Ok(())

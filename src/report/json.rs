@@ -26,6 +26,9 @@ pub enum RunStatus {
     Complete,
     /// A stop was requested; the numbers cover only the images evaluated before it.
     Interrupted,
+    /// Merged (`rcaflow merge`) from shards that had not all finished: the numbers cover only
+    /// the units they had done (merge.json says how many).
+    Partial,
 }
 
 /// Time a stage spent and what went through it.

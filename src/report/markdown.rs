@@ -107,6 +107,9 @@ pub fn render(r: &Report) -> String {
     let status = match r.status {
         RunStatus::Complete => "complete",
         RunStatus::Interrupted => "**interrupted**: the numbers cover only the images evaluated before the stop",
+        RunStatus::Partial => {
+            "**partial**: merged from shards that had not all finished; the numbers cover only the units they had done (see merge.json)"
+        }
     };
     let _ = writeln!(md, "- status: {status}");
     let _ = writeln!(md, "- topology: `{}`", r.topology);

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod control;
 pub mod early_stop;
 pub mod feature_store;
+pub mod merge;
 pub mod plan;
 pub mod run_dir;
 pub mod sink;
@@ -27,7 +28,7 @@ use ractor::Actor;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::report::Summary;
-use crate::units::UnitId;
+use crate::units::{Shard, UnitId};
 use channels::{edge_channel, Inputs, Outputs};
 use control::{RunControl, StageStats, StageStatus};
 use stage::{Stage, StageArgs, StageContext};
@@ -60,6 +61,8 @@ pub struct RunSettings {
     /// Per source id, the units every stage downstream already holds (a resumed run): the
     /// source does not send them again.
     pub skip: BTreeMap<String, Arc<BTreeSet<UnitId>>>,
+    /// The shard this run is (`--shard K/N`): sources send only the units it holds.
+    pub shard: Option<Shard>,
 }
 
 /// A request to stop, from a signal or a caller.
@@ -114,6 +117,7 @@ pub async fn run(
         control.register(stats.clone());
         let ctx = StageContext {
             skip: settings.skip.get(&spec.id).cloned().unwrap_or_default(),
+            shard: settings.shard,
             in_flight: None,
             keep_in_flight: false,
             replay: None,

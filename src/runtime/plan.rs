@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::sync::lock;
-use crate::units::{cut_into_units, unit_seed, UnitId, WorkUnit};
+use crate::units::{cut_into_units, unit_seed, Shard, UnitId, WorkUnit};
 
 /// Every unit of a run, class-major.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,17 @@ impl Plan {
             })
             .collect();
         Plan { run_seed, per_class: per_class.to_vec(), unit_size: unit_size.max(1), units }
+    }
+
+    /// The part of the plan that `shard` runs: its units (seeds, positions unchanged) and, per
+    /// class, the images they hold.
+    pub fn shard(mut self, shard: Shard) -> Plan {
+        self.units.retain(|u| shard.holds(u.id()));
+        self.per_class = self.units.iter().fold(vec![0; self.per_class.len()], |mut n, u| {
+            n[u.class as usize] += u.size as u64;
+            n
+        });
+        self
     }
 
     pub fn total_images(&self) -> u64 {
@@ -138,6 +149,18 @@ mod tests {
         assert_ne!(Plan::new(8, &[10, 10], 5).units[0].seed, a.units[0].seed);
         // Swapping class and index gives a different seed (no symmetric mixing).
         assert_ne!(unit_seed(7, 1, 2), unit_seed(7, 2, 1));
+    }
+
+    #[test]
+    fn a_shard_keeps_its_units_with_their_seeds_and_counts_its_images() {
+        let whole = Plan::new(7, &[5, 4], 2);
+        let parts: Vec<Plan> = (0..2).map(|k| whole.clone().shard(Shard::new(k, 2).unwrap())).collect();
+        assert_eq!(parts[0].units.iter().map(|u| (u.class, u.index)).collect::<Vec<_>>(), vec![(0, 0), (0, 2), (1, 1)]);
+        assert_eq!(parts[0].per_class, vec![3, 2]);
+        assert_eq!(parts[1].per_class, vec![2, 2]);
+        let mut joined: Vec<WorkUnit> = parts.iter().flat_map(|p| p.units.clone()).collect();
+        joined.sort_by_key(|u| (u.class, u.index));
+        assert_eq!(joined, whole.units, "the shards' units are the plan's, seeds included");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use super::checkpoint::{self, CheckpointError};
 use crate::files::atomic::{self, remove_temporaries};
 use crate::topology::{ComponentType, Graph, HashedInput};
-use crate::units::{cut_into_units, Origin, UnitId, UnitPlan};
+use crate::units::{cut_into_units, Origin, Shard, UnitId, UnitPlan};
 
 pub const MANIFEST_FILE: &str = "run.json";
 pub const LOCK_FILE: &str = "run.lock";
@@ -91,6 +91,10 @@ pub struct Manifest {
     /// Content hashes of the files the results depend on, by what they are.
     pub files: BTreeMap<String, String>,
     pub sources: BTreeMap<String, SourcePlan>,
+    /// The shard of the run this directory holds (`rcaflow run --shard K/N`); absent for a
+    /// whole run. Its sources ran only the units [`Shard::holds`] gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
     pub sessions: Vec<Session>,
 }
 
@@ -135,6 +139,7 @@ impl Manifest {
             components,
             files,
             sources,
+            shard: None,
             sessions: Vec::new(),
         })
     }
@@ -166,6 +171,10 @@ impl Manifest {
     /// What differs between the run recorded here and `now`, one phrase per difference.
     pub fn differences(&self, now: &Manifest) -> Vec<String> {
         let mut out = Vec::new();
+        if self.shard != now.shard {
+            let name = |s: Option<Shard>| s.map_or("the whole run".to_string(), |s| format!("shard {s}"));
+            out.push(format!("{} became {}", name(self.shard), name(now.shard)));
+        }
         if self.classes != now.classes {
             out.push(format!("classes {:?} became {:?}", self.classes, now.classes));
         }

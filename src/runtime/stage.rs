@@ -24,7 +24,7 @@ use super::sync::panic_message;
 use crate::fault;
 use crate::report::Summary;
 use crate::telemetry;
-use crate::units::UnitId;
+use crate::units::{Shard, UnitId};
 
 /// Why a stage stopped before its inputs were exhausted.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,8 @@ pub struct StageContext {
     pub checkpoint_interval: std::time::Duration,
     /// Units a source must not send: every stage downstream holds them (a resumed run).
     pub skip: Arc<BTreeSet<UnitId>>,
+    /// The shard of a sharded run: a source sends only the units it holds ([`Self::in_shard`]).
+    pub shard: Option<Shard>,
     /// The payload being worked on, kept (only for a stage with a `restart` policy: it keeps
     /// one more batch alive) so a restarted stage redoes it.
     pub in_flight: Option<Payload>,
@@ -84,6 +86,11 @@ impl StageContext {
         self.stats.add_in(payload.image_count());
         self.fault("batch").unwrap_or_else(|e| panic!("{e}"));
         Some(payload)
+    }
+
+    /// Whether unit `id` is this run's work: every unit without a shard, the shard's own with one.
+    pub fn in_shard(&self, id: UnitId) -> bool {
+        self.shard.is_none_or(|s| s.holds(id))
     }
 
     /// Fault injection point `<stage id>.<name>` (see [`crate::fault`]).

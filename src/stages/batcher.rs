@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{BuildContext, ComponentConfig};
 use crate::report::Summary;
 use crate::runtime::batch::{ImageBatch, Payload};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
 use crate::units::{Origin, UnitPlan, UnitSpan};
@@ -65,6 +66,11 @@ impl ComponentConfig for BatcherConfig {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(Vec::new())
+    }
+
+    /// Merge: stateless: nothing to fold.
+    fn fold_shards(&self, _id: &str, _fold: &ShardFold) -> Result<usize, MergeError> {
+        Ok(0)
     }
 
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn Stage>, String> {

@@ -28,6 +28,7 @@ use crate::report::results::{SampleGrid, SamplerResult, GRID_COLUMNS};
 use crate::report::Summary;
 use crate::runtime::accumulator::Snapshot;
 use crate::runtime::batch::{ImageBatch, Payload};
+use crate::runtime::merge::{MergeError, MergeState, ShardFold};
 use crate::runtime::plan::{Plan, WorkQueue};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::runtime::sync::{lock, panic_message};
@@ -185,6 +186,11 @@ impl ComponentConfig for DdpmSamplerConfig {
             .collect())
     }
 
+    /// Merge: the sample grid and non-finite counts of every shard.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<SamplerRecord>(id)
+    }
+
     /// Loads one model per replica, so a bad folder fails before anything runs.
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
         self.dtype.check_on(cx.device_of(self.device)).map_err(|e| e.to_string())?;
@@ -232,6 +238,27 @@ pub struct SamplerRecord {
     pub nonfinite: BTreeMap<UnitId, u64>,
 }
 
+/// Each grid cell from the shard that generated it (positions are disjoint); every shard's
+/// non-finite counts.
+impl MergeState for SamplerRecord {
+    fn merge(&mut self, other: SamplerRecord) -> Result<(), String> {
+        let (a, b) = (&mut self.grid, other.grid);
+        let shape = |g: &SampleGrid| (g.height, g.width, g.per_class.iter().map(Vec::len).collect::<Vec<_>>());
+        if shape(a) != shape(&b) {
+            return Err("the sample grids differ in size".into());
+        }
+        for (mine, theirs) in a.per_class.iter_mut().zip(b.per_class) {
+            for (cell, image) in mine.iter_mut().zip(theirs) {
+                if cell.is_none() {
+                    *cell = image;
+                }
+            }
+        }
+        self.nonfinite.extend(other.nonfinite);
+        Ok(())
+    }
+}
+
 /// What the replicas share besides the queue.
 struct Shared {
     in_order: InOrder,
@@ -252,7 +279,12 @@ impl Stage for DdpmSamplerStage {
         tracing::info!(stage = %ctx.id, unet = %cfg.unet.display(), scheduler = %cfg.scheduler, steps, replicas = samplers.len(), "sampler loaded");
 
         // 2. Plan (the same cut as the run manifest's: `units::cut_into_units`).
-        let mut plan = Plan::new(cfg.seed, &vec![cfg.per_class; classes.len()], cfg.unit_size);
+        let plan = Plan::new(cfg.seed, &vec![cfg.per_class; classes.len()], cfg.unit_size);
+        // A shard runs its own units only; their seeds are the whole plan's.
+        let mut plan = match ctx.shard {
+            Some(shard) => plan.shard(shard),
+            None => plan,
+        };
         // A run that may stop early samples in the order the stop is decided on (classes
         // interleaved), so every class gains images as it goes.
         if let Some(gate) = ctx.control.early_stop() {

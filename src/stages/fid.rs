@@ -20,6 +20,7 @@ use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
 use crate::runtime::batch::FeatureBatch;
 use crate::runtime::checkpoint::CheckpointTimer;
+use crate::runtime::merge::{MergeError, MergeState, ShardFold};
 use crate::runtime::sink::{NonfiniteCounter, SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
@@ -107,6 +108,11 @@ impl ComponentConfig for FidConfig {
         Ok(self.reference.iter().map(|p| HashedInput::File { what: "reference".into(), path: p.clone() }).collect())
     }
 
+    /// Merge: the moments of every shard.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<FidState>(id)
+    }
+
     /// Reads the reference statistics, if any, and checks their width.
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
         let reference = match &self.reference {
@@ -178,6 +184,23 @@ impl Accumulator for FidState {
 
     fn restore(state: FidState) -> Self {
         state
+    }
+}
+
+/// Moments add (each side, each class); so do the images left out.
+impl MergeState for FidState {
+    fn merge(&mut self, other: FidState) -> Result<(), String> {
+        if other.per_class.len() != self.per_class.len() {
+            return Err(format!("moments of {} classes here, {} there", self.per_class.len(), other.per_class.len()));
+        }
+        self.real.merge(&other.real).map_err(|e| e.to_string())?;
+        self.generated.merge(&other.generated).map_err(|e| e.to_string())?;
+        for (mine, theirs) in self.per_class.iter_mut().zip(&other.per_class) {
+            mine.real.merge(&theirs.real).map_err(|e| e.to_string())?;
+            mine.generated.merge(&theirs.generated).map_err(|e| e.to_string())?;
+        }
+        self.nonfinite += other.nonfinite;
+        Ok(())
     }
 }
 

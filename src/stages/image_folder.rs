@@ -16,6 +16,7 @@ use crate::data::image_folder::{decode_rgb_planar, list_classes, list_images, Fo
 use crate::report::results::{BadFile, SourceResult};
 use crate::report::Summary;
 use crate::runtime::batch::{ImageBatch, Payload};
+use crate::runtime::merge::{MergeError, MergeState, ShardFold};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
 use crate::topology::config::resolve;
@@ -108,6 +109,11 @@ impl ComponentConfig for ImageFolderConfig {
         Ok(vec![HashedInput::Digest { what: format!("listing of {}", self.path.display()), sha256 }])
     }
 
+    /// Merge: what every shard read.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<FolderRecord>(id)
+    }
+
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
         let planned = cx.plan_of(self.origin).map(|p| p.per_class.clone()).ok_or("no unit plan for this source")?;
         Ok(Box::new(ImageFolderStage { cfg: self.clone(), planned }))
@@ -118,6 +124,14 @@ impl ComponentConfig for ImageFolderConfig {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FolderRecord {
     pub units: BTreeMap<UnitId, (u64, Vec<BadFile>)>,
+}
+
+/// The units each shard read.
+impl MergeState for FolderRecord {
+    fn merge(&mut self, other: FolderRecord) -> Result<(), String> {
+        self.units.extend(other.units);
+        Ok(())
+    }
 }
 
 pub struct ImageFolderStage {
@@ -147,10 +161,11 @@ impl Stage for ImageFolderStage {
                 self.planned
             )));
         }
-        let planned: u64 = found.iter().sum();
+        // A shard plans its own units only (all of them without a shard).
+        let mine = || cut_into_units(&found, cfg.unit_size).filter(|slot| ctx.in_shard(slot.id(origin)));
+        let planned: u64 = mine().map(|slot| slot.len).sum();
         // Units a resumed run skips are done: progress counts this session's work.
-        let skipped: u64 =
-            cut_into_units(&found, cfg.unit_size).filter(|slot| ctx.skip.contains(&slot.id(origin))).map(|slot| slot.len).sum();
+        let skipped: u64 = mine().filter(|slot| ctx.skip.contains(&slot.id(origin))).map(|slot| slot.len).sum();
         ctx.control.add_planned(planned - skipped);
         metrics::gauge!(telemetry::RUN_IMAGES_PLANNED, "origin" => origin.as_str()).increment(planned as f64);
         // At 0 from the start, so the first corrupt file shows as an increase.
@@ -174,7 +189,7 @@ impl Stage for ImageFolderStage {
             let first = slot.first_position as usize;
             let chunk = &per_class[class][first..first + slot.len as usize];
             let id = slot.id(origin);
-            if ctx.skip.contains(&id) {
+            if ctx.skip.contains(&id) || !ctx.in_shard(id) {
                 continue;
             }
             let mut unreadable = Vec::new();

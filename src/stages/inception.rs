@@ -14,6 +14,7 @@ use crate::models::inception::{InceptionV3, PT_INCEPTION_FILE};
 use crate::models::weights::WeightMap;
 use crate::report::Summary;
 use crate::runtime::batch::{FeatureBatch, Payload};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::topology::config::resolve;
 use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
@@ -83,6 +84,11 @@ impl ComponentConfig for InceptionV3Config {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(vec![HashedInput::File { what: "weights".into(), path: self.weights_file()? }])
+    }
+
+    /// Merge: stateless: nothing to fold.
+    fn fold_shards(&self, _id: &str, _fold: &ShardFold) -> Result<usize, MergeError> {
+        Ok(0)
     }
 
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {

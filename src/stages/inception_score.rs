@@ -13,6 +13,7 @@ use crate::metrics::inception_score::{InceptionScore, InceptionScoreState};
 use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
 use crate::runtime::batch::FeatureBatch;
+use crate::runtime::merge::{MergeError, MergeState, ShardFold};
 use crate::runtime::sink::{NonfiniteCounter, SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
@@ -69,6 +70,11 @@ impl ComponentConfig for InceptionScoreConfig {
         Ok(Vec::new())
     }
 
+    /// Merge: the split sums of every shard.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<IsAccumulator>(id)
+    }
+
     /// Class offsets come from the generated source's plan (none: no generated images).
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
         let class_offsets = cx.plan_of(Origin::Generated).map(|p| p.class_offsets()).unwrap_or_default();
@@ -111,6 +117,18 @@ impl Accumulator for IsAccumulator {
 
     fn restore(state: Self) -> Self {
         state
+    }
+}
+
+/// Split sums add (an image's split is its position's, the same in every shard).
+impl MergeState for IsAccumulator {
+    fn merge(&mut self, other: IsAccumulator) -> Result<(), String> {
+        if other.class_offsets != self.class_offsets {
+            return Err(format!("class offsets {:?} here, {:?} there", self.class_offsets, other.class_offsets));
+        }
+        self.state.merge(&other.state).map_err(|e| e.to_string())?;
+        self.nonfinite += other.nonfinite;
+        Ok(())
     }
 }
 

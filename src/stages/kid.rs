@@ -21,6 +21,7 @@ use crate::report::Summary;
 use crate::runtime::accumulator::ExactlyOnce;
 use crate::runtime::batch::FeatureBatch;
 use crate::runtime::feature_store::{spill_to, FeatureStore};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::sink::{NonfiniteCounter, SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
@@ -110,6 +111,11 @@ impl ComponentConfig for KidConfig {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(Vec::new())
+    }
+
+    /// Merge: the features of every shard.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<crate::runtime::feature_store::FeatureStore>(id)
     }
 
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {

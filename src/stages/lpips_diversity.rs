@@ -21,6 +21,7 @@ use crate::report::results::LpipsResult;
 use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
 use crate::runtime::batch::ImageBatch;
+use crate::runtime::merge::{MergeError, MergeState, ShardFold};
 use crate::runtime::sink::{SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
@@ -122,6 +123,11 @@ impl ComponentConfig for LpipsDiversityConfig {
             .into_iter()
             .map(|(key, path, file, what)| Ok(HashedInput::File { what: key.into(), path: Self::locate(path, file, what, key)? }))
             .collect()
+    }
+
+    /// Merge: the pairs and held images of every shard.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<LpipsState>(id)
     }
 
     /// Loads the network; pairs are planned from the generated source's class sizes.
@@ -296,6 +302,31 @@ impl Accumulator for Tracker {
             scored: s.scored,
             state: s.diversity,
         }
+    }
+}
+
+/// Both sides' scored pairs and distance sums, and their held images: a pair whose images came
+/// from two shards is held on both sides and scored when the merged state is drained.
+impl MergeState for LpipsState {
+    fn merge(&mut self, other: LpipsState) -> Result<(), String> {
+        if let (Some(a), Some(b)) = (self.size, other.size) {
+            if a != b {
+                return Err(format!("images of {}x{} here, {}x{} there", a.1, a.0, b.1, b.0));
+            }
+        }
+        if other.diversity.sum.len() != self.diversity.sum.len() {
+            return Err(format!("{} classes here, {} there", self.diversity.sum.len(), other.diversity.sum.len()));
+        }
+        self.size = self.size.or(other.size);
+        self.held.extend(other.held);
+        self.held.sort_by_key(|&(c, p, _)| (c, p));
+        self.held.dedup_by_key(|&mut (c, p, _)| (c, p));
+        self.scored.extend(other.scored);
+        for (c, (s, n)) in other.diversity.sum.iter().zip(&other.diversity.count).enumerate() {
+            self.diversity.sum[c] += s;
+            self.diversity.count[c] += n;
+        }
+        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::models::device::DeviceSpec;
 use crate::models::threads::StagePool;
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::stage::{Restart, Stage};
 use crate::runtime::StageSpec;
 use crate::topology::config::one_line;
@@ -75,6 +76,9 @@ pub trait ComponentConfig: Clone + std::fmt::Debug + Serialize + DeserializeOwne
     fn hashed_inputs(&self, classes: &[String]) -> Result<Vec<HashedInput>, String>;
     /// Loads and checks what the stage needs (weights, files) and returns it ready to run.
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String>;
+    /// `rcaflow merge`: folds the checkpoint of component `id` of every shard into the merged
+    /// run directory ([`ShardFold::fold`] with its state type); returns the units it holds.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError>;
 }
 
 /// What a component's build may use besides its own config.
@@ -226,6 +230,11 @@ macro_rules! register_components {
             /// The component's stage, built (weights loaded and checked).
             pub fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
                 match self { $(ComponentKind::$variant(c) => c.build(cx),)+ }
+            }
+
+            /// Folds the shards' checkpoints of component `id` into the merged directory.
+            pub fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+                match self { $(ComponentKind::$variant(c) => c.fold_shards(id, fold),)+ }
             }
         }
     };

@@ -14,6 +14,7 @@ use crate::models::preprocess::Normalization;
 use crate::models::resnet::{ResNetArch, Stem};
 use crate::report::Summary;
 use crate::runtime::batch::{Payload, PredictionBatch};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::topology::config::{from_str, resolve};
 use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
@@ -85,6 +86,11 @@ impl ComponentConfig for OracleClassifierConfig {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(vec![HashedInput::File { what: "weights".into(), path: self.weights.clone() }])
+    }
+
+    /// Merge: stateless: nothing to fold.
+    fn fold_shards(&self, _id: &str, _fold: &ShardFold) -> Result<usize, MergeError> {
+        Ok(0)
     }
 
     /// Loads the weights: a missing or mis-shaped tensor fails here, before the run starts.

@@ -17,6 +17,7 @@ use crate::report::Summary;
 use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
 use crate::runtime::batch::PredictionBatch;
 use crate::runtime::early_stop::{interleaved, EarlyStopGate};
+use crate::runtime::merge::{MergeError, MergeState, ShardFold};
 use crate::runtime::sink::{SinkMaths, SinkStage};
 use crate::runtime::stage::{Stage, StageContext, StageError};
 use crate::telemetry;
@@ -153,6 +154,11 @@ impl ComponentConfig for RcaConfig {
         Ok(self.baseline.iter().map(|p| HashedInput::File { what: "baseline".into(), path: p.clone() }).collect())
     }
 
+    /// Merge: the confusion counts of every shard.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<RcaState>(id)
+    }
+
     /// Reads the baseline, if any: with one, the real side is fixed from the start.
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {
         let n = cx.classes.len();
@@ -213,6 +219,14 @@ impl Accumulator for RcaState {
 
     fn restore(state: RcaState) -> Self {
         state
+    }
+}
+
+/// Confusion counts add.
+impl MergeState for RcaState {
+    fn merge(&mut self, other: RcaState) -> Result<(), String> {
+        self.real.merge(&other.real).map_err(|e| e.to_string())?;
+        self.generated.merge(&other.generated).map_err(|e| e.to_string())
     }
 }
 

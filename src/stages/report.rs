@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
 use crate::units::{Origin, UnitPlan};
 
@@ -68,6 +69,11 @@ impl ComponentConfig for ReportConfig {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(Vec::new())
+    }
+
+    /// Merge: writes files, holds no state: nothing to fold.
+    fn fold_shards(&self, _id: &str, _fold: &ShardFold) -> Result<usize, MergeError> {
+        Ok(0)
     }
 
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {

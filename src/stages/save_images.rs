@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, ComponentConfig};
+use crate::runtime::merge::{MergeError, ShardFold};
 use crate::topology::config::resolve;
 use crate::topology::{Checks, DataKind, GraphFacts, HashedInput, NamedClasses, Section};
 use crate::units::UnitPlan;
@@ -69,6 +70,11 @@ impl ComponentConfig for SaveImagesConfig {
 
     fn hashed_inputs(&self, _classes: &[String]) -> Result<Vec<HashedInput>, String> {
         Ok(Vec::new())
+    }
+
+    /// Merge: the units every shard saved.
+    fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
+        fold.fold::<()>(id)
     }
 
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn Stage>, String> {

@@ -194,5 +194,6 @@ pub fn settings(run_dir: &Path, classes: &[&str], shutdown_deadline: Duration) -
         shutdown_deadline,
         checkpoint_interval: Duration::from_secs(3600),
         skip: Default::default(),
+        shard: None,
     }
 }
