@@ -166,4 +166,17 @@ mod tests {
         assert!(e.contains("unit generated/0/2 is held by two shards") && e.contains("s1") && e.contains("s2"), "{e}");
         assert!(FeatureStore::restore(FeatureStore::new(2)).units.is_empty());
     }
+
+    /// A shard's spilled block names its own spill file: merge says so rather than folding a
+    /// block the merged run could not read.
+    #[test]
+    fn a_spilled_block_is_refused_naming_the_unit_and_the_setting() {
+        let mut merged = store(&[0]).snapshot().state;
+        let mut spilled = store(&[1]).snapshot().state;
+        let block = &spilled.units[0].0;
+        let moved = super::super::feature_store::UnitFeatures { features: Vec::new(), spilled_at: Some(0), ..(**block).clone() };
+        spilled.units[0] = super::super::feature_store::Shared(std::sync::Arc::new(moved));
+        let e = merged.merge(spilled).unwrap_err();
+        assert!(e.contains("unit generated/0 (from position 2) were spilled") && e.contains("feature_memory_mib"), "{e}");
+    }
 }
