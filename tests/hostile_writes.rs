@@ -6,28 +6,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::bin::Ran;
+use common::bin::{rcaflow_checkpointing, Ran};
 use common::tiny_run;
 
-fn rcaflow(root: &Path) -> Command {
-    let config = root.join("settings.toml");
-    if !config.exists() {
-        std::fs::write(&config, "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n").unwrap();
-    }
-    let mut cmd = common::bin::rcaflow();
-    cmd.arg("--config").arg(config);
-    cmd
-}
-
 fn run(root: &Path, topology: &Path, fault: Option<&str>) -> Ran {
-    let mut cmd = rcaflow(root);
+    let mut cmd = rcaflow_checkpointing(root);
     cmd.args(["run", "--topology"]).arg(topology);
-    if let Some(f) = fault {
-        cmd.env("RCAFLOW_FAULT", f);
-    }
-    Ran::of(&mut cmd)
+    Ran::with_fault(&mut cmd, fault)
 }
 
 fn error_line(o: &Ran) -> String {
@@ -110,16 +96,13 @@ fn a_full_disk_in_sample_and_fid_stats_is_an_error_naming_the_file() {
     tiny_run::write_models(root);
     let out = root.join("sampled");
     let sample = |fault: Option<&str>| {
-        let mut cmd = rcaflow(root);
+        let mut cmd = rcaflow_checkpointing(root);
         cmd.args(["sample", "--scheduler", "ddim", "--steps", "2", "--classes", "all", "--per-class", "2", "--unit-size", "2"])
             .arg("--unet")
             .arg(root.join("unet"))
             .arg("--out")
             .arg(&out);
-        if let Some(f) = fault {
-            cmd.env("RCAFLOW_FAULT", f);
-        }
-        Ran::of(&mut cmd)
+        Ran::with_fault(&mut cmd, fault)
     };
     let o = sample(Some("enospc@png.write:3"));
     assert_eq!(o.code(), Some(1), "{}", o.stderr);
@@ -132,7 +115,7 @@ fn a_full_disk_in_sample_and_fid_stats_is_an_error_naming_the_file() {
 
     let stats = root.join("stats.npz");
     let fid_stats = |fault: &str| {
-        let mut cmd = rcaflow(root);
+        let mut cmd = rcaflow_checkpointing(root);
         cmd.arg("fid-stats").arg(root.join("real")).arg("--out").arg(&stats).arg("--inception").arg(root.join("inception.safetensors"));
         cmd.env("RCAFLOW_FAULT", fault);
         Ran::of(&mut cmd)
@@ -180,7 +163,7 @@ fn a_full_disk_in_sample_and_fid_stats_is_an_error_naming_the_file() {
 /// Starts `rcaflow run` held at `wait@POINT` until `release` exists; waits until it holds the
 /// run lock of `dir`.
 fn start_held(root: &Path, topology: &Path, point: &str, release: &Path, dir: &Path) -> std::process::Child {
-    let child = rcaflow(root)
+    let child = rcaflow_checkpointing(root)
         .args(["run", "--topology"])
         .arg(topology)
         .env("RCAFLOW_FAULT", format!("wait@{point}"))
@@ -214,7 +197,7 @@ fn one_run_per_directory_and_a_killed_runs_directory_is_reusable() {
     let line = error_line(&o);
     assert!(line.contains(&format!("\"{}\": in use by another rcaflow run (pid {}, started ", dir.display(), first.id())), "{line}");
     assert!(line.ends_with("UTC, holds run.lock); wait for it to end, or use another --run-dir"), "{line}");
-    let status = Ran::of(rcaflow(root).arg("status").arg(&dir));
+    let status = Ran::of(rcaflow_checkpointing(root).arg("status").arg(&dir));
     assert!(status.stdout.contains(&format!("running (pid {}, started ", first.id())), "{}{}", status.stdout, status.stderr);
 
     // The first run, let go, finishes unharmed.
@@ -241,7 +224,7 @@ fn one_run_per_directory_and_a_killed_runs_directory_is_reusable() {
 fn validate(root: &Path, name: &str, text: &str) -> Ran {
     let path = root.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
-    Ran::of(rcaflow(root).args(["validate", "--topology"]).arg(&path))
+    Ran::of(rcaflow_checkpointing(root).args(["validate", "--topology"]).arg(&path))
 }
 
 #[test]
@@ -326,10 +309,7 @@ fn a_full_disk_while_saving_a_training_checkpoint_keeps_the_previous_one_and_res
     let cmd = |args: &[&str], fault: Option<&str>| {
         let mut c = common::bin::rcaflow();
         c.args(args).current_dir(root);
-        if let Some(f) = fault {
-            c.env("RCAFLOW_FAULT", f);
-        }
-        Ran::of(&mut c)
+        Ran::with_fault(&mut c, fault)
     };
     let o = cmd(&["synth", "--out", "data/train", "--classes", "2", "--per-class", "2", "--size", "8"], None);
     assert!(o.success(), "{}", o.stderr);

@@ -31,7 +31,7 @@ fn setup(root: &Path, name: &str) -> PathBuf {
                 }
             }
         }
-        std::fs::write(root.join("settings.toml"), "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n").unwrap();
+        std::fs::write(root.join("settings.toml"), common::bin::CHECKPOINT_OFTEN).unwrap();
     }
     Topology::new(&format!("run-{name}"))
         .set("run", "default_capacity", 2)
@@ -60,10 +60,7 @@ fn run(root: &Path, topology: &Path, fault: Option<&str>) -> Ran {
 fn run_with(root: &Path, settings: &str, topology: &Path, fault: Option<&str>) -> Ran {
     let mut cmd = common::bin::rcaflow();
     cmd.arg("--config").arg(root.join(settings)).args(["run", "--topology"]).arg(topology);
-    if let Some(f) = fault {
-        cmd.env("RCAFLOW_FAULT", f);
-    }
-    Ran::of(&mut cmd)
+    Ran::with_fault(&mut cmd, fault)
 }
 
 fn report(root: &Path, name: &str) -> Value {
@@ -138,7 +135,7 @@ fn kid_and_precision_recall_reach_the_report_and_survive_a_kill() {
     // them: the in-memory run's numbers, bit for bit.
     std::fs::write(
         root.join("settings-spill.toml"),
-        "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\nfeature_memory_mib = 0\n",
+        format!("{}feature_memory_mib = 0\n", common::bin::CHECKPOINT_OFTEN),
     )
     .unwrap();
     {

@@ -16,31 +16,17 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::bin::Ran;
+use common::bin::{rcaflow_checkpointing, Ran};
 use common::{color_set, tiny_run};
 use serde_json::Value;
 
 /// The bound for the float metrics of a resumed run (their sums see units in another order).
 const RELATIVE: f64 = 1e-9;
 
-fn rcaflow(root: &Path) -> Command {
-    let config = root.join("settings.toml");
-    if !config.exists() {
-        // Checkpoints after every batch, so a crash finds some stages ahead of others.
-        std::fs::write(&config, "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n").unwrap();
-    }
-    let mut cmd = common::bin::rcaflow();
-    cmd.arg("--config").arg(config);
-    cmd
-}
-
 fn run(root: &Path, topology: &Path, fault: Option<&str>) -> Ran {
-    let mut cmd = rcaflow(root);
+    let mut cmd = rcaflow_checkpointing(root);
     cmd.args(["run", "--topology"]).arg(topology);
-    if let Some(f) = fault {
-        cmd.env("RCAFLOW_FAULT", f);
-    }
-    Ran::of(&mut cmd)
+    Ran::with_fault(&mut cmd, fault)
 }
 
 fn report(root: &Path, name: &str) -> Value {
@@ -167,7 +153,7 @@ fn sigkill_from_outside_resumes_to_the_same_report() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let topology = tiny_run::write_topology(root, "sigkill", 1, None);
-    let mut child = rcaflow(root)
+    let mut child = rcaflow_checkpointing(root)
         .args(["run", "--topology"])
         .arg(&topology)
         .stdout(std::process::Stdio::null())
@@ -182,7 +168,7 @@ fn sigkill_from_outside_resumes_to_the_same_report() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let status = Ran::of(rcaflow(root).arg("status").arg(root.join("run-sigkill")));
+    let status = Ran::of(rcaflow_checkpointing(root).arg("status").arg(root.join("run-sigkill")));
     let text = &status.stdout;
     // The run may have been killed after it finished everything but the report, or before.
     if !root.join("run-sigkill/report.json").exists() {
@@ -192,7 +178,7 @@ fn sigkill_from_outside_resumes_to_the_same_report() {
     let o = run(root, &topology, None);
     assert!(o.success(), "{}", o.stderr);
     assert_equals_straight(root, "sigkill");
-    let status = Ran::of(rcaflow(root).arg("status").arg(root.join("run-sigkill")));
+    let status = Ran::of(rcaflow_checkpointing(root).arg("status").arg(root.join("run-sigkill")));
     let text = &status.stdout;
     assert!(text.contains("finished") && text.contains("15/15 images, 9/9 units"), "{text}");
 }
@@ -344,7 +330,7 @@ fn weights_that_fail_to_load_stop_the_run_in_its_build_before_anything_is_writte
 #[test]
 fn status_of_a_directory_that_is_not_a_run_says_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = Ran::of(rcaflow(tmp.path()).arg("status").arg(tmp.path()));
+    let o = Ran::of(rcaflow_checkpointing(tmp.path()).arg("status").arg(tmp.path()));
     assert_eq!(o.code(), Some(2));
     assert!(one_line_error(&o).contains("no run.json (not a run directory, or never started)"), "{}", o.stderr);
 }
@@ -352,7 +338,7 @@ fn status_of_a_directory_that_is_not_a_run_says_so() {
 /// Starts the run, waits until the evaluation has checkpointed something, then sends `signals`
 /// SIGINTs; returns the exit code.
 fn interrupt(root: &Path, topology: &Path, name: &str, signals: usize) -> Option<i32> {
-    let mut child = rcaflow(root)
+    let mut child = rcaflow_checkpointing(root)
         .args(["run", "--topology"])
         .arg(topology)
         .stdout(std::process::Stdio::null())

@@ -13,31 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::bin::Ran;
+use common::bin::{rcaflow_checkpointing, Ran};
 use common::tiny_run;
 use serde_json::Value;
 
 /// The bound for the float metrics of a merged run (their sums see units in another order).
 const RELATIVE: f64 = 1e-9;
 
-fn rcaflow(root: &Path) -> Command {
-    let config = root.join("settings.toml");
-    if !config.exists() {
-        // Frequent checkpoints, so a shard killed mid-run has some on disk.
-        std::fs::write(&config, "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n").unwrap();
-    }
-    let mut cmd = common::bin::rcaflow();
-    cmd.arg("--config").arg(config);
-    cmd
-}
-
 fn run(root: &Path, args: &[&str], fault: Option<&str>) -> Ran {
-    let mut cmd = rcaflow(root);
+    let mut cmd = rcaflow_checkpointing(root);
     cmd.args(args);
-    if let Some(f) = fault {
-        cmd.env("RCAFLOW_FAULT", f);
-    }
-    Ran::of(&mut cmd)
+    Ran::with_fault(&mut cmd, fault)
 }
 
 fn topology_arg(topology: &Path) -> String {
@@ -53,7 +39,7 @@ fn run_shard(root: &Path, topology: &Path, k: u32, n: u32) {
 
 /// `rcaflow merge DIRS --out OUT`.
 fn merge(root: &Path, dirs: &[PathBuf], out: &Path) -> Ran {
-    let mut cmd = rcaflow(root);
+    let mut cmd = rcaflow_checkpointing(root);
     cmd.arg("merge").args(dirs).arg("--out").arg(out);
     Ran::of(&mut cmd)
 }
@@ -122,7 +108,7 @@ fn one_two_and_three_shards_merge_to_the_single_run_report() {
         // Each shard ran its own units only, and says so.
         let first: Value = read_json(&dirs[0].join("run.json"));
         assert_eq!(first["shard"], serde_json::json!({ "index": 0, "count": n }));
-        let status = Ran::of(rcaflow(root).arg("status").arg(&dirs[0]));
+        let status = Ran::of(rcaflow_checkpointing(root).arg("status").arg(&dirs[0]));
         assert!(status.stdout.contains(&format!("shard 0/{n}: its own units only")), "{}", status.stdout);
         let out = root.join(format!("merged-{name}"));
         // Given in reverse order: the order on the command line does not matter.

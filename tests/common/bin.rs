@@ -1,5 +1,6 @@
 //! Running the `rcaflow` binary (the one cargo built for this package's tests and benches).
 
+use std::path::Path;
 use std::process::{Command, ExitStatus};
 
 /// `rcaflow`, ready for arguments: without `RUST_LOG` (a log level from the caller's shell would
@@ -13,6 +14,22 @@ pub fn rcaflow() -> Command {
     cmd
 }
 
+/// The settings of runs that are killed and resumed: metrics off (tests run side by side), and a
+/// checkpoint after every batch, so a crash finds some stages ahead of others.
+pub const CHECKPOINT_OFTEN: &str = "[metrics]\nlisten = \"off\"\n[runtime]\ncheckpoint_interval_secs = 0.001\n";
+
+/// [`rcaflow`] with `--config ROOT/settings.toml`, that file written with [`CHECKPOINT_OFTEN`]
+/// on first use.
+pub fn rcaflow_checkpointing(root: &Path) -> Command {
+    let config = root.join("settings.toml");
+    if !config.exists() {
+        std::fs::write(&config, CHECKPOINT_OFTEN).unwrap();
+    }
+    let mut cmd = rcaflow();
+    cmd.arg("--config").arg(config);
+    cmd
+}
+
 /// What a finished command gave: its exit status, its stdout and its stderr (text: rcaflow writes
 /// UTF-8 only, and anything else fails the test).
 #[derive(Debug)]
@@ -23,6 +40,15 @@ pub struct Ran {
 }
 
 impl Ran {
+    /// Runs `cmd` to its end with the fault `fault` injected (`RCAFLOW_FAULT`, see src/fault.rs),
+    /// if any.
+    pub fn with_fault(cmd: &mut Command, fault: Option<&str>) -> Ran {
+        if let Some(f) = fault {
+            cmd.env("RCAFLOW_FAULT", f);
+        }
+        Ran::of(cmd)
+    }
+
     /// Runs `cmd` to its end, its output captured.
     pub fn of(cmd: &mut Command) -> Ran {
         let o = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
