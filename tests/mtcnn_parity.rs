@@ -71,16 +71,23 @@ fn iou(a: &[f32; 4], b: &[f64]) -> f64 {
 
 #[test]
 fn detections_equal_facenet_pytorch_on_the_photos() {
-    use rcaflow::models::mtcnn::{Mtcnn, MtcnnConfig};
+    use rcaflow::models::mtcnn::{Mtcnn, MtcnnConfig, RgbView};
     let mtcnn = Mtcnn::load(&fixtures(), &Device::Cpu).expect("weights");
     let text = std::fs::read_to_string(fixtures().join("detections.json")).expect("detections.json");
     let reference: serde_json::Value = serde_json::from_str(&text).expect("json");
     let photos = reference.as_object().expect("object");
     assert!(photos.len() >= 5);
-    for (name, want) in photos {
-        let img = image::open(fixtures().join("photos").join(name)).expect("photo").to_rgb8();
-        let (w, h) = img.dimensions();
-        let got = mtcnn.detect(img.as_raw(), w as usize, h as usize, &MtcnnConfig::default()).expect("detect");
+    // One batch of every photo, the astronaut twice: P-Net stacks the two 256x256 images,
+    // R-Net and O-Net see the crops of all of them; each image must still get its own faces.
+    let mut names: Vec<&String> = photos.keys().collect();
+    names.push(names.iter().copied().find(|n| n.as_str() == "astronaut.png").expect("astronaut"));
+    let imgs: Vec<image::RgbImage> =
+        names.iter().map(|n| image::open(fixtures().join("photos").join(n)).expect("photo").to_rgb8()).collect();
+    let views: Vec<RgbView> = imgs.iter().map(|i| RgbView { data: i.as_raw(), w: i.width() as usize, h: i.height() as usize }).collect();
+    let all = mtcnn.detect_batch(&views, &MtcnnConfig::default()).expect("detect");
+    assert_eq!(all.len(), names.len());
+    for (name, got) in names.iter().zip(&all) {
+        let want = &photos[name.as_str()];
         let boxes = want["boxes"].as_array().expect("boxes");
         assert_eq!(got.len(), boxes.len(), "{name}: face count");
         for (i, d) in got.iter().enumerate() {
@@ -96,6 +103,17 @@ fn detections_equal_facenet_pytorch_on_the_photos() {
             }
         }
     }
+    // Settings the cascade cannot run with are refused, not looped on.
+    for (cfg, says) in [
+        (MtcnnConfig { factor: 1.0, ..Default::default() }, "factor 1"),
+        (MtcnnConfig { min_face: 0.0, ..Default::default() }, "min face 0"),
+        (MtcnnConfig { thresholds: [0.6, 1.0, 0.7], ..Default::default() }, "threshold 1"),
+    ] {
+        let msg = mtcnn.detect_batch(&views[..1], &cfg).err().expect("refused").to_string();
+        assert!(msg.contains(says), "{msg}");
+    }
+    let msg = mtcnn.detect(&[0u8; 10], 2, 2, &MtcnnConfig::default()).err().expect("refused").to_string();
+    assert!(msg.contains("10 bytes") && msg.contains("2x2"), "{msg}");
 }
 
 #[test]

@@ -18,6 +18,10 @@ pub enum MtcnnError {
     #[error("mtcnn {net}: input has shape {found:?}, expected {expected}")]
     Input { net: &'static str, found: Vec<usize>, expected: &'static str },
     #[error("mtcnn: {0}")]
+    Config(String),
+    #[error("mtcnn: image of {len} bytes is not {w}x{h} RGB (expected {w} * {h} * 3 bytes, both sides at least 1)")]
+    Image { len: usize, w: usize, h: usize },
+    #[error("mtcnn: {0}")]
     Candle(#[from] candle_core::Error),
 }
 
