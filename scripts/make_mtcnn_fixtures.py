@@ -22,9 +22,15 @@ What it produces, in tests/fixtures/mtcnn/ (committed):
   landmarks=True)`` with its default settings (min_face_size 20, thresholds [0.6, 0.7, 0.7],
   factor 0.709): boxes [x1, y1, x2, y2], probabilities and five landmarks (x, y), or empty lists
   where it finds no face.
+* ``prep_boxes.csv``: for the raw set RAW_SET below (an ImageFolder of the committed photos, which
+  tests/mtcnn_parity.rs lays out in a temporary folder), facenet-pytorch's kept face of each
+  image, ``MTCNN.select_boxes(..., method="largest")`` on ``detect``'s output, in the CSV layout of
+  ``rcaflow detect`` (file,x,y,w,h,score, five landmarks; ``w = x2 - x1``); an image without a
+  face gets a row with empty fields. ``--prep-boxes-only`` writes just this file.
 """
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +77,35 @@ def photos():
     return out
 
 
+# class/file in the raw set -> committed photo.
+RAW_SET = {"a/astronaut.png": "astronaut.png", "a/camera.png": "camera.png", "b/brick.png": "brick.png", "b/group.png": "group.png"}
+HEADER = ("file,x,y,w,h,score,left_eye_x,left_eye_y,right_eye_x,right_eye_y,nose_x,nose_y,"
+          "mouth_left_x,mouth_left_y,mouth_right_x,mouth_right_y")
+
+
+def prep_boxes():
+    torch.set_num_threads(1)
+    mtcnn = MTCNN(keep_all=True, device="cpu")
+    rows = [HEADER]
+    for rel, photo in sorted(RAW_SET.items()):
+        img = Image.open(OUT / "photos" / photo).convert("RGB")
+        boxes, probs, points = mtcnn.detect(img, landmarks=True)
+        if boxes is None:
+            rows.append(rel + "," * HEADER.count(","))
+            continue
+        box, prob, pts = mtcnn.select_boxes(boxes, probs, points, img, method="largest")
+        box, prob, pts = np.reshape(box, (-1, 4))[0], np.reshape(prob, -1)[0], np.reshape(pts, (-1, 5, 2))[0]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        fields = [x1, y1, x2 - x1, y2 - y1, float(prob)] + [float(v) for p in pts for v in p]
+        rows.append(",".join([rel] + [repr(v) for v in fields]))
+    (OUT / "prep_boxes.csv").write_text("\n".join(rows) + "\n")
+    print("prep_boxes.csv", len(rows) - 1, "images")
+
+
 def main():
+    if "--prep-boxes-only" in sys.argv[1:]:
+        prep_boxes()
+        return
     torch.manual_seed(0)
     torch.set_num_threads(1)
     data = Path(facenet_pytorch.__file__).parent / "data"
@@ -113,6 +147,7 @@ def main():
             }
         print(fname, img.size, len(det[fname]["boxes"]), [round(p, 4) for p in det[fname]["probs"]])
     (OUT / "detections.json").write_text(json.dumps(det, indent=1) + "\n")
+    prep_boxes()
 
 
 if __name__ == "__main__":

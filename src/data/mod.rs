@@ -2,6 +2,8 @@
 //! set (`synth`), `.npy`/`.npz` encoding (`npy`), preparation of raw photo folders (`prep`), and the seeded generator both use.
 //! Pure functions over files; no actors.
 
+pub mod face_drawing;
+pub mod faces;
 pub mod fid_stats;
 pub mod image_folder;
 pub mod npy;

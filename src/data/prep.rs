@@ -6,7 +6,10 @@
 //! its centre (side = its longer side) and intersected with the image; where that cut it (a face
 //! at the border), the centred square of the shorter side is kept, so faces are never stretched.
 //! Without boxes, the centre square of the image (side = the shorter side, offset
-//! `(W - side) / 2` rounded down) is used.
+//! `(W - side) / 2` rounded down) is used. Boxes come from a CSV (`--crop boxes`) or from
+//! facenet-pytorch's MTCNN ([`crate::models::mtcnn`], `--crop mtcnn`), which keeps one face per
+//! image by a rule ([`super::faces`]) and records every detection; images where it finds none
+//! are listed as `no_face` and skipped.
 //!
 //! Downscaling: `image::imageops::resize` with `FilterType::Lanczos3`, a separable filter
 //! whose support is widened by the scale factor when shrinking, so it is properly antialiased
@@ -25,8 +28,10 @@ use std::str::FromStr;
 use image::imageops::FilterType;
 use serde::{Deserialize, Serialize};
 
+use super::faces::{rank, Face, FaceRecord, FaceSelect};
 use super::rng::Rng;
 use crate::data::image_folder::{list_classes, list_images};
+use crate::models::mtcnn::{Mtcnn, MtcnnConfig, MtcnnError, RgbView};
 
 /// Errors of `prep`: bad flags or inputs (nothing written), or a write failure.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +40,10 @@ pub enum PrepError {
     Input(String),
     #[error("boxes {}: line {line}: {detail}", .path.display())]
     BoxesLine { path: PathBuf, line: usize, detail: String },
-    #[error("boxes {}: no box for \"{file}\" (every image of the input needs one with --crop boxes)", .path.display())]
+    #[error("boxes {}: no box for \"{file}\" (every image of the input needs a row with --crop boxes; a row with empty x,y,w,h skips it)", .path.display())]
     MissingBox { path: PathBuf, file: String },
+    #[error(transparent)]
+    Detect(#[from] MtcnnError),
     #[error("prep: cannot write \"{}\": {cause}", .path.display())]
     Write { path: PathBuf, cause: String },
 }
@@ -47,6 +54,7 @@ pub enum PrepError {
 pub enum CropMode {
     Center,
     Boxes,
+    Mtcnn,
 }
 
 impl FromStr for CropMode {
@@ -55,7 +63,8 @@ impl FromStr for CropMode {
         match s {
             "center" => Ok(CropMode::Center),
             "boxes" => Ok(CropMode::Boxes),
-            other => Err(format!("unknown crop \"{other}\": expected \"center\" or \"boxes\"")),
+            "mtcnn" => Ok(CropMode::Mtcnn),
+            other => Err(format!("unknown crop \"{other}\": expected \"center\", \"boxes\" or \"mtcnn\"")),
         }
     }
 }
@@ -65,6 +74,7 @@ impl fmt::Display for CropMode {
         f.write_str(match self {
             CropMode::Center => "center",
             CropMode::Boxes => "boxes",
+            CropMode::Mtcnn => "mtcnn",
         })
     }
 }
@@ -93,6 +103,28 @@ pub struct PrepConfig {
     pub seed: u64,
     pub crop: CropMode,
     pub margin: f64,
+    /// With `--crop mtcnn`: the detector's settings, the rule and the weights' folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtcnn: Option<DetectSettings>,
+}
+
+/// How `--crop mtcnn` detected and chose faces (recorded in the manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectSettings {
+    #[serde(flatten)]
+    pub detector: MtcnnConfig,
+    pub select: FaceSelect,
+    pub weights: PathBuf,
+}
+
+/// Where each image's crop comes from; must agree with [`PrepConfig::crop`].
+pub enum FaceSource<'a> {
+    /// `--crop center`.
+    Center,
+    /// `--crop boxes`: the CSV and its boxes (`None`: a row without a box, the image is skipped).
+    Boxes { path: &'a Path, boxes: &'a HashMap<String, Option<FaceBox>> },
+    /// `--crop mtcnn`: the detector, run on `batch` images at a time.
+    Detector { mtcnn: &'a Mtcnn, batch: usize },
 }
 
 impl PrepConfig {
@@ -106,6 +138,12 @@ impl PrepConfig {
         }
         if !(0.0..=2.0).contains(&self.margin) {
             return Err(PrepError::Input(format!("--margin {}: expected a number in [0, 2]", self.margin)));
+        }
+        match (&self.mtcnn, self.crop) {
+            (Some(d), CropMode::Mtcnn) => d.detector.check().map_err(|e| PrepError::Input(e.to_string()))?,
+            (None, CropMode::Mtcnn) => return Err(PrepError::Input("--crop mtcnn needs the detector's settings".into())),
+            (Some(_), _) => return Err(PrepError::Input(format!("detector settings given with --crop {}", self.crop))),
+            (None, _) => {}
         }
         Ok(())
     }
@@ -138,40 +176,51 @@ pub fn box_square(w: u32, h: u32, b: &FaceBox, margin: f64) -> Option<Square> {
     Some(Square { x: sx, y: sy, side })
 }
 
-/// Reads a boxes CSV: a header `file,x,y,w,h`, then one row per image with `file` relative to
-/// the input folder (`class/name.jpg`, `/` separators) and the box in pixels.
-pub fn read_boxes(path: &Path) -> Result<HashMap<String, FaceBox>, PrepError> {
+/// Reads a boxes CSV: a header starting `file,x,y,w,h` (more columns, such as those of the
+/// detect CSV, are read past), then one row per image with `file` relative to the input folder
+/// (`class/name.jpg`, `/` separators) and the box in pixels; a row whose x, y, w and h are all
+/// empty means "no face: skip this image".
+pub fn read_boxes(path: &Path) -> Result<HashMap<String, Option<FaceBox>>, PrepError> {
     let text = std::fs::read_to_string(path).map_err(|e| PrepError::Input(format!("boxes {}: cannot read: {e}", path.display())))?;
     let line_err = |line: usize, detail: String| PrepError::BoxesLine { path: path.to_path_buf(), line, detail };
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    match lines.next() {
-        Some((_, header)) if header.split(',').map(str::trim).eq(["file", "x", "y", "w", "h"]) => {}
-        Some((i, header)) => return Err(line_err(i + 1, format!("header \"{header}\": expected \"file,x,y,w,h\""))),
+    let columns = match lines.next() {
+        Some((_, header)) if header.split(',').map(str::trim).take(5).eq(["file", "x", "y", "w", "h"]) => header.split(',').count(),
+        Some((i, header)) => return Err(line_err(i + 1, format!("header \"{header}\": expected \"file,x,y,w,h\" first"))),
         None => return Err(line_err(1, "empty file: expected a header \"file,x,y,w,h\"".into())),
-    }
+    };
     let mut boxes = HashMap::new();
     for (i, line) in lines {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if fields.len() != 5 {
-            return Err(line_err(i + 1, format!("{} fields: expected 5 (file,x,y,w,h)", fields.len())));
-        }
-        let mut v = [0f64; 4];
-        for (k, name) in ["x", "y", "w", "h"].iter().enumerate() {
-            v[k] = fields[k + 1]
-                .parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite())
-                .ok_or_else(|| line_err(i + 1, format!("{name} \"{}\" is not a number", fields[k + 1])))?;
-        }
-        if v[2] <= 0.0 || v[3] <= 0.0 {
-            return Err(line_err(i + 1, format!("box {}x{}: width and height must be positive", v[2], v[3])));
+        if fields.len() != columns {
+            let what = if columns == 5 { "file,x,y,w,h".to_string() } else { format!("the header's {columns}") };
+            return Err(line_err(i + 1, format!("{} fields: expected {columns} ({what})", fields.len())));
         }
         let file = fields[0].replace('\\', "/");
         if file.is_empty() {
             return Err(line_err(i + 1, "empty file name".into()));
         }
-        if boxes.insert(file.clone(), FaceBox { x: v[0], y: v[1], w: v[2], h: v[3] }).is_some() {
-            return Err(line_err(i + 1, format!("second box for \"{file}\"")));
+        let b = if fields[1..5].iter().all(|f| f.is_empty()) {
+            None
+        } else {
+            let mut v = [0f64; 4];
+            for (k, name) in ["x", "y", "w", "h"].iter().enumerate() {
+                v[k] = fields[k + 1]
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| line_err(i + 1, format!("{name} \"{}\" is not a number", fields[k + 1])))?;
+            }
+            if v[2] <= 0.0 || v[3] <= 0.0 {
+                return Err(line_err(i + 1, format!("box {}x{}: width and height must be positive", v[2], v[3])));
+            }
+            Some(FaceBox { x: v[0], y: v[1], w: v[2], h: v[3] })
+        };
+        if boxes.insert(file.clone(), b).is_some() {
+            return Err(line_err(
+                i + 1,
+                format!("second box for \"{file}\" (one row per image: keep the face to crop, or let `prep --crop mtcnn --save-boxes` pick one)"),
+            ));
         }
     }
     Ok(boxes)
@@ -193,6 +242,9 @@ pub struct PrepEntry {
     /// Relative to the input folder.
     pub source: String,
     pub crop: Square,
+    /// With `--crop mtcnn`: every face found, the one kept and the runner-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faces: Option<FaceRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,7 +268,32 @@ pub struct PrepManifest {
     pub classes: Vec<String>,
     pub counts: BTreeMap<String, SplitCounts>,
     pub unreadable: Vec<Unreadable>,
+    /// Readable images skipped for want of a face (`--crop mtcnn`: none detected; `--crop
+    /// boxes`: a row without a box), relative to the input folder.
+    #[serde(default)]
+    pub no_face: Vec<String>,
     pub images: Vec<PrepEntry>,
+}
+
+impl PrepManifest {
+    /// The detect CSV of the faces kept (`prep --save-boxes`), one row per input image, sorted
+    /// by file: the kept face, or empty box fields for an image without one (no face, or
+    /// unreadable), so that `--crop boxes` reads the file back and crops the same squares.
+    pub fn kept_faces_csv(&self) -> String {
+        let mut rows: Vec<(&str, Option<&Face>)> = self
+            .images
+            .iter()
+            .map(|e| (e.source.as_str(), e.faces.as_ref().map(|r| &r.detections[r.selected])))
+            .chain(self.no_face.iter().map(|f| (f.as_str(), None)))
+            .chain(self.unreadable.iter().map(|u| (u.file.as_str(), None)))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        let mut csv = format!("{}\n", super::faces::DETECT_HEADER);
+        for (file, face) in rows {
+            csv.push_str(&super::faces::csv_row(file, face));
+        }
+        csv
+    }
 }
 
 /// Path of `file` relative to `root`, with `/` separators.
@@ -225,18 +302,25 @@ fn relative(root: &Path, file: &Path) -> String {
     rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }
 
-/// Prepares `input` into `out` (see the module docs); `progress(done, total)` after each file.
+/// Prepares `input` into `out` (see the module docs); `progress(done, total)` after each file
+/// (after each batch of files with the detector).
 pub fn prepare(
     input: &Path,
     out: &Path,
     cfg: &PrepConfig,
-    boxes: Option<(&Path, &HashMap<String, FaceBox>)>,
+    faces: FaceSource<'_>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PrepManifest, PrepError> {
     cfg.validate()?;
-    if cfg.crop == CropMode::Boxes && boxes.is_none() {
-        return Err(PrepError::Input("--crop boxes needs --boxes FILE.csv".into()));
+    match (&faces, cfg.crop) {
+        (FaceSource::Center, CropMode::Center)
+        | (FaceSource::Boxes { .. }, CropMode::Boxes)
+        | (FaceSource::Detector { .. }, CropMode::Mtcnn) => {}
+        (_, CropMode::Boxes) => return Err(PrepError::Input("--crop boxes needs --boxes FILE.csv".into())),
+        (_, crop) => return Err(PrepError::Input(format!("--crop {crop} takes no boxes"))),
     }
+    let select = cfg.mtcnn.as_ref().map_or(FaceSelect::Largest, |d| d.select);
+    let detector = cfg.mtcnn.as_ref().map_or_else(MtcnnConfig::default, |d| d.detector);
     for split in ["train", "eval"] {
         if out.join(split).exists() {
             return Err(PrepError::Input(format!("output \"{}\" already holds {split}/: expected a new or empty folder", out.display())));
@@ -254,10 +338,10 @@ pub fn prepare(
         files.push(list_images(&input.join(class)).map_err(|e| PrepError::Input(e.to_string()))?);
     }
     // Every box must exist before anything is written.
-    if let (CropMode::Boxes, Some((path, map))) = (cfg.crop, boxes) {
+    if let FaceSource::Boxes { path, boxes } = faces {
         for f in files.iter().flatten() {
             let rel = relative(input, f);
-            if !map.contains_key(&rel) {
+            if !boxes.contains_key(&rel) {
                 return Err(PrepError::MissingBox { path: path.to_path_buf(), file: rel });
             }
         }
@@ -272,22 +356,47 @@ pub fn prepare(
         classes: classes.clone(),
         counts: BTreeMap::new(),
         unreadable: Vec::new(),
+        no_face: Vec::new(),
         images: Vec::new(),
     };
+    let chunk_len = match faces {
+        FaceSource::Detector { batch, .. } => batch.max(1),
+        _ => 1,
+    };
     for (ci, (class, class_files)) in classes.iter().zip(&files).enumerate() {
-        // Decode and crop everything first: only readable images take part in the split.
+        // Decode and crop everything first: only readable images with a face take part in the split.
         let mut ready = Vec::new();
-        for f in class_files {
-            let rel = relative(input, f);
-            done += 1;
-            match crate::data::image_folder::open_image(f) {
-                Ok(img) => {
-                    let img = img.to_rgb8();
-                    let (w, h) = img.dimensions();
-                    let sq = match (cfg.crop, boxes) {
-                        (CropMode::Boxes, Some((path, map))) => {
-                            let b = map.get(&rel).ok_or_else(|| PrepError::MissingBox { path: path.to_path_buf(), file: rel.clone() })?;
-                            box_square(w, h, b, cfg.margin).ok_or_else(|| {
+        for chunk in class_files.chunks(chunk_len) {
+            let mut decoded = Vec::new();
+            for f in chunk {
+                let rel = relative(input, f);
+                match crate::data::image_folder::open_image(f) {
+                    Ok(img) => decoded.push((rel, img.to_rgb8())),
+                    Err(e) => {
+                        eprintln!("prep: skipping unreadable image \"{}\": {e}", f.display());
+                        manifest.unreadable.push(Unreadable { file: rel, error: e.to_string() });
+                    }
+                }
+            }
+            let detections = match faces {
+                FaceSource::Detector { mtcnn, .. } => {
+                    let views: Vec<RgbView> = decoded
+                        .iter()
+                        .map(|(_, img)| RgbView { data: img.as_raw(), w: img.width() as usize, h: img.height() as usize })
+                        .collect();
+                    mtcnn.detect_batch(&views, &detector)?
+                }
+                _ => Vec::new(),
+            };
+            for (k, (rel, img)) in decoded.into_iter().enumerate() {
+                let (w, h) = img.dimensions();
+                let (sq, record) = match faces {
+                    FaceSource::Center => (Some(center_square(w, h)), None),
+                    FaceSource::Boxes { path, boxes } => match boxes.get(&rel) {
+                        None => return Err(PrepError::MissingBox { path: path.to_path_buf(), file: rel }),
+                        Some(None) => (None, None),
+                        Some(Some(b)) => (
+                            Some(box_square(w, h, b, cfg.margin).ok_or_else(|| {
                                 PrepError::Input(format!(
                                     "boxes {}: box {},{},{}x{} of \"{rel}\" lies outside the {w}x{h} image",
                                     path.display(),
@@ -296,22 +405,35 @@ pub fn prepare(
                                     b.w,
                                     b.h
                                 ))
-                            })?
+                            })?),
+                            None,
+                        ),
+                    },
+                    FaceSource::Detector { .. } => {
+                        let found: Vec<Face> = detections[k].iter().map(Face::from).collect();
+                        let order = rank(&found, select, w, h);
+                        match order.first() {
+                            Some(&best) => (
+                                box_square(w, h, &found[best].face_box(), cfg.margin),
+                                Some(FaceRecord { selected: best, runner_up: order.get(1).copied(), detections: found }),
+                            ),
+                            None => (None, None),
                         }
-                        _ => center_square(w, h),
-                    };
-                    let crop = image::imageops::crop_imm(&img, sq.x, sq.y, sq.side, sq.side).to_image();
-                    // A crop already at the output size is kept as is (a resampling filter is
-                    // not exactly the identity at scale 1).
-                    let small =
-                        if sq.side == cfg.size { crop } else { image::imageops::resize(&crop, cfg.size, cfg.size, FilterType::Lanczos3) };
-                    ready.push((rel, sq, small));
-                }
-                Err(e) => {
-                    eprintln!("prep: skipping unreadable image \"{}\": {e}", f.display());
-                    manifest.unreadable.push(Unreadable { file: rel, error: e.to_string() });
-                }
+                    }
+                };
+                let Some(sq) = sq else {
+                    eprintln!("prep: skipping \"{rel}\": no face");
+                    manifest.no_face.push(rel);
+                    continue;
+                };
+                let crop = image::imageops::crop_imm(&img, sq.x, sq.y, sq.side, sq.side).to_image();
+                // A crop already at the output size is kept as is (a resampling filter is
+                // not exactly the identity at scale 1).
+                let small =
+                    if sq.side == cfg.size { crop } else { image::imageops::resize(&crop, cfg.size, cfg.size, FilterType::Lanczos3) };
+                ready.push((rel, sq, small, record));
             }
+            done += chunk.len();
             progress(done, total);
         }
         let mut order: Vec<usize> = (0..ready.len()).collect();
@@ -322,7 +444,7 @@ pub fn prepare(
             is_eval[k] = true;
         }
         let mut counts = SplitCounts::default();
-        for (k, (rel, sq, small)) in ready.into_iter().enumerate() {
+        for (k, (rel, sq, small, faces)) in ready.into_iter().enumerate() {
             let (split, index) = if is_eval[k] {
                 counts.eval += 1;
                 ("eval", counts.eval - 1)
@@ -335,7 +457,7 @@ pub fn prepare(
             let name = format!("{index:06}.png");
             let path = dir.join(&name);
             crate::files::png::write_rgb8(&path, &small).map_err(|e| write_err(&path, e))?;
-            manifest.images.push(PrepEntry { output: format!("{split}/{class}/{name}"), source: rel, crop: sq });
+            manifest.images.push(PrepEntry { output: format!("{split}/{class}/{name}"), source: rel, crop: sq, faces });
         }
         manifest.counts.insert(class.clone(), counts);
     }
@@ -387,9 +509,9 @@ mod tests {
         make("alice", 10);
         make("bob", 5);
         std::fs::write(raw.path().join("alice/broken.png"), b"not a png").unwrap();
-        let cfg = PrepConfig { size: 32, eval_fraction: 0.2, seed: 1, crop: CropMode::Center, margin: 0.25 };
+        let cfg = PrepConfig { size: 32, eval_fraction: 0.2, seed: 1, crop: CropMode::Center, margin: 0.25, mtcnn: None };
         let mut calls = 0;
-        let m = prepare(raw.path(), out.path(), &cfg, None, |_, total| {
+        let m = prepare(raw.path(), out.path(), &cfg, FaceSource::Center, |_, total| {
             calls += 1;
             assert_eq!(total, 16);
         })
@@ -411,10 +533,10 @@ mod tests {
         let back: PrepManifest = serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
         assert_eq!(back.images.len(), 15);
         // Another seed, another split; a second run into the same folder is refused.
-        let e = prepare(raw.path(), out.path(), &cfg, None, |_, _| {}).unwrap_err().to_string();
+        let e = prepare(raw.path(), out.path(), &cfg, FaceSource::Center, |_, _| {}).unwrap_err().to_string();
         assert!(e.contains("already holds train/"), "{e}");
         let out2 = tempfile::tempdir().unwrap();
-        let m2 = prepare(raw.path(), out2.path(), &PrepConfig { seed: 2, ..cfg.clone() }, None, |_, _| {}).unwrap();
+        let m2 = prepare(raw.path(), out2.path(), &PrepConfig { seed: 2, ..cfg.clone() }, FaceSource::Center, |_, _| {}).unwrap();
         let evals =
             |m: &PrepManifest| m.images.iter().filter(|e| e.output.starts_with("eval/")).map(|e| e.source.clone()).collect::<Vec<_>>();
         assert_ne!(evals(&m), evals(&m2));
@@ -423,10 +545,15 @@ mod tests {
         std::fs::write(&csv, "file,x,y,w,h\nalice/img0.png,10,5,20,20\n").unwrap();
         let boxes = read_boxes(&csv).unwrap();
         let cfg_b = PrepConfig { crop: CropMode::Boxes, ..cfg };
-        let e = prepare(raw.path(), tempfile::tempdir().unwrap().path(), &cfg_b, Some((&csv, &boxes)), |_, _| {}).unwrap_err();
+        let e =
+            prepare(raw.path(), tempfile::tempdir().unwrap().path(), &cfg_b, FaceSource::Boxes { path: &csv, boxes: &boxes }, |_, _| {})
+                .unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("boxes {}: no box for \"alice/broken.png\" (every image of the input needs one with --crop boxes)", csv.display())
+            format!(
+                "boxes {}: no box for \"alice/broken.png\" (every image of the input needs a row with --crop boxes; a row with empty x,y,w,h skips it)",
+                csv.display()
+            )
         );
     }
 
@@ -447,13 +574,27 @@ mod tests {
             img.save(raw.path().join(format!("a/{i}.png"))).unwrap();
         }
         let csv = raw.path().join("boxes.csv");
-        std::fs::write(&csv, "file,x,y,w,h\na/0.png,40,30,20,20\na/1.png,0,0,20,20\n").unwrap();
+        // The detect CSV's layout (extra columns read past); a third image with an empty row
+        // is skipped as no_face.
+        img.save(raw.path().join("a/2.png")).unwrap();
+        std::fs::write(
+            &csv,
+            format!(
+                "{}\na/0.png,40,30,20,20,0.9{}\na/1.png,0,0,20,20,0.9{}\na/2.png,,,,,,,,,,,,,,,\n",
+                crate::data::faces::DETECT_HEADER,
+                ",1".repeat(10),
+                ",1".repeat(10)
+            ),
+        )
+        .unwrap();
         let boxes = read_boxes(&csv).unwrap();
-        let cfg = PrepConfig { size: 32, eval_fraction: 0.5, seed: 0, crop: CropMode::Boxes, margin: 0.25 };
-        let m = prepare(raw.path(), out.path(), &cfg, Some((&csv, &boxes)), |_, _| {}).unwrap();
+        let cfg = PrepConfig { size: 32, eval_fraction: 0.5, seed: 0, crop: CropMode::Boxes, margin: 0.25, mtcnn: None };
+        let m = prepare(raw.path(), out.path(), &cfg, FaceSource::Boxes { path: &csv, boxes: &boxes }, |_, _| {}).unwrap();
         let crop_of = |src: &str| m.images.iter().find(|e| e.source == src).unwrap().crop;
         assert_eq!(crop_of("a/0.png"), Square { x: 35, y: 25, side: 30 });
         assert_eq!(crop_of("a/1.png"), Square { x: 0, y: 0, side: 25 });
+        assert_eq!(m.no_face, ["a/2.png"]);
+        assert_eq!(m.images.len(), 2);
         // The face fills the middle 2/3 of the 30-pixel crop: the output's centre is white,
         // its corners grey.
         let e = m.images.iter().find(|e| e.source == "a/0.png").unwrap();
@@ -479,12 +620,13 @@ mod tests {
             read_boxes(&p).unwrap_err().to_string()
         };
         let d = p.display();
-        assert_eq!(err("file,x,y\n"), format!("boxes {d}: line 1: header \"file,x,y\": expected \"file,x,y,w,h\""));
+        assert_eq!(err("file,x,y\n"), format!("boxes {d}: line 1: header \"file,x,y\": expected \"file,x,y,w,h\" first"));
         assert_eq!(err("file,x,y,w,h\na/1.png,1,2,3\n"), format!("boxes {d}: line 2: 4 fields: expected 5 (file,x,y,w,h)"));
         assert_eq!(err("file,x,y,w,h\na/1.png,1,2,3,4\na/2.png,1,two,3,4\n"), format!("boxes {d}: line 3: y \"two\" is not a number"));
         assert_eq!(err("file,x,y,w,h\na/1.png,1,2,0,4\n"), format!("boxes {d}: line 2: box 0x4: width and height must be positive"));
-        assert_eq!(err("file,x,y,w,h\na/1.png,1,2,3,4\na/1.png,1,2,3,4\n"), format!("boxes {d}: line 3: second box for \"a/1.png\""));
+        assert_eq!(err("file,x,y,w,h\na/1.png,1,2,3,4\na/1.png,1,2,3,4\n"), format!("boxes {d}: line 3: second box for \"a/1.png\" (one row per image: keep the face to crop, or let `prep --crop mtcnn --save-boxes` pick one)"));
         std::fs::write(&p, "file, x, y, w, h\n\na/1.png, 1.5, 2, 3, 4\n").unwrap();
-        assert_eq!(read_boxes(&p).unwrap()["a/1.png"], FaceBox { x: 1.5, y: 2.0, w: 3.0, h: 4.0 });
+        assert_eq!(read_boxes(&p).unwrap()["a/1.png"], Some(FaceBox { x: 1.5, y: 2.0, w: 3.0, h: 4.0 }));
+        assert_eq!(err("file,x,y,w,h,score\na/1.png,1,2,3,4\n"), format!("boxes {d}: line 2: 5 fields: expected 6 (the header's 6)"));
     }
 }
