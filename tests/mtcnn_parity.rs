@@ -116,40 +116,113 @@ fn detections_equal_facenet_pytorch_on_the_photos() {
     assert!(msg.contains("10 bytes") && msg.contains("2x2"), "{msg}");
 }
 
+/// The raw set of `prep_boxes.csv` (scripts/make_mtcnn_fixtures.py's RAW_SET): an ImageFolder
+/// of the committed photos, laid out in `root`.
+fn raw_set(root: &Path) -> PathBuf {
+    let raw = root.join("raw");
+    for (rel, photo) in
+        [("a/astronaut.png", "astronaut.png"), ("a/camera.png", "camera.png"), ("b/brick.png", "brick.png"), ("b/group.png", "group.png")]
+    {
+        std::fs::create_dir_all(raw.join(rel).parent().expect("class")).expect("mkdir");
+        std::fs::copy(fixtures().join("photos").join(photo), raw.join(rel)).expect("copy");
+    }
+    raw
+}
+
+fn rcaflow(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rcaflow")).args(args).output().expect("run")
+}
+
+/// (source, crop square, output pixels) of every image a prep run wrote, by source.
+fn crops(out: &Path) -> (Vec<(String, serde_json::Value, Vec<u8>)>, serde_json::Value) {
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest")).expect("json");
+    let mut v: Vec<_> = m["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|e| {
+            let px = image::open(out.join(e["output"].as_str().expect("output"))).expect("png").to_rgb8().into_raw();
+            (e["source"].as_str().expect("source").to_string(), e["crop"].clone(), px)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    (v, m)
+}
+
 #[test]
-fn detect_command_writes_the_csv_and_names_missing_weights() {
+fn detect_and_prep_mtcnn_equal_facenet_pytorch_boxes() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let out = tmp.path().join("faces.csv");
-    let bin = env!("CARGO_BIN_EXE_rcaflow");
-    let st = std::process::Command::new(bin)
-        .args(["detect", "--input"])
-        .arg(fixtures().join("photos"))
-        .arg("--mtcnn-weights")
-        .arg(fixtures())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run");
+    let raw = raw_set(tmp.path());
+    let w = fixtures();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let p = |p: &Path| p.as_os_str().to_owned();
+
+    // detect, with its flags at facenet-pytorch's defaults, and the drawings.
+    let (csv, drawn) = (tmp.path().join("faces.csv"), tmp.path().join("drawn"));
+    let args = [os("detect"), os("--input"), p(&raw), os("--mtcnn-weights"), p(&w), os("--out"), p(&csv), os("--draw"), p(&drawn)];
+    let extra =
+        [os("--min-face"), os("20"), os("--thresholds"), os("0.6,0.7,0.7"), os("--factor"), os("0.709"), os("--detect-batch"), os("3")];
+    let st = rcaflow(&args.iter().chain(&extra).map(|a| a.as_os_str()).collect::<Vec<_>>());
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let csv = std::fs::read_to_string(&out).expect("csv");
-    let mut lines = csv.lines();
+    let text = std::fs::read_to_string(&csv).expect("csv");
+    let mut lines = text.lines();
     assert_eq!(lines.next(), Some("file,x,y,w,h,score,left_eye_x,left_eye_y,right_eye_x,right_eye_y,nose_x,nose_y,mouth_left_x,mouth_left_y,mouth_right_x,mouth_right_y"));
     let rows: Vec<&str> = lines.collect();
-    // astronaut 1, camera 1, group 2, brick and gravel none (detections.json).
-    assert_eq!(rows.len(), 4, "{csv}");
+    // astronaut 1, camera 1, group 2, brick none (detections.json).
+    assert_eq!(rows.len(), 4, "{text}");
     assert!(rows.iter().all(|r| r.split(',').count() == 16));
-    assert_eq!(rows.iter().filter(|r| r.starts_with("group.png,")).count(), 2);
+    assert_eq!(rows.iter().filter(|r| r.starts_with("b/group.png,")).count(), 2);
+    for f in ["a/astronaut.png", "a/camera.png", "b/brick.png", "b/group.png"] {
+        let d = image::open(drawn.join(f)).expect("drawing").to_rgb8();
+        assert_eq!(d.dimensions(), image::open(raw.join(f)).expect("photo").to_rgb8().dimensions());
+    }
 
-    let st = std::process::Command::new(bin)
-        .args(["detect", "--input"])
-        .arg(fixtures().join("photos"))
-        .arg("--mtcnn-weights")
-        .arg(tmp.path())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run");
-    assert!(!st.status.success());
+    // prep --crop mtcnn against --crop boxes on facenet-pytorch's kept boxes.
+    let (mt, saved, fb) = (tmp.path().join("mtcnn"), tmp.path().join("saved.csv"), tmp.path().join("facenet"));
+    let prep = |out: &Path, crop: &[std::ffi::OsString]| {
+        let mut a = vec![os("prep"), os("--input"), p(&raw), os("--out"), p(out), os("--size"), os("32"), os("--eval-fraction"), os("0")];
+        a.extend_from_slice(crop);
+        let st = rcaflow(&a.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        crops(out)
+    };
+    let (ours, m) = prep(&mt, &[os("--crop"), os("mtcnn"), os("--mtcnn-weights"), p(&w), os("--save-boxes"), p(&saved)]);
+    let (theirs, _) = prep(&fb, &[os("--crop"), os("boxes"), os("--boxes"), p(&w.join("prep_boxes.csv"))]);
+    assert_eq!(ours.len(), 3);
+    assert!(
+        ours == theirs,
+        "crops differ: {:?} vs {:?}",
+        ours.iter().map(|c| &c.1).collect::<Vec<_>>(),
+        theirs.iter().map(|c| &c.1).collect::<Vec<_>>()
+    );
+    assert_eq!(m["no_face"], serde_json::json!(["b/brick.png"]));
+    assert_eq!(m["config"]["mtcnn"]["select"], "largest");
+    let group = m["images"].as_array().expect("images").iter().find(|e| e["source"] == "b/group.png").expect("group");
+    assert_eq!(group["faces"]["detections"].as_array().expect("detections").len(), 2);
+    assert_eq!((group["faces"]["selected"].as_u64(), group["faces"]["runner_up"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(group["faces"]["detections"][0]["landmarks"].as_array().expect("landmarks").len(), 5);
+    // --save-boxes round trip: --crop boxes on the saved CSV gives the same crops.
+    let (again, m2) = prep(&tmp.path().join("again"), &[os("--crop"), os("boxes"), os("--boxes"), p(&saved)]);
+    assert!(again == ours);
+    assert_eq!(m2["no_face"], serde_json::json!(["b/brick.png"]));
+
+    // Bad flags: one line each, exit 2, nothing loaded; missing weights say how to get them.
+    for (flag, value, says) in [
+        ("--thresholds", "0.6,0.7", "--thresholds 0.6,0.7: expected three numbers in (0, 1)"),
+        ("--factor", "1.2", "--factor 1.2: expected a number in (0, 1)"),
+        ("--select", "middle", "--select middle: unknown rule \"middle\""),
+        ("--margin", "-0.1", "--margin -0.1: expected a number in [0, 2]"),
+        ("--mtcnn-weights", "/nonexistent", "pnet.pt"),
+    ] {
+        let a =
+            [os("prep"), os("--input"), p(&raw), os("--out"), p(&tmp.path().join("bad")), os("--crop"), os("mtcnn"), os(flag), os(value)];
+        let st = rcaflow(&a.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert_eq!(st.status.code(), Some(2), "{err}");
+        assert!(err.lines().count() == 1 && err.contains(says), "{flag} {value}: {err}");
+    }
+    let empty = tempfile::tempdir().expect("tmp");
+    let st = rcaflow(&[&os("detect"), &os("--input"), &p(&raw), &os("--mtcnn-weights"), &p(empty.path()), &os("--out"), &p(&csv)]);
     let err = String::from_utf8_lossy(&st.stderr);
-    assert!(err.contains("pnet.pt") && !err.contains("panicked"), "{err}");
+    assert!(!st.status.success() && err.contains("pnet.pt") && !err.contains("panicked"), "{err}");
 }
