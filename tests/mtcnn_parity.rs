@@ -221,6 +221,9 @@ fn detect_and_prep_mtcnn_equal_facenet_pytorch_boxes() {
         assert_eq!(st.status.code(), Some(2), "{err}");
         assert!(err.lines().count() == 1 && err.contains(says), "{flag} {value}: {err}");
     }
+    let a = [os("prep"), os("--input"), p(&raw), os("--out"), p(&tmp.path().join("bad")), os("--min-face"), os("40")];
+    let st = rcaflow(&a.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    assert_eq!(String::from_utf8_lossy(&st.stderr).trim(), "error: --min-face is only used with --crop mtcnn");
     let empty = tempfile::tempdir().expect("tmp");
     let st = rcaflow(&[&os("detect"), &os("--input"), &p(&raw), &os("--mtcnn-weights"), &p(empty.path()), &os("--out"), &p(&csv)]);
     let err = String::from_utf8_lossy(&st.stderr);

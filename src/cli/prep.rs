@@ -57,8 +57,17 @@ pub fn prep(args: PrepArgs, settings: Settings) -> Result<(), CliError> {
         if args.save_boxes.is_some() {
             return Err(CliError::Input("--save-boxes is only used with --crop mtcnn".into()));
         }
-        if args.select != "largest" {
-            return Err(CliError::Input("--select is only used with --crop mtcnn".into()));
+        let m = &args.mtcnn;
+        let given = [
+            ("--select", args.select != "largest"),
+            ("--mtcnn-weights", m.mtcnn_weights.is_some()),
+            ("--min-face", m.min_face != 20.0),
+            ("--thresholds", m.thresholds != "0.6,0.7,0.7"),
+            ("--factor", m.factor != 0.709),
+            ("--device", m.device.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(CliError::Input(format!("{flag} is only used with --crop mtcnn")));
         }
     }
     if let Some(parent) = args.save_boxes.as_ref().and_then(|p| p.parent()).filter(|p| !p.as_os_str().is_empty()) {
