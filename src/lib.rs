@@ -20,7 +20,8 @@
 //!   InceptionV3, LPIPS, the diffusers UNet and its schedulers), and device strings.
 //! - [`metrics`]: pure maths (confusion matrices, RCA, Wilson intervals), tested without threads.
 //! - [`data`]: image folders (list, decode, write PNG), `.npz` statistics, the synthetic
-//!   identity set (`synth`) and raw photo preparation (`prep`).
+//!   identity set (`synth`) and raw photo preparation (`prep`, with MTCNN face crops: `faces`,
+//!   `face_drawing`).
 //! - [`report`]: the result types stages hand to it, `report.json`, `report.md`, PNG figures
 //!   and baseline files.
 //! - [`telemetry`]: every Prometheus metric name, and the exporter.

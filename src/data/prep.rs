@@ -317,7 +317,8 @@ pub fn prepare(
         | (FaceSource::Boxes { .. }, CropMode::Boxes)
         | (FaceSource::Detector { .. }, CropMode::Mtcnn) => {}
         (_, CropMode::Boxes) => return Err(PrepError::Input("--crop boxes needs --boxes FILE.csv".into())),
-        (_, crop) => return Err(PrepError::Input(format!("--crop {crop} takes no boxes"))),
+        (_, CropMode::Mtcnn) => return Err(PrepError::Input("--crop mtcnn needs the detector".into())),
+        (_, CropMode::Center) => return Err(PrepError::Input("--crop center takes no boxes and no detector".into())),
     }
     let select = cfg.mtcnn.as_ref().map_or(FaceSelect::Largest, |d| d.select);
     let detector = cfg.mtcnn.as_ref().map_or_else(MtcnnConfig::default, |d| d.detector);
