@@ -8,7 +8,7 @@
 //! `--generated` is an ImageFolder tree, or a finished run directory: its `save_images` sink's
 //! folder is the training set, and its oracle is the real-trained one unless `--oracle` says
 //! otherwise. A topology cannot run CAS itself: training lives above the runtime (DESIGN.md §6),
-//! so a run is followed by this command (README "Classification Accuracy Score").
+//! so a run is followed by this command (README, "Datasets and training", **cas**).
 
 use std::path::{Path, PathBuf};
 
@@ -125,9 +125,8 @@ pub fn resolve_generated(path: &Path) -> Result<GeneratedSet, CliError> {
     Ok(GeneratedSet { images, run_oracle: oracles.into_iter().next() })
 }
 
-/// The real-trained oracle: `--oracle`, else the run's, checked against the recipe (CAS trains
-/// the oracle's own architecture) before any training.
-fn real_oracle(args: &CasArgs, set: &GeneratedSet, classes: usize) -> Result<PathBuf, CliError> {
+/// CAS trains the oracle's own architecture: a recipe that is not the run's oracle's is refused.
+fn check_recipe(args: &CasArgs, set: &GeneratedSet) -> Result<(), CliError> {
     let r = &args.recipe;
     if let Some(o) = &set.run_oracle {
         let differs = [
@@ -142,6 +141,14 @@ fn real_oracle(args: &CasArgs, set: &GeneratedSet, classes: usize) -> Result<Pat
             )));
         }
     }
+    Ok(())
+}
+
+/// The real-trained oracle: `--oracle`, else the run's, loaded once with the recipe's
+/// architecture and the class count (a file of another architecture is refused) before any
+/// training.
+fn real_oracle(args: &CasArgs, set: &GeneratedSet, classes: usize) -> Result<PathBuf, CliError> {
+    let r = &args.recipe;
     let weights = match (&args.oracle, &set.run_oracle) {
         (Some(path), _) => path.clone(),
         (None, Some(o)) => o.weights.clone(),
@@ -184,6 +191,7 @@ pub fn cas(args: CasArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.metrics_addr, &args.device)?;
     let device = settings.open_device()?;
     let set = resolve_generated(&args.generated)?;
+    check_recipe(&args, &set)?;
     let generated = load("--generated", &set.images)?;
     let real = load("--real-eval", &args.real_eval)?;
     if generated.classes != real.classes {
