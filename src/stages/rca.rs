@@ -176,10 +176,15 @@ impl ComponentConfig for RcaConfig {
     }
 }
 
+/// The `rca` sink with `stop_when` that decides a graph's early stop (the first such sink).
+pub fn early_stop_decider(graph: &super::Graph) -> Option<&crate::topology::Component<super::ComponentKind>> {
+    graph.components.iter().find(|c| matches!(&c.kind, super::ComponentKind::Rca(r) if r.stop_when.is_some()))
+}
+
 /// The early-stop gate of a graph whose `rca` sink has `stop_when` (the first such sink decides),
 /// over the generated source's units with classes interleaved; `None` otherwise.
 pub fn early_stop_gate(graph: &super::Graph, cx: &BuildContext) -> Option<Arc<EarlyStopGate>> {
-    let decider = graph.components.iter().find(|c| matches!(&c.kind, super::ComponentKind::Rca(r) if r.stop_when.is_some()))?;
+    let decider = early_stop_decider(graph)?;
     let plan = cx.plan_of(Origin::Generated)?;
     Some(Arc::new(EarlyStopGate::new(&decider.id, interleaved(plan))))
 }
