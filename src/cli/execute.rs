@@ -190,7 +190,10 @@ fn execute_locked(
         // The gauge's last value is the run's end, not the last 250 ms tick before it.
         if let Some((done, planned, ratio)) = control.progress() {
             metrics::gauge!(telemetry::RUN_PROGRESS).set(ratio);
-            tracing::info!("progress: {done}/{planned} images ({ratio:.3})");
+            // Only after a run that ended: a failed one's last line is its error.
+            if result.is_ok() {
+                tracing::info!("progress: {done}/{planned} images ({ratio:.3})");
+            }
         }
         Ok(result?)
     })
