@@ -40,7 +40,6 @@ pub const CLASS_RCA: &str = "rcaflow_class_rca_ratio";
 pub const PREDICTIONS: &str = "rcaflow_predictions_total";
 /// Live FID (recomputed every `interval_secs` of the fid sink).
 pub const FID: &str = "rcaflow_fid";
-/// Live Inception Score (mean over splits).
 /// FID of one class's generated images against its real images (fid `per_class`), at the end.
 pub const CLASS_FID: &str = "rcaflow_class_fid";
 /// Kernel Inception Distance (mean over subsets), when the kid sink's inputs close.
@@ -55,7 +54,15 @@ pub const RECALL: &str = "rcaflow_recall_ratio";
 pub const DENSITY: &str = "rcaflow_density";
 /// Coverage (Naeem et al. 2020), at the end.
 pub const COVERAGE: &str = "rcaflow_coverage_ratio";
+/// Live Inception Score (mean over splits).
 pub const INCEPTION_SCORE: &str = "rcaflow_inception_score";
+/// Early stop (`stop_when`): the rule's half-width, `ci_half_width`.
+pub const EARLY_STOP_TARGET: &str = "rcaflow_early_stop_target_half_width";
+/// Early stop: the live Wilson 95% half-width of a class's generated recall (0.5 before its
+/// first image), as the deciding rca sink folds units. Labels: class.
+pub const EARLY_STOP_CLASS_HALF_WIDTH: &str = "rcaflow_early_stop_class_half_width";
+/// Early stop: 1 once the rule has held (sampling ends), else 0.
+pub const EARLY_STOP_FIRED: &str = "rcaflow_early_stop_fired";
 /// Images with NaN or infinite values: samples a sampler generated, or features and logits left
 /// out of a metric. Labels: stage.
 pub const NONFINITE_IMAGES: &str = "rcaflow_nonfinite_images_total";
@@ -155,6 +162,9 @@ fn describe_all() {
         "Coverage (Naeem et al. 2020): share of real images with a generated image in their k-NN ball (0-1)."
     );
     describe_gauge!(INCEPTION_SCORE, "Live Inception Score of the generated images (mean over splits).");
+    describe_gauge!(EARLY_STOP_TARGET, "Early stop: the stop_when half-width every class's generated-recall interval must reach.");
+    describe_gauge!(EARLY_STOP_CLASS_HALF_WIDTH, "Early stop: live Wilson 95% half-width of a class's generated recall.");
+    describe_gauge!(EARLY_STOP_FIRED, "Early stop: 1 once the stop_when rule has held and sampling ends, else 0.");
     describe_counter!(
         NONFINITE_IMAGES,
         Unit::Count,

@@ -412,10 +412,26 @@ fn early_stop_ends_at_the_first_unit_where_the_rule_holds_and_a_killed_run_resum
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let topology = early_stop_topology(root, "stop");
+    // One decision over all classes cannot be split into shards: refused before anything runs.
+    let mut sharded = rcaflow_checkpointing(root);
+    let o = Ran::of(sharded.args(["run", "--shard", "0/2", "--topology"]).arg(&topology));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert_eq!(
+        o.stderr.trim().lines().last().unwrap_or_default(),
+        "error: sinks.rca: stop_when cannot run with --shard 0/2: an early stop is decided over every class of the whole run, not per shard; run unsharded, or drop stop_when"
+    );
+    assert!(!root.join("run-stop").exists(), "a refused shard touches no run directory");
     let o = run(root, &topology, None);
     assert!(o.success(), "{}", o.stderr);
     let r = report(root, "stop");
     assert_eq!(r["status"], "complete", "an early stop is a complete run");
+    // The progress gauge ends complete: the units not sampled are no longer planned. The last
+    // progress line carries the gauge's final value.
+    let line = o.stderr.lines().rev().find(|l| l.contains("progress: ")).unwrap_or_else(|| panic!("no progress line:\n{}", o.stderr));
+    let progress = line.split("progress: ").nth(1).unwrap();
+    let (done, planned) = progress.split(" images").next().unwrap().split_once('/').unwrap();
+    assert_eq!(done, planned, "{line}");
+    assert!(progress.ends_with("images (1.000)"), "{line}");
     let stop = &r["early_stop"];
     // Units of 2 interleaved: after 6 units every class has 4 images, the minimum.
     assert_eq!(stop["last_unit"], "generated/2/1", "{stop}");
@@ -446,6 +462,26 @@ fn early_stop_ends_at_the_first_unit_where_the_rule_holds_and_a_killed_run_resum
     let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
     assert_eq!(names.len(), 12, "{names:?}");
     assert!(names.iter().all(|n| ["000000", "000001", "000002", "000003"].iter().any(|p| n.contains(p))), "{names:?}");
+    // `cas --generated RUN_DIR` finds the run's saved images and its oracle in run.json, and
+    // refuses, in one line, a recipe that is not the oracle's and images of another size.
+    let cas = |arch: &str| {
+        let mut cmd = rcaflow_checkpointing(root);
+        cmd.args(["cas", "--generated"]).arg(root.join("run-stop")).args(["--real-eval"]).arg(root.join("real"));
+        Ran::of(cmd.args(["--arch", arch, "--stem", "cifar", "--norm", "minus-one-one", "--out"]).arg(root.join("cas")))
+    };
+    let o = cas("resnet34");
+    let oracle = root.join("oracle.safetensors");
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    let expected = format!(
+        "error: --arch resnet34: the run's oracle ({}) has resnet18; CAS trains the oracle's architecture with its recipe",
+        oracle.display()
+    );
+    assert_eq!(o.stderr.trim(), expected);
+    let o = cas("resnet18");
+    let expected =
+        format!("error: --generated {}: images are 32x32, --real-eval's 8x8 (expected one size)", root.join("samples-stop").display());
+    assert_eq!((o.code(), o.stderr.trim()), (Some(2), expected.as_str()));
+    assert!(!root.join("cas").exists());
     let md = std::fs::read_to_string(root.join("run-stop/report.md")).unwrap();
     assert!(
         md.contains("## Early stop") && md.contains("Sampling stopped after unit `generated/2/1` (6 units, 12 of 15 planned images)"),

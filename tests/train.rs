@@ -208,7 +208,7 @@ fn resumed_checkpoint_takes_the_same_next_step_and_loads_in_the_evaluation_side(
 }
 
 #[test]
-fn cli_synth_prep_train_oracle_writes_weights_and_baseline() {
+fn cli_synth_prep_train_oracle_writes_weights_and_baseline_then_cas_scores_a_classifier_trained_on_generated_images() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         let out = Ran::of(rcaflow().args(args).current_dir(dir.path()));
@@ -226,6 +226,8 @@ fn cli_synth_prep_train_oracle_writes_weights_and_baseline() {
         "resnet18",
         "--stem",
         "imagenet",
+        "--width",
+        "8",
         "--out",
         "o/oracle.safetensors",
         "--epochs",
@@ -239,6 +241,59 @@ fn cli_synth_prep_train_oracle_writes_weights_and_baseline() {
     let b = rcaflow::report::baseline::Baseline::read(&dir.path().join("o/oracle.baseline.json")).unwrap();
     assert_eq!(b.classes, vec!["id_00", "id_01"]);
     assert_eq!(b.real.total, 4);
+
+    // CAS: the same recipe on "generated" images (another synthetic draw of the same classes),
+    // tested on the eval split next to the oracle just trained.
+    run(&["synth", "--out", "gen", "--classes", "2", "--per-class", "4", "--size", "32", "--seed", "7"]);
+    let cas_args = |generated: &str, out: &str| -> Vec<String> {
+        let args = ["cas", "--generated", generated, "--real-eval", "data/eval", "--oracle", "o/oracle.safetensors", "--out", out];
+        let recipe =
+            ["--arch", "resnet18", "--stem", "imagenet", "--width", "8", "--epochs", "1", "--batch-size", "3", "--metrics-addr", "off"];
+        args.iter().chain(&recipe).map(|s| s.to_string()).collect()
+    };
+    let s = run(&cas_args("gen", "cas").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(s.contains("epoch   1/1") && s.contains("cas: accuracy "), "{s}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("cas/cas.json")).unwrap()).unwrap();
+    assert_eq!(r["schema"], "rcaflow-cas/1");
+    assert_eq!((r["generated"]["images"].as_u64(), r["generated"]["per_class"].clone()), (Some(8), serde_json::json!([4, 4])));
+    let eval_images = r["real_eval"]["images"].as_u64().unwrap();
+    assert_eq!(eval_images, 4);
+    let figures = |s: &serde_json::Value| -> (f64, Vec<f64>) {
+        let confusion: Vec<Vec<u64>> = serde_json::from_value(s["confusion"].clone()).unwrap();
+        let total: u64 = confusion.iter().flatten().sum();
+        assert_eq!((total, s["total"].as_u64()), (eval_images, Some(eval_images)), "every eval image once: {s}");
+        let rows: Vec<u64> = confusion.iter().map(|r| r.iter().sum()).collect();
+        assert_eq!(serde_json::json!(rows), r["real_eval"]["per_class"], "rows = true class");
+        let recall: Vec<f64> = serde_json::from_value(s["recall"].clone()).unwrap();
+        for (c, row) in confusion.iter().enumerate() {
+            assert_eq!(recall[c], row[c] as f64 / rows[c] as f64, "recall = diagonal / row sum, class {c}");
+        }
+        let accuracy = s["accuracy"].as_f64().unwrap();
+        assert_eq!(accuracy, (0..confusion.len()).map(|c| confusion[c][c]).sum::<u64>() as f64 / total as f64);
+        (accuracy, recall)
+    };
+    let (cas, cas_recall) = figures(&r["cas"]);
+    let (real, real_recall) = figures(&r["real_oracle"]["summary"]);
+    // The real-trained figures are the oracle's baseline: the same evaluation path.
+    assert_eq!(r["real_oracle"]["summary"], serde_json::to_value(&b.real).unwrap());
+    assert_eq!(r["ratio"].as_f64(), (real > 0.0).then(|| cas / real), "ratio = CAS accuracy / real-trained accuracy");
+    for c in 0..2 {
+        let expected = (real_recall[c] > 0.0).then(|| cas_recall[c] / real_recall[c]);
+        assert_eq!(r["class_ratio"][c].as_f64(), expected, "class {c}");
+    }
+    let png = std::fs::read(dir.path().join("cas/cas_confusion.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "cas_confusion.png is a PNG");
+    let md = std::fs::read_to_string(dir.path().join("cas/cas.md")).unwrap();
+    assert!(md.contains("| CAS ratio (CAS / real) |") && md.contains("| id_01 | 4 | 2 |"), "{md}");
+    // Bad input: generated classes that are not the real ones, one line naming both.
+    run(&["synth", "--out", "gen3", "--classes", "3", "--per-class", "2", "--size", "32"]);
+    let out = Ran::of(rcaflow().args(cas_args("gen3", "cas3")).current_dir(dir.path()));
+    assert_eq!(out.code(), Some(2));
+    assert_eq!(
+        out.stderr.trim(),
+        "error: --generated gen3: classes [\"id_00\", \"id_01\", \"id_02\"] differ from --real-eval's [\"id_00\", \"id_01\"] (expected the same class folders)"
+    );
+    assert!(!dir.path().join("cas3").exists(), "nothing written on bad input");
     // Bad input: one line naming the flag.
     let out = Ran::of(
         rcaflow()

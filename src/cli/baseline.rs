@@ -2,12 +2,13 @@
 //! precision/recall/F1/support, confusion), written as a file an `rca` sink can use
 //! (`baseline = FILE`) instead of re-reading the real images on every run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use super::eval::{absolute, build_graph, oracle_topology};
 use super::{apply_overrides, execute, CliError, OracleArgs};
+use crate::metrics::rca::ClassificationSummary;
 use crate::report::baseline::{Baseline, BASELINE_SCHEMA};
 use crate::report::Summary;
 use crate::settings::Settings;
@@ -26,24 +27,12 @@ pub struct BaselineArgs {
 
 pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliError> {
     apply_overrides(&mut settings, &args.oracle.metrics_addr, &args.oracle.device)?;
-    let (graph, _) = build_graph(&oracle_topology(&[("real", &args.real)], &args.oracle)?, "rcaflow baseline")?;
     let out = absolute(&args.out)?;
-    // The run's own files (checkpoints) go to a scratch folder, not next to the baseline file.
-    // Made by the tempfile crate (exclusive, unpredictable name, owner-only), removed on return.
-    let scratch = tempfile::Builder::new()
-        .prefix("rcaflow-baseline-")
-        .tempdir()
-        .map_err(|e| CliError::Output(format!("cannot create a scratch folder in {}: {e}", std::env::temp_dir().display())))?;
-    let outcome = execute::execute(&graph, scratch.path(), &settings, true)?;
-    if outcome.interrupted {
-        return Err(CliError::Interrupted(format!("no baseline written to {}", out.display())));
-    }
-    let Some(Summary::Rca(result)) = outcome.summaries.get("rca") else {
-        return Err(CliError::Output("the rca stage returned no result; no baseline written".into()));
-    };
+    let (classes, real) =
+        measure(&args.real, &args.oracle, &settings, "rcaflow baseline", &format!("no baseline written to {}", out.display()))?;
     let baseline = Baseline {
         schema: BASELINE_SCHEMA.to_string(),
-        classes: graph.classes.clone(),
+        classes,
         oracle: serde_json::json!({
             "weights": absolute(&args.oracle.oracle)?,
             "arch": args.oracle.oracle_arch.to_string(),
@@ -51,7 +40,7 @@ pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliErr
             "normalization": String::from(args.oracle.oracle_norm),
         }),
         source: absolute(&args.real)?,
-        real: result.real.clone(),
+        real,
     };
     let json = serde_json::to_vec_pretty(&baseline).map_err(|e| CliError::Output(e.to_string()))?;
     crate::files::atomic::write(&out, &json, "json.write")
@@ -59,8 +48,36 @@ pub fn baseline(args: BaselineArgs, mut settings: Settings) -> Result<(), CliErr
     println!(
         "baseline: {} (real accuracy {} on {} images)",
         out.display(),
-        result.real.accuracy.map_or("n/a".into(), |a| format!("{a:.4}")),
-        result.real.total
+        baseline.real.accuracy.map_or("n/a".into(), |a| format!("{a:.4}")),
+        baseline.real.total
     );
     Ok(())
+}
+
+/// The oracle's figures on the real images under `real` (classes, and accuracy, per-class
+/// precision/recall/F1 and confusion), measured by the evaluation path of `run` and `eval`
+/// (an image_folder → batcher → oracle → rca topology) with its checkpoints in a scratch folder.
+/// `label` names the topology; `lost` says what is not written when the run is interrupted.
+pub(crate) fn measure(
+    real: &Path,
+    oracle: &OracleArgs,
+    settings: &Settings,
+    label: &str,
+    lost: &str,
+) -> Result<(Vec<String>, ClassificationSummary), CliError> {
+    let (graph, _) = build_graph(&oracle_topology(&[("real", real)], oracle)?, label)?;
+    // The run's own files (checkpoints) go to a scratch folder, not next to the user's files.
+    // Made by the tempfile crate (exclusive, unpredictable name, owner-only), removed on return.
+    let scratch = tempfile::Builder::new()
+        .prefix("rcaflow-baseline-")
+        .tempdir()
+        .map_err(|e| CliError::Output(format!("cannot create a scratch folder in {}: {e}", std::env::temp_dir().display())))?;
+    let outcome = execute::execute(&graph, scratch.path(), settings, true)?;
+    if outcome.interrupted {
+        return Err(CliError::Interrupted(lost.to_string()));
+    }
+    let Some(Summary::Rca(result)) = outcome.summaries.get("rca") else {
+        return Err(CliError::Output(format!("the rca stage returned no result; {lost}")));
+    };
+    Ok((graph.classes.clone(), result.real.clone()))
 }

@@ -42,6 +42,14 @@ pub struct Options {
 /// error at once): a run that cannot start fails before the run directory is touched.
 pub fn execute_with(graph: &Graph, run_dir: &Path, settings: &Settings, options: Options) -> Result<RunOutcome, CliError> {
     let fresh = options.fresh;
+    // An early stop is one decision over every class of the whole run (its units interleaved);
+    // a shard holds only some units, so it could neither take nor honour that decision.
+    if let (Some(shard), Some(decider)) = (options.shard, stages::rca::early_stop_decider(graph)) {
+        return Err(CliError::Input(format!(
+            "{}: stop_when cannot run with --shard {shard}: an early stop is decided over every class of the whole run, not per shard; run unsharded, or drop stop_when",
+            decider.qualified()
+        )));
+    }
     let plans = graph.plans().map_err(|e| CliError::Input(format!("topology {}: {e}", graph.label)))?;
     let cx = BuildContext {
         label: graph.label.clone(),
@@ -177,8 +185,16 @@ fn execute_locked(
         tokio::spawn(forward_signals(stop_tx));
         let progress = tokio::spawn(show_progress(control.clone()));
         tracing::info!(topology = %graph.label, run_dir = %run_dir.display(), classes = graph.classes.len(), "run starting");
-        let result = runtime::run(stages, &graph.edges, &run_settings, control, stop_rx).await;
+        let result = runtime::run(stages, &graph.edges, &run_settings, control.clone(), stop_rx).await;
         progress.abort();
+        // The gauge's last value is the run's end, not the last 250 ms tick before it.
+        if let Some((done, planned, ratio)) = control.progress() {
+            metrics::gauge!(telemetry::RUN_PROGRESS).set(ratio);
+            // Only after a run that ended: a failed one's last line is its error.
+            if result.is_ok() {
+                tracing::info!("progress: {done}/{planned} images ({ratio:.3})");
+            }
+        }
         Ok(result?)
     })
 }
@@ -249,15 +265,13 @@ async fn show_progress(control: Arc<RunControl>) {
     let mut ticks = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let planned = control.planned_images();
-        let done = control.completed_images();
-        bar.set_length(planned);
-        bar.set_position(done);
-        if planned > 0 {
-            metrics::gauge!(telemetry::RUN_PROGRESS).set(done as f64 / planned as f64);
+        if let Some((done, planned, ratio)) = control.progress() {
+            bar.set_length(planned);
+            bar.set_position(done);
+            metrics::gauge!(telemetry::RUN_PROGRESS).set(ratio);
         }
         ticks += 1;
-        if bar.is_hidden() && ticks.is_multiple_of(40) {
+        if let Some((done, planned, _)) = control.progress().filter(|_| bar.is_hidden() && ticks.is_multiple_of(40)) {
             tracing::info!("progress: {done}/{planned} images");
         }
     }

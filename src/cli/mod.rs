@@ -2,6 +2,7 @@
 
 pub mod baseline;
 pub mod bench;
+pub mod cas;
 pub mod detect;
 pub mod eval;
 pub mod execute;
@@ -70,6 +71,8 @@ pub enum Command {
     Detect(detect::DetectArgs),
     /// Train the oracle classifier or the class-conditional DDPM.
     Train(train::TrainArgs),
+    /// Classification Accuracy Score: train the oracle's architecture on generated images, test it on real ones.
+    Cas(cas::CasArgs),
     /// Where a run stands (running or stopped), from its run directory's files.
     Status(status::StatusArgs),
     /// Fold the shards of a sharded run (`run --shard K/N`) into the whole run's report.
@@ -190,6 +193,7 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Prep(args) => prep::prep(args, settings),
         Command::Detect(args) => detect::detect(args, settings),
         Command::Train(args) => train::train(args, settings),
+        Command::Cas(args) => cas::cas(args, settings),
         Command::Status(args) => status::status(args),
         Command::Bench(args) => bench::bench(args, settings),
         Command::Merge(args) => merge::merge(args, settings),

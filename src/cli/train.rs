@@ -17,7 +17,8 @@ use crate::settings::Settings;
 use crate::telemetry;
 use crate::train::dataset::Dataset;
 use crate::train::ddpm::{DdpmTrainConfig, DdpmTrainer};
-use crate::train::oracle::{train_oracle, OracleTrainConfig};
+use crate::train::oracle::{train_oracle, EpochReport, OracleTrainConfig};
+use crate::train::resnet::TrainableResNet;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -83,6 +84,26 @@ pub struct OracleTrainArgs {
     /// Prepared dataset: DATA_DIR/train/<class>/ and DATA_DIR/eval/<class>/ (see `prep`).
     #[arg(long, value_name = "DATA_DIR")]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub recipe: OracleRecipe,
+    /// Weights to write (.safetensors, torchvision state_dict names).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+    /// Baseline file to write (default: next to --out, FILE.baseline.json).
+    #[arg(long, value_name = "FILE.json")]
+    pub baseline: Option<PathBuf>,
+    /// Where training runs (overrides the config file).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Prometheus listen address (HOST:PORT, port 0 for any free port, or "off").
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+}
+
+/// How the oracle is trained: the flags `train oracle` and `cas` share, so a classifier trained
+/// on generated images (CAS) follows exactly the real oracle's recipe.
+#[derive(Debug, Clone, Args)]
+pub struct OracleRecipe {
     #[arg(long, value_name = "resnet18|resnet34")]
     pub arch: ResNetArch,
     /// cifar: 3x3 stride-1 conv1 and no max-pool (32x32 inputs); imagenet: 7x7/2 + max-pool.
@@ -95,12 +116,6 @@ pub struct OracleTrainArgs {
     /// Input normalisation: imagenet, minus-one-one, or M,M,M/S,S,S.
     #[arg(long, default_value = "imagenet", value_name = "NORM")]
     pub norm: Normalization,
-    /// Weights to write (.safetensors, torchvision state_dict names).
-    #[arg(long, value_name = "FILE.safetensors")]
-    pub out: PathBuf,
-    /// Baseline file to write (default: next to --out, FILE.baseline.json).
-    #[arg(long, value_name = "FILE.json")]
-    pub baseline: Option<PathBuf>,
     /// Pretrained torchvision state_dict to start from (.safetensors or .pth); fc is replaced
     /// when its class count differs.
     #[arg(long, value_name = "PRETRAINED")]
@@ -121,12 +136,6 @@ pub struct OracleTrainArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Where training runs (overrides the config file).
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Prometheus listen address (HOST:PORT, port 0 for any free port, or "off").
-    #[arg(long, value_name = "HOST:PORT")]
-    pub metrics_addr: Option<String>,
 }
 
 pub fn train(args: TrainArgs, settings: Settings) -> Result<(), CliError> {
@@ -145,7 +154,7 @@ fn start_metrics(settings: &Settings, label: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn load_split(data: &Path, split: &str) -> Result<Dataset, CliError> {
+pub(crate) fn load_split(data: &Path, split: &str) -> Result<Dataset, CliError> {
     let dir = data.join(split);
     if !dir.is_dir() {
         return Err(CliError::Input(format!("--data {}: no {split}/ folder (expected the layout `rcaflow prep` writes)", data.display())));
@@ -166,43 +175,39 @@ fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ({per_sec}, eta {eta})").unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
-fn oracle(args: OracleTrainArgs, mut settings: Settings) -> Result<(), CliError> {
-    apply_overrides(&mut settings, &args.metrics_addr, &args.device)?;
-    let device = settings.open_device()?;
-    if args.width == 0 {
+/// Trains an oracle on `train` with `recipe`, scoring it on `eval` after every epoch: the
+/// progress bar, the epoch lines and the training gauges of `train oracle` (and `cas`, which
+/// must train the same way). Starts the metrics exporter (as `label`) when the settings ask.
+pub(crate) fn fit_oracle(
+    command: &str,
+    train: &Dataset,
+    eval: &Dataset,
+    recipe: &OracleRecipe,
+    settings: &Settings,
+    device: &candle_core::Device,
+    label: &str,
+) -> Result<(TrainableResNet, Vec<EpochReport>), CliError> {
+    if recipe.width == 0 {
         return Err(CliError::Input("--width 0: expected at least 1 channel (torchvision: 64)".into()));
     }
-    let train = load_split(&args.data, "train")?;
-    let eval = load_split(&args.data, "eval")?;
-    if eval.classes != train.classes {
-        return Err(CliError::Input(format!(
-            "--data {}: eval classes {:?} differ from train classes {:?}",
-            args.data.display(),
-            eval.classes,
-            train.classes
-        )));
-    }
-    let init = match &args.init {
-        Some(p) => Some(WeightMap::load(p, &device).map_err(|e| CliError::Input(format!("--init: {e}")))?),
+    let init = match &recipe.init {
+        Some(p) => Some(WeightMap::load(p, device).map_err(|e| CliError::Input(format!("--init: {e}")))?),
         None => None,
     };
-    let warmup_epochs = args.warmup_epochs.unwrap_or(if init.is_some() { 2 } else { 0 });
+    let warmup_epochs = recipe.warmup_epochs.unwrap_or(if init.is_some() { 2 } else { 0 });
     let cfg = OracleTrainConfig {
-        resnet: ResNetConfig { width: args.width, ..ResNetConfig::new(args.arch, args.stem, train.classes.len()) },
-        norm: args.norm,
+        resnet: ResNetConfig { width: recipe.width, ..ResNetConfig::new(recipe.arch, recipe.stem, train.classes.len()) },
+        norm: recipe.norm,
         warmup_epochs,
-        epochs: args.epochs,
-        lr: args.lr,
-        weight_decay: args.weight_decay,
-        batch_size: args.batch_size,
-        seed: args.seed,
+        epochs: recipe.epochs,
+        lr: recipe.lr,
+        weight_decay: recipe.weight_decay,
+        batch_size: recipe.batch_size,
+        seed: recipe.seed,
     };
-    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        return Err(CliError::Input(format!("--out {}: expected a .safetensors file", args.out.display())));
-    }
-    start_metrics(&settings, "train-oracle")?;
+    start_metrics(settings, label)?;
     println!(
-        "train oracle: {} on {} train / {} eval images of {} classes ({}x{}), {} warm-up + {} epochs",
+        "{command}: {} on {} train / {} eval images of {} classes ({}x{}), {} warm-up + {} epochs",
         cfg.resnet,
         train.len(),
         eval.len(),
@@ -210,18 +215,18 @@ fn oracle(args: OracleTrainArgs, mut settings: Settings) -> Result<(), CliError>
         train.width,
         train.height,
         warmup_epochs,
-        args.epochs
+        recipe.epochs
     );
-    let total = warmup_epochs + args.epochs;
+    let total = warmup_epochs + recipe.epochs;
     let bar = ProgressBar::new(0);
     bar.set_style(bar_style());
     let mut epoch_shown = 0;
-    let (net, _) = train_oracle(
-        &train,
-        Some(&eval),
+    let trained = train_oracle(
+        train,
+        Some(eval),
         &cfg,
         init.as_ref(),
-        &device,
+        device,
         |done, batches| {
             if done == 1 {
                 epoch_shown += 1;
@@ -255,6 +260,27 @@ fn oracle(args: OracleTrainArgs, mut settings: Settings) -> Result<(), CliError>
     )
     .map_err(|e| CliError::Input(e.to_string()))?;
     bar.finish_and_clear();
+    Ok(trained)
+}
+
+fn oracle(args: OracleTrainArgs, mut settings: Settings) -> Result<(), CliError> {
+    apply_overrides(&mut settings, &args.metrics_addr, &args.device)?;
+    let device = settings.open_device()?;
+    let train = load_split(&args.data, "train")?;
+    let eval = load_split(&args.data, "eval")?;
+    if eval.classes != train.classes {
+        return Err(CliError::Input(format!(
+            "--data {}: eval classes {:?} differ from train classes {:?}",
+            args.data.display(),
+            eval.classes,
+            train.classes
+        )));
+    }
+    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Err(CliError::Input(format!("--out {}: expected a .safetensors file", args.out.display())));
+    }
+    let (net, _) = fit_oracle("train oracle", &train, &eval, &args.recipe, &settings, &device, "train-oracle")?;
+    let recipe = &args.recipe;
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CliError::Output(format!("--out {}: {e}", args.out.display())))?;
     }
@@ -270,10 +296,10 @@ fn oracle(args: OracleTrainArgs, mut settings: Settings) -> Result<(), CliError>
             out: baseline_path,
             oracle: OracleArgs {
                 oracle: args.out.clone(),
-                oracle_arch: args.arch,
-                oracle_stem: args.stem,
-                oracle_norm: args.norm,
-                batch_size: args.batch_size,
+                oracle_arch: recipe.arch,
+                oracle_stem: recipe.stem,
+                oracle_norm: recipe.norm,
+                batch_size: recipe.batch_size,
                 device: args.device.clone(),
                 metrics_addr: Some("off".into()),
             },

@@ -193,6 +193,19 @@ impl RunControl {
         self.planned_images.fetch_add(images, Ordering::Relaxed);
     }
 
+    /// Images a source will not send after all (the rest of its plan after an early stop): no
+    /// longer planned, so progress reaches 1 when what was sent is folded in.
+    pub fn remove_planned(&self, images: u64) {
+        let _ = self.planned_images.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(images)));
+    }
+
+    /// Images folded in over images planned (`None` before anything is planned): the progress
+    /// gauge and the run's last progress line.
+    pub fn progress(&self) -> Option<(u64, u64, f64)> {
+        let (done, planned) = (self.completed_images(), self.planned_images());
+        (planned > 0).then(|| (done, planned, done as f64 / planned as f64))
+    }
+
     pub fn planned_images(&self) -> u64 {
         self.planned_images.load(Ordering::Relaxed)
     }

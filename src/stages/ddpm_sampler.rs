@@ -348,6 +348,16 @@ impl Stage for DdpmSamplerStage {
             _ => 0.0,
         };
         let generated: u64 = progress.done_per_class.iter().sum();
+        // After an early stop the units not sampled are out of the plan (the README's "Early
+        // stop"): the planned counts become what was generated, so progress ends complete.
+        if ctx.control.early_stop().is_some_and(|g| g.stopped_at().is_some()) {
+            let unsent = queue.plan().total_images() - generated;
+            ctx.control.remove_planned(unsent);
+            metrics::gauge!(telemetry::RUN_IMAGES_PLANNED, "origin" => Origin::Generated.as_str()).decrement(unsent as f64);
+            for (class, &n) in classes.iter().zip(&progress.done_per_class) {
+                metrics::gauge!(telemetry::CLASS_IMAGES_PLANNED, "class" => class.clone()).set(n as f64);
+            }
+        }
         let record = lock(&shared.record).clone();
         let result = SamplerResult {
             unet: cfg.unet.clone(),

@@ -176,10 +176,15 @@ impl ComponentConfig for RcaConfig {
     }
 }
 
+/// The `rca` sink with `stop_when` that decides a graph's early stop (the first such sink).
+pub fn early_stop_decider(graph: &super::Graph) -> Option<&crate::topology::Component<super::ComponentKind>> {
+    graph.components.iter().find(|c| matches!(&c.kind, super::ComponentKind::Rca(r) if r.stop_when.is_some()))
+}
+
 /// The early-stop gate of a graph whose `rca` sink has `stop_when` (the first such sink decides),
 /// over the generated source's units with classes interleaved; `None` otherwise.
 pub fn early_stop_gate(graph: &super::Graph, cx: &BuildContext) -> Option<Arc<EarlyStopGate>> {
-    let decider = graph.components.iter().find(|c| matches!(&c.kind, super::ComponentKind::Rca(r) if r.stop_when.is_some()))?;
+    let decider = early_stop_decider(graph)?;
     let plan = cx.plan_of(Origin::Generated)?;
     Some(Arc::new(EarlyStopGate::new(&decider.id, interleaved(plan))))
 }
@@ -249,8 +254,12 @@ impl SinkMaths for RcaMaths {
         Ok(RcaState::new(self.classes))
     }
 
-    fn start(&mut self, acc: &mut ExactlyOnce<RcaState>, _ctx: &StageContext) -> Result<(), StageError> {
+    fn start(&mut self, acc: &mut ExactlyOnce<RcaState>, ctx: &StageContext) -> Result<(), StageError> {
         self.last = acc.inner().clone();
+        if let Some(rule) = self.deciding(ctx) {
+            metrics::gauge!(telemetry::EARLY_STOP_TARGET).set(rule.ci_half_width);
+            publish_early_stop(&acc.inner().generated, ctx);
+        }
         Ok(())
     }
 
@@ -262,6 +271,9 @@ impl SinkMaths for RcaMaths {
         count_predictions(&self.last, acc.inner(), &ctx.classes);
         self.last = acc.inner().clone();
         publish_live(&result_of(acc, &self.baseline), &ctx.classes);
+        if self.deciding(ctx).is_some() {
+            publish_early_stop(&acc.inner().generated, ctx);
+        }
         Ok(())
     }
 
@@ -273,6 +285,7 @@ impl SinkMaths for RcaMaths {
         let mut result = result_of(acc, &self.baseline);
         let gate = ctx.control.early_stop().filter(|g| g.decider() == ctx.id);
         if let (Some(rule), Some(gate)) = (self.stop_when, gate) {
+            publish_early_stop(&acc.inner().generated, ctx);
             if let Some(last) = gate.stopped_at() {
                 result.early_stop = Some(early_stop_record(rule, &acc.inner().generated, &self.planned, gate, last));
             }
@@ -283,6 +296,22 @@ impl SinkMaths for RcaMaths {
     fn stop_rule_holds(&self, acc: &ExactlyOnce<RcaState>) -> bool {
         self.stop_when.is_some_and(|rule| rule.holds(&acc.inner().generated))
     }
+}
+
+impl RcaMaths {
+    /// The rule, when this sink decides the run's early stop.
+    fn deciding(&self, ctx: &StageContext) -> Option<StopWhen> {
+        self.stop_when.filter(|_| ctx.control.early_stop().is_some_and(|g| g.decider() == ctx.id))
+    }
+}
+
+/// The early-stop gauges: each class's half-width now, and whether the stop has fired.
+fn publish_early_stop(generated: &Confusion, ctx: &StageContext) {
+    for (class, (_, _, _, half_width)) in ctx.classes.iter().zip(StopWhen::classes(generated)) {
+        metrics::gauge!(telemetry::EARLY_STOP_CLASS_HALF_WIDTH, "class" => class.clone()).set(half_width);
+    }
+    let fired = ctx.control.early_stop().is_some_and(|g| g.stopped_at().is_some());
+    metrics::gauge!(telemetry::EARLY_STOP_FIRED).set(if fired { 1.0 } else { 0.0 });
 }
 
 /// What the report says about a stop that fired after unit `last`.
