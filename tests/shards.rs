@@ -384,7 +384,11 @@ fn three_shards_of_a_sweep_variation_under_slurm_merge_to_the_single_run_report(
             jobs.join("rcaflow-shards.sbatch").display(),
             topology.display(),
             run_dir.display()
-        )) && line.contains(&format!("--dependency=afterok:$jid --job-name=rcaflow-merge-seed-3 {} {}", jobs.join("rcaflow-merge.sbatch").display(), run_dir.display())),
+        )) && line.contains(&format!(
+            "--dependency=afterok:$jid --job-name=rcaflow-merge-seed-3 {} {}",
+            jobs.join("rcaflow-merge.sbatch").display(),
+            run_dir.display()
+        )),
         "{line}"
     );
     assert!(o.stdout.contains(&format!("bash {}", jobs.join("submit-slurm.sh").display())), "{}", o.stdout);
@@ -483,7 +487,7 @@ fn a_sweep_submitted_to_kubernetes_gets_one_indexed_job_and_one_merge_job_per_va
     let root = tmp.path();
     let topology = root.join("t.toml");
     // The demo topology, its model paths made absolute (validated, never run, here).
-    let demo = std::fs::read_to_string(common::repo().join("topology/demo.toml")).unwrap();
+    let demo = std::fs::read_to_string(common::repo().join("topology/demo-rca.toml")).unwrap();
     std::fs::write(&topology, demo.replace("../models/demo", &common::repo().join("models/demo").display().to_string())).unwrap();
     let sweep = root.join("s.toml");
     std::fs::write(
@@ -505,7 +509,10 @@ fn a_sweep_submitted_to_kubernetes_gets_one_indexed_job_and_one_merge_job_per_va
         let job_name = job["metadata"]["name"].as_str().unwrap();
         assert_eq!(job_name, format!("rcaflow-{i}-{name}").replace('_', "-"));
         let spec = &job["spec"];
-        assert_eq!((spec["completionMode"].as_str(), spec["completions"].as_u64(), spec["parallelism"].as_u64()), (Some("Indexed"), Some(5), Some(5)));
+        assert_eq!(
+            (spec["completionMode"].as_str(), spec["completions"].as_u64(), spec["parallelism"].as_u64()),
+            (Some("Indexed"), Some(5), Some(5))
+        );
         let pod = &spec["template"]["spec"];
         assert_eq!(pod["containers"][0]["image"].as_str(), Some("reg/rcaflow:cuda"));
         assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"].as_str(), Some("lab-runs"));
@@ -531,7 +538,11 @@ fn a_sweep_submitted_to_kubernetes_gets_one_indexed_job_and_one_merge_job_per_va
     std::fs::write(&sweep, std::fs::read_to_string(&sweep).unwrap().replace("root = \"/data/sweep\"", "root = \"/elsewhere\"")).unwrap();
     let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "submit"]).arg(&sweep).arg("--k8s").arg("--out").arg(root.join("k8s-2")));
     assert_eq!(o.code(), Some(2), "{}", o.stderr);
-    assert!(o.stderr.contains("kubernetes.root = \"/elsewhere\" is not on the claim (mounted at kubernetes.mount = \"/data\")"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("kubernetes.root = \"/elsewhere\" is not on the claim (mounted at kubernetes.mount = \"/data\")"),
+        "{}",
+        o.stderr
+    );
     let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "submit"]).arg(&sweep).arg("--slurm").arg("--out").arg(root));
     assert_eq!(o.code(), Some(2), "{}", o.stderr);
     assert!(o.stderr.contains("holds other files"), "{}", o.stderr);
@@ -548,7 +559,8 @@ fn a_sweep_report_tables_every_variation_and_draws_the_complete_and_partial_ones
     let root = tmp.path();
     std::fs::write(root.join("t.toml"), "").unwrap();
     let sweep = root.join("s.toml");
-    std::fs::write(&sweep, "topology = \"t.toml\"\nroot = \"runs\"\nshards = 2\n[grid]\n\"sources.sampler.steps\" = [10, 25, 50, 100]\n").unwrap();
+    std::fs::write(&sweep, "topology = \"t.toml\"\nroot = \"runs\"\nshards = 2\n[grid]\n\"sources.sampler.steps\" = [10, 25, 50, 100]\n")
+        .unwrap();
     let merged = |name: &str, rca: f64, fid: f64, kid: Option<f64>, status: &str| {
         let dir = root.join("runs").join(name).join("merged");
         std::fs::create_dir_all(&dir).unwrap();
@@ -571,20 +583,35 @@ fn a_sweep_report_tables_every_variation_and_draws_the_complete_and_partial_ones
     let out = root.join("report");
     let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "report"]).arg(&sweep).arg("--out").arg(&out));
     assert!(o.success(), "{}", o.stderr);
-    assert!(o.stderr.contains("3 of 4 variations are not complete: steps-25 (partial), steps-50 (not merged), steps-100 (missing)"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("3 of 4 variations are not complete: steps-25 (partial), steps-50 (not merged), steps-100 (missing)"),
+        "{}",
+        o.stderr
+    );
     let md = std::fs::read_to_string(out.join("sweep_report.md")).unwrap();
     assert!(o.stdout.contains(&md));
     let is = straight_report["inception_score"]["mean"].as_f64().unwrap();
     let lpips = straight_report["lpips_diversity"]["mean"].as_f64().unwrap();
     let lines: Vec<&str> = md.lines().filter(|l| l.starts_with("| steps-")).collect();
     assert_eq!(lines.len(), 4, "{md}");
-    assert!(lines[0].starts_with(&format!("| steps-10 | complete | 0.6250 | 212.5000 | 0.012500 | {is:.4} | {lpips:.4} | 15 | `sources.sampler.steps=10` |")), "{md}");
-    assert!(lines[1].starts_with("| steps-25 | partial (merged from unfinished shards: 10/12 units done) | 0.8750 | 150.2500 |  |"), "{md}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "| steps-10 | complete | 0.6250 | 212.5000 | 0.012500 | {is:.4} | {lpips:.4} | 15 | `sources.sampler.steps=10` |"
+        )),
+        "{md}"
+    );
+    assert!(
+        lines[1].starts_with("| steps-25 | partial (merged from unfinished shards: 10/12 units done) | 0.8750 | 150.2500 |  |"),
+        "{md}"
+    );
     assert!(lines[2].starts_with("| steps-50 | not merged (1/2 shards started, 0 finished; no merged/report.json yet) |  |  |"), "{md}");
     assert!(lines[3].starts_with("| steps-100 | missing (no shard has started"), "{md}");
     let csv = std::fs::read_to_string(out.join("sweep_report.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
-    assert_eq!(rows[0][..9], ["variation", "status", "detail", "rca", "fid", "kid", "inception_score", "lpips_diversity", "generated_images"]);
+    assert_eq!(
+        rows[0][..9],
+        ["variation", "status", "detail", "rca", "fid", "kid", "inception_score", "lpips_diversity", "generated_images"]
+    );
     assert_eq!(rows[1][..6], ["steps-10", "complete", "", "0.625", "212.5", "0.0125"]);
     assert_eq!(rows[2][..6], ["steps-25", "partial", "merged from unfinished shards: 10/12 units done", "0.875", "150.25", ""]);
     assert_eq!(rows[4][..4], ["steps-100", "missing", rows[4][2], ""]);

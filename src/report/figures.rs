@@ -896,7 +896,8 @@ pub fn tradeoff(path: &Path, title: &str, points: &[TradeoffPoint], not_shown: &
     let ticks = |lo: f64, hi: f64| -> Vec<(f64, String)> {
         let step = nice_step(hi - lo, 5.0);
         // As many decimals as the step needs (0.025 needs 3).
-        let decimals = (0..9usize).find(|&d| ((step * 10f64.powi(d as i32)).round() - step * 10f64.powi(d as i32)).abs() < 1e-6).unwrap_or(9);
+        let decimals =
+            (0..9usize).find(|&d| ((step * 10f64.powi(d as i32)).round() - step * 10f64.powi(d as i32)).abs() < 1e-6).unwrap_or(9);
         let mut t = (lo / step).ceil() * step;
         let mut out = Vec::new();
         while t <= hi + 1e-12 && out.len() < 20 {
@@ -974,7 +975,15 @@ pub fn tradeoff(path: &Path, title: &str, points: &[TradeoffPoint], not_shown: &
                 pen.text(area, &label, (lx, at.1 - (label_h as i32) / 2 - 2), label_size, INK, h, false)?;
             }
             let x_title = "RCA (generated / real accuracy)";
-            pen.text(area, x_title, (px + pw / 2, py + ph + (gap + tick_h + gap + axis_h / 2) as i32), axis_size, INK, HPos::Center, false)?;
+            pen.text(
+                area,
+                x_title,
+                (px + pw / 2, py + ph + (gap + tick_h + gap + axis_h / 2) as i32),
+                axis_size,
+                INK,
+                HPos::Center,
+                false,
+            )?;
             let y_title = format!("{name} (lower is better)");
             pen.text(area, &y_title, (px - (gap + y_tick_w + gap + axis_h / 2) as i32, py + ph / 2), axis_size, INK, HPos::Center, true)?;
         }

@@ -292,7 +292,8 @@ impl FeatureStore {
             Err(_) if want > 0 => return Err(error(format!("is missing; the checkpoint names {want} bytes of it"))),
             Err(_) => {}
         }
-        self.spill = Some(Arc::new(SpillFile { path: path.to_path_buf(), file: Mutex::new(None), limit_bytes: u64::MAX, error: Mutex::new(None) }));
+        self.spill =
+            Some(Arc::new(SpillFile { path: path.to_path_buf(), file: Mutex::new(None), limit_bytes: u64::MAX, error: Mutex::new(None) }));
         Ok(())
     }
 

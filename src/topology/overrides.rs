@@ -49,11 +49,8 @@ impl Override {
             if !at.contains_key(name) {
                 if depth < head && !(depth == 0 && head == 1) {
                     let known: Vec<&String> = at.keys().collect();
-                    let known = if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-                    };
+                    let known =
+                        if known.is_empty() { "none".to_string() } else { known.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ") };
                     return Err(format!("--set {key}: the topology has no [{here}] (it has {known})"));
                 }
                 at.insert(name.clone(), toml::Value::Table(toml::Table::new()));
@@ -73,7 +70,9 @@ fn key_path(key: &str) -> Result<Vec<String>, String> {
     let path: Vec<String> = key.split('.').map(str::to_string).collect();
     let ok = |s: &String| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if path.len() < 2 || !path.iter().all(ok) {
-        return Err(format!("--set \"{key}\": expected a dotted key such as sources.sampler.steps (letters, digits, _ and - between dots)"));
+        return Err(format!(
+            "--set \"{key}\": expected a dotted key such as sources.sampler.steps (letters, digits, _ and - between dots)"
+        ));
     }
     Ok(path)
 }

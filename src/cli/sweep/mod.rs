@@ -44,15 +44,15 @@ pub enum SweepCommand {
 }
 
 #[derive(Debug, Args)]
-#[group(id = "scheduler", required = true, multiple = false)]
+#[command(group(clap::ArgGroup::new("scheduler").required(true).args(["slurm", "k8s"])))]
 pub struct SubmitArgs {
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// Slurm: one job array per variation (a task per shard) and a merge job after it.
-    #[arg(long, group = "scheduler")]
+    #[arg(long)]
     pub slurm: bool,
     /// Kubernetes: one Indexed Job per variation (a pod per shard) and a merge Job.
-    #[arg(long, group = "scheduler")]
+    #[arg(long)]
     pub k8s: bool,
     /// The folder the job files go in (new, or an earlier submit's); on storage the jobs see.
     #[arg(long, value_name = "DIR")]
@@ -151,8 +151,8 @@ fn plan_of(sweep: &Path) -> Result<PlanRecord, CliError> {
                 sweep.display()
             ))
         })?;
-        let plan: PlanRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| CliError::Input(format!("\"{}\": not a sweep plan: {e}", path.display())))?;
+        let plan: PlanRecord =
+            serde_json::from_slice(&bytes).map_err(|e| CliError::Input(format!("\"{}\": not a sweep plan: {e}", path.display())))?;
         if plan.schema != PLAN_SCHEMA {
             return Err(CliError::Input(format!("\"{}\": schema \"{}\", expected \"{PLAN_SCHEMA}\"", path.display(), plan.schema)));
         }
@@ -171,8 +171,9 @@ fn report_command(sweep: &Path, out: &Path) -> Result<(), CliError> {
     let md = report::markdown(&title, &rows);
     write(&out.join("sweep_report.md"), &md, false)?;
     write(&out.join("sweep_report.csv"), &report::csv(&rows), false)?;
-    let json = serde_json::to_string_pretty(&serde_json::json!({ "schema": "rcaflow-sweep-report/1", "sweep": plan.sweep, "variations": rows }))
-        .map_err(|e| CliError::Output(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&serde_json::json!({ "schema": "rcaflow-sweep-report/1", "sweep": plan.sweep, "variations": rows }))
+            .map_err(|e| CliError::Output(e.to_string()))?;
     write(&out.join("sweep_report.json"), &json, false)?;
     let points: Vec<crate::report::figures::TradeoffPoint> = rows
         .iter()
@@ -187,11 +188,17 @@ fn report_command(sweep: &Path, out: &Path) -> Result<(), CliError> {
             })
         })
         .collect();
-    let not_shown: Vec<String> = rows
-        .iter()
-        .filter(|r| r.rca.is_none() || (r.fid.is_none() && r.kid.is_none()))
-        .map(|r| if r.rca.is_none() && r.status == "complete" { format!("{} (no RCA)", r.name) } else { format!("{} ({})", r.name, r.status) })
-        .collect();
+    let not_shown: Vec<String> =
+        rows.iter()
+            .filter(|r| r.rca.is_none() || (r.fid.is_none() && r.kid.is_none()))
+            .map(|r| {
+                if r.rca.is_none() && r.status == "complete" {
+                    format!("{} (no RCA)", r.name)
+                } else {
+                    format!("{} ({})", r.name, r.status)
+                }
+            })
+            .collect();
     let figure = out.join("tradeoff.png");
     crate::report::figures::tradeoff(&figure, &format!("Sweep {name}: the trade-off"), &points, &not_shown)
         .map_err(|e| CliError::Output(e.to_string()))?;

@@ -127,11 +127,14 @@ impl Sweep {
             match table.remove(key) {
                 Some(toml::Value::String(s)) if !s.is_empty() => Ok(absolute(&base.join(s))),
                 Some(other) => Err(format!("`{key}` must be a path (a string), found {}", other.type_str())),
-                None => Err(format!("`{key}` is missing ({})", if key == "topology" {
-                    "the topology file the variations change"
-                } else {
-                    "the folder the variations' run directories go in"
-                })),
+                None => Err(format!(
+                    "`{key}` is missing ({})",
+                    if key == "topology" {
+                        "the topology file the variations change"
+                    } else {
+                        "the folder the variations' run directories go in"
+                    }
+                )),
             }
         };
         let topology = path(&mut table, "topology")?;
@@ -279,7 +282,9 @@ fn check_name(at: &str, name: &str) -> Result<String, String> {
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
-        return Err(format!("{at} = \"{name}\": expected 1 to 120 letters, digits, -, _ or . (not starting with .): it is a directory name"));
+        return Err(format!(
+            "{at} = \"{name}\": expected 1 to 120 letters, digits, -, _ or . (not starting with .): it is a directory name"
+        ));
     }
     Ok(name.to_string())
 }
@@ -293,7 +298,9 @@ fn value_part(v: &toml::Value, short: bool) -> String {
             let last = s.rsplit('/').next().unwrap_or(s);
             // A weights file: its stem (`ckpt-10k.safetensors` -> `ckpt-10k`).
             match last.rsplit_once('.') {
-                Some((stem, ext)) if !stem.is_empty() && ext.chars().all(|c| c.is_ascii_alphabetic()) && ext.len() <= 12 => stem.to_string(),
+                Some((stem, ext)) if !stem.is_empty() && ext.chars().all(|c| c.is_ascii_alphabetic()) && ext.len() <= 12 => {
+                    stem.to_string()
+                }
                 _ => last.to_string(),
             }
         }
@@ -480,7 +487,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names(&s), ["a-steps-10_unet-m-run1-ema_b-steps-20", "a-steps-10_unet-m-run2-ema_b-steps-20"]);
-        let s = parse("topology = \"t.toml\"\nroot = \"r\"\n[grid]\n\"sinks.kid.subsets\" = [10, 100]\n\"run.default_capacity\" = [2]\n").unwrap();
+        let s = parse("topology = \"t.toml\"\nroot = \"r\"\n[grid]\n\"sinks.kid.subsets\" = [10, 100]\n\"run.default_capacity\" = [2]\n")
+            .unwrap();
         assert_eq!(names(&s), ["default_capacity-2_subsets-10", "default_capacity-2_subsets-100"]);
     }
 
@@ -520,7 +528,7 @@ mod tests {
     #[test]
     fn load_checks_each_variations_topology_and_names_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("topology/demo.toml");
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("topology/demo-rca.toml");
         let write = |grid: &str| {
             let file = tmp.path().join("s.toml");
             std::fs::write(&file, format!("topology = \"{}\"\nroot = \"runs\"\n[grid]\n{grid}\n", demo.display())).unwrap();

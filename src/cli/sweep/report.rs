@@ -51,8 +51,7 @@ impl Row {
             Ok(b) => b,
             Err(_) => {
                 let started = (0..shards).filter(|k| run_dir.join(format!("shard-{k}-of-{shards}")).join("run.json").is_file()).count();
-                let finished =
-                    (0..shards).filter(|k| run_dir.join(format!("shard-{k}-of-{shards}")).join("report.json").is_file()).count();
+                let finished = (0..shards).filter(|k| run_dir.join(format!("shard-{k}-of-{shards}")).join("report.json").is_file()).count();
                 if started == 0 {
                     row.status = "missing".into();
                     row.detail = Some(format!("no shard has started (no {}/shard-K-of-{shards})", run_dir.display()));
@@ -80,9 +79,16 @@ impl Row {
         row.lpips_diversity = number("/lpips_diversity/mean");
         row.generated_images = report.pointer("/generated/total").and_then(Value::as_u64);
         if row.status == "partial" {
-            let record: Option<Value> = std::fs::read(run_dir.join("merged").join("merge.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let record: Option<Value> =
+                std::fs::read(run_dir.join("merged").join("merge.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
             let units = |key: &str| -> u64 {
-                record.as_ref().and_then(|r| r["shards"].as_array().cloned()).unwrap_or_default().iter().filter_map(|s| s[key].as_u64()).sum()
+                record
+                    .as_ref()
+                    .and_then(|r| r["shards"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|s| s[key].as_u64())
+                    .sum()
             };
             row.detail = Some(format!("merged from unfinished shards: {}/{} units done", units("units_done"), units("units_planned")));
         }

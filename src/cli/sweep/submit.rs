@@ -138,8 +138,7 @@ pub fn slurm(sweep: &Sweep, out: &Path) -> Jobs {
 /// A Kubernetes object name (RFC 1123 label: lowercase letters, digits, `-`, 63 at most) for
 /// variation number `i`: the number keeps names apart that the shortening would merge.
 pub fn k8s_name(prefix: &str, i: usize, name: &str) -> String {
-    let mut slug: String =
-        name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let mut slug: String = name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     while slug.contains("--") {
         slug = slug.replace("--", "-");
     }
@@ -154,7 +153,10 @@ pub fn k8s_name(prefix: &str, i: usize, name: &str) -> String {
 fn replace_once(text: &str, from: &str, to: &str, file: &str) -> Result<String, String> {
     match text.matches(from).count() {
         1 => Ok(text.replacen(from, to, 1)),
-        n => Err(format!("the shipped {file} has {n} copies of \"{}\" where 1 was expected (rcaflow was built from edited deploy files)", from.trim())),
+        n => Err(format!(
+            "the shipped {file} has {n} copies of \"{}\" where 1 was expected (rcaflow was built from edited deploy files)",
+            from.trim()
+        )),
     }
 }
 
@@ -189,18 +191,17 @@ pub fn kubernetes(sweep: &Sweep, out: &Path) -> Result<Jobs, String> {
             ("            - cuda:0\n".into(), format!("            - {}\n", yaml(&k.device))),
             ("          image: rcaflow:latest\n".into(), format!("          image: {}\n", yaml(&k.image))),
             ("            claimName: rcaflow-runs\n".into(), format!("            claimName: {}\n", yaml(&k.claim))),
-            ("        app: rcaflow\n".into(), format!("        app: rcaflow\n        rcaflow-variation: {}\n", yaml(&k8s_name("v", i, &v.name)))),
+            (
+                "        app: rcaflow\n".into(),
+                format!("        app: rcaflow\n        rcaflow-variation: {}\n", yaml(&k8s_name("v", i, &v.name))),
+            ),
         ] {
             t = replace_once(&t, &from, &to, file)?;
         }
         let sets: String = set_args(v).iter().map(|a| format!("            - {}\n", yaml(a))).collect();
         t = replace_once(&t, "            - 0.0.0.0:9898\n", &format!("            - 0.0.0.0:9898\n{sets}"), file)?;
         let merge_file = "deploy/kubernetes/rcaflow-merge.yaml";
-        let line = format!(
-            "exec rcaflow merge {}/shard-*-of-* --out {}/merged --device cpu",
-            quote(&run_dir),
-            quote(&run_dir)
-        );
+        let line = format!("exec rcaflow merge {}/shard-*-of-* --out {}/merged --device cpu", quote(&run_dir), quote(&run_dir));
         let mut m = format!("# rcaflow sweep {}: the merge of variation {}\n{MERGE_YAML}", sweep.file.display(), v.name);
         for (from, to) in [
             ("  name: rcaflow-merge\n".to_string(), format!("  name: {merge_job}\n")),
