@@ -157,7 +157,7 @@ fn kid_and_precision_recall_reach_the_report_and_survive_a_kill() {
 
     // Two shards, each spilling every feature, merged by a merge that keeps none in memory
     // either (it copies the shards' blocks into its own spill file): the single run's KID and
-    // precision/recall, bit for bit, and its FID within 1e-9.
+    // precision/recall, bit for bit.
     {
         let name = "spilled-shards";
         let topology = setup(root, name);
@@ -183,8 +183,11 @@ fn kid_and_precision_recall_reach_the_report_and_survive_a_kill() {
         assert_eq!(merged["status"], "complete");
         assert_eq!(merged["kid"], r["kid"], "{name}");
         assert_eq!(merged["precision_recall"], r["precision_recall"], "{name}");
+        // FID only sums moments (tests/shards.rs holds it to 1e-9); here 8 and 10 images of
+        // 2048 dimensions make both covariances singular, and the matrix square root turns the
+        // other order of summation into a 1e-8 relative difference.
         let (a, b) = (merged["fid"]["value"].as_f64().unwrap(), r["fid"]["value"].as_f64().unwrap());
-        assert!((a - b).abs() <= 1e-9 * b.abs(), "{name}: FID {a} vs {b}");
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{name}: FID {a} vs {b}");
         for sink in ["kid", "prc"] {
             let file = std::fs::metadata(out.join(format!("state/{sink}.features"))).unwrap().len();
             assert_eq!(file, (REAL + GENERATED) as u64 * CLASSES as u64 * 2048 * 4, "{name}: merged {sink}.features");

@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(t["run"]["classes"].as_array().map(Vec::len), Some(2));
         let refusals = [
             ("sources.samplr.steps=5", "--set sources.samplr.steps: the topology has no [sources.samplr] (it has sampler)"),
-            ("transforms.oracle.weights=x", "the topology has no [transforms] (it has run, sources, sinks)"),
+            ("transforms.oracle.weights=x", "the topology has no [transforms] (it has run, sinks, sources)"),
             ("source.sampler.steps=5", "a topology has no [source]"),
             ("sources.sampler=5", "names a table, not a key inside it"),
             ("sources.sampler.steps.x=5", "sources.sampler.steps is integer, not a table"),

@@ -54,7 +54,7 @@ impl Row {
                 let finished = (0..shards).filter(|k| run_dir.join(format!("shard-{k}-of-{shards}")).join("report.json").is_file()).count();
                 if started == 0 {
                     row.status = "missing".into();
-                    row.detail = Some(format!("no shard has started (no {}/shard-K-of-{shards})", run_dir.display()));
+                    row.detail = Some(format!("no shard has started: no {}/shard-K-of-{shards}", run_dir.display()));
                 } else {
                     row.status = "not merged".into();
                     row.detail = Some(format!("{started}/{shards} shards started, {finished} finished; no merged/report.json yet"));
@@ -81,16 +81,14 @@ impl Row {
         if row.status == "partial" {
             let record: Option<Value> =
                 std::fs::read(run_dir.join("merged").join("merge.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            let units = |key: &str| -> u64 {
-                record
-                    .as_ref()
-                    .and_then(|r| r["shards"].as_array().cloned())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|s| s[key].as_u64())
-                    .sum()
-            };
-            row.detail = Some(format!("merged from unfinished shards: {}/{} units done", units("units_done"), units("units_planned")));
+            let shards = record.as_ref().and_then(|r| r["shards"].as_array().cloned());
+            row.detail = Some(match shards {
+                Some(shards) => {
+                    let units = |key: &str| shards.iter().filter_map(|s| s[key].as_u64()).sum::<u64>();
+                    format!("merged from unfinished shards: {}/{} units done", units("units_done"), units("units_planned"))
+                }
+                None => "merged from unfinished shards (no readable merged/merge.json says how far)".into(),
+            });
         }
         row
     }
