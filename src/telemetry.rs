@@ -38,6 +38,9 @@ pub const CLASS_RCA: &str = "rcaflow_class_rca_ratio";
 /// Oracle predictions folded into results: the live confusion matrices. Labels: origin, class
 /// (the true or intended class), predicted. At most 2 x classes² series, only cells that occur.
 pub const PREDICTIONS: &str = "rcaflow_predictions_total";
+/// Oracle predictions of the true or intended class (the diagonal of [`PREDICTIONS`]), so
+/// that PromQL can pool the accuracies, and RCA, over the shards of a sharded run. Labels: origin.
+pub const CORRECT_PREDICTIONS: &str = "rcaflow_correct_predictions_total";
 /// Live FID (recomputed every `interval_secs` of the fid sink).
 pub const FID: &str = "rcaflow_fid";
 /// FID of one class's generated images against its real images (fid `per_class`), at the end.
@@ -148,6 +151,11 @@ fn describe_all() {
         PREDICTIONS,
         Unit::Count,
         "Oracle predictions folded into results, by origin, true (intended) class and predicted class."
+    );
+    describe_counter!(
+        CORRECT_PREDICTIONS,
+        Unit::Count,
+        "Oracle predictions of the true or intended class, by origin (the confusion matrices' diagonal)."
     );
     describe_gauge!(FID, "Live Frechet Inception Distance, generated vs real.");
     describe_gauge!(CLASS_FID, "FID of a class's generated images against its real images.");

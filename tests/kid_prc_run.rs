@@ -2,7 +2,8 @@
 //! (real and generated, noisy colour images) → batcher → random-weight Inception → fid
 //! (per_class), kid (per_class), precision_recall (per_class) → report. report.json carries
 //! the fields the README documents, and a run killed after the kid sink applied a batch (before
-//! its checkpoint) and resumed gives the same numbers as one never interrupted.
+//! its checkpoint) and resumed gives the same numbers as one never interrupted; so do a run that
+//! spills every feature to disk, and two such shards merged (`rcaflow merge`).
 
 mod common;
 
@@ -133,11 +134,7 @@ fn kid_and_precision_recall_reach_the_report_and_survive_a_kill() {
     // spilled and applied its third batch (before its checkpoint: the file is cut back on
     // resume), then resumed. KID reads its subsets' rows from the file, precision/recall all of
     // them: the in-memory run's numbers, bit for bit.
-    std::fs::write(
-        root.join("settings-spill.toml"),
-        format!("{}feature_memory_mib = 0\n", common::bin::CHECKPOINT_OFTEN),
-    )
-    .unwrap();
+    std::fs::write(root.join("settings-spill.toml"), format!("{}feature_memory_mib = 0\n", common::bin::CHECKPOINT_OFTEN)).unwrap();
     {
         let name = "spilled";
         let topology = setup(root, name);
@@ -155,6 +152,45 @@ fn kid_and_precision_recall_reach_the_report_and_survive_a_kill() {
             assert_eq!(file, (REAL + GENERATED) as u64 * CLASSES as u64 * 2048 * 4, "{name}: {sink}.features");
             let checkpoint = std::fs::metadata(state.join(format!("{sink}.ckpt"))).unwrap().len();
             assert!(checkpoint < 10_000, "{name}: {sink}.ckpt holds {checkpoint} bytes");
+        }
+    }
+
+    // Two shards, each spilling every feature, merged by a merge that keeps none in memory
+    // either (it copies the shards' blocks into its own spill file): the single run's KID and
+    // precision/recall, bit for bit.
+    {
+        let name = "spilled-shards";
+        let topology = setup(root, name);
+        let settings = root.join("settings-spill.toml");
+        for k in 0..2 {
+            let mut cmd = common::bin::rcaflow();
+            cmd.arg("--config").arg(&settings).args(["run", "--topology"]).arg(&topology).args(["--shard", &format!("{k}/2")]);
+            let o = Ran::of(&mut cmd);
+            assert!(o.success(), "{name} shard {k}: {}", o.stderr);
+        }
+        let run_dir = root.join(format!("run-{name}"));
+        let shards: Vec<PathBuf> = (0..2).map(|k| run_dir.join(format!("shard-{k}-of-2"))).collect();
+        for dir in &shards {
+            let file = std::fs::metadata(dir.join("state/kid.features")).map(|m| m.len()).unwrap_or(0);
+            assert!(file > 0, "{}: the shard spilled nothing", dir.display());
+        }
+        let out = run_dir.join("merged");
+        let mut cmd = common::bin::rcaflow();
+        cmd.arg("--config").arg(&settings).arg("merge").args(&shards).arg("--out").arg(&out);
+        let o = Ran::of(&mut cmd);
+        assert!(o.success(), "{name} merge: {}", o.stderr);
+        let merged: Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        assert_eq!(merged["status"], "complete");
+        assert_eq!(merged["kid"], r["kid"], "{name}");
+        assert_eq!(merged["precision_recall"], r["precision_recall"], "{name}");
+        // FID only sums moments (tests/shards.rs holds it to 1e-9); here 8 and 10 images of
+        // 2048 dimensions make both covariances singular, and the matrix square root turns the
+        // other order of summation into a 1e-8 relative difference.
+        let (a, b) = (merged["fid"]["value"].as_f64().unwrap(), r["fid"]["value"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{name}: FID {a} vs {b}");
+        for sink in ["kid", "prc"] {
+            let file = std::fs::metadata(out.join(format!("state/{sink}.features"))).unwrap().len();
+            assert_eq!(file, (REAL + GENERATED) as u64 * CLASSES as u64 * 2048 * 4, "{name}: merged {sink}.features");
         }
     }
 }

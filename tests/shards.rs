@@ -93,61 +93,48 @@ fn assert_merged_equals_straight(root: &Path, name: &str, out: &Path) -> Value {
     merged
 }
 
+/// One shard (a variation by `--set` of the file's own seed: recorded in run.json and applied
+/// again by merge) and two shards, one of them killed: merged partial, refused to another shard,
+/// resumed, merged whole into the same folder; then merge's refusals on those shards.
 #[test]
-fn one_two_and_three_shards_merge_to_the_single_run_report() {
+fn one_and_two_shards_merge_to_the_single_run_report_with_a_killed_shard_resumed() {
     let _ = straight();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    for n in 1..=3u32 {
-        let name = format!("n{n}");
-        let topology = tiny_run::write_topology(root, &name, 1, None);
-        for k in 0..n {
-            run_shard(root, &topology, k, n);
-        }
-        let dirs = shard_dirs(root, &name, n);
-        // Each shard ran its own units only, and says so.
-        let first: Value = read_json(&dirs[0].join("run.json"));
-        assert_eq!(first["shard"], serde_json::json!({ "index": 0, "count": n }));
-        let status = Ran::of(rcaflow_checkpointing(root).arg("status").arg(&dirs[0]));
-        assert!(status.stdout.contains(&format!("shard 0/{n}: its own units only")), "{}", status.stdout);
-        let out = root.join(format!("merged-{name}"));
-        // Given in reverse order: the order on the command line does not matter.
-        let mut reversed = dirs.clone();
-        reversed.reverse();
-        let o = merge(root, &reversed, &out);
-        assert!(o.success(), "merge of {n} shards: {}", o.stderr);
-        assert!(o.stdout.contains(&format!("merged {n} shards into")), "{}", o.stdout);
-        let merged = assert_merged_equals_straight(root, &name, &out);
-        assert_eq!(merged["status"], "complete");
-        let record = read_json(&out.join("merge.json"));
-        assert_eq!(record["complete"], true);
-        assert_eq!(record["shards"].as_array().unwrap().len(), n as usize);
-        // Merging again into the same folder replaces the earlier merge.
-        if n == 2 {
-            let o = merge(root, &dirs, &out);
-            assert!(o.success(), "{}", o.stderr);
-            assert_merged_equals_straight(root, &name, &out);
-        }
-    }
-}
 
-#[test]
-fn a_killed_shard_merges_as_partial_then_resumes_and_merges_whole() {
-    let _ = straight();
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let name = "killed";
+    // One shard, started with --set.
+    let topology = tiny_run::write_topology(root, "n1", 1, None);
+    let o = run(root, &["run", "--topology", &topology_arg(&topology), "--shard", "0/1", "--set", "sources.sampler.seed=3"], None);
+    assert!(o.success(), "shard 0/1: {}", o.stderr);
+    let dirs = shard_dirs(root, "n1", 1);
+    let manifest = read_json(&dirs[0].join("run.json"));
+    assert_eq!(manifest["shard"], serde_json::json!({ "index": 0, "count": 1 }));
+    assert_eq!(manifest["overrides"], serde_json::json!(["sources.sampler.seed=3"]));
+    let status = Ran::of(rcaflow_checkpointing(root).arg("status").arg(&dirs[0]));
+    assert!(status.stdout.contains("shard 0/1: its own units only"), "{}", status.stdout);
+    let out = root.join("merged-n1");
+    let o = merge(root, &dirs, &out);
+    assert!(o.success(), "merge of 1 shard: {}", o.stderr);
+    assert!(o.stdout.contains("merged 1 shards into"), "{}", o.stdout);
+    assert_eq!(assert_merged_equals_straight(root, "n1", &out)["status"], "complete");
+    assert_eq!(read_json(&out.join("run.json"))["overrides"], serde_json::json!(["sources.sampler.seed=3"]));
+    let record = read_json(&out.join("merge.json"));
+    assert_eq!((record["complete"].as_bool(), record["shards"].as_array().map(Vec::len)), (Some(true), Some(1)));
+
+    // Two shards; shard 1 dies at once (as SIGKILL would) after its sampler recorded its 2nd unit.
+    let name = "n2";
     let topology = tiny_run::write_topology(root, name, 1, None);
     let t = topology_arg(&topology);
     run_shard(root, &topology, 0, 2);
-    // Shard 1 dies at once (as SIGKILL would) after its sampler recorded its 2nd unit.
     let o = run(root, &["run", "--topology", &t, "--shard", "1/2"], Some("abort@sampler.unit:2"));
     assert!(o.code().is_none(), "the shard should have died: {}", o.stderr);
     let dirs = shard_dirs(root, name, 2);
     assert!(!dirs[1].join("report.json").exists());
+    let status = Ran::of(rcaflow_checkpointing(root).arg("status").arg(&dirs[0]));
+    assert!(status.stdout.contains("shard 0/2: its own units only"), "{}", status.stdout);
 
     // A live merge of what is on disk: a partial report, saying how far shard 1 was.
-    let out = root.join("merged");
+    let out = root.join("merged-n2");
     let o = merge(root, &dirs, &out);
     assert!(o.success(), "{}", o.stderr);
     assert!(o.stderr.contains("shard 1/2 (") && o.stderr.contains("the merged report is partial"), "{}", o.stderr);
@@ -166,50 +153,47 @@ fn a_killed_shard_merges_as_partial_then_resumes_and_merges_whole() {
     assert_eq!(whole.code(), Some(2), "{}", whole.stderr);
     assert!(whole.stderr.contains("shard 1/2 became the whole run"), "{}", whole.stderr);
 
-    // Resumed, it finishes its units; the merge is then the single run's.
+    // Resumed, it finishes its units; merged again into the same folder (given in reverse order:
+    // the order on the command line does not matter), the earlier merge is replaced by the
+    // single run's report.
     let o = run(root, &["run", "--topology", &t, "--shard", "1/2"], None);
     assert!(o.success(), "resume: {}", o.stderr);
     let sessions = read_json(&dirs[1].join("run.json"))["sessions"].as_array().unwrap().len();
     assert_eq!(sessions, 2, "the killed start and the resume (the refused start recorded nothing)");
-    let o = merge(root, &dirs, &out);
+    let mut reversed = dirs.clone();
+    reversed.reverse();
+    let o = merge(root, &reversed, &out);
     assert!(o.success(), "{}", o.stderr);
-    assert_merged_equals_straight(root, name, &out);
+    assert!(o.stdout.contains("merged 2 shards into"), "{}", o.stdout);
+    assert_eq!(assert_merged_equals_straight(root, name, &out)["status"], "complete");
     assert_eq!(read_json(&out.join("merge.json"))["complete"], true);
-}
 
-#[test]
-fn merge_refuses_a_missing_a_duplicated_and_a_foreign_shard_naming_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let topology = tiny_run::write_topology(root, "ours", 1, None);
-    for k in 0..2 {
-        run_shard(root, &topology, k, 2);
-    }
-    // The same models, another seed: shard 1 of another run.
-    let foreign = tiny_run::write_topology(root, "theirs", 1, None);
-    std::fs::write(&foreign, std::fs::read_to_string(&foreign).unwrap().replace("seed = 3", "seed = 4")).unwrap();
-    run_shard(root, &foreign, 1, 2);
-    let ours = shard_dirs(root, "ours", 2);
-    let theirs = shard_dirs(root, "theirs", 2);
-    let out = root.join("merged");
+    // Refusals. A foreign shard: shard 1 of the same models with another seed (its manifest is
+    // what merge reads before any state).
+    let theirs = root.join("run-theirs/shard-1-of-2");
+    std::fs::create_dir_all(&theirs).unwrap();
+    let mut foreign = read_json(&dirs[1].join("run.json"));
+    foreign["components"]["sources.sampler"]["seed"] = 4.into();
+    std::fs::write(theirs.join("run.json"), serde_json::to_vec_pretty(&foreign).unwrap()).unwrap();
+    let refused_out = root.join("refused");
     let refused = |dirs: &[PathBuf], expected: &[&str]| {
-        let o = merge(root, dirs, &out);
+        let o = merge(root, dirs, &refused_out);
         assert_eq!(o.code(), Some(2), "{dirs:?}: {}", o.stderr);
         let line = o.stderr.trim();
         assert!(!line.contains('\n'), "one line: {line}");
         for e in expected {
             assert!(line.contains(e), "{dirs:?}: expected {e:?} in: {line}");
         }
-        assert!(!out.join("report.json").exists(), "nothing merged");
+        assert!(!refused_out.join("report.json").exists(), "nothing merged");
     };
-    refused(&ours[..1], &["shard 1/2 is missing (its directory is shard-1-of-2); given shards 0 of 2"]);
-    refused(&[ours[0].clone(), ours[1].clone(), ours[0].clone()], &["shard 0/2 is given twice", &ours[0].display().to_string()]);
+    refused(&dirs[..1], &["shard 1/2 is missing (its directory is shard-1-of-2); given shards 0 of 2"]);
+    refused(&[dirs[0].clone(), dirs[1].clone(), dirs[0].clone()], &["shard 0/2 is given twice", &dirs[0].display().to_string()]);
     refused(
-        &[ours[0].clone(), theirs[1].clone()],
-        &[&format!("shard directory \"{}\" holds a run of another topology", theirs[1].display()), "sources.sampler changed (seed)"],
+        &[dirs[0].clone(), theirs.clone()],
+        &[&format!("shard directory \"{}\" holds a run of another topology", theirs.display()), "sources.sampler changed (seed)"],
     );
     refused(&[root.join("nowhere")], &["nowhere\": no run.json"]);
-    refused(&[root.join("run-ours")], &["no run.json"]);
+    refused(&[root.join("run-n2")], &["no run.json"]);
 }
 
 /// A one-node Slurm cluster in a temporary folder: munged, slurmctld and slurmd run in the
@@ -355,30 +339,74 @@ fn slurm_available() -> bool {
     true
 }
 
+/// `root/sweep.toml`: a sweep of `topology` with one variation (the file's own seed, by `--set`) in 3 shards.
+fn one_variation_sweep(root: &Path, topology: &Path, sbatch: &[String]) -> PathBuf {
+    let file = root.join("sweep.toml");
+    let flags: Vec<String> = sbatch.iter().map(|f| format!("{f:?}")).collect();
+    let text = format!(
+        "topology = {:?}\nroot = \"sweep\"\nshards = 3\n[[variation]]\nname = \"seed-3\"\nset = {{ \"sources.sampler.seed\" = 3 }}\n[slurm]\nsbatch = [{}]\n",
+        topology.display().to_string(),
+        flags.join(", ")
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Three shards: a sweep's one variation submitted with `sweep submit --slurm` and run by the
+/// script it writes, on a one-node Slurm cluster started by the test: the shipped job-array
+/// script (`sbatch --array=0-2 --wait`), then the shipped merge script. The merged report is the
+/// single run's, and `sweep report` shows it. Without Slurm (outside CI), the same three shards
+/// and merge run directly.
 #[test]
-fn the_shipped_slurm_job_array_merges_to_the_single_run_report() {
-    if !slurm_available() {
-        return;
-    }
+fn three_shards_of_a_sweep_variation_under_slurm_merge_to_the_single_run_report() {
     let _ = straight();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let name = "slurm";
     let topology = tiny_run::write_topology(root, name, 1, None);
-    let run_dir = root.join(format!("run-{name}"));
-    let cluster = Cluster::start();
-    let scripts = common::repo().join("deploy/slurm");
     let bin = std::env::var_os("RCAFLOW_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rcaflow")), PathBuf::from);
-    let export = format!("--export=ALL,RCAFLOW={},RCAFLOW_DEVICE=cpu,RCAFLOW_METRICS=off", bin.display());
-    // The script's resources are a GPU node's: this one-node CPU cluster overrides them on the
-    // command line (as a user would for a CPU run), nothing else.
-    let sbatch = |extra: &[&str], script: &str, args: &[&Path]| {
-        let mut cmd = cluster.command("sbatch");
-        cmd.args(["--wait", "--gres=none", "--cpus-per-task=1", "--mem=0", &export])
-            .arg(format!("--output={}/slurm-%A_%a.log", root.display()))
-            .args(extra)
-            .arg(scripts.join(script))
-            .args(args)
+    // The script's resources are a GPU node's: this one-node CPU cluster overrides them (as a
+    // user would for a CPU run, in the sweep's [slurm] flags), nothing else.
+    let flags: Vec<String> = ["--wait", "--gres=none", "--cpus-per-task=1", "--mem=0"]
+        .iter()
+        .map(|f| f.to_string())
+        .chain([format!("--output={}/slurm-%A_%a.log", root.display())])
+        .collect();
+    let sweep = one_variation_sweep(root, &topology, &flags);
+    let jobs = root.join("jobs");
+    let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "submit"]).arg(&sweep).arg("--slurm").arg("--out").arg(&jobs));
+    assert!(o.success(), "{}", o.stderr);
+    let run_dir = root.join("sweep/seed-3");
+    let line = o.stdout.lines().find(|l| l.starts_with("jid=$(sbatch")).unwrap_or_else(|| panic!("{}", o.stdout)).to_string();
+    assert!(
+        line.contains(&format!(
+            "--array=0-2 --export=ALL,RCAFLOW_METRICS_BASE=9900 --job-name=rcaflow-seed-3 {} {} {} --set sources.sampler.seed=3)",
+            jobs.join("rcaflow-shards.sbatch").display(),
+            topology.display(),
+            run_dir.display()
+        )) && line.contains(&format!(
+            "--dependency=afterok:$jid --job-name=rcaflow-merge-seed-3 {} {}",
+            jobs.join("rcaflow-merge.sbatch").display(),
+            run_dir.display()
+        )),
+        "{line}"
+    );
+    assert!(o.stdout.contains(&format!("bash {}", jobs.join("submit-slurm.sh").display())), "{}", o.stdout);
+    // The shipped scripts, unchanged.
+    for script in ["rcaflow-shards.sbatch", "rcaflow-merge.sbatch"] {
+        assert_eq!(std::fs::read(jobs.join(script)).unwrap(), std::fs::read(common::repo().join("deploy/slurm").join(script)).unwrap());
+    }
+    assert!(std::fs::read_to_string(jobs.join("submit-slurm.sh")).unwrap().contains(&line));
+    let plan = read_json(&jobs.join("sweep.json"));
+    assert_eq!(plan["variations"][0]["run_dir"].as_str(), Some(run_dir.display().to_string().as_str()));
+
+    if slurm_available() {
+        let cluster = Cluster::start();
+        let mut cmd = cluster.command("bash");
+        cmd.arg(jobs.join("submit-slurm.sh"))
+            .env("RCAFLOW", &bin)
+            .env("RCAFLOW_DEVICE", "cpu")
+            .env("RCAFLOW_METRICS", "off")
             .current_dir(root);
         let o = Ran::of(&mut cmd);
         let logs: String = std::fs::read_dir(root)
@@ -387,15 +415,33 @@ fn the_shipped_slurm_job_array_merges_to_the_single_run_report() {
             .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("slurm-"))
             .map(|p| format!("--- {}\n{}", p.display(), std::fs::read_to_string(&p).unwrap_or_default()))
             .collect();
-        assert!(o.success(), "sbatch {script}: {}{}\n{logs}\n{}", o.stdout, o.stderr, cluster.logs());
-    };
-    sbatch(&["--array=0-2"], "rcaflow-shards.sbatch", &[&topology, &run_dir]);
+        assert!(o.success(), "submit-slurm.sh: {}{}\n{logs}\n{}", o.stdout, o.stderr, cluster.logs());
+        drop(cluster);
+    } else {
+        eprintln!("(running the three shards and the merge directly instead)");
+        for k in 0..3 {
+            let shard = format!("{k}/3");
+            let args = ["run", "--topology", &topology_arg(&topology), "--run-dir", &run_dir.display().to_string(), "--shard", &shard];
+            let o = run(root, &[&args[..], &["--set", "sources.sampler.seed=3"]].concat(), None);
+            assert!(o.success(), "shard {shard}: {}", o.stderr);
+        }
+        let dirs: Vec<PathBuf> = (0..3).map(|k| run_dir.join(format!("shard-{k}-of-3"))).collect();
+        let o = merge(root, &dirs, &run_dir.join("merged"));
+        assert!(o.success(), "{}", o.stderr);
+    }
     for k in 0..3 {
         assert!(run_dir.join(format!("shard-{k}-of-3/report.json")).is_file(), "shard {k} did not finish");
     }
-    sbatch(&[], "rcaflow-merge.sbatch", &[&run_dir]);
-    assert_merged_equals_straight(root, name, &run_dir.join("merged"));
-    drop(cluster);
+    let merged = assert_merged_equals_straight(root, "slurm", &run_dir.join("merged"));
+
+    // The sweep's report: the one variation, complete, with the merged report's numbers.
+    let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "report"]).arg(&jobs).arg("--out").arg(root.join("report")));
+    assert!(o.success(), "{}", o.stderr);
+    let rows = read_json(&root.join("report/sweep_report.json"))["variations"].clone();
+    assert_eq!(rows[0]["status"], "complete");
+    assert_eq!(rows[0]["rca"], merged["rca"]["global"]);
+    assert_eq!(rows[0]["fid"], merged["fid"]["value"]);
+    assert_eq!(rows[0]["generated_images"], 15);
 }
 
 /// The shipped Kubernetes files: an Indexed Job whose N pods are N shards (completions =
@@ -430,4 +476,156 @@ fn the_kubernetes_indexed_job_runs_every_shard_once_on_a_shared_claim() {
     assert_eq!(merge_pod["volumes"][0]["persistentVolumeClaim"]["claimName"].as_str(), Some(claim.as_str()));
     let line = merge_pod["containers"][0]["command"][2].as_str().unwrap();
     assert!(line.contains(&format!("rcaflow merge {run_dir}/shard-*-of-* --out ")), "{line}");
+}
+
+/// `sweep submit --k8s`: per variation the shipped Indexed Job with its shard count, run
+/// directory and `--set` arguments, and its merge Job on the same claim; the printed lines name
+/// those files and Jobs.
+#[test]
+fn a_sweep_submitted_to_kubernetes_gets_one_indexed_job_and_one_merge_job_per_variation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let topology = root.join("t.toml");
+    // The demo topology, its model paths made absolute (validated, never run, here).
+    let demo = std::fs::read_to_string(common::repo().join("topology/demo-rca.toml")).unwrap();
+    std::fs::write(&topology, demo.replace("../models/demo", &common::repo().join("models/demo").display().to_string())).unwrap();
+    let sweep = root.join("s.toml");
+    std::fs::write(
+        &sweep,
+        "topology = \"t.toml\"\nroot = \"runs\"\nshards = 5\n[grid]\n\"sources.sampler.steps\" = [10, 25]\n\"sources.sampler.scheduler\" = [\"ddim\"]\n[kubernetes]\nimage = \"reg/rcaflow:cuda\"\nclaim = \"lab-runs\"\nmount = \"/data\"\ntopology = \"/data/t.toml\"\nroot = \"/data/sweep\"\n",
+    )
+    .unwrap();
+    let out = root.join("k8s");
+    let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "submit"]).arg(&sweep).arg("--k8s").arg("--out").arg(&out));
+    assert!(o.success(), "{}", o.stderr);
+    let docs = |file: &str| -> Vec<serde_yaml::Value> {
+        let text = std::fs::read_to_string(out.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    };
+    let claim = &docs("claim.yaml")[0];
+    assert_eq!((claim["kind"].as_str(), claim["metadata"]["name"].as_str()), (Some("PersistentVolumeClaim"), Some("lab-runs")));
+    for (i, name) in ["scheduler-ddim_steps-10", "scheduler-ddim_steps-25"].iter().enumerate() {
+        let job = &docs(&format!("{name}.yaml"))[0];
+        let job_name = job["metadata"]["name"].as_str().unwrap();
+        assert_eq!(job_name, format!("rcaflow-{i}-{name}").replace('_', "-"));
+        let spec = &job["spec"];
+        assert_eq!(
+            (spec["completionMode"].as_str(), spec["completions"].as_u64(), spec["parallelism"].as_u64()),
+            (Some("Indexed"), Some(5), Some(5))
+        );
+        let pod = &spec["template"]["spec"];
+        assert_eq!(pod["containers"][0]["image"].as_str(), Some("reg/rcaflow:cuda"));
+        assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"].as_str(), Some("lab-runs"));
+        let command: Vec<&str> = pod["containers"][0]["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let after = |flag: &str| command.iter().position(|a| *a == flag).map(|i| command[i + 1]);
+        assert_eq!((after("--topology"), after("--shard-count")), (Some("/data/t.toml"), Some("5")));
+        assert_eq!(after("--run-dir"), Some(format!("/data/sweep/{name}").as_str()));
+        assert!(command.contains(&"--shard-from-env"), "{command:?}");
+        let sets: Vec<&str> = command.windows(2).filter(|w| w[0] == "--set").map(|w| w[1]).collect();
+        let steps = if i == 0 { "10" } else { "25" };
+        assert_eq!(sets, ["sources.sampler.scheduler=\"ddim\"", &format!("sources.sampler.steps={steps}")]);
+        let merge = &docs(&format!("{name}-merge.yaml"))[0];
+        let line = merge["spec"]["template"]["spec"]["containers"][0]["command"][2].as_str().unwrap();
+        assert_eq!(line, format!("exec rcaflow merge /data/sweep/{name}/shard-*-of-* --out /data/sweep/{name}/merged --device cpu"));
+        let printed = format!(
+            "kubectl apply -f {} && kubectl wait --for=condition=complete --timeout=48h job/{job_name} && kubectl apply -f {}",
+            out.join(format!("{name}.yaml")).display(),
+            out.join(format!("{name}-merge.yaml")).display()
+        );
+        assert!(o.stdout.contains(&printed), "{printed}\nin:\n{}", o.stdout);
+    }
+    // The root the pods see must be on the claim; a second submit into a folder of other files is refused.
+    std::fs::write(&sweep, std::fs::read_to_string(&sweep).unwrap().replace("root = \"/data/sweep\"", "root = \"/elsewhere\"")).unwrap();
+    let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "submit"]).arg(&sweep).arg("--k8s").arg("--out").arg(root.join("k8s-2")));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("kubernetes.root = \"/elsewhere\" is not on the claim (mounted at kubernetes.mount = \"/data\")"),
+        "{}",
+        o.stderr
+    );
+    let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "submit"]).arg(&sweep).arg("--slurm").arg("--out").arg(root));
+    assert_eq!(o.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("holds other files"), "{}", o.stderr);
+}
+
+/// `sweep report` over four variations: a complete merged report, a partial one, shards not
+/// merged yet, and nothing at all. The table (md, csv, json) holds each one's numbers (taken from
+/// the single run's real report.json, with numbers changed) or why it has none; the figure is
+/// written and lists those without numbers.
+#[test]
+fn a_sweep_report_tables_every_variation_and_draws_the_complete_and_partial_ones() {
+    let (_, straight_report) = straight();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::write(root.join("t.toml"), "").unwrap();
+    let sweep = root.join("s.toml");
+    std::fs::write(&sweep, "topology = \"t.toml\"\nroot = \"runs\"\nshards = 2\n[grid]\n\"sources.sampler.steps\" = [10, 25, 50, 100]\n")
+        .unwrap();
+    let merged = |name: &str, rca: f64, fid: f64, kid: Option<f64>, status: &str| {
+        let dir = root.join("runs").join(name).join("merged");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = straight_report.clone();
+        r["status"] = status.into();
+        r["rca"]["global"] = rca.into();
+        r["fid"]["value"] = fid.into();
+        if let Some(k) = kid {
+            r["kid"] = serde_json::json!({ "mean": k, "std": 0.001 });
+        }
+        std::fs::write(dir.join("report.json"), serde_json::to_vec(&r).unwrap()).unwrap();
+        let record = serde_json::json!({ "complete": status == "complete", "shards": [{ "units_done": 4, "units_planned": 6 }, { "units_done": 6, "units_planned": 6 }] });
+        std::fs::write(dir.join("merge.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+    };
+    merged("steps-10", 0.625, 212.5, Some(0.0125), "complete");
+    merged("steps-25", 0.875, 150.25, None, "partial");
+    let started = root.join("runs/steps-50/shard-1-of-2");
+    std::fs::create_dir_all(&started).unwrap();
+    std::fs::write(started.join("run.json"), "{}").unwrap();
+    let out = root.join("report");
+    let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "report"]).arg(&sweep).arg("--out").arg(&out));
+    assert!(o.success(), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("3 of 4 variations are not complete: steps-25 (partial), steps-50 (not merged), steps-100 (missing)"),
+        "{}",
+        o.stderr
+    );
+    let md = std::fs::read_to_string(out.join("sweep_report.md")).unwrap();
+    assert!(o.stdout.contains(&md));
+    let is = straight_report["inception_score"]["mean"].as_f64().unwrap();
+    let lpips = straight_report["lpips_diversity"]["mean"].as_f64().unwrap();
+    let lines: Vec<&str> = md.lines().filter(|l| l.starts_with("| steps-")).collect();
+    assert_eq!(lines.len(), 4, "{md}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "| steps-10 | complete | 0.6250 | 212.5000 | 0.012500 | {is:.4} | {lpips:.4} | 15 | `sources.sampler.steps=10` |"
+        )),
+        "{md}"
+    );
+    assert!(
+        lines[1].starts_with("| steps-25 | partial (merged from unfinished shards: 10/12 units done) | 0.8750 | 150.2500 |  |"),
+        "{md}"
+    );
+    assert!(lines[2].starts_with("| steps-50 | not merged (1/2 shards started, 0 finished; no merged/report.json yet) |  |  |"), "{md}");
+    assert!(lines[3].starts_with("| steps-100 | missing (no shard has started"), "{md}");
+    let csv = std::fs::read_to_string(out.join("sweep_report.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows[0][..9],
+        ["variation", "status", "detail", "rca", "fid", "kid", "inception_score", "lpips_diversity", "generated_images"]
+    );
+    assert_eq!(rows[1][..6], ["steps-10", "complete", "", "0.625", "212.5", "0.0125"]);
+    assert_eq!(rows[2][..6], ["steps-25", "partial", "merged from unfinished shards: 10/12 units done", "0.875", "150.25", ""]);
+    assert_eq!(rows[4][..4], ["steps-100", "missing", rows[4][2], ""]);
+    let json = read_json(&out.join("sweep_report.json"));
+    assert_eq!(json["variations"].as_array().unwrap().len(), 4);
+    assert_eq!(json["variations"][0]["kid"], 0.0125);
+    assert_eq!(json["variations"][3]["run_dir"].as_str(), Some(root.join("runs/steps-100").display().to_string().as_str()));
+    let png = std::fs::read(out.join("tradeoff.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let image = image::load_from_memory(&png).unwrap();
+    // Two panels (FID and KID: one variation has KID) side by side.
+    assert!(image.width() > 2 * 480 && image.height() > 360, "{}x{}", image.width(), image.height());
+    // A folder without sweep.json is refused, naming it.
+    let o = Ran::of(rcaflow_checkpointing(root).args(["sweep", "report"]).arg(root.join("runs")).arg("--out").arg(&out));
+    assert_eq!(o.code(), Some(2));
+    assert!(o.stderr.contains("no readable sweep.json") && !o.stderr.trim().contains('\n'), "{}", o.stderr);
 }

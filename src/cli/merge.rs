@@ -23,6 +23,7 @@ use crate::runtime::run_dir::{self, Manifest, ResumePoint};
 use crate::settings::Settings;
 use crate::stages::report::REPORT_FILES;
 use crate::stages::Graph;
+use crate::topology::Override;
 use crate::units::Shard;
 
 pub const MERGE_FILE: &str = "merge.json";
@@ -36,7 +37,8 @@ pub struct MergeArgs {
     /// Where the merged report and state go (a new directory, or an earlier merge's).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// The topology file; by default the one the shards' run.json names.
+    /// The topology file; by default the one the shards' run.json names (with the `--set`
+    /// overrides it records).
     #[arg(long, value_name = "FILE")]
     pub topology: Option<PathBuf>,
     /// Where models run for the last steps (LPIPS pairs split across shards).
@@ -95,7 +97,15 @@ pub fn merge(args: MergeArgs, mut settings: Settings) -> Result<(), CliError> {
         Some(t) => t.clone(),
         None => PathBuf::from(&shards[0].1.topology),
     };
-    let graph = Graph::load(&topology)?;
+    // A variation (`run --set`, a sweep) is merged as the variation its shards ran.
+    let overrides = shards[0]
+        .1
+        .overrides
+        .iter()
+        .map(|o| o.parse::<Override>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::Input(format!("shard directory \"{}\": {}: {e}", shards[0].0.display(), run_dir::MANIFEST_FILE)))?;
+    let graph = Graph::load_with(&topology, &overrides)?;
     let plans = graph.plans().map_err(|e| CliError::Input(format!("topology {}: {e}", graph.label)))?;
     let now = Manifest::of(&graph, &plans).map_err(|e| CliError::Input(format!("topology {}: {e}", graph.label)))?;
     for (dir, manifest, shard) in &shards {
@@ -161,7 +171,7 @@ pub fn merge(args: MergeArgs, mut settings: Settings) -> Result<(), CliError> {
         let _lock = run_dir::lock(out).map_err(|e| CliError::Input(e.to_string()))?;
         clear_earlier_merge(out)?;
         // 3. Fold every component's checkpoints, then record the merged run's manifest.
-        let fold = ShardFold { shards: &dirs, out };
+        let fold = ShardFold { shards: &dirs, out, feature_memory_bytes: settings.runtime.feature_memory_mib.saturating_mul(1 << 20) };
         for c in &graph.components {
             c.kind.fold_shards(&c.id, &fold).map_err(|e| CliError::Input(format!("merge: {}: {e}", c.qualified())))?;
         }

@@ -12,6 +12,7 @@ pub mod prep;
 pub mod run;
 pub mod sample;
 pub mod status;
+pub mod sweep;
 pub mod synth;
 pub mod train;
 pub mod validate;
@@ -77,6 +78,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Fold the shards of a sharded run (`run --shard K/N`) into the whole run's report.
     Merge(merge::MergeArgs),
+    /// Many runs of one topology (a sweep file's variations): plan, submit (Slurm, Kubernetes), report.
+    Sweep(sweep::SweepArgs),
     /// Throughput of each model (random weights, production shapes): images/s, peak memory.
     Bench(bench::BenchArgs),
 }
@@ -197,5 +200,6 @@ pub fn dispatch(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Status(args) => status::status(args),
         Command::Bench(args) => bench::bench(args, settings),
         Command::Merge(args) => merge::merge(args, settings),
+        Command::Sweep(args) => sweep::sweep(args),
     }
 }

@@ -13,12 +13,17 @@ use clap::Args;
 use super::{apply_overrides, execute, CliError};
 use crate::settings::Settings;
 use crate::stages::Graph;
+use crate::topology::Override;
 use crate::units::Shard;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub topology: PathBuf,
+    /// Change one key of the topology file for this run (repeatable): KEY is its dotted path
+    /// (sources.sampler.steps), VALUE a TOML value or a bare string. Recorded in run.json.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<Override>,
     /// Run directory (report and state); defaults to the topology's `[run] dir`.
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
@@ -54,7 +59,7 @@ pub fn run(args: RunArgs, mut settings: Settings) -> Result<(), CliError> {
         (None, true) => Some(shard_from_env(|name| std::env::var(name).ok(), args.shard_count).map_err(CliError::Input)?),
         (None, false) => None,
     };
-    let graph = Graph::load(&args.topology)?;
+    let graph = Graph::load_with(&args.topology, &args.set)?;
     let run_dir = args.run_dir.or_else(|| graph.run_dir.clone()).ok_or_else(|| {
         CliError::Input(format!(
             "topology {}: no run directory; give --run-dir DIR or set `dir` in its [run] table",

@@ -1,4 +1,4 @@
-//! `rcaflow validate --topology FILE`: checks a topology and prints its graph. Loads no model.
+//! `rcaflow validate --topology FILE [--set KEY=VALUE]...`: checks a topology and prints its graph. Loads no model.
 
 use std::path::PathBuf;
 
@@ -6,15 +6,19 @@ use clap::Args;
 
 use super::CliError;
 use crate::stages::Graph;
+use crate::topology::Override;
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     #[arg(long, value_name = "FILE")]
     pub topology: PathBuf,
+    /// Change one key of the topology file, as `rcaflow run --set` does (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<Override>,
 }
 
 pub fn validate(args: ValidateArgs) -> Result<(), CliError> {
-    let graph = Graph::load(&args.topology)?;
+    let graph = Graph::load_with(&args.topology, &args.set)?;
     print!("{graph}");
     println!("ok");
     Ok(())

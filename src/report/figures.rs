@@ -849,6 +849,153 @@ pub fn loss_curve(path: &Path, title: &str, y_label: &str, points: &[(usize, f64
     })
 }
 
+/// One variation of a sweep on the trade-off figure.
+pub struct TradeoffPoint<'a> {
+    pub label: &'a str,
+    pub rca: f64,
+    pub fid: Option<f64>,
+    pub kid: Option<f64>,
+    /// Merged from unfinished shards: drawn hollow, labelled so.
+    pub partial: bool,
+}
+
+/// A sweep's trade-off (`rcaflow sweep report`): FID (and KID, when a variation has it) against
+/// RCA, one labelled point per variation, joined in RCA order (the curve a paper draws);
+/// variations without numbers are listed under the panels (`not_shown`), not dropped.
+pub fn tradeoff(path: &Path, title: &str, points: &[TradeoffPoint], not_shown: &[String]) -> Result<(), FigureError> {
+    let pen = Pen::new(path)?;
+    let any_kid = points.iter().any(|p| p.kid.is_some());
+    let panels: Vec<(&str, Vec<(f64, f64, &TradeoffPoint)>)> = [("FID", false), ("KID", true)]
+        .into_iter()
+        .filter(|(_, kid)| !kid || any_kid)
+        .map(|(name, kid)| {
+            let mut pts: Vec<(f64, f64, &TradeoffPoint)> = points
+                .iter()
+                .filter_map(|p| if kid { p.kid } else { p.fid }.filter(|v| v.is_finite() && p.rca.is_finite()).map(|v| (p.rca, v, p)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            (name, pts)
+        })
+        .collect();
+    let (title_size, axis_size, tick_size, label_size) = (20.0, 17.0, 14.0, 13.0);
+    let (pad, gap, plot_w, plot_h) = (16u32, 8u32, 480u32, 360u32);
+    let title_h = pen.measure(title_size, title).1;
+    let axis_h = pen.measure(axis_size, "Ag").1;
+    let tick_h = pen.measure(tick_size, "Ag").1;
+    let label_h = pen.measure(label_size, "Ag").1;
+    let range = |vals: &mut dyn Iterator<Item = f64>| {
+        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        if !lo.is_finite() {
+            (0.0, 1.0)
+        } else if hi - lo < 1e-12 {
+            (lo - 0.05 * lo.abs().max(0.1), hi + 0.05 * hi.abs().max(0.1))
+        } else {
+            (lo - 0.08 * (hi - lo), hi + 0.08 * (hi - lo))
+        }
+    };
+    let ticks = |lo: f64, hi: f64| -> Vec<(f64, String)> {
+        let step = nice_step(hi - lo, 5.0);
+        // As many decimals as the step needs (0.025 needs 3).
+        let decimals =
+            (0..9usize).find(|&d| ((step * 10f64.powi(d as i32)).round() - step * 10f64.powi(d as i32)).abs() < 1e-6).unwrap_or(9);
+        let mut t = (lo / step).ceil() * step;
+        let mut out = Vec::new();
+        while t <= hi + 1e-12 && out.len() < 20 {
+            out.push((t, format!("{t:.decimals$}")));
+            t += step;
+        }
+        out
+    };
+    let y_ranges: Vec<(f64, f64)> = panels.iter().map(|(_, pts)| range(&mut pts.iter().map(|p| p.1))).collect();
+    let y_ticks: Vec<Vec<(f64, String)>> = y_ranges.iter().map(|&(lo, hi)| ticks(lo, hi)).collect();
+    let y_tick_w = y_ticks.iter().flatten().map(|(_, l)| pen.measure(tick_size, l).0).max().unwrap_or(0);
+    let panel_left = axis_h + gap + y_tick_w + gap;
+    let panel_w = panel_left + plot_w + 2 * pad;
+    let notes: Vec<String> = if not_shown.is_empty() {
+        Vec::new()
+    } else {
+        // Wrapped to the figure's width.
+        let width = pad * 2 + panel_w * panels.len() as u32;
+        let mut lines = vec![String::from("not shown:")];
+        for item in not_shown {
+            let last = lines.last_mut().map(|l| l.clone()).unwrap_or_default();
+            let joined = if last == "not shown:" { format!("{last} {item}") } else { format!("{last}; {item}") };
+            if pen.measure(label_size, &joined).0 + 2 * pad < width {
+                if let Some(l) = lines.last_mut() {
+                    *l = joined;
+                }
+            } else {
+                lines.push(item.clone());
+            }
+        }
+        lines
+    };
+    let top = pad + title_h + 2 * gap;
+    let width = pad * 2 + panel_w * panels.len() as u32;
+    let notes_h = notes.len() as u32 * (label_h + 4);
+    let height = top + plot_h + gap + tick_h + gap + axis_h + gap + notes_h + pad;
+    render(path, (width, height), |area| {
+        pen.text(area, title, ((width / 2) as i32, (pad + title_h / 2) as i32), title_size, INK, HPos::Center, false)?;
+        for (i, (name, pts)) in panels.iter().enumerate() {
+            let px = (pad + panel_w * i as u32 + panel_left) as i32;
+            let (py, pw, ph) = (top as i32, plot_w as i32, plot_h as i32);
+            let (y0, y1) = y_ranges[i];
+            let (x0, x1) = range(&mut pts.iter().map(|p| p.0));
+            let xy = |x: f64, y: f64| {
+                (px + ((x - x0) / (x1 - x0) * pw as f64).round() as i32, py + ph - ((y - y0) / (y1 - y0) * ph as f64).round() as i32)
+            };
+            for (t, l) in &y_ticks[i] {
+                let y = xy(x0, *t).1;
+                line(area, (px, y), (px + pw, y), GRID, 1)?;
+                pen.text(area, l, (px - gap as i32, y), tick_size, INK, HPos::Right, false)?;
+            }
+            for (t, l) in ticks(x0, x1) {
+                let x = xy(t, y0).0;
+                line(area, (x, py), (x, py + ph), GRID, 1)?;
+                pen.text(area, &l, (x, py + ph + (gap + tick_h / 2) as i32), tick_size, INK, HPos::Center, false)?;
+            }
+            line(area, (px, py), (px, py + ph), MUTED, 1)?;
+            line(area, (px, py + ph), (px + pw, py + ph), MUTED, 1)?;
+            if pts.is_empty() {
+                let what = format!("no variation has RCA and {name} yet");
+                pen.text(area, &what, (px + pw / 2, py + ph / 2), label_size, MUTED, HPos::Center, false)?;
+            }
+            if pts.len() > 1 {
+                area.draw(&PathElement::new(pts.iter().map(|p| xy(p.0, p.1)).collect::<Vec<_>>(), BAR.stroke_width(2)))
+                    .map_err(|e| e.to_string())?;
+            }
+            for (x, y, p) in pts {
+                let at = xy(*x, *y);
+                let style = if p.partial { BAR.stroke_width(2) } else { BAR.filled() };
+                area.draw(&Circle::new(at, 5, style)).map_err(|e| e.to_string())?;
+                let label = if p.partial { format!("{} (partial)", p.label) } else { p.label.to_string() };
+                // Left of the point when the label would run off the panel's right edge.
+                let w = pen.measure(label_size, &label).0 as i32;
+                let (lx, h) = if at.0 + 8 + w > px + pw { (at.0 - 8, HPos::Right) } else { (at.0 + 8, HPos::Left) };
+                pen.text(area, &label, (lx, at.1 - (label_h as i32) / 2 - 2), label_size, INK, h, false)?;
+            }
+            let x_title = "RCA (generated / real accuracy)";
+            pen.text(
+                area,
+                x_title,
+                (px + pw / 2, py + ph + (gap + tick_h + gap + axis_h / 2) as i32),
+                axis_size,
+                INK,
+                HPos::Center,
+                false,
+            )?;
+            let y_title = format!("{name} (lower is better)");
+            pen.text(area, &y_title, (px - (gap + y_tick_w + gap + axis_h / 2) as i32, py + ph / 2), axis_size, INK, HPos::Center, true)?;
+        }
+        let mut y = (top + plot_h + gap + tick_h + gap + axis_h + gap + label_h / 2) as i32;
+        for note in &notes {
+            pen.text(area, note, (pad as i32, y), label_size, MUTED, HPos::Left, false)?;
+            y += (label_h + 4) as i32;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -272,6 +272,39 @@ impl FeatureStore {
         Ok(out)
     }
 
+    /// A state made of `units` (blocks in memory or at their place in a spill file of
+    /// `spilled` floats): what a merge assembles from the shards' blocks.
+    pub fn from_blocks(dim: usize, units: Vec<Shared>, nonfinite: u64, spilled: u64) -> Self {
+        FeatureStore { dim, units, nonfinite, spilled, spill: None }
+    }
+
+    /// Opens `path` read-only as the spill file this state's spilled blocks are in (a shard's,
+    /// read by `merge`): never written or cut back, as its shard may still be running. One
+    /// shorter than the state names is refused.
+    pub fn read_spill_from(&mut self, path: &Path) -> Result<(), FeatureStoreError> {
+        let error = |message: String| FeatureStoreError::Spill { path: path.to_path_buf(), message };
+        let want = self.spilled * 4;
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() < want => {
+                return Err(error(format!("holds {} bytes, the checkpoint names {want}; it was truncated or replaced", meta.len())))
+            }
+            Ok(_) => {}
+            Err(_) if want > 0 => return Err(error(format!("is missing; the checkpoint names {want} bytes of it"))),
+            Err(_) => {}
+        }
+        self.spill =
+            Some(Arc::new(SpillFile { path: path.to_path_buf(), file: Mutex::new(None), limit_bytes: u64::MAX, error: Mutex::new(None) }));
+        Ok(())
+    }
+
+    /// Every feature of block `i` of [`Self::units`], from memory or the spill file.
+    pub fn block_features(&self, i: usize) -> Result<Vec<f32>, FeatureStoreError> {
+        let block = &self.units[i].0;
+        let mut out = Vec::with_capacity(block.rows as usize * self.dim);
+        self.read_rows(block, 0, block.rows as usize, &mut out)?;
+        Ok(out)
+    }
+
     /// Bytes of features held in memory.
     pub fn bytes(&self) -> usize {
         self.units.iter().map(|u| u.0.features.len() * 4).sum()

@@ -9,8 +9,9 @@
 //! The folds are the accumulators' own algebra: confusion counts and FID moments add, the
 //! Inception Score's split sums add, LPIPS keeps both sides' scored pairs and held images (the
 //! pairs split across shards are scored by the merged run), feature stores (kid,
-//! precision_recall) concatenate, sorted in unit order. Only the order of floating-point
-//! summation differs from one machine's run.
+//! precision_recall) concatenate, sorted in unit order, their spilled blocks copied into the
+//! merged directory's spill file. Only the order of floating-point summation differs from one
+//! machine's run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::accumulator::Snapshot;
 use super::checkpoint::{self, CheckpointError};
-use super::feature_store::FeatureStore;
+use super::feature_store::{spill_path, FeatureStore, Shared, UnitFeatures};
 use crate::units::UnitId;
 
 /// A state that folds in the state of a disjoint set of units.
@@ -43,6 +44,9 @@ pub enum MergeError {
 pub struct ShardFold<'a> {
     pub shards: &'a [PathBuf],
     pub out: &'a Path,
+    /// Feature blocks the merged feature stores keep in memory before they spill into `out`
+    /// (the merge's own `[runtime] feature_memory_mib`).
+    pub feature_memory_bytes: u64,
 }
 
 impl ShardFold<'_> {
@@ -77,6 +81,88 @@ impl ShardFold<'_> {
     }
 }
 
+impl ShardFold<'_> {
+    /// [`ShardFold::fold`] for a feature store (kid, precision_recall), whose blocks may lie in
+    /// a shard's spill file (`[runtime] feature_memory_mib`): each block is re-homed, in memory
+    /// while the merged state holds at most `feature_memory_bytes` there, else appended to the
+    /// merged directory's own spill file, one block at a time, so the merge's memory stays
+    /// bounded however many features the shards hold. The shards' files are only read.
+    pub fn fold_features(&self, stage: &str) -> Result<usize, MergeError> {
+        let fold_err = |dir: &Path, message: String| MergeError::Fold { stage: stage.into(), dir: dir.to_path_buf(), message };
+        let out_path = spill_path(self.out, stage);
+        let mut merged: Option<Snapshot<FeatureStore>> = None;
+        let mut owner: BTreeMap<UnitId, &Path> = BTreeMap::new();
+        let mut writer: Option<std::fs::File> = None;
+        let (mut written, mut in_memory) = (0u64, 0u64);
+        for dir in self.shards {
+            let Some(mut part) = checkpoint::read::<FeatureStore>(dir, stage)? else { continue };
+            for id in &part.applied {
+                if let Some(first) = owner.insert(*id, dir) {
+                    return Err(MergeError::Duplicate { stage: stage.into(), unit: *id, first: first.into(), second: dir.clone() });
+                }
+            }
+            if part.state.spilled > 0 {
+                part.state.read_spill_from(&spill_path(dir, stage)).map_err(|e| fold_err(dir, e.to_string()))?;
+            }
+            let mut blocks = Vec::with_capacity(part.state.units.len());
+            for (i, block) in part.state.units.iter().enumerate() {
+                let bytes = block.0.rows * part.state.dim as u64 * 4;
+                if block.0.spilled_at.is_none() && in_memory + bytes <= self.feature_memory_bytes {
+                    in_memory += bytes;
+                    blocks.push(block.clone());
+                    continue;
+                }
+                let floats = part.state.block_features(i).map_err(|e| fold_err(dir, e.to_string()))?;
+                let file = match &mut writer {
+                    Some(f) => f,
+                    None => writer.insert(create_spill(&out_path).map_err(|e| fold_err(self.out, e))?),
+                };
+                let data: Vec<u8> = floats.iter().flat_map(|v| v.to_le_bytes()).collect();
+                std::io::Write::write_all(file, &data)
+                    .map_err(|e| fold_err(self.out, format!("\"{}\": cannot write: {e}", out_path.display())))?;
+                let moved = UnitFeatures { features: Vec::new(), spilled_at: Some(written), ..(*block.0).clone() };
+                written += floats.len() as u64;
+                blocks.push(Shared(std::sync::Arc::new(moved)));
+            }
+            let state = FeatureStore::from_blocks(part.state.dim, blocks, part.state.nonfinite, 0);
+            let part = Snapshot { state, applied: part.applied };
+            match &mut merged {
+                None => merged = Some(part),
+                Some(m) => {
+                    m.state.merge(part.state).map_err(|message| fold_err(dir, message))?;
+                    m.applied.extend(part.applied);
+                }
+            }
+        }
+        if let Some(f) = &writer {
+            // Synced before the checkpoint that names it, as a run's own spill file is.
+            f.sync_all().map_err(|e| fold_err(self.out, format!("\"{}\": cannot sync: {e}", out_path.display())))?;
+        }
+        match merged {
+            Some(mut m) => {
+                m.state.spilled = written;
+                checkpoint::write(self.out, stage, &m)?;
+                Ok(m.applied.len())
+            }
+            None => Ok(0),
+        }
+    }
+}
+
+/// A new spill file at `path` (its folder created).
+fn create_spill(path: &Path) -> Result<std::fs::File, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("\"{}\": cannot create: {e}", dir.display()))?;
+    }
+    crate::fault::at("features.write").map_err(|e| format!("\"{}\": cannot write: {e}", path.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| format!("\"{}\": cannot create: {e}", path.display()))
+}
+
 /// A stage whose checkpoint is the applied set alone (save_images).
 impl MergeState for () {
     fn merge(&mut self, _other: ()) -> Result<(), String> {
@@ -86,19 +172,12 @@ impl MergeState for () {
 
 /// Blocks concatenate, sorted by unit (origin, class, first position): the order
 /// [`FeatureStore::features`] hands them out in anyway, so the merged store is the one a
-/// single run would hold.
+/// single run would hold. Spilled blocks name places in one spill file: the stores merged here
+/// must share it ([`ShardFold::fold_features`] moves every shard's blocks into the merge's).
 impl MergeState for FeatureStore {
     fn merge(&mut self, other: FeatureStore) -> Result<(), String> {
         if other.dim != self.dim && !other.units.is_empty() && !self.units.is_empty() {
             return Err(format!("features are {}-dimensional here, {} there", self.dim, other.dim));
-        }
-        // A spilled block names a place in its own shard's spill file, which the merged run
-        // does not have: refused rather than folded into features that cannot be read.
-        if let Some(u) = other.units.iter().chain(&self.units).find(|u| u.0.spilled_at.is_some()) {
-            return Err(format!(
-                "the features of unit {}/{} (from position {}) were spilled to a shard's state/*.features file, which merge cannot fold yet; run the shards with [runtime] feature_memory_mib large enough to keep them in memory",
-                u.0.origin, u.0.class, u.0.first_position
-            ));
         }
         if self.units.is_empty() {
             self.dim = other.dim;
@@ -116,6 +195,7 @@ mod tests {
     use crate::runtime::accumulator::{Accumulator, ExactlyOnce};
     use crate::runtime::batch::FeatureBatch;
     use crate::units::{Origin, UnitSpan};
+    use std::io::Write;
 
     /// Unit `index` of class 0, generated: two 2-d rows whose values depend on it.
     fn unit(index: u32) -> FeatureBatch {
@@ -149,7 +229,7 @@ mod tests {
         checkpoint::write(&dirs[0], "kid", &store(&[3, 0]).snapshot()).unwrap();
         checkpoint::write(&dirs[1], "kid", &store(&[1, 2]).snapshot()).unwrap();
         let out = tmp.path().join("merged");
-        let fold = ShardFold { shards: &dirs, out: &out };
+        let fold = ShardFold { shards: &dirs, out: &out, feature_memory_bytes: u64::MAX };
         assert_eq!(fold.fold::<FeatureStore>("kid").unwrap(), 4);
         let merged: Snapshot<FeatureStore> = checkpoint::read(&out, "kid").unwrap().unwrap();
         let single = store(&[0, 1, 2, 3]).snapshot();
@@ -167,16 +247,46 @@ mod tests {
         assert!(FeatureStore::restore(FeatureStore::new(2)).units.is_empty());
     }
 
-    /// A shard's spilled block names its own spill file: merge says so rather than folding a
-    /// block the merged run could not read.
+    /// Spilled shards (one still appending past its checkpoint) fold into the single run's
+    /// features, the merge keeping at most its own limit in memory and the rest in its own
+    /// spill file; the shards' files are left as they were.
     #[test]
-    fn a_spilled_block_is_refused_naming_the_unit_and_the_setting() {
-        let mut merged = store(&[0]).snapshot().state;
-        let mut spilled = store(&[1]).snapshot().state;
-        let block = &spilled.units[0].0;
-        let moved = super::super::feature_store::UnitFeatures { features: Vec::new(), spilled_at: Some(0), ..(**block).clone() };
-        spilled.units[0] = super::super::feature_store::Shared(std::sync::Arc::new(moved));
-        let e = merged.merge(spilled).unwrap_err();
-        assert!(e.contains("unit generated/0 (from position 2) were spilled") && e.contains("feature_memory_mib"), "{e}");
+    fn spilled_shards_fold_into_the_single_runs_features_through_the_merges_own_spill_file() {
+        use super::super::feature_store::spill_path;
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = (0..2).map(|k| tmp.path().join(format!("s{k}"))).collect();
+        // Shard 0 keeps one unit (2 rows x 2 floats, 16 bytes) in memory and spills the others.
+        for (dir, units, limit) in [(&dirs[0], &[3u32, 0, 4][..], 16u64), (&dirs[1], &[1, 2][..], u64::MAX)] {
+            std::fs::create_dir_all(dir.join("state")).unwrap();
+            let mut s = ExactlyOnce::new(FeatureStore::new(2));
+            s.inner_mut().spill_to(&spill_path(dir, "kid"), limit).unwrap();
+            for &u in units {
+                let b = unit(u);
+                s.apply(&b, &b.units);
+            }
+            checkpoint::write(dir, "kid", &s.snapshot()).unwrap();
+        }
+        // Shard 0 is still running: it appended a block its checkpoint does not name yet.
+        let shard_file = spill_path(&dirs[0], "kid");
+        std::fs::OpenOptions::new().append(true).open(&shard_file).unwrap().write_all(&[7u8; 16]).unwrap();
+        let shard_bytes = std::fs::read(&shard_file).unwrap();
+        let out = tmp.path().join("merged");
+        let fold = ShardFold { shards: &dirs, out: &out, feature_memory_bytes: 32 };
+        assert_eq!(fold.fold_features("kid").unwrap(), 5);
+        assert_eq!(std::fs::read(&shard_file).unwrap(), shard_bytes, "a shard's spill file is only read");
+        let mut merged: Snapshot<FeatureStore> = checkpoint::read(&out, "kid").unwrap().unwrap();
+        // Units 3 (shard 0) and 1 (shard 1) fit the 32 bytes; units 0, 4 and 2 went to the file.
+        assert_eq!((merged.state.bytes(), merged.state.spilled), (32, 12));
+        assert_eq!(std::fs::metadata(spill_path(&out, "kid")).unwrap().len(), 48);
+        // As the merged run's stage opens it.
+        merged.state.spill_to(&spill_path(&out, "kid"), 32).unwrap();
+        let single = store(&[0, 1, 2, 3, 4]).snapshot();
+        assert_eq!(merged.applied, single.applied);
+        assert_eq!(merged.state.features(Origin::Generated, None).unwrap(), single.state.features(Origin::Generated, None).unwrap());
+        assert_eq!(merged.state.rows(Origin::Generated, None, &[9, 0, 4]), single.state.rows(Origin::Generated, None, &[9, 0, 4]));
+        // A shard's file shorter than its checkpoint names is refused, naming the file.
+        std::fs::write(&shard_file, [0u8; 4]).unwrap();
+        let e = fold.fold_features("kid").unwrap_err().to_string();
+        assert!(e.contains("s0") && e.contains("kid.features") && e.contains("holds 4 bytes, the checkpoint names 32"), "{e}");
     }
 }

@@ -85,6 +85,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rcaflow_version: Option<String>,
     pub topology: String,
+    /// The `--set KEY=VALUE` overrides applied to the topology file (`rcaflow run --set`, a
+    /// sweep's variation), in order; absent when none. `merge` applies them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     pub classes: Vec<String>,
     /// Each component's configuration (less [`TUNING_FIELDS`]) with its inputs, by `section.id`.
     pub components: BTreeMap<String, serde_json::Value>,
@@ -135,6 +139,7 @@ impl Manifest {
             schema: SCHEMA.to_string(),
             rcaflow_version: Some(env!("CARGO_PKG_VERSION").to_string()),
             topology: graph.label.clone(),
+            overrides: graph.overrides.iter().map(ToString::to_string).collect(),
             classes: graph.classes.clone(),
             components,
             files,

@@ -85,7 +85,7 @@ impl ComponentConfig for PrecisionRecallConfig {
 
     /// Merge: the features of every shard.
     fn fold_shards(&self, id: &str, fold: &ShardFold) -> Result<usize, MergeError> {
-        fold.fold::<crate::runtime::feature_store::FeatureStore>(id)
+        fold.fold_features(id)
     }
 
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn Stage>, String> {

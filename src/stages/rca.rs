@@ -375,11 +375,18 @@ fn publish_live(r: &RcaResult, classes: &Arc<Vec<String>>) {
 fn count_predictions(before: &RcaState, after: &RcaState, classes: &[String]) {
     for (origin, was, now) in [(Origin::Real, &before.real, &after.real), (Origin::Generated, &before.generated, &after.generated)] {
         let n = now.num_classes();
+        // The series exists (at 0) from the first prediction, so a pooled accuracy reads 0, not no data.
+        if now.counts().iter().any(|&c| c > 0) {
+            metrics::counter!(telemetry::CORRECT_PREDICTIONS, "origin" => origin.as_str()).increment(0);
+        }
         for (cell, (&x, &y)) in was.counts().iter().zip(now.counts()).enumerate() {
             if y > x {
                 let (class, predicted) = (classes[cell / n].clone(), classes[cell % n].clone());
                 metrics::counter!(telemetry::PREDICTIONS, "origin" => origin.as_str(), "class" => class, "predicted" => predicted)
                     .increment(y - x);
+                if cell / n == cell % n {
+                    metrics::counter!(telemetry::CORRECT_PREDICTIONS, "origin" => origin.as_str()).increment(y - x);
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod component;
 pub mod config;
+pub mod overrides;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,6 +17,7 @@ use crate::units::UnitPlan;
 
 pub use component::{Checks, ComponentType, GraphFacts, HashedInput, NamedClasses, TypeInfo};
 pub use config::{Component, DataKind, Section};
+pub use overrides::Override;
 pub use validate::class_difference;
 
 /// Why a topology cannot be used.
@@ -34,6 +36,9 @@ pub enum TopologyError {
     /// Valid, but some components could not load what they need (weights, files, devices).
     #[error("topology {path}: {} component{} failed to build:\n{}", .errors.len(), if .errors.len() == 1 { "" } else { "s" }, .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
     Build { path: String, errors: Vec<String> },
+    /// A `--set KEY=VALUE` that cannot be applied to the file.
+    #[error("topology {path}: {message}")]
+    Override { path: String, message: String },
 }
 
 impl TopologyError {
@@ -73,6 +78,8 @@ pub struct Graph<K> {
     pub edges: Vec<Edge>,
     /// Class names in label order.
     pub classes: Vec<String>,
+    /// The `--set` overrides applied to the file (in order; empty for the file as written).
+    pub overrides: Vec<Override>,
 }
 
 impl<K: ComponentType> Graph<K> {
@@ -83,9 +90,21 @@ impl<K: ComponentType> Graph<K> {
         Graph::parse(&text, base, &path.display().to_string())
     }
 
+    /// [`Graph::load`] with `overrides` applied to the file before it is validated.
+    pub fn load_with(path: &Path, overrides: &[Override]) -> Result<Graph<K>, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read { path: path.display().to_string(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Graph::parse_with(&text, base, &path.display().to_string(), overrides)
+    }
+
     /// Parses and validates topology text; `label` names it in messages.
     pub fn parse(text: &str, base: &Path, label: &str) -> Result<Graph<K>, TopologyError> {
-        let raw: config::RawTopology = toml::from_str(text).map_err(|e| TopologyError::Syntax {
+        Graph::parse_with(text, base, label, &[])
+    }
+
+    /// [`Graph::parse`] with `overrides` applied to the parsed text before it is validated.
+    pub fn parse_with(text: &str, base: &Path, label: &str, overrides: &[Override]) -> Result<Graph<K>, TopologyError> {
+        let syntax = |e: toml::de::Error| TopologyError::Syntax {
             path: label.to_string(),
             message: match e.span() {
                 // The message alone does not say where: add the line and column (1-based).
@@ -97,9 +116,22 @@ impl<K: ComponentType> Graph<K> {
                 }
                 None => config::one_line(e.message()),
             },
-        })?;
+        };
+        let raw: config::RawTopology = if overrides.is_empty() {
+            toml::from_str(text).map_err(syntax)?
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(syntax)?;
+            for o in overrides {
+                o.apply(&mut table).map_err(|message| TopologyError::Override { path: label.to_string(), message })?;
+            }
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| TopologyError::Syntax {
+                path: label.to_string(),
+                message: format!("with the --set overrides: {}", config::one_line(e.message())),
+            })?
+        };
         let mut graph = validate::validate(raw, base).map_err(|errors| TopologyError::Invalid { path: label.to_string(), errors })?;
         graph.label = label.to_string();
+        graph.overrides = overrides.to_vec();
         Ok(graph)
     }
 

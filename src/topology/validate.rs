@@ -180,6 +180,7 @@ pub(crate) fn validate<K: ComponentType>(raw: RawTopology, base: &Path) -> Resul
         components,
         edges,
         classes: classes.unwrap_or_default(),
+        overrides: Vec::new(),
     })
 }
 
