@@ -28,7 +28,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// (n, c_in, h, w, c_out, kh, kw, stride, (ph, pw))
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize, (usize, usize));
 
-const CASES: [Case; 15] = [
+const CASES: [Case; 18] = [
     (2, 3, 32, 32, 16, 3, 3, 1, (1, 1)),  // the cifar stem
     (3, 5, 7, 9, 7, 3, 3, 1, (1, 1)),     // odd everything
     (2, 4, 11, 13, 6, 3, 3, 2, (1, 1)),   // stride 2, odd sides
@@ -43,7 +43,10 @@ const CASES: [Case; 15] = [
     (2, 3, 8, 8, 4, 3, 3, 3, (0, 0)),     // stride 3, no padding
     (70, 4, 4, 4, 6, 3, 3, 1, (1, 1)),    // ResNet's 4x4 stage: groups of images, the last padded
     (9, 5, 3, 3, 7, 3, 3, 1, (1, 1)),     // AlexNet's 3x3 layers at 32x32
-    (67, 6, 1, 1, 5, 3, 3, 1, (1, 1)),    // a 1x1 output: 64 images per gemm
+    (67, 6, 1, 1, 5, 3, 3, 1, (1, 1)),    // a 1x1 output: 64 images per gemm (8 of 9 taps dead)
+    (2, 3, 2, 3, 4, 5, 5, 2, (2, 2)),     // dead taps on every side of a strided kernel
+    (3, 2, 2, 1, 3, 3, 3, 1, (1, 1)),     // dead taps along one axis only
+    (1, 2, 1, 1, 3, 1, 1, 5, (2, 2)),     // padding wider than the kernel: every tap dead
 ];
 
 #[test]

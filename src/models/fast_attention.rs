@@ -15,6 +15,8 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::{fast_exp, vector_isa};
+
 /// `softmax(q k^T * scale, last dim) v`; `q`, `k`, `v` `[N, heads, tokens, head_dim]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let tracked = q.track_op() || k.track_op() || v.track_op();
@@ -44,6 +46,72 @@ unsafe impl Sync for OutPtr {}
 thread_local! {
     /// This thread's scores buffer, kept between calls.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lanes of the vectorised reductions below: one AVX2 register of f32 (two halves of AVX-512's).
+const LANES: usize = 8;
+
+/// Every `t`-long row of `scores` through [`softmax_scaled`], in the widest copy this CPU runs
+/// (see [`vector_isa`]).
+fn softmax_rows(scores: &mut [f32], t: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if vector_isa::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { softmax_rows_avx2(scores, t, scale) };
+    }
+    softmax_rows_body(scores, t, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(scores: &mut [f32], t: usize, scale: f32) {
+    softmax_rows_body(scores, t, scale)
+}
+
+#[inline(always)]
+fn softmax_rows_body(scores: &mut [f32], t: usize, scale: f32) {
+    for row in scores.chunks_exact_mut(t) {
+        softmax_scaled(row, scale);
+    }
+}
+
+/// `row <- softmax(row * scale)`, numerically safe (the maximum subtracted first). The maximum
+/// and the sum are taken over [`LANES`] interleaved partial results, so LLVM vectorises them
+/// (a float sum in strict order cannot be); the maximum is exact in any order, and the sum's
+/// order is fixed by the row length alone, so a row's result never depends on the batch.
+#[inline(always)]
+fn softmax_scaled(row: &mut [f32], scale: f32) {
+    for s in row.iter_mut() {
+        *s *= scale;
+    }
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for i in 0..LANES {
+            lanes[i] = if chunk[i] > lanes[i] { chunk[i] } else { lanes[i] };
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &v in lanes.iter().chain(chunks.remainder()) {
+        max = max.max(v);
+    }
+    for s in row.iter_mut() {
+        *s = fast_exp::exp(*s - max);
+    }
+    let mut lanes = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for i in 0..LANES {
+            lanes[i] += chunk[i];
+        }
+    }
+    let mut sum = 0f32;
+    for &v in lanes.iter().chain(chunks.remainder()) {
+        sum += v;
+    }
+    for s in row.iter_mut() {
+        *s /= sum;
+    }
 }
 
 impl CustomOp3 for FusedAttention {
@@ -117,16 +185,7 @@ impl CustomOp3 for FusedAttention {
                         gemm::Parallelism::None,
                     );
                 }
-                for row in scores.chunks_exact_mut(t) {
-                    row.iter_mut().for_each(|s| *s *= self.scale);
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for s in row.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    row.iter_mut().for_each(|s| *s /= sum);
-                }
+                softmax_rows(scores, t, self.scale);
                 unsafe {
                     // out [t, d] = probs [t, t] @ v [t, d].
                     gemm::gemm(

@@ -28,6 +28,8 @@ mod batch_norm;
 pub mod conv_grad;
 pub mod device;
 pub mod fast_attention;
+mod fast_exp;
+mod vector_isa;
 pub mod fast_conv;
 pub mod group_norm;
 pub mod hub_cache;

@@ -11,7 +11,8 @@
 //!   for a user who wants to pin, say, the sampler to most cores and an evaluator to one.
 //!
 //! candle's own matrix products split into `RAYON_NUM_THREADS` tasks (read at every call), so the
-//! process-wide setting is mirrored there too.
+//! process-wide setting is mirrored there too; its elementwise ops run inline on the calling
+//! thread (`CANDLE_NUM_THREADS=1`, see [`configure_process`]).
 
 use std::sync::Arc;
 
@@ -43,6 +44,14 @@ pub fn configure_process(threads: usize) -> Result<usize, ThreadsError> {
     };
     // candle reads this at every matrix product to decide how many tasks to cut it into.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    // candle's elementwise ops (adds, copies, activations outside the fused kernels) run on a
+    // barrier pool of threads of its own, outside rayon and so outside this budget, whose
+    // caller spins until every worker is done: a tenth of the UNet's time went to that spin.
+    // One thread makes it run them inline on the caller; they are memory-bound anyway. Read
+    // once, when candle first needs the pool, which is after this; a user's value is kept.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).thread_name(|i| format!("kernels-{i}")).build_global() {
         tracing::debug!("process-wide kernel pool already started ({e}); it keeps {} threads", rayon::current_num_threads());
     }
