@@ -1,13 +1,14 @@
 //! P-Net, R-Net and O-Net of MTCNN, layer for layer as facenet-pytorch 2.6.0's `PNet`, `RNet`
 //! and `ONet` (facenet_pytorch/models/mtcnn.py), with its state_dict names (`conv1.weight`,
 //! `prelu1.weight`, `dense4.weight`, ...), so the wheel's `pnet.pt`/`rnet.pt`/`onet.pt` load as
-//! they are. Plain candle ops only, so the nets run on whatever device the weights were loaded
-//! on. Inputs are NCHW float images already normalised as facenet-pytorch does it,
-//! `(x - 127.5) * 0.0078125`.
+//! they are. candle ops (and the fused convolution, candle's ops off the CPU), so the nets run
+//! on whatever device the weights were loaded on. Inputs are NCHW float images already
+//! normalised as facenet-pytorch does it, `(x - 127.5) * 0.0078125`.
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, D};
 
+use crate::models::fast_conv::{conv2d_fused, ConvParams, Epilogue};
 use crate::models::weights::{WeightMap, WeightsError};
 
 /// Errors from loading or running the MTCNN nets.
@@ -37,9 +38,11 @@ impl Conv {
         Ok(Self { weight: w.get(&[c_out, c_in, k, k], "weight")?, bias: w.get(&[c_out], "bias")? })
     }
 
+    /// Through the fused CPU convolution (bias in its epilogue), which is candle's `conv2d` and
+    /// `broadcast_add` on other devices: candle's CPU conv kernel was most of detection's time.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let c = self.bias.dim(0)?;
-        x.conv2d(&self.weight, 0, 1, 1, 1)?.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+        let bias = Epilogue { shift: Some(&self.bias), ..Epilogue::default() };
+        conv2d_fused(x, &self.weight, ConvParams::new(1, (0, 0)), bias)
     }
 }
 
