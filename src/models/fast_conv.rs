@@ -19,6 +19,9 @@
 //! a fixed group of images side by side as its columns, so the kernel is read once per group,
 //! and the result is scattered to each image's planes with its epilogue.
 //!
+//! Kernel taps that read only padding for every output pixel (a 3x3 kernel on a 1x1 map) are
+//! cut away before any of this, with the padding reduced to match.
+//!
 //! The work of one image never depends on the batch or the thread count (a group's width is a
 //! function of the geometry alone; a batch's last group is padded with zero columns rather than
 //! made narrower), so an image's output is the same whatever batch it travels in.
