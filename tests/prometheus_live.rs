@@ -437,6 +437,7 @@ fn dashboard_queries_and_alert_rules_work_against_a_real_prometheus_scraping_a_r
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    let queries_done = started.elapsed().as_secs_f64();
     // The run ends by itself: after its final values, it serves metrics until Prometheus has
     // scraped them once more (`[metrics] final_scrape_wait_secs`, 60 s by default; one scrape
     // interval here).
@@ -522,7 +523,7 @@ fn dashboard_queries_and_alert_rules_work_against_a_real_prometheus_scraping_a_r
         assert!(line.contains(&format!("run=\"{RUN}\"")), "series without the run label: {line}");
     }
     eprintln!(
-        "prometheus_live: {} dashboard queries returned data {} after {scrapes} scrapes, {checks_done:.1} s into the test (test {:.1} s)",
+        "prometheus_live: {} dashboard queries returned data {} after {scrapes} scrapes, {queries_done:.1} s into the test; the run ended and its final values were in Prometheus at {checks_done:.1} s (test {:.1} s)",
         queries.len(),
         if live_checked { "while the run went on" } else { "at the run's last scrape" },
         started.elapsed().as_secs_f64()

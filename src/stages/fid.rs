@@ -43,7 +43,8 @@ pub struct FidConfig {
     #[serde(default = "default_fid_interval")]
     pub interval_secs: f64,
     /// Also FID per class: class c's generated images against class c's real images (two
-    /// more 2048x2048 moment sums per class: 64 MB each in memory and in the checkpoint).
+    /// more 2048x2048 float64 moment sums per class: 64 MB a class in memory and in the
+    /// checkpoint).
     #[serde(default)]
     pub per_class: bool,
 }
