@@ -96,3 +96,37 @@ fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<(
     }
     stream.flush()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(addr: std::net::SocketAddr, head: &str) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_scrape_counts_once_served_whole_and_other_methods_are_refused() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || metrics::gauge!("rcaflow_test_value").set(1.5));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve(listener, handle).unwrap();
+
+        let mark = scrape_mark();
+        let refused = request(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(refused.starts_with("HTTP/1.1 405 "), "{refused}");
+        let head = request(addr, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+        assert!(!scraped_since(mark), "neither a refused request nor a HEAD carries the values");
+        let got = request(addr, "GET /metrics HTTP/1.0\r\n\r\n");
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.contains("\nrcaflow_test_value 1.5\n"), "{got}");
+        assert!(scraped_since(mark) && ever_scraped());
+        assert!(!scraped_since(scrape_mark()), "a new mark waits for the next scrape");
+    }
+}
