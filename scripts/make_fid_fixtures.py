@@ -23,6 +23,11 @@ Rust test regenerates the same float32 values. Written to tests/fixtures/fid/ref
   number of splits (rcaflow's rule), softmax and KL in float64, mean and population std
   (ddof=0). For the record, `contiguous_chunks` gives the score with the contiguous-chunk rule
   of other implementations, which differs.
+* `per_class`: per-class feature sets (one real and one generated set per class, d = 48 as the
+  `frechet` cases), each class's mean/covariance and `calculate_frechet_distance` between its
+  real and generated statistics, the mean of those values, and whether a side has no more
+  images than dimensions (class 2: 30 generated images of 48-d features). tests/fid_maths.rs
+  streams the sets through the fid sink's accumulator (`per_class = true`) and compares.
 """
 
 import json
@@ -86,12 +91,23 @@ def main():
     ]
     m, s = stats(features(*full_a))
 
+    per_class = []
+    for c, (n_real, n_gen, scale) in enumerate([(120, 100, 5.0), (90, 80, 3.0), (70, 30, 6.0)]):
+        real = (f"fid/class{c}/real", n_real, 48, 4.0, 0.0)
+        gen = (f"fid/class{c}/gen", n_gen, 48, scale, 0.05 * c)
+        case = frechet_case(f"class{c}", real, gen)
+        case["rank_deficient"] = min(n_real, n_gen) <= 48
+        per_class.append(case)
+    per_class_mean = float(np.mean([c["fid"] for c in per_class]))
+    print(f"per-class mean {per_class_mean!r}")
+
     n, k, splits = 60, 1008, 10
     logits = uniform_f32("is/logits", (n, k), -6.0, 6.0).astype(np.float32)
     modulo = inception_score(logits, splits, np.arange(n) % splits)
     chunks = inception_score(logits, splits, np.arange(n) // (n // splits))
     out = {
         "frechet": cases,
+        "per_class": {"classes": per_class, "mean": per_class_mean},
         "moments": {"set": list(full_a), "mean": m.tolist(), "cov": s.ravel().tolist()},
         "inception_score": {
             "key": "is/logits", "n": n, "classes": k, "splits": splits, "lo": -6.0, "hi": 6.0,

@@ -24,7 +24,8 @@
 //!   `face_drawing`).
 //! - [`report`]: the result types stages hand to it, `report.json`, `report.md`, PNG figures
 //!   and baseline files.
-//! - [`telemetry`]: every Prometheus metric name, and the exporter.
+//! - [`telemetry`]: every Prometheus metric name, and the exporter (its HTTP endpoint counts
+//!   the scrapes it serves, so a run can wait for the one that carries its final values).
 //! - [`settings`]: deployment settings (config/rcaflow.toml).
 //! - [`train`]: training the oracle and the DDPM (AdamW, EMA, checkpoints, the trainable ResNet).
 //! - [`bench`]: `rcaflow bench`'s measuring (random-weight models, repeats, statistics).

@@ -25,6 +25,9 @@ pub enum SettingsError {
 pub struct MetricsSettings {
     /// Prometheus listen address; `off` disables the exporter.
     pub listen: String,
+    /// Seconds a run that was scraped while it ran keeps serving its metrics after its final
+    /// values are set, until one more scrape has carried them (0: exit at once).
+    pub final_scrape_wait_secs: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -79,7 +82,7 @@ impl Default for WeightsSettings {
 
 impl Default for MetricsSettings {
     fn default() -> Self {
-        MetricsSettings { listen: "127.0.0.1:9898".into() }
+        MetricsSettings { listen: "127.0.0.1:9898".into(), final_scrape_wait_secs: 60.0 }
     }
 }
 
@@ -91,7 +94,13 @@ impl Default for LogSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        RuntimeSettings { checkpoint_interval_secs: 30.0, shutdown_deadline_secs: 30.0, device: "cpu".into(), threads: 0, feature_memory_mib: 4096 }
+        RuntimeSettings {
+            checkpoint_interval_secs: 30.0,
+            shutdown_deadline_secs: 30.0,
+            device: "cpu".into(),
+            threads: 0,
+            feature_memory_mib: 4096,
+        }
     }
 }
 
@@ -108,6 +117,7 @@ impl Settings {
 
     fn check(&self) -> Result<(), String> {
         self.metrics_addr()?;
+        self.final_scrape_wait()?;
         for (name, v) in [
             ("runtime.checkpoint_interval_secs", self.runtime.checkpoint_interval_secs),
             ("runtime.shutdown_deadline_secs", self.runtime.shutdown_deadline_secs),
@@ -139,6 +149,14 @@ impl Settings {
         match self.metrics.listen.as_str() {
             "off" | "" => Ok(None),
             s => s.parse().map(Some).map_err(|_| format!("metrics.listen \"{s}\": expected HOST:PORT such as 127.0.0.1:9898, or \"off\"")),
+        }
+    }
+
+    /// How long a run waits for the scrape after its final values; `None` when it does not.
+    pub fn final_scrape_wait(&self) -> Result<Option<Duration>, String> {
+        match self.metrics.final_scrape_wait_secs {
+            0.0 => Ok(None),
+            v => crate::limits::seconds("metrics.final_scrape_wait_secs", v).map(Some).map_err(|e| format!("{e} (or 0: no wait)")),
         }
     }
 
@@ -197,6 +215,15 @@ mod tests {
         assert_eq!(
             err,
             format!("config {}: metrics.listen \"nowhere\": expected HOST:PORT such as 127.0.0.1:9898, or \"off\"", path.display())
+        );
+        std::fs::write(&path, "[metrics]\nfinal_scrape_wait_secs = -1\n").unwrap();
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "config {}: metrics.final_scrape_wait_secs must be a positive number of seconds up to 2592000 (30 days), found -1 (or 0: no wait)",
+                path.display()
+            )
         );
         std::fs::write(&path, "[runtime]\ngpu = 1\n").unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();

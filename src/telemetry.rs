@@ -7,6 +7,9 @@ use std::net::{SocketAddr, TcpListener};
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
+mod endpoint;
+pub use endpoint::{ever_scraped, scrape_mark, scraped_since};
+
 /// Images a stage received. Labels: stage.
 pub const STAGE_IMAGES_IN: &str = "rcaflow_stage_images_in_total";
 /// Images a stage sent downstream. Labels: stage.
@@ -108,27 +111,22 @@ pub enum TelemetryError {
 /// label, and a global `shard` label (the shard index, `0` to `N-1`: N series per metric at
 /// most) for one shard of a sharded run; returns the address it listens on.
 pub fn install_exporter(addr: SocketAddr, run: &str, shard: Option<u32>) -> Result<SocketAddr, TelemetryError> {
-    // The exporter binds inside its own task and does not say which port it got, so a port-0
-    // request is resolved here first (tests run many exporters side by side).
-    let addr = if addr.port() == 0 {
-        let probe = TcpListener::bind(addr).map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?;
-        probe.local_addr().map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?
-    } else {
-        // Bind once ourselves so an address in use is reported clearly, not logged by a task.
-        drop(TcpListener::bind(addr).map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?);
-        addr
-    };
-    let mut builder = PrometheusBuilder::new().with_http_listener(addr).add_global_label("run", run);
+    // Bound here, and kept: an address in use is reported clearly, and a port-0 request says
+    // which port it got (tests run many exporters side by side).
+    let listener = TcpListener::bind(addr).map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?;
+    let bound = listener.local_addr().map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?;
+    let mut builder = PrometheusBuilder::new().add_global_label("run", run);
     if let Some(shard) = shard {
         builder = builder.add_global_label("shard", shard.to_string());
     }
-    builder
+    let handle = builder
         .set_buckets_for_metric(Matcher::Full(STAGE_BATCH_SECONDS.to_string()), LATENCY_BUCKETS)
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?
-        .install()
+        .install_recorder()
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    endpoint::serve(listener, handle).map_err(|e| TelemetryError::Exporter(format!("cannot start the endpoint's threads: {e}")))?;
     describe_all();
-    Ok(addr)
+    Ok(bound)
 }
 
 /// HELP lines and units for every metric above.

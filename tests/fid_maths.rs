@@ -6,6 +6,10 @@ mod common;
 
 use rcaflow::metrics::fid::{frechet_distance, FidError, GaussianStats};
 use rcaflow::metrics::inception_score::{InceptionScoreError, InceptionScoreState};
+use rcaflow::runtime::accumulator::ExactlyOnce;
+use rcaflow::runtime::batch::FeatureBatch;
+use rcaflow::stages::fid::{ClassMoments, FidState};
+use rcaflow::units::{Origin, UnitId, UnitSpan};
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -95,6 +99,75 @@ fn frechet_distance_equals_pytorch_fid() {
             assert!(rel <= 1e-12, "{name}: {} vs {want} (rel {rel:e})", r.fid);
         }
     }
+}
+
+/// Per-class FID as the fid sink computes it with `per_class = true`: every class's real and
+/// generated sets streamed through its accumulator as units of 16 images (classes and origins
+/// interleaved, as a run delivers them), then the sink's per-class figures, against
+/// pytorch-fid's `calculate_frechet_distance` on each class's statistics and their mean.
+#[test]
+fn per_class_fid_equals_pytorch_fid_per_class() {
+    let r = reference();
+    let classes = r["per_class"]["classes"].as_array().unwrap();
+    let d = features(&classes[0]["a"]).2;
+    let moments = || ClassMoments { real: GaussianStats::new(d), generated: GaussianStats::new(d) };
+    let mut acc = ExactlyOnce::new(FidState {
+        real: GaussianStats::new(d),
+        generated: GaussianStats::new(d),
+        nonfinite: 0,
+        per_class: classes.iter().map(|_| moments()).collect(),
+    });
+    // (origin, class, features, n); the fixture's `a` is the real set, `b` the generated one.
+    let sets: Vec<(Origin, u32, Vec<f32>, usize)> = classes
+        .iter()
+        .enumerate()
+        .flat_map(|(c, case)| {
+            [(Origin::Real, &case["a"]), (Origin::Generated, &case["b"])].map(|(origin, set)| {
+                let (x, n, _) = features(set);
+                (origin, c as u32, x, n)
+            })
+        })
+        .collect();
+    const UNIT: usize = 16;
+    let most = sets.iter().map(|s| s.3.div_ceil(UNIT)).max().unwrap();
+    for index in 0..most {
+        for (origin, class, x, n) in &sets {
+            let start = index * UNIT;
+            if start >= *n {
+                continue;
+            }
+            let len = UNIT.min(n - start);
+            let span = UnitSpan {
+                id: UnitId { origin: *origin, class: *class, index: index as u32 },
+                start: 0,
+                len,
+                first_position: start as u64,
+            };
+            let batch = FeatureBatch {
+                labels: vec![*class; len],
+                units: vec![span],
+                feature_dim: d,
+                features: x[start * d..(start + len) * d].to_vec(),
+                logit_dim: 0,
+                logits: Vec::new(),
+            };
+            assert_eq!(acc.apply(&batch, &batch.units), len);
+        }
+    }
+    let fids = acc.inner().class_fids().unwrap();
+    for (c, case) in classes.iter().enumerate() {
+        let (got, want) = (fids.values[c].unwrap(), case["fid"].as_f64().unwrap());
+        let rel = (got - want).abs() / want;
+        let deficient = case["rank_deficient"].as_bool().unwrap();
+        println!("class {c}: fid {got} vs pytorch-fid {want}, rel err {rel:.2e}, rank deficient {deficient}");
+        assert_eq!(fids.rank_deficient[c], deficient, "class {c}: rank-deficient flag");
+        // The bounds of frechet_distance_equals_pytorch_fid.
+        assert!(rel <= if deficient { 2e-8 } else { 1e-12 }, "class {c}: {got} vs {want} (rel {rel:e})");
+    }
+    assert!(fids.rank_deficient.iter().any(|&f| f) && !fids.rank_deficient.iter().all(|&f| f), "the fixture has both kinds");
+    let (got, want) = (fids.mean.unwrap(), r["per_class"]["mean"].as_f64().unwrap());
+    assert!((got - want).abs() <= 2e-8 * want, "per-class mean {got} vs {want}");
+    assert_eq!(acc.inner().generated.count, sets.iter().filter(|s| s.0 == Origin::Generated).map(|s| s.3 as u64).sum::<u64>());
 }
 
 #[test]

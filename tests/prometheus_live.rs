@@ -8,8 +8,10 @@
 //!    interval and a free port) scrapes a tiny `rcaflow run` that exercises every metric; every
 //!    PromQL expression of the dashboard, template variables substituted, is evaluated through
 //!    Prometheus' HTTP API while the run goes on (from its fifth scrape, until all of them return
-//!    a finite value, or a series for the metrics set at the end, [`SET_AT_THE_END`]; the run is
-//!    then killed) or, should the run end first, at its last scrape;
+//!    a finite value, or a series for the metrics set at the end, [`SET_AT_THE_END`]) or, should
+//!    the run reach its end first, at its last scrape; the run then ends by itself, after
+//!    Prometheus has scraped its final values (`[metrics] final_scrape_wait_secs`), and every
+//!    metric of [`SET_AT_THE_END`] has a finite value in Prometheus at that last scrape;
 //!    the run variable's label values must name the run; every alert rule must evaluate cleanly;
 //! 4. `promtool check metrics` on the run's last live scrape reports no problem, and that scrape
 //!    holds exactly the families `src/telemetry.rs` lists.
@@ -38,8 +40,8 @@ const NOT_SHOWN: &[(&str, &str)] = &[(
 )];
 
 /// Metrics set once, when their sink's inputs close, and NaN before: their panels' queries must
-/// return a series, which may still be NaN while the run goes on or at its last scrape (the
-/// process may exit before Prometheus scrapes the final value; report.json always has it).
+/// return a series, which may still be NaN while the run goes on; the run's last scrape, which
+/// it waits for before it exits, holds their final, finite values.
 const SET_AT_THE_END: &[&str] = &[
     "rcaflow_class_fid",
     "rcaflow_kid",
@@ -49,6 +51,9 @@ const SET_AT_THE_END: &[&str] = &[
     "rcaflow_density",
     "rcaflow_coverage_ratio",
 ];
+
+/// What the run logs when it waits for the scrape that carries its final values.
+const FINAL_WAIT: &str = "serving metrics until one more scrape carries them";
 
 /// Prefix of the metrics `rcaflow train` exports while it trains: not part of a run, so neither
 /// on the run dashboard nor in a run's scrape (the README lists them with the others).
@@ -409,6 +414,11 @@ fn dashboard_queries_and_alert_rules_work_against_a_real_prometheus_scraping_a_r
             assert!(status.success(), "rcaflow run failed ({status}):\n{log}");
             break false;
         }
+        // Once the run waits for the scrape that carries its final values, only Prometheus
+        // scrapes it: a scrape by this test would end the wait.
+        if std::fs::read_to_string(&run_log).unwrap_or_default().contains(FINAL_WAIT) {
+            break false;
+        }
         assert!(
             Instant::now() < deadline,
             "after 600 s, still no data for a query ({last_failure}):\n{}",
@@ -427,30 +437,52 @@ fn dashboard_queries_and_alert_rules_work_against_a_real_prometheus_scraping_a_r
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    let queries_done = started.elapsed().as_secs_f64();
+    // The run ends by itself: after its final values, it serves metrics until Prometheus has
+    // scraped them once more (`[metrics] final_scrape_wait_secs`, 60 s by default; one scrape
+    // interval here).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = run.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the run did not end in 300 s:\n{}", std::fs::read_to_string(&run_log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&run_log).unwrap_or_default();
+    assert!(status.success(), "rcaflow run failed ({status}):\n{log}");
+    assert!(log.contains(FINAL_WAIT) && log.contains("final values scraped after"), "the run's final wait:\n{log}");
+    // Wait for the scrape that finds the run gone, so every scrape of the run is stored.
+    let up_query = format!("/api/v1/query?query={}", encode("up{job=\"rcaflow\"}[10m]"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let samples = loop {
+        let data = api(&prom_addr, &up_query);
+        let samples: Vec<(Value, String)> = data["result"][0]["values"]
+            .as_array()
+            .map(|vs| vs.iter().map(|s| (s[0].clone(), s[1].as_str().unwrap_or("").to_string())).collect())
+            .unwrap_or_default();
+        if samples.last().is_some_and(|(_, v)| v == "0") {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "prometheus never saw the run end: {data}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let live: Vec<&Value> = samples.iter().filter(|(_, v)| v == "1").map(|(t, _)| t).collect();
+    let at = live.last().expect("prometheus scraped the run").to_string();
     if !live_checked {
-        // Wait for the scrape that finds the run gone, so every scrape of the live run is
-        // stored; then evaluate at the last successful one.
-        let up_query = format!("/api/v1/query?query={}", encode("up{job=\"rcaflow\"}[10m]"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let samples = loop {
-            let data = api(&prom_addr, &up_query);
-            let samples: Vec<(Value, String)> = data["result"][0]["values"]
-                .as_array()
-                .map(|vs| vs.iter().map(|s| (s[0].clone(), s[1].as_str().unwrap_or("").to_string())).collect())
-                .unwrap_or_default();
-            if samples.last().is_some_and(|(_, v)| v == "0") {
-                break samples;
-            }
-            assert!(Instant::now() < deadline, "prometheus never saw the run end: {data}");
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        let live: Vec<&Value> = samples.iter().filter(|(_, v)| v == "1").map(|(t, _)| t).collect();
         scrapes = live.len() as f64;
         assert!(scrapes >= 5.0, "prometheus scraped the run only {scrapes} times (need 5 or more; the run is too short): {samples:?}");
-        let at = live.last().unwrap().to_string();
         if let Err(e) = check_queries(&prom_addr, &queries, Some(&at)) {
             panic!("at the run's last scrape: {e}");
         }
+    }
+    // The metrics set at the end are in Prometheus, with a finite value, at the run's last scrape.
+    for name in SET_AT_THE_END {
+        let query = format!("{name}{{run=\"{RUN}\"}}");
+        let data = api(&prom_addr, &format!("/api/v1/query?query={}&time={at}", encode(&query)));
+        let values: Vec<f64> =
+            data["result"].as_array().into_iter().flatten().filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok()).collect();
+        assert!(!values.is_empty() && values.iter().all(|v| v.is_finite()), "{name} at the run's last scrape: {data}");
     }
     let checks_done = started.elapsed().as_secs_f64();
 
@@ -491,7 +523,7 @@ fn dashboard_queries_and_alert_rules_work_against_a_real_prometheus_scraping_a_r
         assert!(line.contains(&format!("run=\"{RUN}\"")), "series without the run label: {line}");
     }
     eprintln!(
-        "prometheus_live: {} dashboard queries returned data {} after {scrapes} scrapes, {checks_done:.1} s into the test (test {:.1} s)",
+        "prometheus_live: {} dashboard queries returned data {} after {scrapes} scrapes, {queries_done:.1} s into the test; the run ended and its final values were in Prometheus at {checks_done:.1} s (test {:.1} s)",
         queries.len(),
         if live_checked { "while the run went on" } else { "at the run's last scrape" },
         started.elapsed().as_secs_f64()

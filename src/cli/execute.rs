@@ -155,6 +155,7 @@ fn execute_locked(
     shard: Option<Shard>,
 ) -> Result<RunOutcome, CliError> {
     let metrics_addr = settings.metrics_addr().map_err(|e| CliError::Input(format!("config: {e}")))?;
+    let final_scrape_wait = settings.final_scrape_wait().map_err(|e| CliError::Input(format!("config: {e}")))?;
     let run_settings = RunSettings {
         run_dir: run_dir.to_path_buf(),
         classes: cx.classes.clone(),
@@ -195,8 +196,57 @@ fn execute_locked(
                 tracing::info!("progress: {done}/{planned} images ({ratio:.3})");
             }
         }
-        Ok(result?)
+        let outcome = result?;
+        if metrics_addr.is_some() && !outcome.interrupted {
+            if let Some(limit) = final_scrape_wait {
+                hold_for_final_scrape(limit).await;
+            }
+        }
+        Ok(outcome)
     })
+}
+
+/// Keeps the metrics endpoint serving until a scrape has carried the run's final values (every
+/// sink has finished by now), at most `limit`, and only where something scraped the run while
+/// it ran: the metrics set at the end reach Prometheus only at its next scrape. A signal ends
+/// the wait.
+async fn hold_for_final_scrape(limit: std::time::Duration) {
+    let mark = telemetry::scrape_mark();
+    if !telemetry::ever_scraped() {
+        return;
+    }
+    tracing::info!(
+        "final values set (KID, precision/recall, per-class figures); serving metrics until one more scrape carries them, at most {} s ([metrics] final_scrape_wait_secs)",
+        limit.as_secs_f64()
+    );
+    let started = std::time::Instant::now();
+    let scraped = async {
+        while !telemetry::scraped_since(mark) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = scraped => tracing::info!("final values scraped after {:.1} s", started.elapsed().as_secs_f64()),
+        _ = tokio::time::sleep(limit) => tracing::warn!("no scrape in {} s; the final values are in report.json only", limit.as_secs_f64()),
+        _ = stop_signal() => tracing::info!("stopped waiting for the final scrape (signal)"),
+    }
+}
+
+/// The next SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Success, or exit 130 when the run was interrupted (its report says so).

@@ -43,7 +43,8 @@ pub struct FidConfig {
     #[serde(default = "default_fid_interval")]
     pub interval_secs: f64,
     /// Also FID per class: class c's generated images against class c's real images (two
-    /// more 2048x2048 moment sums per class: 64 MB each in memory and in the checkpoint).
+    /// more 2048x2048 float64 moment sums per class: 64 MB a class in memory and in the
+    /// checkpoint).
     #[serde(default)]
     pub per_class: bool,
 }
@@ -214,6 +215,28 @@ fn class_fid(c: &ClassMoments) -> Result<Option<f64>, StageError> {
         .map_err(|e| StageError::Failed(format!("frechet distance: {e}")))
 }
 
+/// What `per_class = true` reports: each class's FID, their mean, and the rank-deficient flags.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassFids {
+    /// One per class; `None` where a side has fewer than 2 images.
+    pub values: Vec<Option<f64>>,
+    /// Mean of the values that exist.
+    pub mean: Option<f64>,
+    /// A side of the class has no more images than feature dimensions (singular covariance).
+    pub rank_deficient: Vec<bool>,
+}
+
+impl FidState {
+    /// The per-class figures of the report (the fid sink's `finish` with `per_class`).
+    pub fn class_fids(&self) -> Result<ClassFids, StageError> {
+        let values = self.per_class.iter().map(class_fid).collect::<Result<Vec<_>, _>>()?;
+        let mean = super::kid::mean_of(values.iter().copied());
+        let rank_deficient =
+            self.per_class.iter().map(|c| c.generated.count <= c.generated.dim as u64 || c.real.count <= c.real.dim as u64).collect();
+        Ok(ClassFids { values, mean, rank_deficient })
+    }
+}
+
 fn compute(state: &FidState, reference: &Option<FidStats>) -> Result<Option<f64>, StageError> {
     let gen = &state.generated;
     let Some(gen_cov) = gen.covariance() else { return Ok(None) };
@@ -296,23 +319,22 @@ impl SinkMaths for FidMaths {
             metrics::gauge!(telemetry::FID).set(fid);
         }
         let real_images = self.reference.as_ref().map_or(state.real.count, |_| 0);
-        let per_class = match self.per_class {
+        let class_fids = match self.per_class {
             Some(_) => {
-                let mut values = Vec::with_capacity(state.per_class.len());
-                for (c, moments) in state.per_class.iter().enumerate() {
-                    let v = ctx.timed(|| class_fid(moments))?;
+                let fids = ctx.timed(|| state.class_fids())?;
+                for (class, v) in ctx.classes.iter().zip(&fids.values) {
                     if let Some(v) = v {
-                        metrics::gauge!(telemetry::CLASS_FID, "class" => ctx.classes[c].clone()).set(v);
+                        metrics::gauge!(telemetry::CLASS_FID, "class" => class.clone()).set(*v);
                     }
-                    values.push(v);
                 }
-                Some(values)
+                Some(fids)
             }
             None => None,
         };
-        let per_class_mean = per_class.as_ref().and_then(|v| super::kid::mean_of(v.iter().copied()));
-        let per_class_rank_deficient =
-            self.per_class.map(|_| state.per_class.iter().map(|c| c.generated.count <= DIM as u64 || c.real.count <= DIM as u64).collect());
+        let (per_class, per_class_mean, per_class_rank_deficient) = match class_fids {
+            Some(f) => (Some(f.values), f.mean, Some(f.rank_deficient)),
+            None => (None, None, None),
+        };
         Ok(Summary::Fid(Box::new(FidResult {
             value,
             real_images,
