@@ -98,10 +98,18 @@ impl Sweep {
         let label = file.display().to_string();
         let sweep = Sweep::read(file)?;
         for v in &sweep.variations {
-            Graph::load_with(&sweep.topology, &v.overrides).map_err(|e| {
-                let messages = e.messages().join("; ");
-                SweepError::Invalid { file: label.clone(), message: format!("variation \"{}\": {messages}", v.name) }
-            })?;
+            let invalid =
+                |message: String| SweepError::Invalid { file: label.clone(), message: format!("variation \"{}\": {message}", v.name) };
+            let graph = Graph::load_with(&sweep.topology, &v.overrides).map_err(|e| invalid(e.messages().join("; ")))?;
+            // Every variation runs as shards (the job files pass `run --shard-from-env`, even
+            // with shards = 1), and `run` refuses stop_when with a shard: refused here, so a
+            // sweep does not reach the cluster only for every job to fail.
+            if let Some(decider) = crate::stages::rca::early_stop_decider(&graph) {
+                return Err(invalid(format!(
+                    "{}: stop_when cannot run in a sweep: every variation runs as shards, and an early stop is decided over every class of the whole run, not per shard; drop stop_when",
+                    decider.qualified()
+                )));
+            }
         }
         Ok(sweep)
     }
@@ -539,5 +547,8 @@ mod tests {
         assert!(e.contains("variation \"steps-many\"") && e.contains("sources.sampler") && !e.contains('\n'), "{e}");
         let e = write("\"sources.samplr.steps\" = [10]").unwrap_err();
         assert!(e.contains("variation \"steps-10\"") && e.contains("the topology has no [sources.samplr] (it has real, sampler)"), "{e}");
+        // A valid topology with an early stop: every variation runs as shards, which `run` refuses.
+        let e = write("\"sinks.rca.stop_when.ci_half_width\" = [0.1]\n\"sinks.rca.stop_when.min_per_class\" = [5]").unwrap_err();
+        assert!(e.contains("sinks.rca: stop_when cannot run in a sweep") && !e.contains('\n'), "{e}");
     }
 }
