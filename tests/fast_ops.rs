@@ -3,7 +3,8 @@
 //! - models::fast_conv: the convolution (im2col + gemm with a BatchNorm / bias / ReLU
 //!   epilogue) equals `conv2d` -> `broadcast_mul` -> `broadcast_add` (-> `+ residual`) ->
 //!   `relu`, with strides and asymmetric padding, on large outputs (bands of rows per image)
-//!   and small ones (groups of images per gemm); an image's output does not depend on its
+//!   and small ones (groups of images per gemm), and through Winograd F(2x2, 3x3) (stride-1
+//!   3x3 kernels, 16 channels or more); an image's output does not depend on its
 //!   batch or its place in it;
 //! - models::group_norm: GroupNorm (+ SiLU) equals candle-nn's `GroupNorm` (+ `silu`);
 //! and with a gradient to track, each is candle's ops (with their backward).
@@ -13,7 +14,7 @@ mod common;
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::prng::uniform_f32;
-use rcaflow::models::fast_conv::{conv2d_candle, conv2d_fused, ConvParams, Epilogue};
+use rcaflow::models::fast_conv::{conv2d_candle, conv2d_fused, conv2d_fused_cached, ConvParams, Epilogue, KernelCache};
 use rcaflow::models::group_norm::group_norm;
 
 fn random(key: &str, shape: &[usize]) -> Tensor {
@@ -28,7 +29,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// (n, c_in, h, w, c_out, kh, kw, stride, (ph, pw))
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize, (usize, usize));
 
-const CASES: [Case; 18] = [
+const CASES: [Case; 25] = [
     (2, 3, 32, 32, 16, 3, 3, 1, (1, 1)),  // the cifar stem
     (3, 5, 7, 9, 7, 3, 3, 1, (1, 1)),     // odd everything
     (2, 4, 11, 13, 6, 3, 3, 2, (1, 1)),   // stride 2, odd sides
@@ -47,6 +48,14 @@ const CASES: [Case; 18] = [
     (2, 3, 2, 3, 4, 5, 5, 2, (2, 2)),     // dead taps on every side of a strided kernel
     (3, 2, 2, 1, 3, 3, 3, 1, (1, 1)),     // dead taps along one axis only
     (1, 2, 1, 1, 3, 1, 1, 5, (2, 2)),     // padding wider than the kernel: every tap dead
+    // Winograd F(2x2, 3x3) (stride-1 3x3, at least 16 channels in and out):
+    (2, 16, 32, 32, 16, 3, 3, 1, (1, 1)), // the UNet's top level: bands of tile rows
+    (2, 17, 9, 11, 19, 3, 3, 1, (1, 1)),  // odd sides: tiles cut at the right and bottom edges
+    (1, 16, 41, 40, 16, 3, 3, 1, (0, 0)), // no padding (Inception's 3x3 'valid'), an odd output
+    (2, 16, 7, 5, 20, 3, 3, 1, (2, 1)),   // padding wider than one, different per axis
+    (21, 32, 4, 4, 16, 3, 3, 1, (1, 1)),  // ResNet's 4x4 stage: groups of images, the last padded
+    (3, 16, 4, 5, 16, 3, 3, 1, (1, 1)),   // few tiles per image, the last column cut
+    (1, 24, 5, 300, 16, 3, 3, 1, (1, 1)), // wide: one tile row (150 tiles) is more than a band
 ];
 
 #[test]
@@ -98,13 +107,16 @@ fn non_contiguous_inputs_are_read_by_their_strides() {
 
 #[test]
 fn an_image_gives_the_same_output_in_any_batch() {
-    let x = random("batch/x", &[5, 8, 19, 23]);
-    let k = random("batch/k", &[12, 8, 3, 3]);
-    let p = ConvParams::new(1, (1, 1));
-    let whole = conv2d_fused(&x, &k, p, Epilogue { relu: true, ..Default::default() }).unwrap();
-    for i in 0..5 {
-        let alone = conv2d_fused(&x.narrow(0, i, 1).unwrap(), &k, p, Epilogue { relu: true, ..Default::default() }).unwrap();
-        assert_eq!(max_abs_diff(&alone, &whole.narrow(0, i, 1).unwrap()), 0.0, "image {i}");
+    // The direct path's bands, then Winograd's.
+    for (c_in, c_out) in [(8, 12), (16, 20)] {
+        let x = random(&format!("batch/x{c_in}"), &[5, c_in, 19, 23]);
+        let k = random(&format!("batch/k{c_in}"), &[c_out, c_in, 3, 3]);
+        let p = ConvParams::new(1, (1, 1));
+        let whole = conv2d_fused(&x, &k, p, Epilogue { relu: true, ..Default::default() }).unwrap();
+        for i in 0..5 {
+            let alone = conv2d_fused(&x.narrow(0, i, 1).unwrap(), &k, p, Epilogue { relu: true, ..Default::default() }).unwrap();
+            assert_eq!(max_abs_diff(&alone, &whole.narrow(0, i, 1).unwrap()), 0.0, "{c_in} channels: image {i}");
+        }
     }
 }
 
@@ -112,11 +124,12 @@ fn an_image_gives_the_same_output_in_any_batch() {
 /// whatever its batch and its place in the group, to the bit.
 #[test]
 fn a_grouped_image_gives_the_same_output_in_any_batch_and_place() {
-    for (h, w) in [(4, 4), (1, 1), (3, 5)] {
-        let x = random(&format!("group/x{h}{w}"), &[37, 6, h, w]);
-        let k = random("group/k", &[10, 6, 3, 3]);
+    // (h, w, c_in, c_out): the direct path's groups, then Winograd's (16 channels and more).
+    for (h, w, c_in, c_out) in [(4, 4, 6, 10), (1, 1, 6, 10), (3, 5, 6, 10), (4, 4, 16, 16), (4, 5, 16, 18), (7, 4, 20, 16)] {
+        let x = random(&format!("group/x{h}{w}{c_in}"), &[37, c_in, h, w]);
+        let k = random(&format!("group/k{c_in}{c_out}"), &[c_out, c_in, 3, 3]);
         let p = ConvParams::new(1, (1, 1));
-        let residual = random("group/r", &[37, 10, h, w]);
+        let residual = random(&format!("group/r{c_out}"), &[37, c_out, h, w]);
         fn epilogue(r: &Tensor) -> Epilogue<'_> {
             Epilogue { residual: Some(r), relu: true, ..Default::default() }
         }
@@ -125,6 +138,21 @@ fn a_grouped_image_gives_the_same_output_in_any_batch_and_place() {
             let part = conv2d_fused(&x.narrow(0, start, len).unwrap(), &k, p, epilogue(&residual.narrow(0, start, len).unwrap())).unwrap();
             assert_eq!(max_abs_diff(&part, &whole.narrow(0, start, len).unwrap()), 0.0, "{h}x{w}: images {start}..{}", start + len);
         }
+    }
+}
+
+/// A layer keeps its kernel's Winograd transform between calls; asked with another weight
+/// tensor (a layer whose weight was replaced), it computes that one's, never the kept one.
+#[test]
+fn a_kept_kernel_transform_serves_only_its_own_weights() {
+    let x = random("cache/x", &[2, 16, 8, 8]);
+    let (k1, k2) = (random("cache/k1", &[16, 16, 3, 3]), random("cache/k2", &[16, 16, 3, 3]));
+    let cache = KernelCache::default();
+    let p = ConvParams::new(1, (1, 1));
+    for (i, k) in [&k1, &k1, &k2, &k1, &k2].into_iter().enumerate() {
+        let cached = conv2d_fused_cached(&x, k, &cache, p, Epilogue::default()).unwrap();
+        let fresh = conv2d_fused(&x, k, p, Epilogue::default()).unwrap();
+        assert_eq!(max_abs_diff(&cached, &fresh), 0.0, "call {i}");
     }
 }
 

@@ -9,7 +9,7 @@
 //! (same kernel, same numbers) and whose backward uses that identity for the input and
 //! candle's own formula for the kernel. CPU only; on other devices it is plain `conv2d`.
 
-use crate::models::fast_conv::{conv2d_fused, ConvParams, Epilogue};
+use crate::models::fast_conv::{conv2d_fused_cached, ConvParams, Epilogue, KernelCache};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 struct Conv2dS1 {
@@ -75,17 +75,19 @@ pub fn conv2d_s1(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
 
 /// `candle_nn::Conv2d`, whose stride-1 case (on the CPU, when a gradient is tracked) goes
 /// through [`conv2d_s1`]. Same weights, same key names, same forward numbers.
+/// What the fused convolution derives from the weight is made on the first inference call and
+/// kept (a training variable's weight tracks a gradient and never takes that path).
 #[derive(Debug, Clone)]
-pub struct Conv2d(candle_nn::Conv2d);
+pub struct Conv2d(candle_nn::Conv2d, KernelCache);
 
 /// `candle_nn::conv2d` returning a [`Conv2d`].
 pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, cfg: candle_nn::Conv2dConfig, vb: candle_nn::VarBuilder) -> Result<Conv2d> {
-    Ok(Conv2d(candle_nn::conv2d(c_in, c_out, kernel, cfg, vb)?))
+    Ok(Conv2d(candle_nn::conv2d(c_in, c_out, kernel, cfg, vb)?, KernelCache::default()))
 }
 
 /// `candle_nn::conv2d_no_bias` returning a [`Conv2d`].
 pub fn conv2d_no_bias(c_in: usize, c_out: usize, kernel: usize, cfg: candle_nn::Conv2dConfig, vb: candle_nn::VarBuilder) -> Result<Conv2d> {
-    Ok(Conv2d(candle_nn::conv2d_no_bias(c_in, c_out, kernel, cfg, vb)?))
+    Ok(Conv2d(candle_nn::conv2d_no_bias(c_in, c_out, kernel, cfg, vb)?, KernelCache::default()))
 }
 
 impl Conv2d {
@@ -99,7 +101,7 @@ impl Conv2d {
             return epilogue.apply_unfused(candle_core::Module::forward(self, x)?);
         }
         let shift = epilogue.shift.or(self.0.bias());
-        conv2d_fused(x, self.0.weight(), ConvParams::new(c.stride, (c.padding, c.padding)), Epilogue { shift, ..epilogue })
+        conv2d_fused_cached(x, self.0.weight(), &self.1, ConvParams::new(c.stride, (c.padding, c.padding)), Epilogue { shift, ..epilogue })
     }
 }
 

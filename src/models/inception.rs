@@ -31,7 +31,7 @@
 use candle_core::{DType, Module, Tensor};
 
 use super::batch_norm::BatchNorm;
-use super::fast_conv::{conv2d_fused, ConvParams};
+use super::fast_conv::{conv2d_fused_cached, ConvParams, KernelCache};
 use super::weights::{WeightMap, WeightsError};
 
 /// The file name pytorch-fid downloads its weights to (and users already have).
@@ -76,6 +76,8 @@ impl ConvShape {
 #[derive(Debug, Clone)]
 struct BasicConv2d {
     weight: Tensor,
+    /// What the fused convolution derives from `weight`, made on first use.
+    kernel: KernelCache,
     shape: ConvShape,
     bn: BatchNorm,
 }
@@ -83,7 +85,12 @@ struct BasicConv2d {
 impl BasicConv2d {
     fn load(w: &WeightMap, c_in: usize, c_out: usize, shape: ConvShape) -> Result<Self, WeightsError> {
         let (kh, kw) = shape.kernel;
-        Ok(Self { weight: w.pp("conv").get(&[c_out, c_in, kh, kw], "weight")?, shape, bn: BatchNorm::load(&w.pp("bn"), c_out, BN_EPS)? })
+        Ok(Self {
+            weight: w.pp("conv").get(&[c_out, c_in, kh, kw], "weight")?,
+            kernel: KernelCache::default(),
+            shape,
+            bn: BatchNorm::load(&w.pp("bn"), c_out, BN_EPS)?,
+        })
     }
 }
 
@@ -91,7 +98,7 @@ impl Module for BasicConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // One pass: the convolution (asymmetric padding included) with BatchNorm and ReLU in
         // its epilogue (models::fast_conv).
-        conv2d_fused(x, &self.weight, ConvParams::new(self.shape.stride, self.shape.padding), self.bn.epilogue(true))
+        conv2d_fused_cached(x, &self.weight, &self.kernel, ConvParams::new(self.shape.stride, self.shape.padding), self.bn.epilogue(true))
     }
 }
 

@@ -41,7 +41,7 @@ use std::str::FromStr;
 use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::fast_conv::{conv2d_fused, ConvParams, Epilogue};
+use super::fast_conv::{conv2d_fused_cached, ConvParams, Epilogue, KernelCache};
 use super::weights::{WeightMap, WeightsError};
 
 /// torchvision's AlexNet checkpoint file name (`AlexNet_Weights.IMAGENET1K_V1`).
@@ -225,6 +225,8 @@ fn accepts_size(ops: &[Op], size: usize) -> bool {
 #[derive(Debug, Clone)]
 struct Conv2d {
     weight: Tensor,
+    /// What the fused convolution derives from `weight`, made on first use.
+    kernel: KernelCache,
     /// `[1, C_out, 1, 1]`, for broadcasting.
     bias: Tensor,
     stride: usize,
@@ -239,7 +241,7 @@ impl Conv2d {
             name: format!("{}.bias", w.prefix()),
             cause: e.to_string(),
         })?;
-        Ok(Self { weight, bias, stride, padding })
+        Ok(Self { weight, kernel: KernelCache::default(), bias, stride, padding })
     }
 }
 
@@ -247,7 +249,7 @@ impl Conv2d {
     /// The convolution with its bias, and the ReLU after it when `relu` (one pass).
     fn forward_relu(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
         let p = ConvParams::new(self.stride, (self.padding, self.padding));
-        conv2d_fused(x, &self.weight, p, Epilogue { shift: Some(&self.bias), relu, ..Epilogue::default() })
+        conv2d_fused_cached(x, &self.weight, &self.kernel, p, Epilogue { shift: Some(&self.bias), relu, ..Epilogue::default() })
     }
 }
 

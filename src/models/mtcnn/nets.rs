@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, D};
 
-use crate::models::fast_conv::{conv2d_fused, ConvParams, Epilogue};
+use crate::models::fast_conv::{conv2d_fused_cached, ConvParams, Epilogue, KernelCache};
 use crate::models::weights::{WeightMap, WeightsError};
 
 /// Errors from loading or running the MTCNN nets.
@@ -29,20 +29,22 @@ pub enum MtcnnError {
 /// `nn.Conv2d(c_in, c_out, kernel)`: stride 1, no padding, with bias.
 struct Conv {
     weight: Tensor,
+    /// What the fused convolution derives from `weight`, made on first use.
+    kernel: KernelCache,
     bias: Tensor,
 }
 
 impl Conv {
     fn load(w: &WeightMap, name: &str, c_in: usize, c_out: usize, k: usize) -> Result<Self, WeightsError> {
         let w = w.pp(name);
-        Ok(Self { weight: w.get(&[c_out, c_in, k, k], "weight")?, bias: w.get(&[c_out], "bias")? })
+        Ok(Self { weight: w.get(&[c_out, c_in, k, k], "weight")?, kernel: KernelCache::default(), bias: w.get(&[c_out], "bias")? })
     }
 
     /// Through the fused CPU convolution (bias in its epilogue), which is candle's `conv2d` and
     /// `broadcast_add` on other devices: candle's CPU conv kernel was most of detection's time.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let bias = Epilogue { shift: Some(&self.bias), ..Epilogue::default() };
-        conv2d_fused(x, &self.weight, ConvParams::new(1, (0, 0)), bias)
+        conv2d_fused_cached(x, &self.weight, &self.kernel, ConvParams::new(1, (0, 0)), bias)
     }
 }
 
