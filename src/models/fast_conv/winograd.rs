@@ -32,6 +32,7 @@ use candle_core::TensorId;
 use rayon::prelude::*;
 
 use super::{at_least, multiply, ConvParams, FusedConv, Geometry, OutPtr};
+#[cfg(target_arch = "x86_64")]
 use crate::models::vector_isa::has_avx2_fma;
 
 /// Tiles (2x2 output blocks) one task aims for: the gemms' column count.
@@ -58,7 +59,7 @@ thread_local! {
 
 /// Outputs narrower or shorter than this stay on the direct path: a 2x2 output is one tile
 /// whose 4x4 input is three-quarters padding, and measured slower (VGG's 512-channel 2x2 layer
-/// in LPIPS: 9.5 ms against 8.0 direct, `examples`-style timing of a batch of 64).
+/// in LPIPS: 9.5 ms against 8.0 direct, one layer timed alone on a batch of 64, 2 threads).
 const MIN_SIDE: usize = 4;
 
 /// Whether a convolution goes through Winograd: a 3x3 kernel at stride 1 (any padding), with
@@ -96,8 +97,8 @@ fn filter_transform(g: &[f32]) -> [f32; 16] {
 }
 
 /// A layer's kernel transform `U`, made on the first forward that needs it and kept for the
-/// next ones: an inference layer's weights never change, and remaking `U` at every call cost as
-/// much as a fifth of a small layer's time (ResNet's 512-channel 4x4 stage). Each layer that owns
+/// next ones: an inference layer's weights never change, and remaking `U` at every call was an
+/// eighth of a small layer's time (ResNet's 512-channel 4x4 stage, `perf record`). Each layer that owns
 /// a kernel keeps one (cloning the layer shares it); it costs 16/9 of the kernel's memory.
 ///
 /// It is tied to the weight tensor it was made from (candle's tensor ids are never reused):
@@ -115,11 +116,18 @@ pub(super) struct Kernels(pub(super) Option<(KernelCache, TensorId)>);
 impl Kernels {
     fn transformed(&self, w: &[f32], c_out: usize, c_in: usize) -> Arc<Vec<f32>> {
         let Some((cache, id)) = &self.0 else { return Arc::new(transform_kernels(w, c_out, c_in)) };
-        let (owner, u) = cache.0.get_or_init(|| (*id, Arc::new(transform_kernels(w, c_out, c_in))));
-        if owner == id && u.len() == 16 * c_out * c_in {
-            u.clone()
-        } else {
-            Arc::new(transform_kernels(w, c_out, c_in))
+        match cache.0.get() {
+            Some((owner, u)) if owner == id && u.len() == 16 * c_out * c_in => u.clone(),
+            Some(_) => Arc::new(transform_kernels(w, c_out, c_in)),
+            None => {
+                // Made outside the cell, not in `get_or_init`: the transform runs on the kernel
+                // pool, and a pool thread waiting for its part may take up another forward of
+                // the same layer, which would then re-enter the cell's initialisation. Two
+                // threads that race here both make it; the first one kept wins.
+                let u = Arc::new(transform_kernels(w, c_out, c_in));
+                let _ = cache.0.set((*id, u.clone()));
+                u
+            }
         }
     }
 }
@@ -212,20 +220,13 @@ impl FusedConv {
         let groups = g.n.div_ceil(count);
         let (v_len, m_len) = (16 * g.c_in * cols, 16 * g.c_out * cols);
         let image_len = g.c_in * g.h * g.w;
-        let mut v = Vec::<f32>::with_capacity(groups * v_len);
-        // SAFETY (of the set_len below): every element is written, the missing images' as zeros.
-        unsafe { v.set_len(groups * v_len) };
+        // Zeroed: the last group's missing images stay zero columns.
+        let mut v = vec![0.0f32; groups * v_len];
         v.par_chunks_mut(v_len).enumerate().for_each(|(k, v)| {
             let task = Task { first: k * count, count, row0: 0, rows: tiles.th };
-            for j in 0..count {
+            for j in 0..count.min(g.n - task.first) {
                 let image = task.first + j;
-                if image < g.n {
-                    self.input_transform(&x[image * image_len..(image + 1) * image_len], g, tiles, task, v, cols, j * per_image);
-                } else {
-                    for row in v.chunks_exact_mut(cols) {
-                        row[j * per_image..(j + 1) * per_image].fill(0.0);
-                    }
-                }
+                self.input_transform(&x[image * image_len..(image + 1) * image_len], g, tiles, task, v, cols, j * per_image);
             }
         });
         let mut m = Vec::<f32>::with_capacity(groups * m_len);
@@ -317,12 +318,12 @@ impl FusedConv {
         ROWS.with(|rows| {
             let mut rows = rows.borrow_mut();
             let rows = at_least(&mut rows, input_scratch_len(tiles, task));
+            #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA.
-                unsafe { input_transform_avx2(input, g, tiles, task, v, at, rows) }
-            } else {
-                input_transform_body(input, g, tiles, task, v, at, rows)
+                return unsafe { input_transform_avx2(input, g, tiles, task, v, at, rows) };
             }
+            input_transform_body(input, g, tiles, task, v, at, rows)
         });
     }
 }
@@ -337,6 +338,7 @@ struct Columns {
     padding: (usize, usize),
 }
 
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn input_transform_avx2(input: &[f32], g: Geometry, tiles: Tiles, task: Task, v: &mut [f32], at: Columns, rows: &mut [f32]) {
     input_transform_body(input, g, tiles, task, v, at, rows)
@@ -450,14 +452,16 @@ unsafe fn output_transform(m: &[f32], g: Geometry, tiles: Tiles, task: Task, col
     OUTPUT_ROWS.with(|buf| {
         let mut buf = buf.borrow_mut();
         let y = at_least(&mut buf, 4 * tiles.tw);
+        #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
-            output_transform_avx2(m, g, tiles, task, at, out, y)
-        } else {
-            output_transform_body(m, g, tiles, task, at, out, y)
+            // SAFETY: the CPU has AVX2 and FMA; `out` as the caller promised.
+            return output_transform_avx2(m, g, tiles, task, at, out, y);
         }
+        output_transform_body(m, g, tiles, task, at, out, y)
     });
 }
 
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn output_transform_avx2(m: &[f32], g: Geometry, tiles: Tiles, task: Task, at: Columns, out: *mut f32, y: &mut [f32]) {
     output_transform_body(m, g, tiles, task, at, out, y)
