@@ -5,9 +5,8 @@
 //! Why: candle's ops materialise every head's scores at once (`[N, heads, T, T]`: 67 MB per
 //! attention of the paper UNet at 16x16 and batch 16), then write them again scaled, and
 //! `softmax` is five more passes. Here each (image, head) is one task: its `T x T` scores in a
-//! per-thread buffer (256 KB at T = 256, in cache), one gemm, the scale and the exponentials of
-//! a numerically safe softmax in place (two passes), one gemm into the output, and the
-//! softmax's division on the output rows. Inference only: where a gradient is tracked,
+//! per-thread buffer (256 KB at T = 256, in cache), one gemm, the scale and a numerically safe
+//! softmax in place, one gemm into the output. Inference only: where a gradient is tracked,
 //! on other devices and dtypes, [`attention`] is candle's ops. tests/fast_ops.rs checks the two
 //! against each other.
 
@@ -45,77 +44,74 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 thread_local! {
-    /// This thread's scores buffer and the rows' sums, kept between calls.
+    /// This thread's scores buffer, kept between calls.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Lanes of the vectorised reductions below: one AVX2 register of f32 (two halves of AVX-512's).
 const LANES: usize = 8;
 
-/// Every `t`-long row of `scores` through [`exp_scaled`], its sum into `sums`, in the widest
-/// copy this CPU runs (see [`vector_isa`]).
-fn exp_rows(scores: &mut [f32], sums: &mut [f32], t: usize, scale: f32) {
+/// Every `t`-long row of `scores` through [`softmax_scaled`], in the widest copy this CPU runs
+/// (see [`vector_isa`]).
+fn softmax_rows(scores: &mut [f32], t: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if vector_isa::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { exp_rows_avx2(scores, sums, t, scale) };
+        return unsafe { softmax_rows_avx2(scores, t, scale) };
     }
-    exp_rows_body(scores, sums, t, scale)
+    softmax_rows_body(scores, t, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp_rows_avx2(scores: &mut [f32], sums: &mut [f32], t: usize, scale: f32) {
-    exp_rows_body(scores, sums, t, scale)
+unsafe fn softmax_rows_avx2(scores: &mut [f32], t: usize, scale: f32) {
+    softmax_rows_body(scores, t, scale)
 }
 
 #[inline(always)]
-fn exp_rows_body(scores: &mut [f32], sums: &mut [f32], t: usize, scale: f32) {
-    for (row, sum) in scores.chunks_exact_mut(t).zip(sums) {
-        *sum = exp_scaled(row, scale);
+fn softmax_rows_body(scores: &mut [f32], t: usize, scale: f32) {
+    for row in scores.chunks_exact_mut(t) {
+        softmax_scaled(row, scale);
     }
 }
 
-/// `row <- exp(row * scale - max(row * scale))`, returning the row's sum: softmax without its
-/// division, which is applied to the output rows instead ([`FusedAttention`]'s second gemm
-/// sums `exp * v`, then each of its `d`-long rows is divided by its sum: `t / d` times fewer
-/// divisions, and two passes over the scores where a softmax in place takes five). The
-/// maximum and the sum are taken over [`LANES`] interleaved partial results, so LLVM vectorises
-/// them (a float sum in strict order cannot be); the maximum is exact in any order, and the
-/// sum's order is fixed by the row length alone, so a row's result never depends on the batch.
+/// `row <- softmax(row * scale)`, numerically safe (the maximum subtracted first). The maximum
+/// and the sum are taken over [`LANES`] interleaved partial results, so LLVM vectorises them
+/// (a float sum in strict order cannot be); the maximum is exact in any order, and the sum's
+/// order is fixed by the row length alone, so a row's result never depends on the batch.
 #[inline(always)]
-fn exp_scaled(row: &mut [f32], scale: f32) -> f32 {
+fn softmax_scaled(row: &mut [f32], scale: f32) {
+    for s in row.iter_mut() {
+        *s *= scale;
+    }
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
         for i in 0..LANES {
-            let v = chunk[i] * scale;
-            lanes[i] = if v > lanes[i] { v } else { lanes[i] };
+            lanes[i] = if chunk[i] > lanes[i] { chunk[i] } else { lanes[i] };
         }
     }
     let mut max = f32::NEG_INFINITY;
-    for v in lanes.into_iter().chain(chunks.remainder().iter().map(|s| s * scale)) {
+    for &v in lanes.iter().chain(chunks.remainder()) {
         max = max.max(v);
     }
+    for s in row.iter_mut() {
+        *s = fast_exp::exp(*s - max);
+    }
     let mut lanes = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
+    let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
         for i in 0..LANES {
-            chunk[i] = fast_exp::exp(chunk[i] * scale - max);
             lanes[i] += chunk[i];
         }
     }
     let mut sum = 0f32;
-    for s in chunks.into_remainder() {
-        *s = fast_exp::exp(*s * scale - max);
-        sum += *s;
+    for &v in lanes.iter().chain(chunks.remainder()) {
+        sum += v;
     }
-    // The lanes first, then the remainder, as one fixed order.
-    let mut total = 0f32;
-    for v in lanes {
-        total += v;
+    for s in row.iter_mut() {
+        *s /= sum;
     }
-    total + sum
 }
 
 impl CustomOp3 for FusedAttention {
@@ -157,11 +153,10 @@ impl CustomOp3 for FusedAttention {
             let (q, k, v) =
                 (&q[task * block..(task + 1) * block], &k[task * block..(task + 1) * block], &v[task * block..(task + 1) * block]);
             SCORES.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                if buf.len() < t * t + t {
-                    buf.resize(t * t + t, 0.0);
+                let mut scores = buf.borrow_mut();
+                if scores.len() < t * t {
+                    scores.resize(t * t, 0.0);
                 }
-                let (scores, sums) = buf.split_at_mut(t * t);
                 let scores = &mut scores[..t * t];
                 // SAFETY: the slices hold t x d (q, k, v) and t x t (scores) values with the
                 // strides given; task `task` alone writes block `task` of `out`, which outlives
@@ -190,8 +185,7 @@ impl CustomOp3 for FusedAttention {
                         gemm::Parallelism::None,
                     );
                 }
-                let sums = &mut sums[..t];
-                exp_rows(scores, sums, t, self.scale);
+                softmax_rows(scores, t, self.scale);
                 unsafe {
                     // out [t, d] = probs [t, t] @ v [t, d].
                     gemm::gemm(
@@ -215,13 +209,6 @@ impl CustomOp3 for FusedAttention {
                         false,
                         gemm::Parallelism::None,
                     );
-                    // Softmax's division, on the output rows.
-                    let out = std::slice::from_raw_parts_mut(dst.0.add(task * block), block);
-                    for (row, sum) in out.chunks_exact_mut(d).zip(sums.iter()) {
-                        for o in row {
-                            *o /= *sum;
-                        }
-                    }
                 }
             });
         });
