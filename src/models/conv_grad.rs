@@ -75,6 +75,7 @@ pub fn conv2d_s1(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
 
 /// `candle_nn::Conv2d`, whose stride-1 case (on the CPU, when a gradient is tracked) goes
 /// through [`conv2d_s1`]. Same weights, same key names, same forward numbers.
+///
 /// What the fused convolution derives from the weight is made on the first inference call and
 /// kept (a training variable's weight tracks a gradient and never takes that path).
 #[derive(Debug, Clone)]

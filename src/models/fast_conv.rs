@@ -19,8 +19,8 @@
 //! a fixed group of images side by side as its columns, so the kernel is read once per group,
 //! and the result is scattered to each image's planes with its epilogue.
 //!
-//! Stride-1 3x3 convolutions with enough channels (the UNet's, VGG's, the ResNets' stages) go
-//! through Winograd F(2x2, 3x3) instead (`fast_conv/winograd.rs`): the same epilogue, 2.25x
+//! Stride-1 3x3 convolutions with 16 or more channels and outputs of 4x4 or more (the UNet's,
+//! VGG's, the ResNets' stages) go through Winograd F(2x2, 3x3) instead (`fast_conv/winograd.rs`): the same epilogue, 2.25x
 //! fewer multiplications.
 //!
 //! Kernel taps that read only padding for every output pixel (a 3x3 kernel on a 1x1 map) are
