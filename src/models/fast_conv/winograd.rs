@@ -179,6 +179,16 @@ struct Tiles {
     tw: usize,
 }
 
+/// `M[ξ] = U[ξ] @ V[ξ]` for one ξ of the 16: `[C_out, C_in] x [C_in, cols]`, where `v` and `m`
+/// point at a task's `[16, C_in, cols]` and `[16, C_out, cols]`.
+///
+/// # Safety
+/// `v` and `m` must be valid for those shapes.
+unsafe fn multiply_frequency(u: &[f32], g: Geometry, xi: usize, v: *const f32, cols: usize, m: *mut f32) {
+    let u = &u[xi * g.c_out * g.c_in..(xi + 1) * g.c_out * g.c_in];
+    multiply(u, g.c_out, g.c_in, v.add(xi * g.c_in * cols), cols as isize, cols, m.add(xi * g.c_out * cols), cols as isize)
+}
+
 impl FusedConv {
     /// The whole convolution through Winograd, written at `dst` (`[N, C_out, oh, ow]`).
     pub(super) fn winograd(&self, x: &[f32], w: &[f32], residual: Option<&[f32]>, g: Geometry, dst: OutPtr) {
@@ -236,18 +246,7 @@ impl FusedConv {
             let (k, xi) = (unit / 16, unit % 16);
             // SAFETY: unit (k, ξ) writes only its own [c_out, cols] block of `m`, which has
             // room for all of them.
-            unsafe {
-                multiply(
-                    &u[xi * g.c_out * g.c_in..(xi + 1) * g.c_out * g.c_in],
-                    g.c_out,
-                    g.c_in,
-                    v[k * v_len + xi * g.c_in * cols..].as_ptr(),
-                    cols as isize,
-                    cols,
-                    products.0.add(k * m_len + xi * g.c_out * cols),
-                    cols as isize,
-                )
-            };
+            unsafe { multiply_frequency(u, g, xi, v[k * v_len..].as_ptr(), cols, products.0.add(k * m_len)) };
         });
         // SAFETY: the loop wrote every (group, ξ) block.
         unsafe { m.set_len(groups * m_len) };
@@ -287,16 +286,7 @@ impl FusedConv {
                     }
                 }
                 for xi in 0..16 {
-                    multiply(
-                        &u[xi * g.c_out * g.c_in..(xi + 1) * g.c_out * g.c_in],
-                        g.c_out,
-                        g.c_in,
-                        v[xi * g.c_in * cols..].as_ptr(),
-                        cols as isize,
-                        cols,
-                        m[xi * g.c_out * cols..].as_mut_ptr(),
-                        cols as isize,
-                    );
+                    multiply_frequency(u, g, xi, v.as_ptr(), cols, m.as_mut_ptr());
                 }
                 let plane = g.oh * g.ow;
                 let (oy0, oy1) = (2 * task.row0, (2 * (task.row0 + task.rows)).min(g.oh));
@@ -314,34 +304,43 @@ impl FusedConv {
     /// (`[16, C_in, cols]`).
     #[allow(clippy::too_many_arguments)]
     fn input_transform(&self, input: &[f32], g: Geometry, tiles: Tiles, task: Task, v: &mut [f32], cols: usize, col0: usize) {
-        let at = Columns { cols, col0, padding: self.p.padding };
+        let (at, padding) = (Columns { cols, col0 }, self.p.padding);
         ROWS.with(|rows| {
             let mut rows = rows.borrow_mut();
             let rows = at_least(&mut rows, input_scratch_len(tiles, task));
             #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA.
-                return unsafe { input_transform_avx2(input, g, tiles, task, v, at, rows) };
+                return unsafe { input_transform_avx2(input, g, tiles, task, v, at, padding, rows) };
             }
-            input_transform_body(input, g, tiles, task, v, at, rows)
+            input_transform_body(input, g, tiles, task, v, at, padding, rows)
         });
     }
 }
 
-/// Where a task's tiles of one image go in its buffers, and the convolution's padding.
+/// Where a task's tiles of one image go in its buffers.
 #[derive(Debug, Clone, Copy)]
 struct Columns {
     /// The task's column count (the buffers' row length).
     cols: usize,
     /// This image's first column.
     col0: usize,
-    padding: (usize, usize),
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn input_transform_avx2(input: &[f32], g: Geometry, tiles: Tiles, task: Task, v: &mut [f32], at: Columns, rows: &mut [f32]) {
-    input_transform_body(input, g, tiles, task, v, at, rows)
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform_avx2(
+    input: &[f32],
+    g: Geometry,
+    tiles: Tiles,
+    task: Task,
+    v: &mut [f32],
+    at: Columns,
+    padding: (usize, usize),
+    rows: &mut [f32],
+) {
+    input_transform_body(input, g, tiles, task, v, at, padding, rows)
 }
 
 /// Input column `ix` of a row, zero outside it.
@@ -378,8 +377,18 @@ fn sum(out: &mut [f32], a: &[f32], b: &[f32]) {
 /// Loops that long, rather than one per tile row, are what makes this cheap next to the gemms.
 /// `scratch` holds [`input_scratch_len`].
 #[inline(always)]
-fn input_transform_body(input: &[f32], g: Geometry, tiles: Tiles, task: Task, v: &mut [f32], at: Columns, scratch: &mut [f32]) {
-    let ((ph, pw), tw) = (at.padding, tiles.tw);
+#[allow(clippy::too_many_arguments)]
+fn input_transform_body(
+    input: &[f32],
+    g: Geometry,
+    tiles: Tiles,
+    task: Task,
+    v: &mut [f32],
+    at: Columns,
+    padding: (usize, usize),
+    scratch: &mut [f32],
+) {
+    let ((ph, pw), tw) = (padding, tiles.tw);
     let halves = tw + 1;
     // Both halves read inside the row for k in [k_lo, k_hi), a plain run of the input's pairs;
     // the at most two halves on each side are read one by one. (Not a padded copy of the row
@@ -448,7 +457,7 @@ fn input_scratch_len(tiles: Tiles, task: Task) -> usize {
 /// # Safety
 /// `out` must be valid for the image's `[C_out, oh, ow]`.
 unsafe fn output_transform(m: &[f32], g: Geometry, tiles: Tiles, task: Task, cols: usize, col0: usize, out: *mut f32) {
-    let at = Columns { cols, col0, padding: (0, 0) };
+    let at = Columns { cols, col0 };
     OUTPUT_ROWS.with(|buf| {
         let mut buf = buf.borrow_mut();
         let y = at_least(&mut buf, 4 * tiles.tw);
