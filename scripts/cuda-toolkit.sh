@@ -4,7 +4,8 @@
 #
 #   scripts/cuda-toolkit.sh                  # everything a linked build needs (about 1 GB)
 #   scripts/cuda-toolkit.sh --compile-only   # nvcc and headers: enough for `cargo check` (CI)
-#   eval "$(scripts/cuda-toolkit.sh --env)"  # PATH, CUDA_ROOT, CUDA_PATH, CUDA_COMPUTE_CAP
+#   eval "$(scripts/cuda-toolkit.sh --env)"  # PATH, CUDA_ROOT, CUDA_PATH, CUDA_COMPUTE_CAP,
+#                                            # CUDAFORGE_THREADS
 #   cargo build --release --features cuda
 #
 # Compile pieces: nvcc, the runtime headers, CCCL (`nv/target`), crt, nvvm. Link pieces: cudart, cuBLAS,
@@ -15,13 +16,15 @@
 # driver on the machine that runs it.
 #
 # CUDA_COMPUTE_CAP (default 90: H100/H200) picks the GPUs the kernels are built for; set it
-# before building for another (80: A100, 89: L40/RTX 4090).
+# before building for another (80: A100, 89: L40/RTX 4090). CUDAFORGE_THREADS (default: every
+# core) is how many nvcc runs candle-kernels' build script starts at once; its own default is
+# half the cores, and on 2 cores its 12 minutes of nvcc then ran on one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD/.cuda"
 CUDA="$ROOT/nvidia/cu13"
 if [ "${1:-}" = "--env" ]; then
-    echo "export PATH=\"$CUDA/bin:\$PATH\" CUDA_ROOT=\"$CUDA\" CUDA_PATH=\"$CUDA\" CUDA_COMPUTE_CAP=\"\${CUDA_COMPUTE_CAP:-90}\""
+    echo "export PATH=\"$CUDA/bin:\$PATH\" CUDA_ROOT=\"$CUDA\" CUDA_PATH=\"$CUDA\" CUDA_COMPUTE_CAP=\"\${CUDA_COMPUTE_CAP:-90}\" CUDAFORGE_THREADS=\"\${CUDAFORGE_THREADS:-$(nproc)}\""
     exit 0
 fi
 COMPILE=("nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-crt==13.0.*"

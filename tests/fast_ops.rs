@@ -255,25 +255,43 @@ fn a_trained_group_norm_is_candle_nns_and_has_gradients() {
 
 #[test]
 fn fused_attention_equals_candles_ops() {
-    use rcaflow::models::fast_attention::{attention, attention_candle};
-    // (n, heads, tokens, head_dim): the paper UNet's 16x16 and 8x8 levels, odd sizes, one token.
-    for (i, &(n, h, t, d)) in [(2, 16, 256, 8), (1, 32, 64, 8), (3, 3, 7, 5), (1, 1, 1, 4), (2, 2, 33, 32)].iter().enumerate() {
+    use rcaflow::models::fast_attention::{attention_candle, attention_channel_major};
+    // [N, heads, tokens, head_dim] to the channel-major [N, heads * head_dim, tokens].
+    let channel_major = |t: &Tensor| {
+        let (n, h, tokens, d) = t.dims4().unwrap();
+        t.transpose(2, 3).unwrap().reshape((n, h * d, tokens)).unwrap()
+    };
+    // (n, heads, tokens, head_dim): the paper UNet's 16x16 and 8x8 levels, the demo's 32-wide
+    // heads, token counts that are not a multiple of the 16 lanes or of the 4-row blocks, one
+    // token, one channel.
+    let cases = [(2, 16, 256, 8), (1, 32, 64, 8), (2, 2, 64, 32), (3, 3, 7, 5), (1, 1, 1, 4), (2, 2, 33, 32), (1, 2, 18, 1), (1, 1, 50, 3)];
+    for (i, &(n, h, t, d)) in cases.iter().enumerate() {
         let q = (random(&format!("att{i}/q"), &[n, h, t, d]) * 2.0).unwrap();
         let k = (random(&format!("att{i}/k"), &[n, h, t, d]) * 2.0).unwrap();
         let v = random(&format!("att{i}/v"), &[n, h, t, d]);
         let scale = 1.0 / (d as f64).sqrt();
-        let diff = max_abs_diff(&attention(&q, &k, &v, scale).unwrap(), &attention_candle(&q, &k, &v, scale).unwrap());
+        let qkv = Tensor::cat(&[channel_major(&q), channel_major(&k), channel_major(&v)], 1).unwrap();
+        let got = attention_channel_major(&qkv, h, d, scale).unwrap();
+        let want = channel_major(&attention_candle(&q, &k, &v, scale).unwrap());
+        assert_eq!(got.dims(), [n, h * d, t], "case {i}");
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "case {i}: {diff}");
     }
-    // Non-contiguous: heads split from tokens-first storage, as the UNet's projections give.
-    let q = random("att/nc/q", &[2, 20, 4, 8]).transpose(1, 2).unwrap();
-    let k = random("att/nc/k", &[2, 20, 4, 8]).transpose(1, 2).unwrap();
-    let v = random("att/nc/v", &[2, 20, 4, 8]).transpose(1, 2).unwrap();
-    // (candle's matmul itself wants them contiguous.)
-    let contiguous = |t: &Tensor| t.contiguous().unwrap();
-    let want = attention_candle(&contiguous(&q), &contiguous(&k), &contiguous(&v), 0.3).unwrap();
-    let diff = max_abs_diff(&attention(&q, &k, &v, 0.3).unwrap(), &want);
-    assert!(diff < 1e-5, "non-contiguous: {diff}");
-    let e = attention(&q, &k.narrow(2, 0, 10).unwrap(), &v, 0.3).unwrap_err();
-    assert!(e.to_string().contains("must have one shape"), "{e}");
+    // Non-contiguous: the channel-major view of tokens-first storage.
+    let tokens_first = random("att/nc", &[2, 20, 3 * 4 * 8]);
+    let qkv = tokens_first.transpose(1, 2).unwrap();
+    let want = attention_channel_major(&qkv.contiguous().unwrap(), 4, 8, 0.3).unwrap();
+    assert_eq!(max_abs_diff(&attention_channel_major(&qkv, 4, 8, 0.3).unwrap(), &want), 0.0, "non-contiguous");
+    let e = attention_channel_major(&qkv.narrow(1, 0, 90).unwrap(), 4, 8, 0.3).unwrap_err();
+    assert!(e.to_string().contains("4 heads of 8 channels need 3 x 32 rows of queries, keys and values, got 90"), "{e}");
+}
+
+#[test]
+fn fused_attention_of_a_token_does_not_depend_on_the_other_images() {
+    use rcaflow::models::fast_attention::attention_channel_major;
+    // Image 1 of a batch of 3 against the same image alone, bit for bit.
+    let qkv = random("att/batch", &[3, 3 * 16 * 8, 64]);
+    let batch = attention_channel_major(&qkv, 16, 8, 0.35).unwrap();
+    let alone = attention_channel_major(&qkv.narrow(0, 1, 1).unwrap(), 16, 8, 0.35).unwrap();
+    assert_eq!(max_abs_diff(&batch.narrow(0, 1, 1).unwrap(), &alone), 0.0);
 }

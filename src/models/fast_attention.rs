@@ -1,217 +1,318 @@
-//! Scaled dot-product attention for inference on the CPU, one head at a time:
-//! `softmax(q k^T * scale) v` for `q`, `k`, `v` `[N, heads, tokens, head_dim]`, as diffusers'
-//! `AttnProcessor2_0` (torch's `scaled_dot_product_attention`) computes it.
+//! Scaled dot-product attention for inference on the CPU, `softmax(q k^T * scale) v` per head as
+//! diffusers' `AttnProcessor2_0` (torch's `scaled_dot_product_attention`) computes it, on
+//! queries, keys and values laid out channel-major: `qkv` `[N, 3 * heads * head_dim, tokens]`
+//! (q's rows, then k's, then v's, each head's `head_dim` rows together), which is what a 1x1
+//! convolution over a feature map gives, so the UNet's attention needs no transposes around it
+//! (`unet/attention.rs`). The result is `[N, heads * head_dim, tokens]`, channel-major too.
 //!
-//! Why: candle's ops materialise every head's scores at once (`[N, heads, T, T]`: 67 MB per
-//! attention of the paper UNet at 16x16 and batch 16), then write them again scaled, and
-//! `softmax` is five more passes. Here each (image, head) is one task: its `T x T` scores in a
-//! per-thread buffer (256 KB at T = 256, in cache), one gemm, the scale and a numerically safe
-//! softmax in place, one gemm into the output. Inference only: where a gradient is tracked,
-//! on other devices and dtypes, [`attention`] is candle's ops. tests/fast_ops.rs checks the two
-//! against each other.
+//! Why: the paper UNet's heads are 8 wide (`attention_head_dim` 8: 16 heads of 256 tokens at
+//! 16x16). As two gemms around a softmax, a head's `T x T` scores are written by a gemm with an
+//! inner dimension of 8, read and rewritten by every softmax pass, then read by a second gemm:
+//! the work is the scores' traffic, not arithmetic. Here each (image, head) is one task, and a
+//! block of [`ROWS`] query rows goes through scores, exponentials and the weighted sum of v
+//! while its `ROWS x T` scores (4 KB at T = 256) stay in L1: the scores are keys-wide vectors
+//! (`k` channel-major is `k^T`, its rows contiguous), each v row a dot product with them.
+//!
+//! Order of operations (it makes a row's result independent of the batch, the head count and
+//! which copy of the kernel ran): a score is `sum_c (q[c] * scale) * k[c]` over `c` in order;
+//! the maximum, the sum of exponentials and each output's dot product are taken over [`LANES`]
+//! interleaved partial results, folded in a fixed tree; the output is that dot product divided
+//! by the sum. Inference only: where a gradient is tracked, on other devices and dtypes, it is
+//! candle's ops ([`attention_candle`]); tests/fast_ops.rs checks the two against each other.
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{fast_exp, vector_isa};
+use super::fast_exp;
+#[cfg(target_arch = "x86_64")]
+use super::vector_isa;
 
-/// `softmax(q k^T * scale, last dim) v`; `q`, `k`, `v` `[N, heads, tokens, head_dim]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let tracked = q.track_op() || k.track_op() || v.track_op();
-    let f32s = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
-    if !q.device().is_cpu() || !f32s || tracked {
-        return attention_candle(q, k, v, scale);
+/// Query rows whose scores are made together: each key vector loaded serves all of them.
+const ROWS: usize = 4;
+
+/// Lanes of the keys-wide vectors: one AVX-512 register of f32, two AVX2 ones.
+const LANES: usize = 16;
+
+/// `softmax(q k^T * scale, last dim) v` per head for `qkv` `[N, 3 * heads * head_dim, tokens]`
+/// (see the module header); the result is `[N, heads * head_dim, tokens]`.
+pub fn attention_channel_major(qkv: &Tensor, heads: usize, head_dim: usize, scale: f64) -> Result<Tensor> {
+    let (_, rows, _) = qkv.dims3()?;
+    if heads == 0 || head_dim == 0 || rows != 3 * heads * head_dim {
+        candle_core::bail!(
+            "attention: {heads} heads of {head_dim} channels need 3 x {} rows of queries, keys and values, got {rows}",
+            heads * head_dim
+        )
     }
-    q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &FusedAttention { scale: scale as f32 })
+    if !qkv.device().is_cpu() || qkv.dtype() != DType::F32 || qkv.track_op() {
+        return attention_channel_major_candle(qkv, heads, head_dim, scale);
+    }
+    qkv.contiguous()?.apply_op1_no_bwd(&ChannelMajorAttention { heads, head_dim, scale: scale as f32 })
 }
 
-/// The same with candle's ops (every device, with backward passes).
+/// [`attention_channel_major`] with candle's ops (every device, with backward passes).
+pub fn attention_channel_major_candle(qkv: &Tensor, heads: usize, head_dim: usize, scale: f64) -> Result<Tensor> {
+    let (n, _, tokens) = qkv.dims3()?;
+    let qkv = qkv.reshape((n, 3, heads, head_dim, tokens))?;
+    // [N, heads, tokens, head_dim] each.
+    let part = |i: usize| qkv.narrow(1, i, 1)?.squeeze(1)?.transpose(2, 3)?.contiguous();
+    let out = attention_candle(&part(0)?, &part(1)?, &part(2)?, scale)?;
+    out.transpose(2, 3)?.reshape((n, heads * head_dim, tokens))
+}
+
+/// `softmax(q k^T * scale, last dim) v` with candle's ops; `q`, `k`, `v`
+/// `[N, heads, tokens, head_dim]`.
 pub fn attention_candle(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?;
     candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(v)
 }
 
-struct FusedAttention {
+struct ChannelMajorAttention {
+    heads: usize,
+    head_dim: usize,
     scale: f32,
 }
 
-/// The output pointer the tasks write their disjoint `[tokens, head_dim]` blocks through.
+/// The output pointer the tasks write their disjoint `[head_dim, tokens]` blocks through.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 thread_local! {
-    /// This thread's scores buffer, kept between calls.
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// This thread's scores of a block of rows and their scaled queries, kept between calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Lanes of the vectorised reductions below: one AVX2 register of f32 (two halves of AVX-512's).
-const LANES: usize = 8;
+impl CustomOp1 for ChannelMajorAttention {
+    fn name(&self) -> &'static str {
+        "channel-major-attention"
+    }
 
-/// Every `t`-long row of `scores` through [`softmax_scaled`], in the widest copy this CPU runs
-/// (see [`vector_isa`]).
-fn softmax_rows(scores: &mut [f32], t: usize, scale: f32) {
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else { candle_core::bail!("fused attention: expected f32 input") };
+        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("fused attention: expected a contiguous input") };
+        let x = &x[a..b];
+        let (n, _, t) = layout.shape().dims3()?;
+        let (heads, d) = (self.heads, self.head_dim);
+        let inner = heads * d;
+        let mut out = vec![0f32; n * inner * t];
+        let dst = OutPtr(out.as_mut_ptr());
+        let block = d * t;
+        (0..n * heads).into_par_iter().for_each(|task| {
+            let dst = dst;
+            let (image, head) = (task / heads, task % heads);
+            let qkv = &x[image * 3 * inner * t..(image + 1) * 3 * inner * t];
+            let part = |i: usize| &qkv[(i * heads + head) * block..(i * heads + head + 1) * block];
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let need = ROWS * t + ROWS * d;
+                if scratch.len() < need {
+                    scratch.resize(need, 0.0);
+                }
+                let (scores, queries) = scratch[..need].split_at_mut(ROWS * t);
+                let head = Head { q: part(0), k: part(1), v: part(2), tokens: t, dim: d, scale: self.scale };
+                // SAFETY: task `task` alone writes block `task` of `out` (image `image`, head
+                // `head`: `d x t` values), which outlives the loop.
+                unsafe { head.attend(scores, queries, dst.0.add(task * block)) };
+            });
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, inner, t))))
+    }
+}
+
+/// One (image, head): `q`, `k`, `v` `[dim, tokens]` each.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    tokens: usize,
+    dim: usize,
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// Every query row's output into `out` (`[dim, tokens]`), in the widest copy this CPU runs
+    /// (see `vector_isa`); `scores` holds `ROWS * tokens` values, `queries` `ROWS * dim`.
+    ///
+    /// # Safety
+    /// `out` must be valid for `dim * tokens` writes.
+    unsafe fn attend(&self, scores: &mut [f32], queries: &mut [f32], out: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if vector_isa::has_avx512f() {
+                // SAFETY: the CPU has AVX-512F.
+                return unsafe { self.attend_avx512(scores, queries, out) };
+            }
+            if vector_isa::has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA.
+                return unsafe { self.attend_avx2(scores, queries, out) };
+            }
+        }
+        unsafe { self.attend_body(scores, queries, out) }
+    }
+
     #[cfg(target_arch = "x86_64")]
-    if vector_isa::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { softmax_rows_avx2(scores, t, scale) };
+    #[target_feature(enable = "avx512f")]
+    unsafe fn attend_avx512(&self, scores: &mut [f32], queries: &mut [f32], out: *mut f32) {
+        unsafe { self.attend_body(scores, queries, out) }
     }
-    softmax_rows_body(scores, t, scale)
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2(&self, scores: &mut [f32], queries: &mut [f32], out: *mut f32) {
+        unsafe { self.attend_body(scores, queries, out) }
+    }
+
+    #[inline(always)]
+    unsafe fn attend_body(&self, scores: &mut [f32], queries: &mut [f32], out: *mut f32) {
+        let t = self.tokens;
+        let mut first = 0;
+        while first < t {
+            let rows = ROWS.min(t - first);
+            // queries[c * ROWS + r]: row first + r's query, scaled; a last block's missing
+            // rows are zeros, whose scores are made and never used.
+            for c in 0..self.dim {
+                for r in 0..ROWS {
+                    queries[c * ROWS + r] = if r < rows { self.q[c * t + first + r] * self.scale } else { 0.0 };
+                }
+            }
+            self.block_scores(queries, scores);
+            let mut sums = [1f32; ROWS];
+            for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+                *sum = exponentials(&mut scores[r * t..(r + 1) * t]);
+            }
+            for c in 0..self.dim {
+                let totals = self.weighted_sums(scores, &self.v[c * t..(c + 1) * t]);
+                for r in 0..rows {
+                    // SAFETY: c < dim and first + r < tokens.
+                    unsafe { *out.add(c * t + first + r) = totals[r] / sums[r] };
+                }
+            }
+            first += rows;
+        }
+    }
+
+    /// `scores[r * tokens + j] = sum_c queries[c * ROWS + r] * k[c][j]` for the block's rows.
+    #[inline(always)]
+    fn block_scores(&self, queries: &[f32], scores: &mut [f32]) {
+        let (t, d) = (self.tokens, self.dim);
+        assert!(self.k.len() >= d * t && queries.len() >= d * ROWS && scores.len() >= ROWS * t);
+        let full = t - t % LANES;
+        for j in (0..full).step_by(LANES) {
+            let mut acc = [[0f32; LANES]; ROWS];
+            for c in 0..d {
+                // SAFETY: c < d and j + LANES <= t (the assert above bounds every index).
+                let keys = unsafe { lanes_at(self.k, c * t + j) };
+                for r in 0..ROWS {
+                    let q = unsafe { *queries.get_unchecked(c * ROWS + r) };
+                    for l in 0..LANES {
+                        acc[r][l] += q * keys[l];
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                scores[r * t + j..r * t + j + LANES].copy_from_slice(acc);
+            }
+        }
+        for j in full..t {
+            for r in 0..ROWS {
+                let mut s = 0f32;
+                for c in 0..d {
+                    s += queries[c * ROWS + r] * self.k[c * t + j];
+                }
+                scores[r * t + j] = s;
+            }
+        }
+    }
+
+    /// `sum_j scores[r * tokens + j] * values[j]` for each of the block's rows.
+    #[inline(always)]
+    fn weighted_sums(&self, scores: &[f32], values: &[f32]) -> [f32; ROWS] {
+        let t = self.tokens;
+        let full = t - t % LANES;
+        assert!(values.len() >= t && scores.len() >= ROWS * t);
+        let mut acc = [[0f32; LANES]; ROWS];
+        for j in (0..full).step_by(LANES) {
+            // SAFETY: j + LANES <= t and r < ROWS (the assert above bounds every index).
+            let v = unsafe { lanes_at(values, j) };
+            for r in 0..ROWS {
+                let p = unsafe { lanes_at(scores, r * t + j) };
+                for l in 0..LANES {
+                    acc[r][l] += p[l] * v[l];
+                }
+            }
+        }
+        let mut totals = [0f32; ROWS];
+        for r in 0..ROWS {
+            totals[r] = fold(acc[r]);
+            for j in full..t {
+                totals[r] += scores[r * t + j] * values[j];
+            }
+        }
+        totals
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(scores: &mut [f32], t: usize, scale: f32) {
-    softmax_rows_body(scores, t, scale)
-}
-
+/// `row <- exp(row - max(row))`, returning the sum of the new values: softmax's numerators and
+/// denominator, numerically safe.
 #[inline(always)]
-fn softmax_rows_body(scores: &mut [f32], t: usize, scale: f32) {
-    for row in scores.chunks_exact_mut(t) {
-        softmax_scaled(row, scale);
-    }
-}
-
-/// `row <- softmax(row * scale)`, numerically safe (the maximum subtracted first). The maximum
-/// and the sum are taken over [`LANES`] interleaved partial results, so LLVM vectorises them
-/// (a float sum in strict order cannot be); the maximum is exact in any order, and the sum's
-/// order is fixed by the row length alone, so a row's result never depends on the batch.
-#[inline(always)]
-fn softmax_scaled(row: &mut [f32], scale: f32) {
-    for s in row.iter_mut() {
-        *s *= scale;
-    }
+fn exponentials(row: &mut [f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
-        for i in 0..LANES {
-            lanes[i] = if chunk[i] > lanes[i] { chunk[i] } else { lanes[i] };
+        for l in 0..LANES {
+            lanes[l] = if chunk[l] > lanes[l] { chunk[l] } else { lanes[l] };
         }
     }
-    let mut max = f32::NEG_INFINITY;
-    for &v in lanes.iter().chain(chunks.remainder()) {
-        max = max.max(v);
+    let mut half = LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            lanes[l] = if lanes[l + half] > lanes[l] { lanes[l + half] } else { lanes[l] };
+        }
+        half /= 2;
     }
-    for s in row.iter_mut() {
-        *s = fast_exp::exp(*s - max);
+    let mut max = lanes[0];
+    for &v in chunks.remainder() {
+        max = if v > max { v } else { max };
     }
     let mut lanes = [0f32; LANES];
-    let mut chunks = row.chunks_exact(LANES);
+    let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
-        for i in 0..LANES {
-            lanes[i] += chunk[i];
+        for l in 0..LANES {
+            chunk[l] = fast_exp::exp(chunk[l] - max);
+            lanes[l] += chunk[l];
         }
     }
-    let mut sum = 0f32;
-    for &v in lanes.iter().chain(chunks.remainder()) {
-        sum += v;
+    let mut sum = fold(lanes);
+    for s in chunks.into_remainder() {
+        *s = fast_exp::exp(*s - max);
+        sum += *s;
     }
-    for s in row.iter_mut() {
-        *s /= sum;
-    }
+    sum
 }
 
-impl CustomOp3 for FusedAttention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
-    }
+/// `LANES` values from `at` on.
+///
+/// # Safety
+/// `at + LANES <= values.len()`.
+#[inline(always)]
+unsafe fn lanes_at(values: &[f32], at: usize) -> &[f32; LANES] {
+    debug_assert!(at + LANES <= values.len());
+    unsafe { &*(values.as_ptr().add(at) as *const [f32; LANES]) }
+}
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (s1, s2, s3) else {
-            candle_core::bail!("fused attention: expected f32 inputs")
-        };
-        let offsets = |l: &Layout| -> Result<(usize, usize)> {
-            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("fused attention: expected contiguous inputs".into()))
-        };
-        let ((q0, q1), (k0, k1), (v0, v1)) = (offsets(l1)?, offsets(l2)?, offsets(l3)?);
-        let (q, k, v) = (&q[q0..q1], &k[k0..k1], &v[v0..v1]);
-        let (n, heads, t, d) = l1.shape().dims4()?;
-        if l2.shape().dims() != [n, heads, t, d] || l3.shape().dims() != [n, heads, t, d] {
-            candle_core::bail!(
-                "attention: q {:?}, k {:?} and v {:?} must have one shape",
-                l1.shape().dims(),
-                l2.shape().dims(),
-                l3.shape().dims()
-            );
+/// The sum of `lanes` folded in halves (lane l with lane l + 8, then + 4, + 2, + 1): a fixed
+/// order, in a few vector adds.
+#[inline(always)]
+fn fold(mut lanes: [f32; LANES]) -> f32 {
+    let mut half = LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            lanes[l] += lanes[l + half];
         }
-        let mut out = vec![0f32; n * heads * t * d];
-        let dst = OutPtr(out.as_mut_ptr());
-        let block = t * d;
-        (0..n * heads).into_par_iter().for_each(|task| {
-            let dst = dst;
-            let (q, k, v) =
-                (&q[task * block..(task + 1) * block], &k[task * block..(task + 1) * block], &v[task * block..(task + 1) * block]);
-            SCORES.with(|buf| {
-                let mut scores = buf.borrow_mut();
-                if scores.len() < t * t {
-                    scores.resize(t * t, 0.0);
-                }
-                let scores = &mut scores[..t * t];
-                // SAFETY: the slices hold t x d (q, k, v) and t x t (scores) values with the
-                // strides given; task `task` alone writes block `task` of `out`, which outlives
-                // the loop.
-                unsafe {
-                    // scores [t, t] = q [t, d] @ k^T (k^T[i][j] = k[j][i]).
-                    gemm::gemm(
-                        t,
-                        t,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        t as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        d as isize,
-                        k.as_ptr(),
-                        d as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                softmax_rows(scores, t, self.scale);
-                unsafe {
-                    // out [t, d] = probs [t, t] @ v [t, d].
-                    gemm::gemm(
-                        t,
-                        d,
-                        t,
-                        dst.0.add(task * block),
-                        1,
-                        d as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        t as isize,
-                        v.as_ptr(),
-                        1,
-                        d as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
-        });
-        Ok((CpuStorage::F32(out), Shape::from((n, heads, t, d))))
+        half /= 2;
     }
+    lanes[0]
 }

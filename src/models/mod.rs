@@ -6,7 +6,8 @@
 //! - [`zip_member`]: bounded reads of zip members (zip `.pth`, `.npz`).
 //! - [`resnet`]: torchvision ResNet-18/34 (cifar or imagenet stem), from a checkpoint for
 //!   inference or from a `VarMap` for training (BatchNorm in training mode).
-//! - [`fast_attention`]: inference attention on the CPU, one head's scores at a time.
+//! - [`fast_attention`]: inference attention on the CPU, a few query rows' scores at a time, on
+//!   channel-major queries, keys and values.
 //! - [`fast_conv`]: inference convolution on the CPU with its BatchNorm/bias/ReLU fused.
 //! - [`group_norm`]: GroupNorm (+ SiLU), fused into one pass for inference on the CPU.
 //! - [`conv_grad`]: stride-1 convolution with a fast CPU backward (for training).
