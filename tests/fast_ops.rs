@@ -149,9 +149,11 @@ fn a_kept_kernel_transform_serves_only_its_own_weights() {
     let (k1, k2) = (random("cache/k1", &[16, 16, 3, 3]), random("cache/k2", &[16, 16, 3, 3]));
     let cache = KernelCache::default();
     let p = ConvParams::new(1, (1, 1));
-    for (i, k) in [&k1, &k1, &k2, &k1, &k2].into_iter().enumerate() {
-        let cached = conv2d_fused_cached(&x, k, &cache, p, Epilogue::default()).unwrap();
-        let fresh = conv2d_fused(&x, k, p, Epilogue::default()).unwrap();
+    // A 1x1 map too: the kernel cut to its centre tap, kept beside Winograd's transform.
+    let x1 = random("cache/x1", &[3, 16, 1, 1]);
+    for (i, (x, k)) in [(&x, &k1), (&x1, &k1), (&x, &k1), (&x1, &k2), (&x, &k2), (&x1, &k1)].into_iter().enumerate() {
+        let cached = conv2d_fused_cached(x, k, &cache, p, Epilogue::default()).unwrap();
+        let fresh = conv2d_fused(x, k, p, Epilogue::default()).unwrap();
         assert_eq!(max_abs_diff(&cached, &fresh), 0.0, "call {i}");
     }
 }

@@ -17,14 +17,17 @@
 //! AlexNet's 7x7 to 1x1 layers at 32x32) would make that a matrix-*vector* product per image,
 //! reading the whole kernel once per image (9 MB for a 512-channel 3x3 conv): there a task takes
 //! a fixed group of images side by side as its columns, so the kernel is read once per group,
-//! and the result is scattered to each image's planes with its epilogue.
+//! and the result is scattered to each image's planes with its epilogue. Their im2col rows are
+//! a few values long (3 at AlexNet's 3x3 layer in LPIPS, 1 at its 1x1 ones), so rather than
+//! row copies it is one gather per kernel tap, by a table of source indices made once per call.
 //!
 //! Stride-1 3x3 convolutions with 16 or more channels and outputs of 4x4 or more (the UNet's,
 //! VGG's, the ResNets' stages) go through Winograd F(2x2, 3x3) instead (`fast_conv/winograd.rs`): the same epilogue, 2.25x
 //! fewer multiplications.
 //!
 //! Kernel taps that read only padding for every output pixel (a 3x3 kernel on a 1x1 map) are
-//! cut away before any of this, with the padding reduced to match.
+//! cut away before any of this, with the padding reduced to match; a layer keeps its cut kernel
+//! (`fast_conv/kernel_cache.rs`).
 //!
 //! The work of one image never depends on the batch or the thread count (a group's width is a
 //! function of the geometry alone; a batch's last group is padded with zero columns rather than
@@ -34,9 +37,11 @@
 //! dtypes, [`conv2d_fused`] is candle's ops (`conv2d`, `broadcast_mul`, `broadcast_add`,
 //! `relu`), which have backward passes. tests/fast_ops.rs checks both paths against each other.
 
+mod kernel_cache;
 mod winograd;
 
-pub use winograd::KernelCache;
+pub use kernel_cache::KernelCache;
+use kernel_cache::{Derived, Kernels};
 
 use std::cell::RefCell;
 
@@ -126,7 +131,7 @@ fn conv2d_fused_with(x: &Tensor, w: &Tensor, cache: Option<&KernelCache>, p: Con
     }
     let values =
         |t: Option<&Tensor>| -> Result<Option<Vec<f32>>> { t.map(|t| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()).transpose() };
-    let kernels = winograd::Kernels(cache.map(|c| (c.clone(), w.id())));
+    let kernels = Kernels(cache.map(|c| (c.clone(), w.id())));
     let op = FusedConv { p, scale: values(epilogue.scale)?, shift: values(epilogue.shift)?, relu: epilogue.relu, kernels };
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match epilogue.residual {
@@ -154,7 +159,7 @@ struct FusedConv {
     shift: Option<Vec<f32>>,
     relu: bool,
     /// The layer's kept kernel transforms, if any.
-    kernels: winograd::Kernels,
+    kernels: Kernels,
 }
 
 /// The shapes of one convolution.
@@ -261,6 +266,33 @@ thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// This thread's gemm result of a group of images, before it is scattered to their planes.
     static GROUP_RESULT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// This thread's copy of an input channel plane with a zero after it ([`im2col_gathered`]).
+    static PADDED_PLANE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The im2col columns of a whole image (`[C_in * kH * kW, oh * ow]`, rows `stride` values apart
+/// in `cols`) by the gather table `sources` of [`FusedConv::column_sources`]. Each channel plane
+/// is first copied with one zero after it, where the padding's entries point: the gather then
+/// has no branch (a test per value, mispredicted at the padding's edges, was half its time).
+fn im2col_gathered(input: &[f32], g: Geometry, sources: &[usize], cols: &mut [f32], stride: usize) {
+    let (plane, taps, area) = (g.oh * g.ow, g.kh * g.kw, g.h * g.w);
+    PADDED_PLANE.with(|padded| {
+        let mut padded = padded.borrow_mut();
+        let padded = at_least(&mut padded, area + 1);
+        padded[area] = 0.0;
+        for c in 0..g.c_in {
+            for (p, v) in padded[..area].iter_mut().zip(&input[c * area..(c + 1) * area]) {
+                *p = *v;
+            }
+            for tap in 0..taps {
+                let r = c * taps + tap;
+                let line = &mut cols[r * stride..r * stride + plane];
+                for (o, &i) in line.iter_mut().zip(&sources[tap * plane..(tap + 1) * plane]) {
+                    *o = padded[i];
+                }
+            }
+        }
+    });
 }
 
 /// `buf` with room for at least `len` values.
@@ -284,7 +316,7 @@ impl FusedConv {
     /// its nine taps), the same convolution with those rows and columns of the kernel cut away
     /// and the padding reduced to match, so neither im2col nor the gemm spends work on zeros.
     /// None when every tap reaches the input somewhere.
-    fn without_dead_taps(&self, w: &[f32], g: Geometry) -> Option<(FusedConv, Vec<f32>, Geometry)> {
+    fn without_dead_taps(&self, w: &[f32], g: Geometry) -> Option<(FusedConv, std::sync::Arc<Vec<f32>>, Geometry)> {
         let ((sh, sw), (ph, pw)) = (self.p.stride, self.p.padding);
         // Tap ky reads input row oy * sh + ky - ph: inside [0, h) for some oy < oh exactly
         // when ky lies in [ph - (oh - 1) * sh, h + ph).
@@ -295,19 +327,22 @@ impl FusedConv {
             return None;
         }
         let (kh, kw) = (ky1 - ky0, kx1 - kx0);
-        let mut live = Vec::with_capacity(g.c_out * g.c_in * kh * kw);
-        for filter in w.chunks_exact(g.kh * g.kw) {
-            for ky in ky0..ky1 {
-                live.extend_from_slice(&filter[ky * g.kw + kx0..ky * g.kw + kx1]);
+        let live = self.kernels.derived(Derived::LiveTaps { rows: (ky0, ky1), cols: (kx0, kx1) }, || {
+            let mut live = Vec::with_capacity(g.c_out * g.c_in * kh * kw);
+            for filter in w.chunks_exact(g.kh * g.kw) {
+                for ky in ky0..ky1 {
+                    live.extend_from_slice(&filter[ky * g.kw + kx0..ky * g.kw + kx1]);
+                }
             }
-        }
+            live
+        });
         let op = FusedConv {
             p: ConvParams { stride: self.p.stride, padding: (ph - ky0, pw - kx0) },
             scale: self.scale.clone(),
             shift: self.shift.clone(),
             relu: self.relu,
             // The cut kernel is not the layer's: its transform is not kept.
-            kernels: winograd::Kernels::default(),
+            kernels: Kernels::default(),
         };
         // The output size stays as it was: im2col bounds-checks every read against the input.
         Some((op, live, Geometry { kh, kw, ..g }))
@@ -325,11 +360,12 @@ impl FusedConv {
             self.winograd(x, w, residual, g, dst);
         } else if plane < GROUP_COLUMNS {
             let per_group = GROUP_COLUMNS.div_ceil(plane);
+            let sources = self.column_sources(g);
             (0..g.n.div_ceil(per_group)).into_par_iter().for_each(|group| {
                 let dst = dst;
                 // SAFETY: group `group` writes only the output planes of its own images, and
                 // `out` outlives the parallel loop.
-                unsafe { self.group(x, w, residual, g, group * per_group, per_group, dst.0) };
+                unsafe { self.group(x, w, residual, g, &sources, group * per_group, per_group, dst.0) };
             });
         } else {
             self.bands(x, w, residual, g, dst);
@@ -402,7 +438,17 @@ impl FusedConv {
     /// # Safety
     /// `out` must be valid for the whole output.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn group(&self, x: &[f32], w: &[f32], residual: Option<&[f32]>, g: Geometry, first: usize, count: usize, out: *mut f32) {
+    unsafe fn group(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        residual: Option<&[f32]>,
+        g: Geometry,
+        sources: &[usize],
+        first: usize,
+        count: usize,
+        out: *mut f32,
+    ) {
         let k = g.c_in * g.kh * g.kw;
         let plane = g.oh * g.ow;
         let cols = count * plane;
@@ -414,7 +460,8 @@ impl FusedConv {
                 for j in 0..count {
                     let image = first + j;
                     if image < g.n {
-                        self.im2col(&x[image * image_len..(image + 1) * image_len], g, 0, g.oh, &mut columns[j * plane..], cols);
+                        let input = &x[image * image_len..(image + 1) * image_len];
+                        im2col_gathered(input, g, sources, &mut columns[j * plane..], cols);
                     } else {
                         for r in 0..k {
                             columns[r * cols + j * plane..r * cols + (j + 1) * plane].fill(0.0);
@@ -427,7 +474,11 @@ impl FusedConv {
                     let dst = out.add(at);
                     for c in 0..g.c_out {
                         let from = &result[c * cols + j * plane..c * cols + (j + 1) * plane];
-                        std::ptr::copy_nonoverlapping(from.as_ptr(), dst.add(c * plane), plane);
+                        // An element loop: a plane here is under 64 values (one, at AlexNet's
+                        // 1x1 layers), and a `memcpy` call per plane cost more than the copy.
+                        for (k, v) in from.iter().enumerate() {
+                            *dst.add(c * plane + k) = *v;
+                        }
                     }
                     self.epilogue(dst, residual.map(|r| &r[at..]), plane, g.c_out, plane);
                 }
@@ -472,6 +523,32 @@ impl FusedConv {
                 }
             }
         }
+    }
+
+    /// For each kernel tap (ky, kx) and output pixel (oy, ox) of a whole image, in that order,
+    /// the index in an input channel plane that im2col reads there, `h * w` where it reads the
+    /// zero padding: what [`FusedConv::im2col`] computes row by row, made once per call, so
+    /// that the small planes of grouped images (whose im2col rows are a few values long: 3 at
+    /// AlexNet's 3x3 layer, 1 at its 1x1 ones) are one gather per tap.
+    fn column_sources(&self, g: Geometry) -> Vec<usize> {
+        let ((sh, sw), (ph, pw)) = (self.p.stride, self.p.padding);
+        let mut sources = Vec::with_capacity(g.kh * g.kw * g.oh * g.ow);
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                for oy in 0..g.oh {
+                    let iy = (oy * sh + ky).checked_sub(ph).filter(|&iy| iy < g.h);
+                    for ox in 0..g.ow {
+                        let ix = (ox * sw + kx).checked_sub(pw).filter(|&ix| ix < g.w);
+                        // Index h * w is the zero after the plane (see `im2col_gathered`).
+                        sources.push(match (iy, ix) {
+                            (Some(iy), Some(ix)) => iy * g.w + ix,
+                            _ => g.h * g.w,
+                        });
+                    }
+                }
+            }
+        }
+        sources
     }
 
     /// `y * scale + shift + residual`, then ReLU, on `cols` columns of each of the `c_out`

@@ -19,18 +19,17 @@
 //! the work of an image depends on the geometry alone, so its output does not depend on its
 //! batch. The transforms are plain elementwise loops, compiled a second time for AVX2 + FMA
 //! ([`crate::models::vector_isa`]); the kernels' transform `[16, C_out, C_in]` is made once per
-//! layer ([`KernelCache`]).
+//! layer ([`super::KernelCache`]).
 //!
 //! What it gave, per layer (a batch of 64, 2 threads, best of 4 rounds, against the direct
 //! path of the same build): 1.5x at 64 channels 32x32, 2.0x at 128 channels 16x16, 1.4x at 256
 //! channels 8x8, 1.7x at 512 channels 4x4; the transforms are about a fifth of its time.
 
 use std::cell::RefCell;
-use std::sync::{Arc, OnceLock};
 
-use candle_core::TensorId;
 use rayon::prelude::*;
 
+use super::kernel_cache::Derived;
 use super::{at_least, multiply, ConvParams, FusedConv, Geometry, OutPtr};
 #[cfg(target_arch = "x86_64")]
 use crate::models::vector_isa::has_avx2_fma;
@@ -96,42 +95,6 @@ fn filter_transform(g: &[f32]) -> [f32; 16] {
     u
 }
 
-/// A layer's kernel transform `U`, made on the first forward that needs it and kept for the
-/// next ones: an inference layer's weights never change, and remaking `U` at every call was an
-/// eighth of a small layer's time (ResNet's 512-channel 4x4 stage, `perf record`). Each layer that owns
-/// a kernel keeps one (cloning the layer shares it); it costs 16/9 of the kernel's memory.
-///
-/// It is tied to the weight tensor it was made from (candle's tensor ids are never reused):
-/// asked for another tensor's, it makes that one's for the call and keeps nothing. A tensor
-/// that can change in place (a training variable) never gets here: it tracks a gradient, and
-/// the fused path is for untracked tensors only.
-#[derive(Debug, Clone, Default)]
-pub struct KernelCache(Arc<OnceLock<(TensorId, Arc<Vec<f32>>)>>);
-
-/// Where the fused path gets `U` from: the layer's cache, with the id of the weight tensor of
-/// this call, or none (made for the call).
-#[derive(Debug, Clone, Default)]
-pub(super) struct Kernels(pub(super) Option<(KernelCache, TensorId)>);
-
-impl Kernels {
-    fn transformed(&self, w: &[f32], c_out: usize, c_in: usize) -> Arc<Vec<f32>> {
-        let Some((cache, id)) = &self.0 else { return Arc::new(transform_kernels(w, c_out, c_in)) };
-        match cache.0.get() {
-            Some((owner, u)) if owner == id && u.len() == 16 * c_out * c_in => u.clone(),
-            Some(_) => Arc::new(transform_kernels(w, c_out, c_in)),
-            None => {
-                // Made outside the cell, not in `get_or_init`: the transform runs on the kernel
-                // pool, and a pool thread waiting for its part may take up another forward of
-                // the same layer, which would then re-enter the cell's initialisation. Two
-                // threads that race here both make it; the first one kept wins.
-                let u = Arc::new(transform_kernels(w, c_out, c_in));
-                let _ = cache.0.set((*id, u.clone()));
-                u
-            }
-        }
-    }
-}
-
 /// `U[ξ][co][ci]`: every filter's transform, 16 `[C_out, C_in]` matrices.
 fn transform_kernels(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     let len = 16 * c_out * c_in;
@@ -192,7 +155,7 @@ unsafe fn multiply_frequency(u: &[f32], g: Geometry, xi: usize, v: *const f32, c
 impl FusedConv {
     /// The whole convolution through Winograd, written at `dst` (`[N, C_out, oh, ow]`).
     pub(super) fn winograd(&self, x: &[f32], w: &[f32], residual: Option<&[f32]>, g: Geometry, dst: OutPtr) {
-        let u = self.kernels.transformed(w, g.c_out, g.c_in);
+        let u = self.kernels.derived(Derived::Winograd, || transform_kernels(w, g.c_out, g.c_in));
         let tiles = Tiles { th: g.oh.div_ceil(2), tw: g.ow.div_ceil(2) };
         let per_image = tiles.th * tiles.tw;
         if per_image < GROUP_TILES {
