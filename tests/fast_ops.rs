@@ -297,3 +297,48 @@ fn fused_attention_of_a_token_does_not_depend_on_the_other_images() {
     let alone = attention_channel_major(&qkv.narrow(0, 1, 1).unwrap(), 16, 8, 0.35).unwrap();
     assert_eq!(max_abs_diff(&batch.narrow(0, 1, 1).unwrap(), &alone), 0.0);
 }
+
+#[test]
+fn fused_pooling_equals_candles_ops() {
+    use rcaflow::models::fast_pool::{pool2d, pool2d_candle, Pool};
+    // (n, c, h, w, kernel, stride, padding): Inception's branch pools (35x35, 8x8) and its
+    // stride-2 reductions (odd sides), ResNet's imagenet stem, VGG's 2x2, odd and tiny sizes.
+    let cases = [
+        (2, 3, 35, 35, 3, 1, 1),
+        (1, 4, 8, 8, 3, 1, 1),
+        (2, 3, 17, 17, 3, 2, 0),
+        (1, 2, 147, 147, 3, 2, 0),
+        (2, 3, 16, 15, 3, 2, 1),
+        (1, 2, 32, 32, 2, 2, 0),
+        (3, 2, 1, 1, 3, 1, 1),
+        (1, 1, 2, 5, 3, 1, 1),
+        (1, 1, 7, 3, 5, 2, 2),
+    ];
+    for (i, &(n, c, h, w, k, s, p)) in cases.iter().enumerate() {
+        let x = random(&format!("pool{i}"), &[n, c, h, w]);
+        for pool in [Pool::Max, Pool::AverageOfReal] {
+            let fast = pool2d(&x, pool, k, s, p).unwrap();
+            let plain = pool2d_candle(&x, pool, k, s, p).unwrap();
+            assert_eq!(fast.dims(), plain.dims(), "case {i} {pool:?}");
+            let diff = max_abs_diff(&fast, &plain);
+            let tolerance = if pool == Pool::Max { 0.0 } else { 1e-6 };
+            assert!(diff <= tolerance, "case {i} {pool:?}: {diff}");
+        }
+    }
+    // The average leaves the padding out of the count: PyTorch's
+    // F.avg_pool2d(ramp(3x4), 3, 1, 1, count_include_pad=False).
+    let ramp = Tensor::arange(0f32, 12., &Device::Cpu).unwrap().reshape((1, 1, 3, 4)).unwrap();
+    let got: Vec<f32> = pool2d(&ramp, Pool::AverageOfReal, 3, 1, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(got, [2.5, 3.0, 4.0, 4.5, 4.5, 5.0, 6.0, 6.5, 6.5, 7.0, 8.0, 8.5]);
+    // A NaN wins its windows, as in PyTorch; a non-contiguous input is read by its strides.
+    let mut values = uniform_f32("pool/nan", 25, -1.0, 1.0);
+    values[12] = f32::NAN;
+    let x = Tensor::from_vec(values, (1, 1, 5, 5), &Device::Cpu).unwrap();
+    let y: Vec<f32> = pool2d(&x, Pool::Max, 3, 2, 0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert!(y.iter().all(|v| v.is_nan()), "{y:?}");
+    let x = random("pool/nc", &[2, 3, 9, 7]).transpose(2, 3).unwrap();
+    let want = pool2d(&x.contiguous().unwrap(), Pool::AverageOfReal, 3, 2, 1).unwrap();
+    assert_eq!(max_abs_diff(&pool2d(&x, Pool::AverageOfReal, 3, 2, 1).unwrap(), &want), 0.0);
+    let e = pool2d(&random("pool/bad", &[1, 1, 4, 4]), Pool::Max, 3, 1, 2).unwrap_err();
+    assert!(e.to_string().contains("pooling 3x3, stride 1, padding 2 does not fit a 4x4 input"), "{e}");
+}

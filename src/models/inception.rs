@@ -32,6 +32,7 @@ use candle_core::{DType, Module, Tensor};
 
 use super::batch_norm::BatchNorm;
 use super::fast_conv::{conv2d_fused_cached, ConvParams, KernelCache};
+use super::fast_pool::{pool2d, Pool};
 use super::weights::{WeightMap, WeightsError};
 
 /// The file name pytorch-fid downloads its weights to (and users already have).
@@ -183,7 +184,7 @@ impl Module for InceptionB {
         let b3 = self.branch3x3.forward(x)?;
         let bd = self.branch3x3dbl_1.forward(x)?;
         let bd = self.branch3x3dbl_3.forward(&self.branch3x3dbl_2.forward(&bd)?)?;
-        let bp = x.max_pool2d_with_stride(3, 2)?;
+        let bp = max_pool_3x3_s2(x)?;
         Tensor::cat(&[b3, bd, bp], 1)
     }
 }
@@ -257,7 +258,7 @@ impl Module for InceptionD {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let b3 = chain(&self.branch3x3, x)?;
         let b7 = chain(&self.branch7x7x3, x)?;
-        let bp = x.max_pool2d_with_stride(3, 2)?;
+        let bp = max_pool_3x3_s2(x)?;
         Tensor::cat(&[b3, b7, bp], 1)
     }
 }
@@ -416,11 +417,11 @@ impl InceptionV3 {
         let x = self.conv2d_1a_3x3.forward(x)?;
         let x = self.conv2d_2a_3x3.forward(&x)?;
         let x = self.conv2d_2b_3x3.forward(&x)?;
-        let x = x.max_pool2d_with_stride(3, 2)?;
+        let x = max_pool_3x3_s2(&x)?;
         // 2. Block 1: Conv2d_3b_1x1, Conv2d_4a_3x3, max-pool 3x3/2 -> [N, 192, 35, 35].
         let x = self.conv2d_3b_1x1.forward(&x)?;
         let x = self.conv2d_4a_3x3.forward(&x)?;
-        let mut x = x.max_pool2d_with_stride(3, 2)?;
+        let mut x = max_pool_3x3_s2(&x)?;
         // 3. Block 2: Mixed_5b..5d, Mixed_6a (-> 17x17), Mixed_6b..6e -> [N, 768, 17, 17].
         for block in &self.mixed_5 {
             x = block.forward(&x)?;
@@ -480,32 +481,19 @@ fn prefixed(prefix: &str, name: &str) -> String {
     }
 }
 
-/// One `value` row/column on each side of the two spatial dims of an NCHW tensor.
-fn pad_hw(x: &Tensor, value: f32) -> candle_core::Result<Tensor> {
-    if value == 0.0 {
-        return x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1);
-    }
-    let (n, c, h, w) = x.dims4()?;
-    let col = Tensor::full(value, (n, c, h, 1), x.device())?.to_dtype(x.dtype())?;
-    let x = Tensor::cat(&[&col, x, &col], 3)?;
-    let row = Tensor::full(value, (n, c, 1, w + 2), x.device())?.to_dtype(x.dtype())?;
-    Tensor::cat(&[&row, &x, &row], 2)
-}
-
-/// `F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)`: candle's average pool
-/// has no padding, so pool the zero-padded input (each window's sum / 9) and divide by the same
-/// pooling of a zero-padded ones-map (each window's count of real pixels / 9).
+/// `F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)`.
 fn avg_pool_3x3_s1_p1_exclude_pad(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let sums = pad_hw(x, 0.0)?.avg_pool2d_with_stride(3, 1)?;
-    let ones = Tensor::ones((1, 1, h, w), x.dtype(), x.device())?;
-    let counts = pad_hw(&ones, 0.0)?.avg_pool2d_with_stride(3, 1)?;
-    sums.broadcast_div(&counts)
+    pool2d(x, Pool::AverageOfReal, 3, 1, 1)
 }
 
-/// `F.max_pool2d(x, 3, stride=1, padding=1)`: pad with -inf (never the max), then pool.
+/// `F.max_pool2d(x, 3, stride=1, padding=1)`.
 fn max_pool_3x3_s1_p1(x: &Tensor) -> candle_core::Result<Tensor> {
-    pad_hw(x, f32::NEG_INFINITY)?.max_pool2d_with_stride(3, 1)
+    pool2d(x, Pool::Max, 3, 1, 1)
+}
+
+/// `F.max_pool2d(x, 3, stride=2)`: the reductions' and the stem's pools.
+fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
+    pool2d(x, Pool::Max, 3, 2, 0)
 }
 
 #[cfg(test)]

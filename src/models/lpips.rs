@@ -42,6 +42,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::fast_conv::{conv2d_fused_cached, ConvParams, Epilogue, KernelCache};
+use super::fast_pool::{pool2d, Pool};
 use super::weights::{WeightMap, WeightsError};
 
 /// torchvision's AlexNet checkpoint file name (`AlexNet_Weights.IMAGENET1K_V1`).
@@ -276,7 +277,7 @@ impl Module for Layer {
         match self {
             Layer::Conv(conv) => conv.forward(x),
             Layer::Relu => x.relu(),
-            Layer::MaxPool { kernel, stride } => x.max_pool2d_with_stride((*kernel, *kernel), (*stride, *stride)),
+            Layer::MaxPool { kernel, stride } => pool2d(x, Pool::Max, *kernel, *stride, 0),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`fast_attention`]: inference attention on the CPU, a few query rows' scores at a time, on
 //!   channel-major queries, keys and values.
 //! - [`fast_conv`]: inference convolution on the CPU with its BatchNorm/bias/ReLU fused.
+//! - [`fast_pool`]: inference max / average pooling with padding on the CPU.
 //! - [`group_norm`]: GroupNorm (+ SiLU), fused into one pass for inference on the CPU.
 //! - [`conv_grad`]: stride-1 convolution with a fast CPU backward (for training).
 //! - [`preprocess`]: uint8 pixels to normalised network input.
@@ -29,9 +30,9 @@ mod batch_norm;
 pub mod conv_grad;
 pub mod device;
 pub mod fast_attention;
-mod fast_exp;
-mod vector_isa;
 pub mod fast_conv;
+mod fast_exp;
+pub mod fast_pool;
 pub mod group_norm;
 pub mod hub_cache;
 pub mod inception;
@@ -49,6 +50,7 @@ pub mod schedulers;
 pub mod threads;
 mod torch_pickle;
 pub mod unet;
+mod vector_isa;
 pub mod weights;
 pub mod zip_member;
 mod zip_pth;

@@ -1,22 +1,24 @@
 //! The imagenet stem's max-pool, `nn.MaxPool2d(kernel_size=3, stride=2, padding=1)`.
 //!
 //! Reference: `torch.nn.MaxPool2d` as torchvision's ResNet uses it: the padding is -inf, so it
-//! never wins a window's max. candle's max-pool has no padding, so the input is padded with
-//! -inf first. candle's own max-pool has no backward for overlapping windows either, so when a
-//! gradient is tracked the window maximum is taken over the nine strided shifts of the padded
-//! input instead (`index_select` and `maximum` both backpropagate). Both compute the exact
-//! maximum of the same values, so the two paths give the same numbers.
+//! never wins a window's max. For inference it is `models::fast_pool`. candle's max-pool has no
+//! padding, and no backward for overlapping windows, so when a gradient is tracked the window
+//! maximum is taken over the nine strided shifts of the -inf-padded input instead
+//! (`index_select` and `maximum` both backpropagate). Both compute the exact maximum of the
+//! same values, so the two paths give the same numbers.
 
 use candle_core::{Result, Tensor};
+
+use crate::models::fast_pool::{pool2d, Pool};
 
 /// `nn.MaxPool2d(3, stride=2, padding=1)` on `[N, C, H, W]`, with a gradient when `x` tracks
 /// one (ties then send the gradient to every maximal element where PyTorch picks one, which
 /// only matters on exact ties).
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    let padded = pad_neg_inf(&pad_neg_inf(x, 3)?, 2)?;
     if !x.track_op() {
-        return padded.max_pool2d_with_stride(3, 2);
+        return pool2d(x, Pool::Max, 3, 2, 1);
     }
+    let padded = pad_neg_inf(&pad_neg_inf(x, 3)?, 2)?;
     let (_, _, h, w) = x.dims4()?;
     // Output size as PyTorch: floor((L + 2 - 3) / 2) + 1.
     let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
