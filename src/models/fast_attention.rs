@@ -9,13 +9,13 @@
 //! 16x16). As two gemms around a softmax, a head's `T x T` scores are written by a gemm with an
 //! inner dimension of 8, read and rewritten by every softmax pass, then read by a second gemm:
 //! the work is the scores' traffic, not arithmetic. Here each (image, head) is one task, and a
-//! block of [`ROWS`] query rows goes through scores, exponentials and the weighted sum of v
+//! block of `ROWS` (4) query rows goes through scores, exponentials and the weighted sum of v
 //! while its `ROWS x T` scores (4 KB at T = 256) stay in L1: the scores are keys-wide vectors
 //! (`k` channel-major is `k^T`, its rows contiguous), each v row a dot product with them.
 //!
 //! Order of operations (it makes a row's result independent of the batch, the head count and
 //! which copy of the kernel ran): a score is `sum_c (q[c] * scale) * k[c]` over `c` in order;
-//! the maximum, the sum of exponentials and each output's dot product are taken over [`LANES`]
+//! the maximum, the sum of exponentials and each output's dot product are taken over `LANES` (16)
 //! interleaved partial results, folded in a fixed tree; the output is that dot product divided
 //! by the sum. Inference only: where a gradient is tracked, on other devices and dtypes, it is
 //! candle's ops ([`attention_candle`]); tests/fast_ops.rs checks the two against each other.
