@@ -25,6 +25,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::cpu_input::contiguous_f32;
 use super::fast_exp;
 #[cfg(target_arch = "x86_64")]
 use super::vector_isa;
@@ -91,9 +92,7 @@ impl CustomOp1 for ChannelMajorAttention {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else { candle_core::bail!("fused attention: expected f32 input") };
-        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("fused attention: expected a contiguous input") };
-        let x = &x[a..b];
+        let x = contiguous_f32(storage, layout, "fused attention")?;
         let (n, _, t) = layout.shape().dims3()?;
         let (heads, d) = (self.heads, self.head_dim);
         let inner = heads * d;

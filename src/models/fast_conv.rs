@@ -22,8 +22,8 @@
 //! row copies it is one gather per kernel tap, by a table of source indices made once per call.
 //!
 //! Stride-1 3x3 convolutions with 16 or more channels and outputs of 4x4 or more (the UNet's,
-//! VGG's, the ResNets' stages) go through Winograd F(2x2, 3x3) instead (`fast_conv/winograd.rs`): the same epilogue, 2.25x
-//! fewer multiplications.
+//! VGG's, the ResNets' stages) go through Winograd F(2x2, 3x3) instead
+//! (`fast_conv/winograd.rs`): the same epilogue, 2.25x fewer multiplications.
 //!
 //! Kernel taps that read only padding for every output pixel (a 3x3 kernel on a 1x1 map) are
 //! cut away before any of this, with the padding reduced to match; a layer keeps its cut kernel
@@ -475,7 +475,7 @@ impl FusedConv {
                     for c in 0..g.c_out {
                         let from = &result[c * cols + j * plane..c * cols + (j + 1) * plane];
                         // An element loop: a plane here is under 64 values (one, at AlexNet's
-                        // 1x1 layers), and a `memcpy` call per plane cost more than the copy.
+                        // 1x1 layers), where a `memcpy` call per plane is mostly the call.
                         for (k, v) in from.iter().enumerate() {
                             *dst.add(c * plane + k) = *v;
                         }

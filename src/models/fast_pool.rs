@@ -22,6 +22,8 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_input::contiguous_f32;
+
 /// Which reduction a window gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pool {
@@ -96,9 +98,7 @@ impl CustomOp1 for FusedPool {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else { candle_core::bail!("fused pooling: expected an f32 input") };
-        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("fused pooling: expected a contiguous input") };
-        let x = &x[a..b];
+        let x = contiguous_f32(storage, layout, "fused pooling")?;
         let (n, c, h, w) = layout.shape().dims4()?;
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);

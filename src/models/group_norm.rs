@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, T
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::cpu_input::contiguous_f32;
 use super::{fast_exp, vector_isa};
 
 /// `nn.GroupNorm(groups, channels, eps)` with its weight and bias.
@@ -96,9 +97,7 @@ impl CustomOp1 for FusedGroupNorm {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else { candle_core::bail!("fused group norm: expected f32") };
-        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("fused group norm: expected a contiguous input") };
-        let x = &x[a..b];
+        let x = contiguous_f32(storage, layout, "fused group norm")?;
         let dims = layout.shape().dims();
         let channels = dims[1];
         let plane: usize = dims[2..].iter().product();

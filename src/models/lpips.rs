@@ -423,8 +423,7 @@ impl candle_core::CustomOp1 for FusedLayerDistance {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let candle_core::CpuStorage::F32(f) = storage else { candle_core::bail!("lpips layer distance: expected f32 features") };
-        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("lpips layer distance: expected contiguous features") };
+        let f = super::cpu_input::contiguous_f32(storage, layout, "lpips layer distance")?;
         let (two_n, c, h, w) = layout.shape().dims4()?;
         if two_n != 2 * self.pairs || c != self.weight.len() {
             candle_core::bail!(
@@ -434,7 +433,6 @@ impl candle_core::CustomOp1 for FusedLayerDistance {
                 self.weight.len()
             );
         }
-        let f = &f[a..b];
         let (plane, image) = (h * w, c * h * w);
         let out: Vec<f32> = (0..self.pairs)
             .into_par_iter()

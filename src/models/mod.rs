@@ -28,6 +28,7 @@
 //! - [`random_weights`]: made-up weights for any model, for `rcaflow bench`.
 mod batch_norm;
 pub mod conv_grad;
+mod cpu_input;
 pub mod device;
 pub mod fast_attention;
 pub mod fast_conv;
