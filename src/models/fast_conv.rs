@@ -48,6 +48,8 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_input::contiguous_f32;
+
 /// Output columns (pixels) one task aims for: enough for the gemm to run at speed, few enough
 /// that an image splits into several tasks.
 const BAND_COLUMNS: usize = 256;
@@ -214,10 +216,8 @@ impl FusedConv {
         l2: &Layout,
         residual: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else { candle_core::bail!("fused conv2d: expected f32 inputs") };
-        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("fused conv2d: expected contiguous inputs")
-        };
+        let x = contiguous_f32(s1, l1, "fused conv2d input")?;
+        let w = contiguous_f32(s2, l2, "fused conv2d kernel")?;
         let (n, c_in, h, wd) = l1.shape().dims4()?;
         let (c_out, c_in_w, kh, kw) = l2.shape().dims4()?;
         if c_in != c_in_w {
@@ -235,10 +235,8 @@ impl FusedConv {
         let g = Geometry { n, c_in, h, w: wd, c_out, kh, kw, oh: (h + 2 * ph - kh) / sh + 1, ow: (wd + 2 * pw - kw) / sw + 1 };
         let residual = match residual {
             None => None,
-            Some((CpuStorage::F32(r), layout)) => {
-                let Some((r0, r1)) = layout.contiguous_offsets() else {
-                    candle_core::bail!("fused conv2d: expected a contiguous residual")
-                };
+            Some((r, layout)) => {
+                let r = contiguous_f32(r, layout, "fused conv2d residual")?;
                 if layout.shape().dims() != [g.n, g.c_out, g.oh, g.ow] {
                     candle_core::bail!(
                         "conv2d residual: shape {:?}, the output is {:?}",
@@ -246,11 +244,10 @@ impl FusedConv {
                         [g.n, g.c_out, g.oh, g.ow]
                     );
                 }
-                Some(&r[r0..r1])
+                Some(r)
             }
-            Some(_) => candle_core::bail!("fused conv2d: expected an f32 residual"),
         };
-        let out = self.run(&x[x0..x1], &w[w0..w1], residual, g);
+        let out = self.run(x, w, residual, g);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }
 }
