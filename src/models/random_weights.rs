@@ -6,7 +6,12 @@
 //! linears uniform in ±sqrt(3 / fan_in) (unit variance per input), norm scales and running
 //! variances in [0.5, 1.5], other vectors (biases, running means) in ±0.1. [`var_builder`] serves
 //! such tensors as a candle-nn `VarBuilder` (the UNet, the ResNet), and
-//! [`crate::models::WeightMap::random`] as a weight map (Inception, LPIPS).
+//! [`crate::models::WeightMap::random`] as a weight map (Inception, LPIPS). Both record what they
+//! served in [`Draws`], so a model built from them can be written out as a weight file that loads
+//! back to the same network (`rcaflow bench --pipeline` runs whole topologies on such files).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -50,11 +55,30 @@ pub fn random_uniform(key: &str, shape: &[usize], lo: f32, hi: f32, device: &Dev
     Tensor::from_vec(values, shape, device)
 }
 
+/// The key and shape of every tensor a random source has served, shared by its clones: enough to
+/// draw the same tensors again ([`Draws::tensors`]) without keeping them.
+#[derive(Clone, Debug, Default)]
+pub struct Draws(Arc<Mutex<BTreeMap<String, Vec<usize>>>>);
+
+impl Draws {
+    pub(crate) fn record(&self, key: &str, shape: &[usize]) {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key.to_string(), shape.to_vec());
+    }
+
+    /// Every tensor served so far, drawn again on the CPU (f32), by key: a weight file of them
+    /// builds the same model.
+    pub fn tensors(&self) -> candle_core::Result<HashMap<String, Tensor>> {
+        let drawn = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        drawn.into_iter().map(|(key, shape)| Ok((key.clone(), random_tensor(&key, &shape, &Device::Cpu)?))).collect()
+    }
+}
+
 /// A `VarBuilder` backend that answers every lookup with [`random_tensor`].
-struct RandomBackend;
+struct RandomBackend(Draws);
 
 impl SimpleBackend for RandomBackend {
     fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.record(name, s.dims());
         random_tensor(name, s.dims(), dev)?.to_dtype(dtype)
     }
 
@@ -76,7 +100,12 @@ pub fn var_builder(device: &Device) -> VarBuilder<'static> {
 
 /// [`var_builder`] serving its tensors in `dtype` (drawn in f32, then converted).
 pub fn var_builder_as(device: &Device, dtype: DType) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(RandomBackend), dtype, device.clone())
+    recording_var_builder(device, dtype, Draws::default())
+}
+
+/// [`var_builder_as`] recording each tensor it serves in `draws`.
+pub fn recording_var_builder(device: &Device, dtype: DType, draws: Draws) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(RandomBackend(draws)), dtype, device.clone())
 }
 
 #[cfg(test)]
@@ -96,5 +125,24 @@ mod tests {
         assert!(spread > 0.8 * bound, "values fill the range: {spread} of {bound}");
         let var = random_tensor("bn.running_var", &[16], &dev).unwrap().to_vec1::<f32>().unwrap();
         assert!(var.iter().all(|&v| (0.5..=1.5).contains(&v)));
+    }
+
+    #[test]
+    fn drawn_tensors_rebuild_the_same_network() {
+        use crate::models::resnet::{ResNet, ResNetArch, ResNetConfig, Stem};
+        use crate::models::WeightMap;
+        let dev = Device::Cpu;
+        let cfg = ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, 3);
+        let random = WeightMap::random("random", &dev);
+        let first = ResNet::load(&random, &cfg).unwrap();
+        let tensors = random.random_draws().unwrap().tensors().unwrap();
+        assert!(tensors.contains_key("fc.weight") && tensors.contains_key("layer4.1.bn2.running_var"), "{:?}", tensors.keys());
+        // Loaded from the written tensors, every key is used (no unused-key error) and the
+        // network computes what the random one does.
+        let second = ResNet::load(&WeightMap::from_tensors(tensors, "drawn"), &cfg).unwrap();
+        let x = random_uniform("x", &[2, 3, 32, 32], -1.0, 1.0, &dev).unwrap();
+        let (a, b) = (first.forward(&x).unwrap(), second.forward(&x).unwrap());
+        let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
     }
 }

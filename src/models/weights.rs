@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::models::random_weights::Draws;
+
 /// Errors from loading weight files and looking tensors up in them.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -69,8 +71,9 @@ pub struct WeightMap {
     /// Full keys looked up through `get`, shared by every view of the same file.
     used: Arc<Mutex<BTreeSet<String>>>,
     prefix: String,
-    /// Set for [`WeightMap::random`]: the device its made-up tensors go to.
-    random: Option<Device>,
+    /// Set for [`WeightMap::random`]: the device its made-up tensors go to, and the record of
+    /// what it made up.
+    random: Option<(Device, Draws)>,
 }
 
 impl WeightMap {
@@ -123,7 +126,12 @@ impl WeightMap {
     /// `device`: a model built from it has the real architecture and made-up weights (for
     /// `rcaflow bench`). `contains` and `shape_of` know no key, so optional tensors are absent.
     pub fn random(label: impl Into<PathBuf>, device: &Device) -> Self {
-        Self { random: Some(device.clone()), ..Self::new(HashMap::new(), label.into()) }
+        Self { random: Some((device.clone(), Draws::default())), ..Self::new(HashMap::new(), label.into()) }
+    }
+
+    /// For a [`WeightMap::random`] map, the record of every tensor its views have served.
+    pub fn random_draws(&self) -> Option<&Draws> {
+        self.random.as_ref().map(|(_, draws)| draws)
     }
 
     /// A view whose lookups are prefixed with `prefix.` (nested: `pp("a").pp("b")` is `a.b.`).
@@ -140,7 +148,8 @@ impl WeightMap {
     /// The tensor `name` (under this view's prefix), checked to have exactly `shape`.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor, WeightsError> {
         let full = self.full_name(name);
-        if let Some(device) = &self.random {
+        if let Some((device, draws)) = &self.random {
+            draws.record(&full, shape);
             return crate::models::random_weights::random_tensor(&full, shape, device).map_err(|e| WeightsError::Tensor {
                 path: self.path.to_path_buf(),
                 name: full,
@@ -179,7 +188,7 @@ impl WeightMap {
     /// The device of the tensors: the one [`WeightMap::load`] put them on (for
     /// [`WeightMap::from_tensors`], that of any one of them), CPU for an empty map.
     pub fn device(&self) -> Device {
-        if let Some(device) = &self.random {
+        if let Some((device, _)) = &self.random {
             return device.clone();
         }
         self.tensors.values().next().map_or(Device::Cpu, |t| t.device().clone())
