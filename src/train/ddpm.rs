@@ -122,6 +122,34 @@ fn scheduler_json(c: &SchedulerConfig) -> serde_json::Value {
     })
 }
 
+/// Writes a diffusers model folder to `dir` (created if needed), as `rcaflow sample` and the
+/// `ddpm_sampler` stage read it: `config.json`, `diffusion_pytorch_model.safetensors` (`weights`
+/// under diffusers' key names), `scheduler_config.json` (the trainer's DDPM schedule over
+/// `num_train_timesteps`) and the class names in label order, so samples are named after them.
+pub fn write_model_folder(
+    dir: &Path,
+    unet_config: &UNet2DConfig,
+    weights: &HashMap<String, Tensor>,
+    num_train_timesteps: usize,
+    classes: &[String],
+) -> Result<(), DdpmError> {
+    let werr = |path: &Path, cause: String| DdpmError::Write { path: path.to_path_buf(), cause };
+    std::fs::create_dir_all(dir).map_err(|e| werr(dir, e.to_string()))?;
+    let path = dir.join(WEIGHTS_FILE);
+    super::write_safetensors(&path, weights).map_err(|e| werr(&path, e))?;
+    let json_file = |name: &str, text: String| {
+        let path = dir.join(name);
+        crate::files::atomic::write(&path, text.as_bytes(), "json.write").map_err(|e| werr(&path, e.to_string()))
+    };
+    json_file(CONFIG_FILE, unet_config.to_json_string())?;
+    let json = serde_json::to_string_pretty(&scheduler_json(&scheduler_config(num_train_timesteps)))
+        .map_err(|e| werr(&dir.join(SCHEDULER_FILE), e.to_string()))?;
+    json_file(SCHEDULER_FILE, json)?;
+    let json =
+        serde_json::to_string_pretty(classes).map_err(|e| werr(&dir.join(crate::models::sampling::CLASS_NAMES_FILE), e.to_string()))?;
+    json_file(crate::models::sampling::CLASS_NAMES_FILE, json)
+}
+
 impl DdpmTrainer {
     /// A fresh model for `unet_config` (which must be class-conditional with one embedding per
     /// class of `data`, 3 channels in and out, and fit the image size).
@@ -307,24 +335,8 @@ impl DdpmTrainer {
 
     /// Writes the diffusers folder (EMA weights) to `dir` (created if needed).
     pub fn save_model(&self, dir: &Path) -> Result<(), DdpmError> {
-        let werr = |path: &Path, cause: String| DdpmError::Write { path: path.to_path_buf(), cause };
-        std::fs::create_dir_all(dir).map_err(|e| werr(dir, e.to_string()))?;
         let ema: HashMap<String, Tensor> = self.ema.tensors().iter().cloned().collect();
-        let path = dir.join(WEIGHTS_FILE);
-        super::write_safetensors(&path, &ema).map_err(|e| werr(&path, e))?;
-        let json_file = |name: &str, text: String| {
-            let path = dir.join(name);
-            crate::files::atomic::write(&path, text.as_bytes(), "json.write").map_err(|e| werr(&path, e.to_string()))
-        };
-        json_file(CONFIG_FILE, self.unet_config.to_json_string())?;
-        let json = serde_json::to_string_pretty(&scheduler_json(&scheduler_config(self.cfg.num_train_timesteps)))
-            .map_err(|e| werr(&dir.join(SCHEDULER_FILE), e.to_string()))?;
-        json_file(SCHEDULER_FILE, json)?;
-        // The class names in label order, so `rcaflow sample` names its folders after them.
-        let json = serde_json::to_string_pretty(&self.data.classes)
-            .map_err(|e| werr(&dir.join(crate::models::sampling::CLASS_NAMES_FILE), e.to_string()))?;
-        json_file(crate::models::sampling::CLASS_NAMES_FILE, json)?;
-        Ok(())
+        write_model_folder(dir, &self.unet_config, &ema, self.cfg.num_train_timesteps, &self.data.classes)
     }
 
     /// Writes a resumable checkpoint to `dir`: written into a temporary folder beside it first
