@@ -28,7 +28,8 @@
 //!   the scrapes it serves, so a run can wait for the one that carries its final values).
 //! - [`settings`]: deployment settings (config/rcaflow.toml).
 //! - [`train`]: training the oracle and the DDPM (AdamW, EMA, checkpoints, the trainable ResNet).
-//! - [`bench`]: `rcaflow bench`'s measuring (random-weight models, repeats, statistics).
+//! - [`bench`]: `rcaflow bench`'s per-model measuring (random-weight models, repeats,
+//!   statistics); `--pipeline`, which runs whole topologies, is in `cli::bench`.
 //! - [`cli`]: the subcommands.
 pub mod bench;
 pub mod cli;

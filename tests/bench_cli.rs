@@ -82,3 +82,90 @@ fn bad_flags_are_refused_with_one_line() {
     #[cfg(not(feature = "cuda"))]
     refused(&["bench", "--device", "cuda"], "this rcaflow is a CPU-only build");
 }
+
+/// `bench --pipeline` at a tiny size: the three runs count every image, the figures follow from
+/// the walls, and every file stays inside the folder given.
+#[test]
+fn pipeline_runs_three_legs_inside_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pipe");
+    let demo_unet = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/unet-demo.json");
+    let args = [
+        "bench",
+        "--pipeline",
+        dir.to_str().unwrap(),
+        "--classes",
+        "2",
+        "--per-class",
+        "3",
+        "--real-per-class",
+        "2",
+        "--steps",
+        "2",
+        "--unit-size",
+        "2",
+        "--batch",
+        "4",
+        "--unet-config",
+        demo_unet.to_str().unwrap(),
+        "--json",
+    ];
+    let out = run(args);
+    assert!(out.success(), "{}", out.stderr);
+    let r: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    assert_eq!(r["generated_images"], 6);
+    assert_eq!(r["real_images"], 4);
+    assert_eq!(r["steps"], 2);
+    assert_eq!(r["scheduler"], "ddim");
+    assert_eq!(r["sampler_device"], "cpu");
+    let f = |path: &[&str]| path.iter().fold(&r, |v, k| &v[*k]).as_f64().unwrap_or_else(|| panic!("{path:?} in {r}"));
+    let (gen, eval, pipe) = (f(&["generation", "wall_seconds"]), f(&["evaluation", "wall_seconds"]), f(&["pipelined", "wall_seconds"]));
+    assert!(gen > 0.0 && eval > 0.0 && pipe > 0.0, "{r}");
+    assert!(f(&["generation", "total_seconds"]) >= gen, "{r}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+    assert!(close(f(&["pipelined_ratio"]), pipe / gen.max(eval)), "{r}");
+    assert!(close(f(&["no_overlap_ratio"]), (gen + eval) / gen.max(eval)), "{r}");
+    assert!(close(f(&["generation_image_steps_per_second"]), 12.0 / gen), "{r}");
+    assert!(close(f(&["evaluation_images_per_second"]), 10.0 / eval), "{r}");
+    // The paper's run: 50,000 images x 1,000 steps at the measured rates, times the ratio.
+    let full_gen = 5e7 / f(&["generation_image_steps_per_second"]);
+    let full_eval = 50_004.0 / f(&["evaluation_images_per_second"]);
+    assert!(close(f(&["projection", "generation_seconds"]), full_gen), "{r}");
+    assert!(close(f(&["projection", "evaluation_seconds"]), full_eval), "{r}");
+    assert!(close(f(&["projection", "wall_seconds"]), f(&["pipelined_ratio"]) * full_gen.max(full_eval)), "{r}");
+
+    // Nothing outside the folder; the samples of both generating runs are there.
+    let outside: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(outside, [std::ffi::OsString::from("pipe")]);
+    let pngs = |sub: &str| common::tiny_run::walk(&dir.join(sub)).iter().filter(|p| p.extension().is_some_and(|e| e == "png")).count();
+    assert_eq!(pngs("generated"), 6);
+    assert_eq!(pngs("pipelined-samples"), 6);
+    assert_eq!(pngs("real"), 4);
+
+    // An earlier bench's folder is emptied and reused; the table names the ratio.
+    let table = run(&args[..args.len() - 1]);
+    assert!(table.success(), "{}", table.stderr);
+    assert!(table.stdout.contains("pipelined ratio wall(pipelined) / max(generation, evaluation) = "), "{}", table.stdout);
+    assert!(table.stdout.contains("projection, 50000 images x 1000 steps"), "{}", table.stdout);
+    assert_eq!(pngs("generated"), 6, "a second bench replaces the first's files");
+}
+
+#[test]
+fn pipeline_refuses_a_folder_that_is_not_its_own_and_bad_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("thesis.tex"), "keep me").unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    refused(&["bench", "--pipeline", dir], "is not empty and not an earlier bench's");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("thesis.tex")).unwrap(), "keep me");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "nothing written");
+    let fresh = tmp.path().join("new");
+    let fresh = fresh.to_str().unwrap();
+    refused(&["bench", "--pipeline", fresh, "--classes", "0"], "--classes must be at least 1");
+    refused(&["bench", "--pipeline", fresh, "--steps", "0"], "--steps must be at least 1");
+    refused(&["bench", "--pipeline", fresh, "--scheduler", "euler"], "--scheduler \"euler\": expected ddim or ddpm");
+    refused(&["bench", "--pipeline", fresh, "--sampler-device", "tpu"], "--sampler-device: device \"tpu\": expected");
+    refused(&["bench", "--pipeline", fresh, "--dtype", "bf16"], "--dtype: dtype \"bf16\" on device \"cpu\"");
+    #[cfg(not(feature = "cuda"))]
+    refused(&["bench", "--pipeline", fresh, "--sampler-device", "cuda"], "this rcaflow is a CPU-only build");
+    assert!(!tmp.path().join("new").exists(), "a refused bench writes nothing");
+}

@@ -1,4 +1,4 @@
-//! What the integration tests (and benches/pipeline.rs) share: `mod common;` in a test file,
+//! What the integration tests share: `mod common;` in a test file,
 //! `#[path = "../tests/common/mod.rs"] mod common;` in a bench, then `common::...`.
 //!
 //! - [`prng`]: the keyed PRNG of the fixture scripts (bit-exact port);
@@ -17,9 +17,9 @@
 #![allow(dead_code)]
 
 pub mod bin;
-pub mod gpu;
 #[path = "../../examples/common/color_set.rs"]
 pub mod color_set;
+pub mod gpu;
 pub mod pickle;
 pub mod prng;
 pub mod random_weights;

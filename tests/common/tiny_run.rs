@@ -1,7 +1,7 @@
 //! A tiny sampler run with every evaluation stage, for the end-to-end tests (tests/sampler.rs,
-//! tests/resume.rs; tests/prometheus_live.rs and benches/pipeline.rs take its pieces at other
-//! sizes): a 3-class colour set as the real side, the colour oracle, a random-weight UNet (the
-//! `ddim_defaults` sampler fixture at 32x32), random Inception and LPIPS weights.
+//! tests/resume.rs; tests/prometheus_live.rs takes its pieces at another size): a 3-class
+//! colour set as the real side, the colour oracle, a random-weight UNet (the `ddim_defaults`
+//! sampler fixture at 32x32), random Inception and LPIPS weights.
 
 use std::path::{Path, PathBuf};
 
