@@ -71,6 +71,27 @@ fn load_pth(dir: &Path, bytes: &[u8]) {
     }
 }
 
+/// Names inside a file are echoed in messages; a hostile one must not break the message's line.
+#[test]
+fn names_with_control_characters_are_escaped_in_the_one_line_message() {
+    let dir = tempfile::tempdir().unwrap();
+    // The central directory names a member `tiny_state_d\nct/data.pkl`, its local header not
+    // (the shrunk case proptest once found).
+    let mut bytes = fixture("resnet", "tiny_state_dict.pth");
+    let name = b"tiny_state_dict/data.pkl";
+    let at = bytes.windows(name.len()).rposition(|w| w == name).unwrap();
+    bytes[at + 12] = b'\n';
+    load_pth(dir.path(), &bytes);
+    // A storage key with a newline and an escape character, and no member for it.
+    let mut p = P::new();
+    p.op(b"}(").str("a").tensor("FloatStorage", "0\n\x1b[2J", 6, 0, &[2, 3], &[3, 1], false).op(b"u");
+    let (f, _) = storages();
+    let path = dir.path().join("w.pth");
+    std::fs::write(&path, zip_file(&p, &[("0", &f)], false)).unwrap();
+    let e = WeightMap::load(&path, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains(r#"storage "0\n\u{1b}[2J""#) && !e.chars().any(char::is_control), "{e}");
+}
+
 /// A small state dict body: a few tensors over two storages, a strided one, nesting.
 fn small_state_dict(legacy: bool) -> P {
     let mut p = P::new();

@@ -8,13 +8,14 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::files::name::printable;
 use crate::models::zip_member::BoundedZip;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatsFileError {
-    #[error("fid statistics \"{path}\": cannot read: {cause}")]
+    #[error("fid statistics \"{path}\": cannot read: {}", printable(.cause))]
     Read { path: PathBuf, cause: String },
-    #[error("fid statistics \"{path}\": {message}")]
+    #[error("fid statistics \"{path}\": {}", printable(.message))]
     Invalid { path: PathBuf, message: String },
     #[error("fid statistics \"{path}\": cannot write: {cause}")]
     Write { path: PathBuf, cause: String },

@@ -3,6 +3,10 @@
 //! `classes.json` once made `sample` write outside its output folder (issue 16). Every place
 //! that reads class names (a model's `classes.json`, `[run] classes`, image folder names, the
 //! command line) checks them with [`check_class_name`].
+//!
+//! Names read from a file go into messages too (a zip member's name, a pickle's class, storage
+//! and tensor names), and a message is one line: [`printable`] escapes the control characters
+//! a hostile file can put in them.
 
 /// Longest class name accepted, in bytes (folder names may be 255 bytes; a class name also
 /// goes into temporary names, messages and figure labels).
@@ -46,6 +50,16 @@ pub fn check_class_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Res
     names.into_iter().try_for_each(|n| check_class_name(n))
 }
 
+/// `text` from a file as it may appear in a one-line message: control characters (a newline, a
+/// carriage return, an escape sequence's ESC) written as Rust escapes, everything else kept.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect::<String>().into()
+    } else {
+        text.into()
+    }
+}
+
 /// `name` quoted and escaped for a one-line message, at most about 60 characters.
 fn shown(name: &str) -> String {
     let escaped: String = name.escape_debug().collect();
@@ -58,6 +72,14 @@ fn shown(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_and_keeps_the_rest() {
+        assert_eq!(printable("tiny_state_dict/data.pkl"), "tiny_state_dict/data.pkl");
+        assert_eq!(printable("naïve \"quoted\""), "naïve \"quoted\"");
+        assert_eq!(printable("tiny_state_d\nct/\r\x1b[2Jdata.pkl"), "tiny_state_d\\nct/\\r\\u{1b}[2Jdata.pkl");
+        assert!(!printable("a\nb\u{85}c").chars().any(char::is_control));
+    }
 
     #[test]
     fn single_components_pass_and_everything_else_is_refused_with_a_reason() {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::files::name::printable;
 use crate::models::random_weights::Draws;
 
 /// Errors from loading weight files and looking tensors up in them.
@@ -29,27 +30,28 @@ use crate::models::random_weights::Draws;
 pub enum WeightsError {
     #[error("weights {}: the file is {size_mib} MiB, larger than the weights.max_mib limit of {limit_mib} MiB (a setting in the config file)", .path.display())]
     TooLarge { path: PathBuf, size_mib: u64, limit_mib: u64 },
-    #[error("weights {}: cannot read: {cause}", .path.display())]
+    #[error("weights {}: cannot read: {}", .path.display(), printable(.cause))]
     Read { path: PathBuf, cause: String },
     /// A legacy (pre-zip, torch < 1.6) checkpoint that cannot be read: truncated, or holding
     /// something other than a state_dict of supported tensors.
-    #[error("weights {}: legacy (pre-zip) torch checkpoint: {cause}", .path.display())]
+    #[error("weights {}: legacy (pre-zip) torch checkpoint: {}", .path.display(), printable(.cause))]
     LegacyPth { path: PathBuf, cause: String },
     #[error(
         "weights {}: unsupported file extension; expected .safetensors, .pth or .pt",
         .path.display()
     )]
     Extension { path: PathBuf },
-    #[error("weights {}: tensor \"{name}\" is missing", .path.display())]
+    #[error("weights {}: tensor \"{}\" is missing", .path.display(), printable(.name))]
     Missing { path: PathBuf, name: String },
     #[error(
-        "weights {}: tensor \"{name}\" has shape {found:?}, expected {expected:?}",
-        .path.display()
+        "weights {}: tensor \"{}\" has shape {found:?}, expected {expected:?}",
+        .path.display(),
+        printable(.name)
     )]
     Shape { path: PathBuf, name: String, found: Vec<usize>, expected: Vec<usize> },
-    #[error("weights {}: unexpected tensor \"{name}\" for {model}", .path.display())]
+    #[error("weights {}: unexpected tensor \"{}\" for {model}", .path.display(), printable(.name))]
     Unexpected { path: PathBuf, name: String, model: String },
-    #[error("weights {}: tensor \"{name}\": {cause}", .path.display())]
+    #[error("weights {}: tensor \"{}\": {}", .path.display(), printable(.name), printable(.cause))]
     Tensor { path: PathBuf, name: String, cause: String },
 }
 

@@ -52,7 +52,7 @@ impl BoundedZip {
     /// What the central directory says of member `name`, if present; nothing is inflated.
     pub fn member(&mut self, name: &str) -> Result<Option<Member>, String> {
         let Some(i) = self.archive.index_for_name(name) else { return Ok(None) };
-        let f = self.archive.by_index_raw(i).map_err(|e| format!("member \"{name}\": {e}"))?;
+        let f = self.archive.by_index_raw(i).map_err(|e| format!("member {name:?}: {e}"))?;
         Ok(Some(Member {
             name: name.to_string(),
             size: f.size(),
@@ -65,7 +65,7 @@ impl BoundedZip {
     /// compressed size allows; it is inflated through a reader that stops one byte past the
     /// declared size, and refused unless it yields exactly that size.
     pub fn read(&mut self, name: &str, max: u64) -> Result<Vec<u8>, String> {
-        let m = self.member(name)?.ok_or_else(|| format!("member \"{name}\" is missing"))?;
+        let m = self.member(name)?.ok_or_else(|| format!("member {name:?} is missing"))?;
         self.check(&m, max)?;
         self.read_at_most(&m, m.size, true)
     }
@@ -74,7 +74,7 @@ impl BoundedZip {
     /// for a header that says how large the rest must be. The member's declared sizes are
     /// checked as by [`BoundedZip::read`] with `max`.
     pub fn read_prefix(&mut self, name: &str, n: u64, max: u64) -> Result<Vec<u8>, String> {
-        let m = self.member(name)?.ok_or_else(|| format!("member \"{name}\" is missing"))?;
+        let m = self.member(name)?.ok_or_else(|| format!("member {name:?} is missing"))?;
         self.check(&m, max)?;
         self.read_at_most(&m, n.min(m.size), false)
     }
@@ -82,17 +82,17 @@ impl BoundedZip {
     fn check(&self, m: &Member, max: u64) -> Result<(), String> {
         let name = &m.name;
         if m.size > max {
-            return Err(format!("member \"{name}\" declares {} bytes, more than the {max} expected", m.size));
+            return Err(format!("member {name:?} declares {} bytes, more than the {max} expected", m.size));
         }
         if m.compressed_size > self.file_len {
-            return Err(format!("member \"{name}\" declares {} compressed bytes in a file of {}", m.compressed_size, self.file_len));
+            return Err(format!("member {name:?} declares {} compressed bytes in a file of {}", m.compressed_size, self.file_len));
         }
         if m.stored && m.size != m.compressed_size {
-            return Err(format!("member \"{name}\" is stored uncompressed but declares {} bytes in {}", m.size, m.compressed_size));
+            return Err(format!("member {name:?} is stored uncompressed but declares {} bytes in {}", m.size, m.compressed_size));
         }
         if m.size > RATIO_FREE_BYTES && m.size > m.compressed_size.saturating_mul(MAX_INFLATION_RATIO) {
             return Err(format!(
-                "member \"{name}\" declares {} bytes from {} compressed, out of proportion \
+                "member {name:?} declares {} bytes from {} compressed, out of proportion \
                  (more than {MAX_INFLATION_RATIO} times; a zip bomb?)",
                 m.size, m.compressed_size
             ));
@@ -102,15 +102,15 @@ impl BoundedZip {
 
     fn read_at_most(&mut self, m: &Member, n: u64, whole: bool) -> Result<Vec<u8>, String> {
         let name = &m.name;
-        let f = self.archive.by_name(name).map_err(|e| format!("member \"{name}\": {e}"))?;
-        let cap = usize::try_from(n).map_err(|_| format!("member \"{name}\" is too large"))?;
+        let f = self.archive.by_name(name).map_err(|e| format!("member {name:?}: {e}"))?;
+        let cap = usize::try_from(n).map_err(|_| format!("member {name:?} is too large"))?;
         let mut out = Vec::with_capacity(cap);
         // One byte past the declared size: a member that inflates to more is caught, not read.
         let limit = if whole { n + 1 } else { n };
-        f.take(limit).read_to_end(&mut out).map_err(|e| format!("member \"{name}\": {e}"))?;
+        f.take(limit).read_to_end(&mut out).map_err(|e| format!("member {name:?}: {e}"))?;
         if whole && out.len() as u64 != m.size {
             let found = if out.len() as u64 > m.size { "more".to_string() } else { format!("only {}", out.len()) };
-            return Err(format!("member \"{name}\" inflates to {found} bytes, not the {} its header declares", m.size));
+            return Err(format!("member {name:?} inflates to {found} bytes, not the {} its header declares", m.size));
         }
         Ok(out)
     }
