@@ -40,8 +40,8 @@ impl StageState {
 #[derive(Debug)]
 pub struct StageStats {
     pub id: String,
-    /// Sinks that fold units into results count towards run progress.
-    pub accumulates: bool,
+    /// Run progress counts the images this stage takes in.
+    pub counts_progress: bool,
     state: AtomicU8,
     images_in: AtomicU64,
     images_out: AtomicU64,
@@ -63,7 +63,7 @@ pub struct StageStatus {
 }
 
 impl StageStats {
-    pub fn new(id: &str, accumulates: bool) -> Self {
+    pub fn new(id: &str, counts_progress: bool) -> Self {
         // Every stage's counters exist from the start, at 0: `rate` and `increase` need a sample
         // before the first event to see it (an errors alert would miss a stage's first error),
         // and idle stages show as 0 on a dashboard instead of missing.
@@ -72,7 +72,7 @@ impl StageStats {
         }
         StageStats {
             id: id.to_string(),
-            accumulates,
+            counts_progress,
             state: AtomicU8::new(0),
             images_in: AtomicU64::new(0),
             images_out: AtomicU64::new(0),
@@ -218,9 +218,9 @@ impl RunControl {
         lock(&self.stats).values().map(|s| s.status()).collect()
     }
 
-    /// Images every accumulating sink has folded in (the slowest one counts).
+    /// Images every stage that counts progress has taken in (the slowest one counts).
     pub fn completed_images(&self) -> u64 {
-        lock(&self.stats).values().filter(|s| s.accumulates).map(|s| s.images_in()).min().unwrap_or(0)
+        lock(&self.stats).values().filter(|s| s.counts_progress).map(|s| s.images_in()).min().unwrap_or(0)
     }
 
     /// Called by a stage before its outputs close, so downstream stages can read it.

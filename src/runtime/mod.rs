@@ -40,8 +40,9 @@ use crate::topology::Edge;
 pub struct StageSpec {
     pub id: String,
     pub qualified: String,
-    /// Whether the stage folds units into results (counts towards run progress).
-    pub accumulates: bool,
+    /// Whether run progress counts the images this stage takes in (see
+    /// [`crate::stages::counts_progress`]).
+    pub counts_progress: bool,
     pub stage: Box<dyn Stage>,
     /// How to build the stage again after a failure, and how many times (`restart = { max }`).
     pub restart: Option<stage::Restart>,
@@ -113,7 +114,7 @@ pub async fn run(
     }
     let mut args = Vec::new();
     for spec in stages {
-        let stats = Arc::new(StageStats::new(&spec.id, spec.accumulates));
+        let stats = Arc::new(StageStats::new(&spec.id, spec.counts_progress));
         control.register(stats.clone());
         let ctx = StageContext {
             skip: settings.skip.get(&spec.id).cloned().unwrap_or_default(),

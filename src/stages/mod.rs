@@ -119,11 +119,23 @@ impl BuildContext {
     }
 }
 
+/// Whether run progress counts the images a stage of type `info` takes in: the sinks that fold
+/// units into results; in a topology without any (generation only: a sampler into
+/// `save_images`), the sinks that take images, so its progress is images saved, not 0.
+pub fn counts_progress(info: &TypeInfo, any_accumulates: bool) -> bool {
+    if any_accumulates {
+        info.accumulates
+    } else {
+        info.produces.is_none() && info.accepts == Some(DataKind::Images)
+    }
+}
+
 /// Builds every stage of a validated graph, in data-flow order. Every component's build runs;
 /// their errors are returned together, each naming its component, as validation's are.
 pub fn build(graph: &Graph, cx: &BuildContext) -> Result<Vec<StageSpec>, TopologyError> {
     let mut stages = Vec::new();
     let mut errors = Vec::new();
+    let any_accumulates = graph.components.iter().any(|c| c.kind.info().accumulates);
     for c in &graph.components {
         let name = c.qualified();
         let pool = match c.threads.map(|n| StagePool::new(&name, n)).transpose() {
@@ -139,8 +151,8 @@ pub fn build(graph: &Graph, cx: &BuildContext) -> Result<Vec<StageSpec>, Topolog
                     let (kind, cx) = (c.kind.clone(), cx.clone());
                     Restart { max: c.restart, rebuild: Box::new(move || kind.build(&cx)) }
                 });
-                let accumulates = c.kind.info().accumulates;
-                stages.push(StageSpec { id: c.id.clone(), qualified: name, accumulates, stage, restart, pool });
+                let counts_progress = counts_progress(c.kind.info(), any_accumulates);
+                stages.push(StageSpec { id: c.id.clone(), qualified: name, counts_progress, stage, restart, pool });
             }
             // One line each, whatever the loader's message looked like.
             Err(e) => errors.push(format!("{name}: {}", one_line(&e))),
@@ -269,5 +281,16 @@ mod tests {
             assert_eq!(t.section == Section::Sources, t.accepts.is_none(), "{}: sources and only sources take no input", t.name);
             assert!(!(t.accumulates && !t.holds_units), "{}: an accumulator checkpoints what it holds", t.name);
         }
+    }
+
+    #[test]
+    fn progress_counts_accumulators_and_without_them_the_image_sinks() {
+        let info = |name: &str| ComponentKind::TYPES.iter().find(|t| t.name == name).unwrap();
+        let counted = |any: bool| -> Vec<&str> {
+            ComponentKind::TYPES.iter().filter(|t| counts_progress(t, any)).map(|t| t.name).collect()
+        };
+        assert!(counted(true).iter().all(|n| info(n).accumulates) && counted(true).contains(&"fid"));
+        // Generation only (ddpm_sampler -> save_images): images saved, not a progress stuck at 0.
+        assert_eq!(counted(false), vec!["save_images"]);
     }
 }

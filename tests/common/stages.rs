@@ -179,7 +179,7 @@ pub fn spec(section: &str, id: &str, accumulates: bool, stage: impl Stage) -> St
 
 /// A stage spec for a stage a component's build step made.
 pub fn built(section: &str, id: &str, accumulates: bool, stage: Box<dyn Stage>) -> StageSpec {
-    StageSpec { id: id.into(), qualified: format!("{section}.{id}"), accumulates, stage, restart: None, pool: None }
+    StageSpec { id: id.into(), qualified: format!("{section}.{id}"), counts_progress: accumulates, stage, restart: None, pool: None }
 }
 
 pub fn edge(from: &str, to: &str, capacity: usize) -> Edge {
