@@ -40,8 +40,8 @@ use crate::topology::Edge;
 pub struct StageSpec {
     pub id: String,
     pub qualified: String,
-    /// Whether run progress counts the images this stage takes in (see
-    /// [`crate::stages::counts_progress`]).
+    /// Whether run progress counts the images this stage takes in (the builder decides which
+    /// stages do; the runtime only adds up their counts).
     pub counts_progress: bool,
     pub stage: Box<dyn Stage>,
     /// How to build the stage again after a failure, and how many times (`restart = { max }`).

@@ -122,6 +122,15 @@ fn scheduler_json(c: &SchedulerConfig) -> serde_json::Value {
     })
 }
 
+/// A file of a model folder that could not be written, and why. Its message names no writer:
+/// the trainer wraps it in [`DdpmError::Write`], `rcaflow bench --pipeline` shows it as it is.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write \"{}\": {cause}", .path.display())]
+pub struct ModelFolderError {
+    pub path: PathBuf,
+    pub cause: String,
+}
+
 /// Writes a diffusers model folder to `dir` (created if needed), as `rcaflow sample` and the
 /// `ddpm_sampler` stage read it: `config.json`, `diffusion_pytorch_model.safetensors` (`weights`
 /// under diffusers' key names), `scheduler_config.json` (the trainer's DDPM schedule over
@@ -132,8 +141,8 @@ pub fn write_model_folder(
     weights: &HashMap<String, Tensor>,
     num_train_timesteps: usize,
     classes: &[String],
-) -> Result<(), DdpmError> {
-    let werr = |path: &Path, cause: String| DdpmError::Write { path: path.to_path_buf(), cause };
+) -> Result<(), ModelFolderError> {
+    let werr = |path: &Path, cause: String| ModelFolderError { path: path.to_path_buf(), cause };
     std::fs::create_dir_all(dir).map_err(|e| werr(dir, e.to_string()))?;
     let path = dir.join(WEIGHTS_FILE);
     super::write_safetensors(&path, weights).map_err(|e| werr(&path, e))?;
@@ -337,6 +346,7 @@ impl DdpmTrainer {
     pub fn save_model(&self, dir: &Path) -> Result<(), DdpmError> {
         let ema: HashMap<String, Tensor> = self.ema.tensors().iter().cloned().collect();
         write_model_folder(dir, &self.unet_config, &ema, self.cfg.num_train_timesteps, &self.data.classes)
+            .map_err(|ModelFolderError { path, cause }| DdpmError::Write { path, cause })
     }
 
     /// Writes a resumable checkpoint to `dir`: written into a temporary folder beside it first

@@ -102,12 +102,8 @@ pub fn write_models(dir: &Path, unet: &UNet2DConfig, shape: &PipelineShape) -> R
     UNet2DModel::new(&unet, recording_var_builder(&cpu, candle_core::DType::F32, draws.clone()))
         .map_err(|e| format!("--unet-config: cannot build the UNet: {e}"))?;
     let weights = draws.tensors().map_err(|e| e.to_string())?;
-    // The trainer's error names the trainer; a failed write here is the bench's.
     crate::train::ddpm::write_model_folder(&dir.join("unet"), &unet, &weights, TRAIN_TIMESTEPS, &shape.class_names())
-        .map_err(|e| match e {
-            crate::train::ddpm::DdpmError::Write { path, cause } => write_err(&path, cause),
-            other => other.to_string(),
-        })?;
+        .map_err(|e| e.to_string())?;
 
     let oracle = WeightMap::random("random oracle weights", &cpu);
     ResNet::load(&oracle, &ResNetConfig::new(ResNetArch::ResNet18, Stem::Cifar, shape.classes)).map_err(|e| e.to_string())?;
